@@ -1,0 +1,3 @@
+from lplkit.cli.app import main
+
+main()

@@ -1,0 +1,58 @@
+"""The `lplkit` typer application.
+
+Each command lives in its own module `lplkit/cli/<name>.py` exposing `register(app)`. Command modules
+import only typer/rich at module level; torch, diffusers and zarr are imported inside the command body,
+so `lplkit --help` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from lplkit import __version__
+from lplkit.cli import output
+
+# Order = order in `lplkit --help`.
+COMMAND_MODULES = ("encode", "info", "verify")
+
+app = typer.Typer(
+    name="lplkit",
+    help="Latent diffusion with a Latent Perceptual Loss: encode -> stats -> train -> sample -> eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lplkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    output.state.debug = debug
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"lplkit.cli.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the app and turns LplkitError into one line + exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    output.state.debug = "--debug" in args
+    try:
+        app(args=args, prog_name="lplkit", standalone_mode=False)
+    except Exception as exc:  # noqa: BLE001 - the single place where errors become exit codes
+        sys.exit(output.handle_exception(exc))
+    sys.exit(0)

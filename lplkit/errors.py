@@ -1,0 +1,64 @@
+"""One error hierarchy. Each error also subclasses the matching builtin so callers can catch either.
+
+The CLI turns an `LplkitError` into a one-line message and `exit_code` (traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+
+class LplkitError(Exception):
+    """Base of every error lplkit raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(LplkitError, ValueError):
+    """A bad flag, config file or option value."""
+
+    exit_code = 2
+
+
+class SourceError(LplkitError, ValueError):
+    """A dataset source that cannot be resolved or read."""
+
+    exit_code = 3
+
+
+class BadImageError(SourceError):
+    """One image that cannot be decoded or is unusable (raised only in --strict mode)."""
+
+
+class StoreError(LplkitError, OSError):
+    """A latent store that cannot be created, opened or written."""
+
+    exit_code = 4
+
+
+class StoreMismatchError(StoreError):
+    """An existing store was made with another autoencoder/resolution/crop/dtype."""
+
+
+class StoreLockedError(StoreError):
+    """Another live process holds the store's write lock."""
+
+
+class StoreCorruptError(StoreError):
+    """A store failed verification (missing/partial shards, NaN, checksum mismatch...)."""
+
+
+class AutoencoderError(LplkitError, ValueError):
+    """An autoencoder that cannot be loaded or is not supported for an operation."""
+
+    exit_code = 5
+
+
+class CheckpointError(LplkitError, OSError):
+    """A training checkpoint that cannot be read or written."""
+
+    exit_code = 6
+
+
+class EvaluationError(LplkitError, RuntimeError):
+    """A metric that cannot be computed (e.g. FID without Inception weights)."""
+
+    exit_code = 7

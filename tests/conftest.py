@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random-init autoencoders and generated image folders (no hub, no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def make_tiny_vae(seed: int = 0, *, latent_channels: int = 4, post_quant_conv: bool = True):
+    """A small AutoencoderKL (f=4: 3 down/up blocks, mid block) with deterministic random weights."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=0.5,
+        use_quant_conv=post_quant_conv,
+        use_post_quant_conv=post_quant_conv,
+    )
+    return vae.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory) -> Path:
+    """A tiny AutoencoderKL saved with save_pretrained (loadable like any local diffusers model)."""
+    path = tmp_path_factory.mktemp("tiny_vae")
+    make_tiny_vae(0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def other_vae_dir(tmp_path_factory) -> Path:
+    """A second tiny AutoencoderKL with different weights (for stale-cache refusal tests)."""
+    path = tmp_path_factory.mktemp("other_vae")
+    make_tiny_vae(1).save_pretrained(path)
+    return path
+
+
+def write_image_folder(root: Path, classes: dict[str, int], *, seed: int = 0, size=(48, 40)) -> Path:
+    """Class sub-folders of random RGB PNG/JPEG images of varied sizes; returns `root`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for cname, count in classes.items():
+        (root / cname).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            w = int(size[0] + rng.integers(0, 24))
+            h = int(size[1] + rng.integers(0, 24))
+            arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            ext = "png" if i % 2 == 0 else "jpg"
+            Image.fromarray(arr).save(root / cname / f"img_{i:03d}.{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Three classes (sorted: ant=0, bee=1, cat=2) with 5, 4, 3 images."""
+    return write_image_folder(tmp_path / "images", {"cat": 3, "ant": 5, "bee": 4})
