@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -58,7 +59,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        ):
             return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is int:
@@ -68,16 +78,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-        if f != int(f):
+        if isinstance(value, int):
+            return value
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            out = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if math.isnan(out):
+            raise ConfigError(f"{key}: NaN is not a valid value")
+        return out
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -91,8 +106,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-                          f"valid keys: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys: {', '.join(sorted(names))}"
+        )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)

@@ -51,7 +51,9 @@ def other_vae_dir(tmp_path_factory) -> Path:
     return path
 
 
-def write_image_folder(root: Path, classes: dict[str, int], *, seed: int = 0, size=(48, 40)) -> Path:
+def write_image_folder(
+    root: Path, classes: dict[str, int], *, seed: int = 0, size=(48, 40)
+) -> Path:
     """Class sub-folders of random RGB PNG/JPEG images of varied sizes; returns `root`."""
     from PIL import Image
 

@@ -53,6 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     output.state.debug = "--debug" in args
     try:
         app(args=args, prog_name="lplkit", standalone_mode=False)
-    except Exception as exc:  # noqa: BLE001 - the single place where errors become exit codes
+    except Exception as exc:
         sys.exit(output.handle_exception(exc))
     sys.exit(0)

@@ -1,0 +1,14 @@
+# Sourced by scripts/test.sh and scripts/demo.sh: create/refresh the project venv with CPU torch.
+# The constraints file pins torch to the CPU wheel (never a multi-GB CUDA build on CPU machines).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${LPLKIT_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/python" -m pip install -q -c "$ROOT/constraints/cpu.txt" -e "$ROOT[dev,demo]"
+export PATH="$VENV/bin:$PATH"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
+cd "$ROOT"

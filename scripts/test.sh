@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# README command 2: install (CPU torch) and run lint + the test suite (unit + integration, not slow/gpu).
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+ruff check lplkit tests benchmarks pipelines
+ruff format --check lplkit tests benchmarks pipelines
+python -m pytest tests "$@"

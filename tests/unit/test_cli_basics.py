@@ -1,0 +1,60 @@
+"""CLI skeleton: --help must not import torch; errors become one line + exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from lplkit.cli.app import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'zarr', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_version_and_module_entry_point():
+    res = subprocess.run(
+        [sys.executable, "-m", "lplkit", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0 and res.stdout.startswith("lplkit ")
+
+
+def test_lplkit_error_is_one_line_with_exit_code(capsys):
+    from lplkit.cli import output
+    from lplkit.errors import StoreMismatchError
+
+    output.state.debug = False
+    code = output.handle_exception(StoreMismatchError("store x.zarr was made with AE a, not b"))
+    err = capsys.readouterr().err.strip()
+    assert code == StoreMismatchError.exit_code == 4
+    assert "x.zarr" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_unexpected_error_suggests_debug(capsys):
+    from lplkit.cli import output
+
+    output.state.debug = False
+    assert output.handle_exception(RuntimeError("boom")) == 70
+    assert "--debug" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "exc_name", ["ConfigError", "SourceError", "StoreError", "CheckpointError"]
+)
+def test_errors_subclass_builtins(exc_name):
+    from lplkit import errors
+
+    exc = getattr(errors, exc_name)
+    assert issubclass(exc, errors.LplkitError)
+    assert issubclass(exc, (ValueError, OSError, RuntimeError))
