@@ -1,0 +1,218 @@
+"""Denoiser registry over diffusers model classes (DiT sizes by name).
+
+A registry entry is one small function ``(in_channels, sample_size, num_classes) -> Denoiser``
+decorated with ``@register_model(name)``. ``build_model(name, ...)`` looks it up.
+
+DiT sizes (Peebles & Xie 2023, Table 1) as ``DiTTransformer2DModel``:
+
+| size | depth | hidden | heads |       | size | depth | hidden | heads |
+| S    | 12    | 384    | 6     |       | L    | 24    | 1024   | 16    |
+| B    | 12    | 768    | 12    |       | XL   | 28    | 1152   | 16    |
+
+each with patch 2, 4 or 8 (``DiT-XL/2`` ...), plus ``DiT-T/2`` (depth 2, hidden 64, 2 heads) for tests.
+``out_channels = in_channels`` (no learned sigma: lplkit's objectives regress eps, v or velocity only).
+
+Conditioning: diffusers' DiT embeds ``class_labels`` with a table of ``num_embeds_ada_norm + 1`` rows;
+the extra row is the null class used for classifier-free guidance, id ``num_classes``. It requires
+labels, so an unconditional model is built with one class and is always fed the null id. The
+table's own random label dropout (global RNG, train mode only) is switched off: the trainer drops
+labels itself with :meth:`Denoiser.drop_labels` and its seeded generator, so runs stay reproducible.
+
+Note on size: diffusers' DiT keeps one timestep+label embedder per block (the paper shares one), so
+``DiT-XL/2`` has 749.8M parameters here, 674.8M when those per-block copies are counted once (the
+paper's 675M). Weights converted from the official checkpoints load into this layout unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lplkit.errors import ConfigError
+
+__all__ = [
+    "DIT_SIZES",
+    "Denoiser",
+    "build_model",
+    "list_models",
+    "register_model",
+]
+
+ModelFactory = Callable[..., "Denoiser"]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+# name -> (depth, hidden size, attention heads)
+DIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "T": (2, 64, 2),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+
+class Denoiser(nn.Module):
+    """``(z_t, timestep, labels | None) -> prediction`` of the same shape as ``z_t``.
+
+    Wraps a diffusers model whose forward is ``net(sample, timestep, class_labels=..., return_dict=False)``
+    (``DiTTransformer2DModel``, ``UNet2DModel``...).
+
+    Attributes:
+        net: the diffusers model (``state_dict`` keys are ``net.<diffusers key>``).
+        spec: kwargs that rebuild this architecture with :func:`build_model` (JSON-serializable).
+        num_classes: number of real classes, ``None`` for an unconditional model.
+        null_class_id: label id meaning "no class" (classifier-free guidance / unconditional).
+    """
+
+    def __init__(self, net: nn.Module, *, spec: dict[str, Any], num_classes: int | None) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = dict(spec)
+        self.num_classes = num_classes
+        self.null_class_id = num_classes if num_classes is not None else 1
+
+    @property
+    def conditional(self) -> bool:
+        """True when the model was built with classes."""
+        return self.num_classes is not None
+
+    def forward(self, z_t: Tensor, timestep: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Predict eps / v / velocity for ``z_t`` ``(B, C, H, W)``.
+
+        Args:
+            z_t: noised latents.
+            timestep: ``(B,)`` or scalar; the objective's ``model_timestep(t)``.
+            labels: ``(B,)`` int class ids in ``[0, num_classes]`` (``num_classes`` = null), or
+                ``None`` for the null class (unconditional); ignored by unconditional models.
+        """
+        batch = z_t.shape[0]
+        timestep = torch.as_tensor(timestep, device=z_t.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch)
+        if labels is None or not self.conditional:
+            labels = torch.full((batch,), self.null_class_id, dtype=torch.long, device=z_t.device)
+        out = self.net(z_t, timestep, class_labels=labels.long(), return_dict=False)[0]
+        return out
+
+    def drop_labels(self, labels: Tensor, prob: float, generator: torch.Generator | None) -> Tensor:
+        """Replace each label by the null id with probability ``prob`` (CFG training dropout).
+
+        Draws ``(B,)`` uniforms from ``generator`` on its own device, so the result is reproducible.
+        """
+        if prob <= 0.0 or not self.conditional:
+            return labels
+        gdev = generator.device if generator is not None else labels.device
+        drop = (
+            torch.rand(labels.shape[0], generator=generator, device=gdev).to(labels.device) < prob
+        )
+        return torch.where(drop, torch.full_like(labels, self.null_class_id), labels)
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator adding ``fn(*, in_channels, sample_size, num_classes) -> Denoiser`` as ``name``."""
+
+    def deco(fn: ModelFactory) -> ModelFactory:
+        if name in _REGISTRY:
+            raise ConfigError(f"model {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def build_model(
+    name: str, *, in_channels: int, sample_size: int, num_classes: int | None = None
+) -> Denoiser:
+    """Build the registered denoiser ``name`` for ``in_channels x sample_size^2`` latents.
+
+    Build on the meta device (``with torch.device("meta"):``) to inspect sizes without memory.
+    """
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    if num_classes is not None and num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1 or None (unconditional), got {num_classes}")
+    return _REGISTRY[name](
+        in_channels=in_channels, sample_size=sample_size, num_classes=num_classes
+    )
+
+
+def _dit(
+    size: str, patch: int, *, in_channels: int, sample_size: int, num_classes: int | None
+) -> Denoiser:
+    """A ``DiTTransformer2DModel`` of the given DiT size and patch, CFG-ready (see module doc)."""
+    from diffusers import DiTTransformer2DModel
+
+    depth, hidden, heads = DIT_SIZES[size]
+    if sample_size % patch:
+        raise ConfigError(
+            f"DiT-{size}/{patch} needs a latent size divisible by {patch}, got {sample_size}"
+        )
+    net = DiTTransformer2DModel(
+        num_attention_heads=heads,
+        attention_head_dim=hidden // heads,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        num_layers=depth,
+        sample_size=sample_size,
+        patch_size=patch,
+        # one "class" when unconditional: the embedding table then holds it plus the null row
+        num_embeds_ada_norm=num_classes if num_classes is not None else 1,
+    )
+    for block in net.transformer_blocks:
+        # keep the null row but never drop labels behind the trainer's back (global RNG)
+        block.norm1.emb.class_embedder.dropout_prob = 0.0
+    spec = {
+        "name": f"DiT-{size}/{patch}",
+        "in_channels": in_channels,
+        "sample_size": sample_size,
+        "num_classes": num_classes,
+    }
+    return Denoiser(net, spec=spec, num_classes=num_classes)
+
+
+def _register_dit(size: str, patch: int) -> None:
+    def factory(*, in_channels: int, sample_size: int, num_classes: int | None) -> Denoiser:
+        return _dit(
+            size, patch, in_channels=in_channels, sample_size=sample_size, num_classes=num_classes
+        )
+
+    register_model(f"DiT-{size}/{patch}")(factory)
+
+
+for _size in ("S", "B", "L", "XL"):
+    for _patch in (2, 4, 8):
+        _register_dit(_size, _patch)
+_register_dit("T", 2)
+
+
+@register_model("UNet-T")
+def _unet_tiny(*, in_channels: int, sample_size: int, num_classes: int | None) -> Denoiser:
+    """A tiny class-conditional diffusers ``UNet2DModel`` (shows a non-DiT entry; tests only)."""
+    from diffusers import UNet2DModel
+
+    net = UNet2DModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        num_class_embeds=(num_classes if num_classes is not None else 1) + 1,
+    )
+    spec = {
+        "name": "UNet-T",
+        "in_channels": in_channels,
+        "sample_size": sample_size,
+        "num_classes": num_classes,
+    }
+    return Denoiser(net, spec=spec, num_classes=num_classes)
