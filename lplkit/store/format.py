@@ -1,0 +1,281 @@
+"""Store layout: names, dtypes, chunk/shard geometry, the manifest and the Parquet index schema.
+
+A store is a Zarr v3 group (see docs/store-format.md and schemas/store.schema.json)::
+
+    STORE/
+      zarr.json                 group; attrs["lplkit"] = manifest
+      moments/                  (N, 2, C, h, w): [:, 0] = posterior mean, [:, 1] = std (raw, unscaled)
+      moments_flip/             optional, same shape: moments of the horizontally flipped image
+      labels/                   (N,) int32, -1 = no label
+      index.parquet             one row per position (written by finalize)
+      index_parts/shard-XXXXX.parquet   per-shard index rows (written with the shard)
+      progress/shard-XXXXX.json         per-shard completion marker with checksums
+      .lplkit-lock.json                 writer lock while an encode runs
+
+Row `i` of every array is sample `i` of the source (skipped samples keep their row, filled with zeros),
+so shard `s` covers positions `[s*S, min((s+1)*S, N))` for every rank without coordination.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import posixpath
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST_KEY = "lplkit"
+
+MOMENTS = "moments"
+MOMENTS_FLIP = "moments_flip"
+LABELS = "labels"
+INDEX_FILE = "index.parquet"
+INDEX_PARTS_DIR = "index_parts"
+PROGRESS_DIR = "progress"
+LOCK_FILE = ".lplkit-lock.json"
+
+DTYPES = ("float16", "bfloat16", "float32")
+DEFAULT_DTYPE = "float16"
+# Measured by benchmarks/store_read.py (docs/benchmarks.md, store_read): 64-sample inner chunks read
+# as fast as bigger ones and write ~20x faster than 1-sample chunks; 1024-sample shards keep the file
+# count low (1.28M images -> 1250 shard files per array) while a shard is a small unit of resume.
+DEFAULT_CHUNK_SIZE = 64
+DEFAULT_SHARD_SIZE = 1024
+# Lossless fp16 latents compress ~1.1x at best, and decompression costs read throughput: no codec.
+DEFAULT_CODEC = "none"
+CODECS = ("none", "zstd", "blosc-zstd")
+
+# Fields that must agree between an existing store and a new request (the stale-cache guard).
+IDENTITY_FIELDS = (
+    "format_version",
+    "autoencoder",
+    "resolution",
+    "crop",
+    "latent_shape",
+    "dtype",
+    "flips",
+    "shard_size",
+    "source",
+)
+
+INDEX_COLUMNS = (
+    "position",
+    "key",
+    "label",
+    "caption",
+    "orig_width",
+    "orig_height",
+    "crop_box",
+    "status",
+    "reason",
+)
+
+
+def storage_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype zarr stores: bfloat16 is not a zarr dtype, so its bit pattern goes in uint16."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return np.dtype("uint16") if dtype == "bfloat16" else np.dtype(dtype)
+
+
+def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 -> stored representation. bfloat16 rounds to nearest-even like `torch.bfloat16`:
+
+    bits16 = (bits32 + 0x7FFF + ((bits32 >> 16) & 1)) >> 16, with NaN kept a (quiet) NaN.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if dtype != "bfloat16":
+        return x.astype(storage_dtype(dtype), copy=False)
+    bits = x.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
+
+
+def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored representation -> float32 (bfloat16: bits16 << 16 reinterpreted as float32)."""
+    if dtype == "bfloat16":
+        return (np.asarray(x, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(x).astype(np.float32, copy=False)
+
+
+def chunk_size_for(shard_size: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Inner chunk size: at most the shard size and a divisor of it (zarr needs shards % chunks == 0)."""
+    chunk = max(1, min(chunk_size, shard_size))
+    while shard_size % chunk:
+        chunk -= 1
+    return chunk
+
+
+def n_shards(count: int, shard_size: int) -> int:
+    """Number of shards covering `count` positions."""
+    return -(-count // shard_size)
+
+
+def shard_range(shard: int, count: int, shard_size: int) -> tuple[int, int]:
+    """Positions `[start, stop)` of `shard`."""
+    if not 0 <= shard < n_shards(count, shard_size):
+        raise IndexError(f"shard {shard} out of range (store has {n_shards(count, shard_size)})")
+    start = shard * shard_size
+    return start, min(start + shard_size, count)
+
+
+def shard_name(shard: int) -> str:
+    """`shard-00042`: the stem of a shard's marker and index part."""
+    return f"shard-{shard:05d}"
+
+
+def marker_path(root: str, shard: int) -> str:
+    return posixpath.join(root, PROGRESS_DIR, shard_name(shard) + ".json")
+
+
+def index_part_path(root: str, shard: int) -> str:
+    return posixpath.join(root, INDEX_PARTS_DIR, shard_name(shard) + ".parquet")
+
+
+def array_names(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """Arrays present in a store with this manifest."""
+    return (MOMENTS, MOMENTS_FLIP, LABELS) if manifest["flips"] else (MOMENTS, LABELS)
+
+
+def sha256_array(x: np.ndarray) -> str:
+    """sha256 of the C-ordered bytes of a (decoded, stored-dtype) array."""
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def new_manifest(
+    *,
+    autoencoder: dict[str, Any],
+    resolution: int,
+    latent_shape: tuple[int, int, int] | list[int],
+    source: dict[str, Any],
+    crop: str = "adm_center",
+    dtype: str = DEFAULT_DTYPE,
+    flips: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    codec: str = DEFAULT_CODEC,
+) -> dict[str, Any]:
+    """A complete manifest for `StoreWriter.create_or_resume` (source = {id, split, revision, count})."""
+    from lplkit import __version__
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+    return {
+        "format_version": FORMAT_VERSION,
+        "autoencoder": dict(autoencoder),
+        "resolution": int(resolution),
+        "crop": crop,
+        "latent_shape": [int(v) for v in latent_shape],
+        "dtype": dtype,
+        "storage_dtype": storage_dtype(dtype).name,
+        "flips": bool(flips),
+        "source": {
+            "id": str(source["id"]),
+            "split": source.get("split"),
+            "revision": source.get("revision"),
+            "count": int(source["count"]),
+        },
+        "shard_size": int(shard_size),
+        "chunk_size": chunk_size_for(int(shard_size), int(chunk_size)),
+        "codec": codec,
+        "lplkit_version": __version__,
+        "completed": False,
+        "counts": None,
+    }
+
+
+def complete_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Fill the fields a caller may leave out (format version, chunk size, ...) with defaults."""
+    from lplkit import __version__
+
+    m = copy.deepcopy(manifest)
+    missing = [k for k in ("autoencoder", "resolution", "latent_shape", "source") if k not in m]
+    if missing:
+        raise ValueError(f"manifest lacks required fields {missing}")
+    m.setdefault("format_version", FORMAT_VERSION)
+    m.setdefault("crop", "adm_center")
+    m.setdefault("dtype", DEFAULT_DTYPE)
+    m["storage_dtype"] = storage_dtype(m["dtype"]).name
+    m.setdefault("flips", False)
+    m.setdefault("shard_size", DEFAULT_SHARD_SIZE)
+    m["chunk_size"] = chunk_size_for(
+        int(m["shard_size"]), int(m.get("chunk_size", DEFAULT_CHUNK_SIZE))
+    )
+    m.setdefault("codec", DEFAULT_CODEC)
+    m.setdefault("lplkit_version", __version__)
+    m["latent_shape"] = [int(v) for v in m["latent_shape"]]
+    src = m["source"]
+    m["source"] = {
+        "id": str(src["id"]),
+        "split": src.get("split"),
+        "revision": src.get("revision"),
+        "count": int(src["count"]),
+    }
+    m.setdefault("completed", False)
+    m.setdefault("counts", None)
+    return m
+
+
+def identity_differences(existing: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Human-readable `field: stored X, requested Y` for every identity field that differs."""
+    diffs = []
+    for field in IDENTITY_FIELDS:
+        old, new = existing.get(field), requested.get(field)
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    diffs.append(
+                        f"{field}.{key}: stored {old.get(key)!r}, requested {new.get(key)!r}"
+                    )
+        elif old != new:
+            diffs.append(f"{field}: stored {old!r}, requested {new!r}")
+    return diffs
+
+
+def manifest_problems(m: Any) -> list[str]:
+    """Structural check of a manifest (the runtime twin of schemas/store.schema.json)."""
+    if not isinstance(m, dict):
+        return ["manifest is not a JSON object"]
+    problems = []
+    types: dict[str, type | tuple[type, ...]] = {
+        "format_version": int,
+        "autoencoder": dict,
+        "resolution": int,
+        "crop": str,
+        "latent_shape": list,
+        "dtype": str,
+        "flips": bool,
+        "source": dict,
+        "shard_size": int,
+        "chunk_size": int,
+        "codec": str,
+        "lplkit_version": str,
+        "completed": bool,
+    }
+    for key, tp in types.items():
+        if key not in m:
+            problems.append(f"manifest field {key!r} is missing")
+        elif not isinstance(m[key], tp) or (tp is int and isinstance(m[key], bool)):
+            problems.append(f"manifest field {key!r} has the wrong type ({type(m[key]).__name__})")
+    if problems:
+        return problems
+    if m["format_version"] != FORMAT_VERSION:
+        problems.append(f"format_version {m['format_version']} is not {FORMAT_VERSION}")
+    if m["dtype"] not in DTYPES:
+        problems.append(f"dtype {m['dtype']!r} is not one of {DTYPES}")
+    if len(m["latent_shape"]) != 3:
+        problems.append(f"latent_shape {m['latent_shape']} is not [C, h, w]")
+    if m["shard_size"] < 1 or m["chunk_size"] < 1 or m["shard_size"] % m["chunk_size"]:
+        problems.append("shard_size must be a positive multiple of chunk_size")
+    if not isinstance(m["source"].get("count"), int) or m["source"]["count"] < 0:
+        problems.append("source.count must be a non-negative integer")
+    if m["completed"] and not isinstance(m.get("counts"), dict):
+        problems.append("a completed manifest must have counts {total, ok, skipped}")
+    return problems

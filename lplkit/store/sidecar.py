@@ -1,0 +1,63 @@
+"""Files next to the zarr arrays (markers, index parts, index, lock) through fsspec.
+
+Every store URL (`/local/path`, `file://`, `memory://`, `s3://`) resolves with `fsspec.core.url_to_fs`,
+so sidecars behave the same wherever the zarr arrays live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+
+
+def url_to_fs(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, root path) of a store URL (local paths made absolute)."""
+    fs, root = fsspec.core.url_to_fs(str(url))
+    return fs, root.rstrip("/") or "/"
+
+
+def is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def write_bytes_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Write so that readers see the old file or the whole new one, never a partial one.
+
+    Local: write a temp file in the same directory, fsync, `os.replace`. Object stores (s3, memory)
+    make a single put visible atomically, so a direct write already has that property.
+    """
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(fs: Any, path: str) -> Any:
+    """Parsed JSON at `path` (FileNotFoundError / ValueError propagate to the caller)."""
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read().decode())
+
+
+def write_json_atomic(fs: Any, path: str, data: Any) -> None:
+    write_bytes_atomic(fs, path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def remove_if_exists(fs: Any, path: str) -> bool:
+    """Delete `path`; True if it existed."""
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        return False
+    return True

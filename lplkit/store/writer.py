@@ -1,0 +1,344 @@
+"""`StoreWriter`: a resumable, shard-owning writer with per-shard checksums and completion markers.
+
+Life of a store (one process or a torchrun job of `world_size` ranks)::
+
+    w = StoreWriter.create_or_resume(url, manifest, rank=r, world_size=k)
+    for s in w.pending_shards():            # this rank's shards without a valid marker
+        w.write_shard(s, moments, moments_flip, labels, rows)
+    <barrier>                               # the caller's (e.g. dist.barrier()) before finalize
+    if r == 0: w.finalize()                 # merge index parts -> index.parquet, completed = True
+    w.close()                               # rank 0: releases the writer lock
+
+Rules that make it correct:
+- Shard `s` = positions `[s*S, min((s+1)*S, N))` is one zarr shard of every array, and it belongs to rank
+  `s % world_size`; no two writers ever touch one zarr shard (zarr 3 loses data when they do).
+- A shard is complete only when `progress/shard-XXXXX.json` exists; it is written atomically *after*
+  the arrays and the index part, with the sha256 of each array's stored bytes read back from the
+  store. A crash anywhere before leaves the shard pending, and resume re-writes it whole.
+- Rank 0 creates the arrays and writes the manifest last; other ranks poll (up to `wait_timeout`
+  seconds) until the manifest appears, so no barrier is needed before writing.
+- An existing store whose autoencoder/resolution/crop/dtype/flips/shard size/source differ from the
+  request is refused (`StoreMismatchError`): no stale-cache mixing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import zarr
+
+from lplkit.errors import StoreError, StoreMismatchError
+from lplkit.store import format as fmt
+from lplkit.store import index as idx
+from lplkit.store.lock import StoreLock
+from lplkit.store.sidecar import read_json, remove_if_exists, url_to_fs, write_json_atomic
+
+
+def compressors_for(codec: str) -> Any:
+    """zarr v3 `compressors=` for a codec name (`None` = stored raw)."""
+    if codec == "none":
+        return None
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=3)]
+    if codec == "blosc-zstd":
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
+    raise ValueError(f"codec must be one of {fmt.CODECS}, got {codec!r}")
+
+
+def open_group(url: str, mode: str = "r") -> zarr.Group:
+    """Open the store's zarr group (raises FileNotFoundError when absent)."""
+    return zarr.open_group(str(url), mode=mode)
+
+
+def read_marker(fs: Any, root: str, shard: int, start: int, stop: int) -> dict[str, Any] | None:
+    """The shard's completion marker if present and consistent with its range, else None."""
+    try:
+        marker = read_json(fs, fmt.marker_path(root, shard))
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(marker, dict):
+        return None
+    if (marker.get("shard"), marker.get("start"), marker.get("stop")) != (shard, start, stop):
+        return None
+    return marker if isinstance(marker.get("checksums"), dict) else None
+
+
+def shard_checksums(
+    group: zarr.Group, names: Sequence[str], start: int, stop: int
+) -> dict[str, str]:
+    """sha256 of each array's decoded stored bytes in `[start, stop)`."""
+    return {name: fmt.sha256_array(group[name][start:stop]) for name in names}
+
+
+class StoreWriter:
+    """Writes a latent store shard by shard (see the module docstring for the protocol)."""
+
+    def __init__(
+        self, url: str, group: zarr.Group, manifest: dict[str, Any], rank: int, world_size: int
+    ) -> None:
+        self.url = str(url)
+        self.fs, self.root = url_to_fs(self.url)
+        self.group = group
+        self.manifest = manifest
+        self.rank = rank
+        self.world_size = world_size
+        self.lock: StoreLock | None = None
+
+    # -- creation -------------------------------------------------------------------------------
+
+    @classmethod
+    def create_or_resume(
+        cls,
+        url: str,
+        manifest: dict[str, Any],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        wait_timeout: float = 600.0,
+        take_lock: bool = True,
+    ) -> StoreWriter:
+        """Create the store (rank 0) or open an existing one after checking it matches `manifest`.
+
+        `manifest` needs autoencoder, resolution, latent_shape and source {id, split, revision,
+        count}; everything else defaults (see `format.new_manifest`). Rank 0 takes the writer lock
+        (`take_lock`); ranks > 0 wait for rank 0's manifest (polling, `wait_timeout` seconds).
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        requested = fmt.complete_manifest(manifest)
+        fs, root = url_to_fs(str(url))
+        lock = StoreLock(fs, root) if rank == 0 and take_lock else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            if rank == 0:
+                group, stored = cls._create_or_open(str(url), fs, root, requested)
+            else:
+                group, stored = cls._wait_for(str(url), wait_timeout)
+            diffs = fmt.identity_differences(stored, requested)
+            if diffs:
+                raise StoreMismatchError(
+                    f"the store at {url} was made with different settings ({'; '.join(diffs)}); "
+                    "write to a new --out, or delete the store to re-encode"
+                )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        writer = cls(str(url), group, stored, rank, world_size)
+        writer.lock = lock
+        return writer
+
+    @staticmethod
+    def _create_or_open(
+        url: str, fs: Any, root: str, manifest: dict[str, Any]
+    ) -> tuple[zarr.Group, dict[str, Any]]:
+        try:
+            group = open_group(url, mode="r+")
+        except FileNotFoundError:
+            group = None
+        if group is not None and fmt.MANIFEST_KEY in group.attrs:
+            return group, dict(group.attrs[fmt.MANIFEST_KEY])
+        if group is not None and set(group.keys()) - set(fmt.array_names({"flips": True})):
+            raise StoreError(
+                f"{url} is a zarr group that is not an lplkit store; choose another --out"
+            )
+        if group is None and fs.exists(root) and fs.isfile(root):
+            raise StoreError(f"{url} is a file, not a store directory; choose another --out")
+        group = zarr.open_group(url, mode="a")
+        count = manifest["source"]["count"]
+        latent = tuple(manifest["latent_shape"])
+        shard, chunk = manifest["shard_size"], manifest["chunk_size"]
+        sdtype = fmt.storage_dtype(manifest["dtype"])
+        comp = compressors_for(manifest["codec"])
+        for name in fmt.array_names(manifest):
+            if name == fmt.LABELS:
+                group.create_array(
+                    name, shape=(count,), dtype="int32", chunks=(chunk,), shards=(shard,),
+                    fill_value=-1, compressors=comp, overwrite=True,
+                )  # fmt: skip
+            else:
+                group.create_array(
+                    name, shape=(count, 2, *latent), dtype=sdtype, chunks=(chunk, 2, *latent),
+                    shards=(shard, 2, *latent), fill_value=0, compressors=comp, overwrite=True,
+                )  # fmt: skip
+        # The manifest goes last: its presence tells other ranks the arrays exist.
+        group.attrs[fmt.MANIFEST_KEY] = manifest
+        return group, manifest
+
+    @staticmethod
+    def _wait_for(url: str, timeout: float) -> tuple[zarr.Group, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                group = open_group(url, mode="r+")
+                if fmt.MANIFEST_KEY in group.attrs:
+                    return group, dict(group.attrs[fmt.MANIFEST_KEY])
+            except FileNotFoundError:
+                pass
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"rank 0 did not create the store {url} within {timeout:.0f} s; check rank 0's log"
+                )
+            time.sleep(0.2)
+
+    # -- geometry -------------------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["source"]["count"])
+
+    @property
+    def n_shards(self) -> int:
+        return fmt.n_shards(self.count, self.manifest["shard_size"])
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        """Positions `[start, stop)` of `shard`."""
+        return fmt.shard_range(shard, self.count, self.manifest["shard_size"])
+
+    def owns(self, shard: int) -> bool:
+        """Whether this rank writes `shard` (static round-robin: `shard % world_size == rank`)."""
+        return shard % self.world_size == self.rank
+
+    def is_complete(self, shard: int) -> bool:
+        return read_marker(self.fs, self.root, shard, *self.shard_range(shard)) is not None
+
+    def all_pending_shards(self) -> list[int]:
+        """Every shard (any rank's) without a valid completion marker."""
+        return [s for s in range(self.n_shards) if not self.is_complete(s)]
+
+    def pending_shards(self) -> list[int]:
+        """This rank's shards without a valid completion marker, in order."""
+        return [s for s in range(self.n_shards) if self.owns(s) and not self.is_complete(s)]
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def write_shard(
+        self,
+        shard: int,
+        moments: np.ndarray,
+        moments_flip: np.ndarray | None,
+        labels: np.ndarray,
+        rows: Sequence[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Write one whole shard, then its completion marker; returns the marker.
+
+        `moments`/`moments_flip` are float32-convertible `(n, 2, C, h, w)` with n = the shard's
+        length; rows whose index status is not "ok" are stored as zeros. Raises `StoreError` if an
+        ok sample is non-finite (or has std < 0) in the store dtype, e.g. fp16 overflow.
+        """
+        if not self.owns(shard):
+            raise StoreError(
+                f"rank {self.rank} tried to write shard {shard}, owned by rank "
+                f"{shard % self.world_size}; two writers in one shard lose data"
+            )
+        start, stop = self.shard_range(shard)
+        n = stop - start
+        # Invalidate first: a crash from here until the new marker leaves the shard pending.
+        remove_if_exists(self.fs, fmt.marker_path(self.root, shard))
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise ValueError(f"shard {shard}: labels shape {labels.shape}, expected ({n},)")
+        labels = labels.astype(np.int32)
+        table = idx.rows_to_table(rows, start, labels)
+        ok = np.asarray(table.column("status").to_pylist()) == "ok"
+        arrays = {fmt.MOMENTS: moments}
+        if self.manifest["flips"]:
+            if moments_flip is None:
+                raise ValueError(f"shard {shard}: this store has flips; pass moments_flip")
+            arrays[fmt.MOMENTS_FLIP] = moments_flip
+        elif moments_flip is not None:
+            raise ValueError(f"shard {shard}: this store has no flips; pass moments_flip=None")
+        for name, values in arrays.items():
+            self.group[name][start:stop] = self._to_stored(name, values, ok, start, n)
+        self.group[fmt.LABELS][start:stop] = labels
+        part = idx.table_to_bytes(table)
+        self.fs.makedirs(f"{self.root}/{fmt.INDEX_PARTS_DIR}", exist_ok=True)
+        self.fs.pipe_file(fmt.index_part_path(self.root, shard), part)
+        marker = {
+            "shard": shard,
+            "start": start,
+            "stop": stop,
+            "n_ok": int(ok.sum()),
+            "n_skipped": int(n - ok.sum()),
+            "checksums": shard_checksums(self.group, fmt.array_names(self.manifest), start, stop),
+            "index_part_sha256": idx.sha256_bytes(part),
+            "rank": self.rank,
+            "written_at": time.time(),
+        }
+        write_json_atomic(self.fs, fmt.marker_path(self.root, shard), marker)
+        return marker
+
+    def _to_stored(
+        self, name: str, values: np.ndarray, ok: np.ndarray, start: int, n: int
+    ) -> np.ndarray:
+        x = np.array(values, dtype=np.float32)  # a copy: zeroing skipped rows must not touch input
+        expected = (n, 2, *self.manifest["latent_shape"])
+        if x.shape != expected:
+            raise ValueError(
+                f"{name} for positions {start}..{start + n}: shape {x.shape}, expected {expected}"
+            )
+        x[~ok] = 0.0
+        stored = fmt.to_storage(x, self.manifest["dtype"])
+        back = fmt.from_storage(stored, self.manifest["dtype"])
+        bad = ~np.isfinite(back).reshape(n, -1).all(axis=1) | (back[:, 1] < 0).reshape(n, -1).any(
+            axis=1
+        )
+        if bad.any():
+            where = (start + np.flatnonzero(bad)[:5]).tolist()
+            raise StoreError(
+                f"{name}: non-finite values or negative std at positions {where} after conversion "
+                f"to {self.manifest['dtype']} (max |x| = {np.abs(x[np.isfinite(x)]).max(initial=0):.3g}); "
+                "check the autoencoder output, or use --dtype float32/bfloat16 if fp16 overflows"
+            )
+        return stored
+
+    # -- finishing ------------------------------------------------------------------------------
+
+    def finalize(self) -> dict[str, Any]:
+        """Rank 0, after every rank's shards are written: build index.parquet, mark completed.
+
+        Idempotent; raises `StoreError` naming the pending shards if some are not complete.
+        """
+        if self.rank != 0:
+            raise StoreError(f"finalize() is rank 0's job (called on rank {self.rank})")
+        pending = self.all_pending_shards()
+        if pending:
+            shown = ", ".join(map(str, pending[:10])) + (" ..." if len(pending) > 10 else "")
+            raise StoreError(
+                f"cannot finalize {self.url}: {len(pending)} shard(s) not complete ({shown}); "
+                "re-run the same encode command to finish them"
+            )
+        parts = [
+            idx.read_table(self.fs, fmt.index_part_path(self.root, s)) for s in range(self.n_shards)
+        ]
+        table = pa.concat_tables(parts) if parts else idx.INDEX_SCHEMA.empty_table()
+        positions = table.column("position").to_numpy()
+        if not np.array_equal(positions, np.arange(self.count)):
+            raise StoreError(f"{self.url}: index parts do not cover positions 0..{self.count - 1}")
+        from lplkit.store.sidecar import write_bytes_atomic
+
+        write_bytes_atomic(self.fs, f"{self.root}/{fmt.INDEX_FILE}", idx.table_to_bytes(table))
+        n_ok = int(np.sum(np.asarray(table.column("status").to_pylist()) == "ok"))
+        manifest = dict(self.manifest)
+        manifest["counts"] = {"total": self.count, "ok": n_ok, "skipped": self.count - n_ok}
+        manifest["completed"] = True
+        self.group.attrs[fmt.MANIFEST_KEY] = manifest
+        self.manifest = manifest
+        return manifest
+
+    def close(self) -> None:
+        """Release the writer lock (rank 0). Safe to call twice."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
