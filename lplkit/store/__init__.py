@@ -5,6 +5,7 @@ Public API: `StoreWriter` (encode side), `LatentStore` (read side, training load
 """
 
 from lplkit.store.format import FORMAT_VERSION, new_manifest
+from lplkit.store.reader import LatentStore
 from lplkit.store.writer import StoreWriter
 
-__all__ = ["FORMAT_VERSION", "StoreWriter", "new_manifest"]
+__all__ = ["FORMAT_VERSION", "LatentStore", "StoreWriter", "new_manifest"]

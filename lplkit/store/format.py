@@ -87,7 +87,8 @@ def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if dtype != "bfloat16":
-        return x.astype(storage_dtype(dtype), copy=False)
+        with np.errstate(over="ignore"):  # overflow -> inf, which the writer reports by position
+            return x.astype(storage_dtype(dtype), copy=False)
     bits = x.view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(x)

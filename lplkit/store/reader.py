@@ -1,0 +1,318 @@
+"""`LatentStore`: random access to a latent store and the fast, resumable shuffled training loader.
+
+zarr costs ~0.3-0.6 ms per chunk, so per-sample fancy indexing caps near 3k samples/s. Everything here
+reads whole inner chunks (merged into contiguous runs) and gathers in memory:
+
+- `read(indices)` groups the requested positions by chunk, reads each run of chunks once, gathers.
+- `batches(...)` reads the epoch in windows of chunks (`shuffle.epoch_order`: chunk order shuffled,
+  samples permuted within a window) and draws each batch from RAM. When the whole store fits
+  `memory_budget` it is loaded once and kept, and the order is a uniform permutation of all samples.
+  The next window is read in a background thread while the current one is consumed.
+
+Latents are sampled as `z = mean + std * eps`, `eps ~ N(0, I)`, with a torch generator seeded from
+`(seed, epoch, batch, rank)`; with flips, each sample uses the moments of the flipped image with
+probability 1/2 (drawn from the same generator). So batch `j` is a pure function of
+`(seed, epoch, j, rank, world_size, batch_size, memory_budget)`: resuming at `start_batch=j` gives
+bitwise the batches an uninterrupted iteration would have given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import zarr
+
+from lplkit.errors import StoreCorruptError, StoreError
+from lplkit.store import format as fmt
+from lplkit.store import index as idx
+from lplkit.store import shuffle as shf
+from lplkit.store.sidecar import url_to_fs
+
+DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of stored moments (all arrays) the loader may hold
+
+
+class _Block:
+    """Stored-dtype rows of a set of chunks plus the map position -> row."""
+
+    def __init__(
+        self, arrays: dict[str, np.ndarray], chunks: np.ndarray, chunk_size: int, n_chunks: int
+    ):
+        self.arrays = arrays
+        self.chunk_size = chunk_size
+        self.slot = np.full(n_chunks, -1, dtype=np.int64)
+        self.slot[chunks] = np.arange(len(chunks)) * chunk_size
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        chunk = positions // self.chunk_size
+        slots = self.slot[chunk]
+        if (slots < 0).any():
+            raise KeyError("positions outside this block")
+        return slots + positions - chunk * self.chunk_size
+
+
+class LatentStore:
+    """A finalized latent store opened for reading (`LatentStore.open(url)`)."""
+
+    def __init__(self, url: str, group: zarr.Group, manifest: dict[str, Any], index: pa.Table,
+                 memory_budget: int) -> None:  # fmt: skip
+        self.url = url
+        self.group = group
+        self.manifest = manifest
+        self.index = index
+        self.memory_budget = int(memory_budget)
+        self.chunk_size = int(manifest["chunk_size"])
+        self.dtype = manifest["dtype"]
+        self.has_flips = bool(manifest["flips"])
+        self._count = int(manifest["source"]["count"])
+        self._arrays = {n: group[n] for n in fmt.array_names(manifest) if n != fmt.LABELS}
+        self.labels: np.ndarray = np.asarray(group[fmt.LABELS][:], dtype=np.int32)
+        status = np.asarray(index.column("status").to_pylist()) if len(index) else np.array([])
+        pos = index.column("position").to_numpy() if len(index) else np.array([], np.int64)
+        self.ok_positions: np.ndarray = np.sort(pos[status == "ok"]).astype(np.int64)
+        self._ram: _Block | None = None
+
+    @classmethod
+    def open(cls, url: str, *, memory_budget: int = DEFAULT_MEMORY_BUDGET, allow_incomplete: bool = False
+             ) -> LatentStore:  # fmt: skip
+        """Open a store. An unfinished store (encode still running or crashed) is refused unless
+        `allow_incomplete`, in which case only shards with a completion marker count as data."""
+        url = str(url)
+        try:
+            group = zarr.open_group(url, mode="r")
+            manifest = dict(group.attrs[fmt.MANIFEST_KEY])
+        except (FileNotFoundError, KeyError):
+            raise StoreError(
+                f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
+            ) from None
+        problems = fmt.manifest_problems(manifest)
+        if problems:
+            raise StoreCorruptError(
+                f"{url}: invalid manifest ({'; '.join(problems)}); run `lplkit verify {url}`"
+            )
+        fs, root = url_to_fs(url)
+        if manifest["completed"]:
+            try:
+                index = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}")
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreCorruptError(
+                    f"{url}/{fmt.INDEX_FILE} is unreadable ({exc}); run `lplkit verify {url} --repair` "
+                    "then re-run the encode command to rebuild it"
+                ) from None
+        elif allow_incomplete:
+            index = cls._index_of_complete_shards(fs, root, manifest)
+        else:
+            raise StoreError(
+                f"{url} is not finished (encode still running or interrupted); re-run the encode "
+                "command to complete it"
+            )
+        return cls(url, group, manifest, index, memory_budget)
+
+    @staticmethod
+    def _index_of_complete_shards(fs: Any, root: str, manifest: dict[str, Any]) -> pa.Table:
+        from lplkit.store.writer import read_marker
+
+        count, size = manifest["source"]["count"], manifest["shard_size"]
+        parts = []
+        for s in range(fmt.n_shards(count, size)):
+            if read_marker(fs, root, s, *fmt.shard_range(s, count, size)) is not None:
+                parts.append(idx.read_table(fs, fmt.index_part_path(root, s)))
+        return pa.concat_tables(parts) if parts else idx.INDEX_SCHEMA.empty_table()
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.manifest["latent_shape"]
+        return int(c), int(h), int(w)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self._count // self.chunk_size)
+
+    @property
+    def bytes_per_chunk(self) -> int:
+        """Stored bytes of one chunk across the moment arrays the loader reads."""
+        c, h, w = self.latent_shape
+        item = fmt.storage_dtype(self.dtype).itemsize
+        return self.chunk_size * 2 * c * h * w * item * len(self._arrays)
+
+    # -- chunk I/O ------------------------------------------------------------------------------
+
+    def _load(self, chunks: np.ndarray) -> _Block:
+        """Read `chunks` (sorted ids) of every moment array, merging consecutive ids into one read."""
+        chunks = np.asarray(chunks, dtype=np.int64)
+        breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
+        runs = np.split(chunks, breaks) if len(chunks) else []
+        arrays = {}
+        for name, arr in self._arrays.items():
+            c, h, w = self.latent_shape
+            out = np.zeros((len(chunks) * self.chunk_size, 2, c, h, w), dtype=arr.dtype)
+            row = 0
+            for run in runs:
+                lo, hi = (
+                    int(run[0]) * self.chunk_size,
+                    min(int(run[-1] + 1) * self.chunk_size, self._count),
+                )
+                out[row : row + hi - lo] = arr[lo:hi]
+                row += len(run) * self.chunk_size
+            arrays[name] = out
+        return _Block(arrays, chunks, self.chunk_size, self.n_chunks)
+
+    def _ram_block(self) -> _Block | None:
+        """The whole store in RAM if it fits the memory budget (loaded once, then kept)."""
+        if self._ram is None and self.n_chunks * self.bytes_per_chunk <= self.memory_budget:
+            self._ram = self._load(np.arange(self.n_chunks))
+        return self._ram
+
+    def _decode(self, x: np.ndarray) -> torch.Tensor:
+        """Stored rows -> float32 torch tensor."""
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self.dtype == "bfloat16":
+            return t.view(torch.bfloat16).float()
+        return t.float()
+
+    # -- random access --------------------------------------------------------------------------
+
+    def read(self, indices: Any, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std), each float32 `(n, C, h, w)`, of the positions `indices` (any order).
+
+        Reads are grouped by chunk: each needed chunk is read once, whatever the request order.
+        """
+        name = fmt.MOMENTS_FLIP if flip else fmt.MOMENTS
+        if name not in self._arrays:
+            raise StoreError(f"{self.url} has no flipped moments (encoded without --flip)")
+        pos = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(pos) and (pos.min() < 0 or pos.max() >= self._count):
+            raise IndexError(f"positions must be in [0, {self._count})")
+        block = self._ram or self._load(np.unique(pos // self.chunk_size))
+        m = self._decode(block.arrays[name][block.rows(pos)]).numpy()
+        return m[:, 0], m[:, 1]
+
+    # -- training loader ------------------------------------------------------------------------
+
+    def _split(self, rank: int | None, world_size: int | None) -> tuple[int, int]:
+        if rank is None or world_size is None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank = torch.distributed.get_rank() if rank is None else rank
+                world_size = (
+                    torch.distributed.get_world_size() if world_size is None else world_size
+                )
+            else:
+                rank, world_size = rank or 0, world_size or 1
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        return rank, world_size
+
+    def num_batches(
+        self, batch_size: int, rank: int | None = None, world_size: int | None = None,
+        drop_last: bool = True,
+    ) -> int:  # fmt: skip
+        """Batches per epoch for one rank (equal on every rank)."""
+        _, world_size = self._split(rank, world_size)
+        return shf.num_batches(len(self.ok_positions), batch_size, world_size, drop_last)
+
+    def window_chunks(self) -> int | None:
+        """Chunks per shuffle window: None (one window: the whole store) when it fits the budget."""
+        if self.n_chunks * self.bytes_per_chunk <= self.memory_budget:
+            return None
+        # Two windows live at once (the current one and the one being prefetched).
+        return max(1, self.memory_budget // (2 * self.bytes_per_chunk))
+
+    def epoch_order(self, seed: int, epoch: int = 0, shuffle: bool = True) -> shf.EpochOrder:
+        """The order `batches` visits the ok samples in (see `lplkit.store.shuffle`)."""
+        return shf.epoch_order(self.ok_positions, self.chunk_size, seed=seed, epoch=epoch,
+                               shuffle=shuffle, window=self.window_chunks())  # fmt: skip
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        epoch: int = 0,
+        start_batch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = True,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield `(latents (B, C, h, w) float32, labels (B,) int64)` for one epoch of one rank.
+
+        `latents = mean + std * eps` (raw, unscaled; normalise downstream). Every ok sample is used
+        once per epoch across ranks (`drop_last` drops the last partial global batch). rank and
+        world_size default to torch.distributed's when it is initialised.
+        """
+        rank, world_size = self._split(rank, world_size)
+        plan = self.epoch_order(seed, epoch, shuffle)
+        n = len(plan.order)
+        total = shf.num_batches(n, batch_size, world_size, drop_last)
+        if total == 0 or start_batch >= total:
+            return
+        ram = self._ram_block()
+        if ram is not None:
+            for j in range(start_batch, total):
+                span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
+                yield self._make_batch(ram, plan.order[span], seed, epoch, j, rank)
+            return
+        yield from self._stream(plan, batch_size, seed, epoch, start_batch, total, rank, world_size,
+                                drop_last)  # fmt: skip
+
+    def _stream(
+        self, plan: shf.EpochOrder, batch_size: int, seed: int, epoch: int, start_batch: int,
+        total: int, rank: int, world_size: int, drop_last: bool,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """Batches from windows read one ahead in a background thread."""
+        n = len(plan.order)
+        n_windows = len(plan.window_chunks)
+        loaded: dict[int, _Block] = {}
+        pending: dict[int, Future[_Block]] = {}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-store") as pool:
+
+            def request(k: int) -> None:
+                if k < n_windows and k not in loaded and k not in pending:
+                    pending[k] = pool.submit(self._load, plan.window_chunks[k])
+
+            def get(k: int) -> _Block:
+                if k not in loaded:
+                    request(k)
+                    loaded[k] = pending.pop(k).result()
+                return loaded[k]
+
+            for j in range(start_batch, total):
+                span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
+                positions = plan.order[span]
+                windows = np.unique(np.searchsorted(plan.window_starts, span, side="right") - 1)
+                windows = [int(k) for k in windows]
+                for k in list(loaded):
+                    if k not in windows:
+                        del loaded[k]
+                request(windows[-1] + 1)
+                blocks = [get(k) for k in windows]
+                block = blocks[0] if len(blocks) == 1 else self._merge(blocks, windows, plan)
+                yield self._make_batch(block, positions, seed, epoch, j, rank)
+
+    def _merge(self, blocks: list[_Block], windows: list[int], plan: shf.EpochOrder) -> _Block:
+        chunks = np.concatenate([plan.window_chunks[k] for k in windows])
+        arrays = {name: np.concatenate([b.arrays[name] for b in blocks]) for name in self._arrays}
+        return _Block(arrays, chunks, self.chunk_size, self.n_chunks)
+
+    def _make_batch(
+        self, block: _Block, positions: np.ndarray, seed: int, epoch: int, batch: int, rank: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather, decode, pick flips and sample `mean + std * eps` with the batch's generator."""
+        g = torch.Generator().manual_seed(shf.batch_seed(seed, epoch, batch, rank))
+        rows = block.rows(positions)
+        stored = block.arrays[fmt.MOMENTS][rows]
+        if self.has_flips:
+            flip = torch.rand(len(rows), generator=g).numpy() < 0.5
+            stored[flip] = block.arrays[fmt.MOMENTS_FLIP][rows[flip]]
+        m = self._decode(stored)
+        eps = torch.randn(m[:, 0].shape, generator=g)
+        latents = torch.addcmul(m[:, 0], m[:, 1], eps)
+        labels = torch.from_numpy(self.labels[positions].astype(np.int64))
+        return latents, labels

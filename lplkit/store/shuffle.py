@@ -1,0 +1,119 @@
+"""Epoch order and DDP batch split for the training loader (pure numpy; no I/O).
+
+The order of an epoch is a deterministic function of (seed, epoch, the store's ok positions, chunk
+size, window size), so any rank can compute any batch without reading data or talking to other ranks,
+and resuming at batch `j` needs no state beyond `(seed, epoch, j)`.
+
+Block shuffle, with `W` = chunks per window:
+
+1. the chunks holding ok samples are put in a uniformly random order (`rng(seed, epoch)`);
+2. that order is cut into windows of `W` consecutive chunks;
+3. the ok samples of window `k` are permuted uniformly (`rng(seed, epoch, k)`);
+4. the epoch order is the concatenation of the windows.
+
+When `W` >= the number of chunks there is a single window and the order is a uniform random
+permutation of all ok samples. Otherwise every ok sample still appears exactly once per epoch, but
+two samples of one chunk are always in the same window (a batch mixes `W * chunk` candidates).
+
+DDP: global batch `j` is `order[j*B*R : (j+1)*B*R]` and rank `r` takes its `r`-th block of `B`, so
+ranks are disjoint and have equal batch counts (`drop_last=True` drops the last `< B*R` samples;
+`drop_last=False` pads the last global batch from the start of the order, like DistributedSampler).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_ORDER_TAG = 0x0D
+_WINDOW_TAG = 0x3A
+_BATCH_TAG = 0xBA
+
+
+def rng_for(*key: int) -> np.random.Generator:
+    """A numpy Generator seeded from a tuple of non-negative ints via SeedSequence."""
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The torch seed of one batch's noise and flip draws: a hash of (seed, epoch, batch, rank)."""
+    state = np.random.SeedSequence([seed, epoch, batch, rank, _BATCH_TAG]).generate_state(2)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+@dataclass(frozen=True)
+class EpochOrder:
+    """One epoch's sample order and the windows it is read in.
+
+    `order[window_starts[k]:window_starts[k+1]]` are the samples of window `k`, all inside
+    `window_chunks[k]` (sorted chunk ids).
+    """
+
+    order: np.ndarray
+    window_starts: np.ndarray
+    window_chunks: list[np.ndarray]
+
+    def window_of(self, i: int) -> int:
+        """The window holding order index `i`."""
+        return int(np.searchsorted(self.window_starts, i, side="right") - 1)
+
+
+def epoch_order(
+    ok_positions: np.ndarray,
+    chunk_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    window: int | None = None,
+) -> EpochOrder:
+    """The epoch order of `ok_positions` (sorted) read in windows of `window` chunks (None = all)."""
+    ok = np.asarray(ok_positions, dtype=np.int64)
+    chunk_of = ok // chunk_size
+    chunks, first = np.unique(chunk_of, return_index=True)
+    bounds = np.append(first, len(ok))  # ok[bounds[i]:bounds[i+1]] are the samples of chunks[i]
+    w = len(chunks) if window is None else max(1, min(int(window), len(chunks)))
+    chunk_seq = rng_for(seed, epoch, _ORDER_TAG).permutation(len(chunks)) if shuffle else None
+    if chunk_seq is None:
+        chunk_seq = np.arange(len(chunks))
+    parts, starts, window_chunks = [], [], []
+    n = 0
+    for k, lo in enumerate(range(0, len(chunks), w)):
+        sel = chunk_seq[lo : lo + w]
+        samples = (
+            np.concatenate([ok[bounds[c] : bounds[c + 1]] for c in sel]) if len(sel) else ok[:0]
+        )
+        if shuffle:
+            samples = samples[rng_for(seed, epoch, k, _WINDOW_TAG).permutation(len(samples))]
+        parts.append(samples)
+        starts.append(n)
+        window_chunks.append(np.sort(chunks[sel]))
+        n += len(samples)
+    order = np.concatenate(parts) if parts else ok[:0]
+    return EpochOrder(order, np.asarray([*starts, n], dtype=np.int64), window_chunks)
+
+
+def num_batches(n: int, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:
+    """Batches per rank per epoch for `n` samples."""
+    if batch_size < 1 or world_size < 1:
+        raise ValueError("batch_size and world_size must be >= 1")
+    global_batch = batch_size * world_size
+    return n // global_batch if drop_last else -(-n // global_batch)
+
+
+def batch_span(
+    n: int, batch: int, batch_size: int, rank: int, world_size: int, drop_last: bool = True
+) -> np.ndarray:
+    """Order indices (into `EpochOrder.order`) of rank `rank`'s batch `batch`."""
+    global_batch = batch_size * world_size
+    lo = batch * global_batch
+    if lo + global_batch <= n:
+        return np.arange(lo + rank * batch_size, lo + (rank + 1) * batch_size)
+    if drop_last or batch >= num_batches(n, batch_size, world_size, drop_last):
+        raise IndexError(f"batch {batch} out of range")
+    rest = n - lo
+    per_rank = -(-rest // world_size)
+    # Pad the last global batch from the start of the epoch so every rank gets `per_rank` samples.
+    span = np.arange(lo, lo + per_rank * world_size) % n
+    return span[rank * per_rank : (rank + 1) * per_rank]
