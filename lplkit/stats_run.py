@@ -1,0 +1,185 @@
+"""`run_stats`: open a store, check and load its autoencoder, compute, record provenance, write.
+
+The one library call behind `lplkit stats` (the CLI only renders). Works single-process or under
+torchrun with an initialized default process group: every rank computes its slice, all ranks get
+the merged result, and rank 0 alone writes the `stats/` group.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lplkit.stats import (
+    DEFAULT_BINS,
+    DEFAULT_PILOT,
+    MASK_STDS,
+    Q_HIGH,
+    Q_LOW,
+    StoreStats,
+    compute_stats,
+)
+
+__all__ = ["DEFAULT_SAMPLES", "check_autoencoder", "run_stats", "stats_summary"]
+
+DEFAULT_SAMPLES = 1024
+
+
+def check_autoencoder(manifest: dict[str, Any], info: dict[str, Any], url: str) -> None:
+    """Raise `StoreMismatchError` unless `info` (autoencoder_info) is the store's autoencoder:
+    same config_hash, and same weights_hash when the manifest records one."""
+    from lplkit.errors import StoreMismatchError
+
+    stored = manifest.get("autoencoder") or {}
+    for key in ("config_hash", "weights_hash"):
+        if key == "weights_hash" and not stored.get(key):
+            continue
+        if stored.get(key) != info.get(key):
+            raise StoreMismatchError(
+                f"{url} was encoded with autoencoder {stored.get('id')!r} ({key} "
+                f"{str(stored.get(key))[:12]}), but the requested autoencoder {info.get('id')!r} has "
+                f"{key} {str(info.get(key))[:12]}; statistics must use the store's own autoencoder: "
+                "drop --vae or pass that one"
+            )
+
+
+def _range(t: torch.Tensor) -> list[float]:
+    return [float(t.min()), float(t.max())]
+
+
+def stats_summary(stats: StoreStats) -> dict[str, Any]:
+    """JSON-ready summary: latent statistics in full, per-layer ranges (the table's content)."""
+    return {
+        "latent": {
+            "channels": int(stats.latent_mean.shape[0]),
+            "count": stats.latent_count,
+            "mean": stats.latent_mean.tolist(),
+            "std": stats.latent_std.tolist(),
+            "shift": stats.latent_shift.tolist(),
+            "scale": stats.latent_scale.tolist(),
+            "shift_factor": stats.shift_factor,
+            "scaling_factor": stats.scaling_factor,
+        },
+        "layers": [
+            {
+                "name": layer.name,
+                "channels": layer.channels,
+                "height": layer.height,
+                "width": layer.width,
+                "upsample_factor": layer.upsample_factor,
+                "count": layer.count,
+                "mean_range": _range(layer.mean),
+                "std_range": _range(layer.std),
+                "q_low_range": _range(layer.q_low),
+                "q_high_range": _range(layer.q_high),
+                "q_error_bound_max": float(layer.q_error_bound.max()),
+                "outlier_share": layer.outlier_share,
+            }
+            for layer in stats.layers
+        ],
+    }
+
+
+def run_stats(
+    url: str,
+    *,
+    vae: str | None = None,
+    subfolder: str | None = None,
+    samples: int | None = DEFAULT_SAMPLES,
+    depth: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    bins: int = DEFAULT_BINS,
+    pilot: int = DEFAULT_PILOT,
+    features: bool = True,
+    write: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[StoreStats, dict[str, Any]]:
+    """Compute (and on rank 0 write) the statistics of the store at `url`.
+
+    Args:
+        vae: autoencoder spec; None = the one recorded in the store's manifest. Either way its
+            config_hash must equal the manifest's (else `StoreMismatchError`).
+        samples: items to use (None = all; see `lplkit.stats.select_items`).
+        depth: decoder stages tapped after the first (None = all of them: stats for depth K serve
+            every LPL depth <= K).
+        features: False skips the decoder (latent statistics only).
+        write: store the result in the store's `stats/` group (rank 0 only).
+
+    Returns:
+        (stats, meta) where meta is the provenance + summary written as the run's attributes.
+    """
+    from lplkit import __version__
+    from lplkit.errors import ConfigError
+    from lplkit.stats_store import store_content_hash, write_stats
+    from lplkit.store.reader import LatentStore
+
+    if samples is not None and samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {samples}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    store = LatentStore.open(url)
+    manifest = store.manifest
+    content_hash = store_content_hash(url, manifest)
+    taps, info = None, dict(manifest.get("autoencoder") or {})
+    if features:
+        from lplkit.autoencoder import autoencoder_info, load_autoencoder
+        from lplkit.decoder_features import DecoderTaps
+
+        spec = vae if vae is not None else str(info.get("id"))
+        sub = subfolder if vae is not None else info.get("subfolder")
+        model = load_autoencoder(spec, subfolder=sub, device=device)
+        info = autoencoder_info(model, spec, sub)
+        check_autoencoder(manifest, info, url)
+        taps = DecoderTaps(model, depth).to(device)
+    stats = compute_stats(
+        store,
+        taps,
+        samples=samples,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        bins=bins,
+        pilot=pilot,
+        on_progress=on_progress,
+    )
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    meta: dict[str, Any] = {
+        "format": 1,
+        "lplkit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "store": {"url": str(url), "content_hash": content_hash, "ok": len(store.ok_positions)},
+        "autoencoder": {
+            k: info.get(k) for k in ("id", "subfolder", "class", "config_hash", "weights_hash")
+        },
+        "depth": None if taps is None else taps.depth,
+        "apply_post_quant_conv": True,
+        "sampling": {
+            "items": len(stats.items) if stats.items is not None else 0,
+            "requested": samples,
+            "seed": seed,
+            "flips": stats.meta["flips"],
+            "noise": "numpy.random.default_rng([seed, position, flip]).standard_normal",
+            "world_size": world,
+        },
+        "quantiles": {
+            "low": Q_LOW,
+            "high": Q_HIGH,
+            "mask_stds": MASK_STDS,
+            "method": "fixed-bin histogram",
+            "bins": bins,
+            "pilot": pilot,
+        },
+        **stats_summary(stats),
+    }
+    stats.meta = meta
+    rank = dist.get_rank() if world > 1 else 0
+    if write and rank == 0:
+        meta["run"] = write_stats(url, stats, meta)
+    return stats, meta
