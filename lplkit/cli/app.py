@@ -16,7 +16,7 @@ from lplkit import __version__
 from lplkit.cli import output
 
 # Order = order in `lplkit --help`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("eval",)
 
 app = typer.Typer(
     name="lplkit",

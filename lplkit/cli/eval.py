@@ -1,0 +1,92 @@
+"""`lplkit eval`: SWD per pyramid level, spectrum distance and (with Inception weights) FID."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lplkit.cli import output
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `eval` command to the app."""
+
+    @app.command("eval")
+    def eval_command(
+        samples: str = typer.Option(
+            ..., "--samples", help="Folder of PNG/JPEG or .npz (arr_0 uint8 NHWC)."
+        ),
+        ref: str = typer.Option(
+            ...,
+            "--ref",
+            help="Reference: latent store, image folder, or .npz (images and/or mu/sigma).",
+        ),
+        metrics: str = typer.Option(
+            "swd,spectrum", "--metrics", help="Comma list of swd, spectrum, fid."
+        ),
+        n: int | None = typer.Option(
+            None, "--n", help="Max images per set (seeded random subset)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed for subsets, SWD patches and directions."),
+        inception: Path | None = typer.Option(
+            None, "--inception", help="inception-2015-12-05.pt TorchScript file (for fid)."
+        ),
+        batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
+        device: str = typer.Option(
+            "cpu", "--device", help="torch device (decoding, features, SWD)."
+        ),
+        swd_dirs: int = typer.Option(512, "--swd-dirs", help="SWD random directions per repeat."),
+        swd_repeats: int = typer.Option(4, "--swd-repeats", help="SWD direction repeats."),
+        spectrum_mode: str = typer.Option("gray", "--spectrum-mode", help="gray or rgb."),
+        json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    ) -> None:
+        """Compare generated samples with references (SWD x1e3 per level, spectra, FID)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from lplkit.evaluate import EvalOptions, evaluate, parse_metrics
+        from lplkit.metrics.swd import SWDConfig
+
+        opts = EvalOptions(
+            metrics=parse_metrics(metrics),
+            n=n,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            inception=inception,
+            swd=SWDConfig(dirs_per_repeat=swd_dirs, dir_repeats=swd_repeats),
+            spectrum_mode=spectrum_mode,
+        )
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=output.console, transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def on_batch(role: str, done: int, total: int) -> None:
+                if role not in tasks:
+                    tasks[role] = bar.add_task(f"{role} images", total=total)
+                bar.update(tasks[role], completed=done)
+
+            result = evaluate(samples, ref, opts, progress=on_batch)
+        if json_out:
+            output.emit_json(result)
+        else:
+            _print_table(result)
+
+
+def _print_table(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['samples']['path']} vs {result['ref']['path']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if "swd" in result:
+        for level, value in result["swd"]["levels"].items():
+            table.add_row(f"SWD x1e3 {level}", f"{value:.3f}")
+        table.add_row("SWD x1e3 avg", f"{result['swd']['avg']:.3f}")
+    if "spectrum" in result:
+        table.add_row("spectrum |dlog10 P| all", f"{result['spectrum']['distance']:.4f}")
+        table.add_row("spectrum |dlog10 P| high half", f"{result['spectrum']['distance_high']:.4f}")
+    if "fid" in result:
+        table.add_row(f"FID (ref: {result['fid']['ref_stats']})", f"{result['fid']['value']:.3f}")
+    table.caption = f"n = {result['samples']['n']} samples, {result['ref']['n']} references"
+    output.console.print(table)

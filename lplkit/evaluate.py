@@ -1,0 +1,155 @@
+"""`evaluate()`: compare generated samples with references by SWD, spectra and (optionally) FID.
+
+Both sets are streamed batch by batch through every requested metric, so images are never all in
+memory; SWD keeps its 7x7 descriptors (~75 kB per image per pyramid level, float32), FID keeps
+2048-d features. Metric definitions live in `lplkit.metrics` (equations in their docstrings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lplkit.errors import ConfigError, EvaluationError
+from lplkit.metrics.frechet import GaussianStats, frechet_distance
+from lplkit.metrics.image_sets import ImageSet, NpzImages, open_image_set, select
+from lplkit.metrics.spectrum import PowerSpectrum, spectrum_distance
+from lplkit.metrics.swd import SWDConfig, SWDDescriptors, swd_between
+
+METRICS = ("swd", "spectrum", "fid")
+DEFAULT_METRICS = ("swd", "spectrum")
+Progress = Callable[[str, int, int], None]  # (role, images done, images total)
+
+
+@dataclass
+class EvalOptions:
+    """Everything `evaluate()` needs besides the two sets."""
+
+    metrics: Sequence[str] = DEFAULT_METRICS
+    n: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "cpu"
+    inception: str | Path | None = None
+    swd: SWDConfig = field(default_factory=SWDConfig)
+    spectrum_mode: str = "gray"
+
+
+def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'swd,fid' -> ('swd', 'fid'); ConfigError naming the unknown ones."""
+    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = [m for m in names if m]
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown or not names:
+        raise ConfigError(
+            f"unknown metrics {unknown or names}: choose from {', '.join(METRICS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+class _SetAccumulator:
+    """Feeds one image set's batches to the requested metrics."""
+
+    def __init__(self, opts: EvalOptions, metrics: tuple[str, ...], inception: Any) -> None:
+        self.swd = SWDDescriptors(opts.swd, seed=opts.seed) if "swd" in metrics else None
+        self.spectrum = PowerSpectrum(opts.spectrum_mode) if "spectrum" in metrics else None
+        self.inception = inception
+        self.features: list[torch.Tensor] = []
+        self.device = opts.device
+        self.size: tuple[int, int] | None = None
+
+    def update(self, images_NHWC: np.ndarray) -> None:
+        from lplkit.metrics.inception import inception_features
+
+        x = torch.from_numpy(np.ascontiguousarray(images_NHWC)).permute(0, 3, 1, 2)
+        self.size = tuple(x.shape[-2:])
+        x = x.to(self.device)
+        if self.swd is not None:
+            self.swd.update(x)
+        if self.spectrum is not None:
+            self.spectrum.update(x)
+        if self.inception is not None:
+            self.features.append(inception_features(self.inception, x))
+
+
+def _stream(
+    images: ImageSet,
+    indices: np.ndarray,
+    acc: _SetAccumulator,
+    batch_size: int,
+    role: str,
+    progress: Progress | None,
+) -> None:
+    for start in range(0, len(indices), batch_size):
+        acc.update(images.read(indices[start : start + batch_size]))
+        if progress is not None:
+            progress(role, min(start + batch_size, len(indices)), len(indices))
+
+
+def evaluate(
+    samples: str | Path | ImageSet,
+    ref: str | Path | ImageSet,
+    options: EvalOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Metrics of `samples` against `ref` as a JSON-serializable dict (see docs/evaluation.md)."""
+    opts = options or EvalOptions()
+    metrics = parse_metrics(opts.metrics)
+    inception, inception_path = None, None
+    if "fid" in metrics:  # fail before any decoding if the weights are missing
+        from lplkit.metrics.inception import find_inception, load_inception
+
+        inception_path = find_inception(opts.inception)
+        inception = load_inception(inception_path, opts.device)
+    sets = {
+        role: s if not isinstance(s, str | Path) else open_image_set(s, device=opts.device)
+        for role, s in (("samples", samples), ("ref", ref))
+    }
+    ref_stats = sets["ref"].fid_stats if isinstance(sets["ref"], NpzImages) else None
+    result: dict[str, Any] = {"metrics": list(metrics), "seed": opts.seed}
+    accs = {}
+    for role, images in sets.items():
+        use_inception = inception if not (role == "ref" and ref_stats is not None) else None
+        role_metrics = tuple(m for m in metrics if m != "fid" or use_inception is not None)
+        if len(images) == 0 and (role_metrics != () or use_inception is not None):
+            raise EvaluationError(f"{images.name}: no images to compute {', '.join(metrics)} from")
+        idx = select(len(images), opts.n, opts.seed) if len(images) else np.arange(0)
+        accs[role] = _SetAccumulator(opts, role_metrics, use_inception)
+        _stream(images, idx, accs[role], opts.batch_size, role, progress)
+        result[role] = {"path": images.name, "n": len(idx)}
+    s, r = accs["samples"], accs["ref"]
+    if r.size is not None and s.size != r.size and {"swd", "spectrum"} & set(metrics):
+        raise EvaluationError(
+            f"samples are {s.size[1]}x{s.size[0]} but references {r.size[1]}x{r.size[0]}: "
+            "SWD and spectra need one resolution"
+        )
+    if s.swd is not None:
+        res = swd_between(
+            s.swd.finalize(), r.swd.finalize(), s.swd.resolutions, opts.swd, seed=opts.seed
+        )
+        result["swd"] = res.as_dict()
+    if s.spectrum is not None:
+        result["spectrum"] = spectrum_distance(s.spectrum, r.spectrum).as_dict()
+    if "fid" in metrics:
+        result["fid"] = _fid(s, r, ref_stats, inception_path)
+    result["options"] = {k: v for k, v in asdict(opts).items() if k not in ("swd", "inception")}
+    return result
+
+
+def _fid(s: _SetAccumulator, r: _SetAccumulator, ref_stats, inception_path: Path) -> dict:
+    gs = GaussianStats.from_features(torch.cat(s.features).numpy())
+    if ref_stats is not None:
+        gr, source = GaussianStats(mu=ref_stats[0], sigma=ref_stats[1]), "npz mu/sigma"
+    else:
+        gr, source = GaussianStats.from_features(torch.cat(r.features).numpy()), "images"
+    return {
+        "value": frechet_distance(gs, gr),
+        "ref_stats": source,
+        "inception": str(inception_path),
+    }
