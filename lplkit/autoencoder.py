@@ -1,0 +1,213 @@
+"""Load any supported diffusers autoencoder, describe its identity, and compute posterior moments.
+
+Supported classes (resolved from the checkpoint config's `_class_name`):
+
+| class | posterior | moments |
+| --- | --- | --- |
+| `AutoencoderKL` (SD, SDXL, SD3, FLUX.1 VAEs) | diagonal Gaussian | mean, std = exp(logvar / 2) |
+| `AutoencoderKLFlux2` | diagonal Gaussian | mean, std = exp(logvar / 2) |
+| `AutoencoderDC` (DC-AE) | deterministic | mean = z, std = 0 |
+
+Moments are *raw*: the diffusion model's latent is z' = (z - shift) * scale with z ~ N(mean, std^2),
+applied at training time from `scaling_factor` / `shift_factor` (shift None -> 0), so changing the
+normalization never needs a re-encode. diffusers clamps logvar to [-30, 20] before std = exp(logvar/2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lplkit.errors import AutoencoderError
+
+__all__ = [
+    "BUNDLED_AUTOENCODERS",
+    "SUPPORTED_CLASSES",
+    "autoencoder_info",
+    "default_autoencoder",
+    "encode_moments",
+    "load_autoencoder",
+    "resolve_spec",
+]
+
+#: Bundled short names -> package-relative directories under `lplkit/assets/` (a diffusers
+#: `save_pretrained` directory each). Filled by the package that ships the weights.
+BUNDLED_AUTOENCODERS: dict[str, str] = {}
+
+#: class name -> posterior kind ("gaussian": latent_dist; "deterministic": latent, std = 0).
+SUPPORTED_CLASSES: dict[str, str] = {
+    "AutoencoderKL": "gaussian",
+    "AutoencoderKLFlux2": "gaussian",
+    "AutoencoderDC": "deterministic",
+}
+
+_CONFIG_FILE = "config.json"
+
+
+def default_autoencoder() -> str | None:
+    """The bundled autoencoder used when `--vae` is omitted (None: `--vae` is required)."""
+    return None
+
+
+def resolve_spec(spec: str) -> str:
+    """Bundled short name -> absolute directory; anything else (local dir, hub id) unchanged."""
+    if spec in BUNDLED_AUTOENCODERS:
+        path = Path(str(resources.files("lplkit") / "assets" / BUNDLED_AUTOENCODERS[spec]))
+        if not (path / _CONFIG_FILE).is_file():
+            raise AutoencoderError(
+                f"bundled autoencoder {spec!r} is missing its files at {path}; reinstall lplkit"
+            )
+        return str(path)
+    return spec
+
+
+def _read_config(spec: str, subfolder: str | None) -> dict[str, Any]:
+    """The checkpoint's config.json (local directory or hub id) without loading weights."""
+    local = Path(spec).expanduser()
+    if local.exists():
+        cfg_path = local / (subfolder or "") / _CONFIG_FILE
+        if not cfg_path.is_file():
+            hint = "" if subfolder else " (a full pipeline? pass --vae-subfolder vae)"
+            raise AutoencoderError(f"{cfg_path} not found: not a diffusers autoencoder dir{hint}")
+        return json.loads(cfg_path.read_text())
+    from diffusers import ConfigMixin
+
+    try:
+        return dict(ConfigMixin.load_config(spec, subfolder=subfolder))
+    except (OSError, ValueError) as exc:
+        raise AutoencoderError(
+            f"cannot read the autoencoder config of {spec!r} (subfolder={subfolder!r}): {exc}"
+        ) from None
+
+
+def load_autoencoder(
+    spec: str,
+    *,
+    subfolder: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """Load a diffusers autoencoder in eval mode with `requires_grad_(False)`.
+
+    Args:
+        spec: local `save_pretrained` directory, hub id (`stabilityai/sd-vae-ft-ema`) or a bundled
+            short name (`BUNDLED_AUTOENCODERS`).
+        subfolder: e.g. "vae" for a full pipeline repo.
+    """
+    path = resolve_spec(spec)
+    config = _read_config(path, subfolder)
+    name = config.get("_class_name")
+    if name not in SUPPORTED_CLASSES:
+        raise AutoencoderError(
+            f"{spec}: autoencoder class {name!r} is not supported; lplkit encodes with "
+            f"{', '.join(SUPPORTED_CLASSES)}"
+        )
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise AutoencoderError(f"{spec}: diffusers {diffusers.__version__} has no class {name}")
+    try:
+        vae = cls.from_pretrained(
+            path,
+            subfolder=subfolder,
+            torch_dtype=dtype,
+            # diffusers warns on every load when it would like accelerate and it is absent
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+        )
+    except (OSError, ValueError) as exc:
+        raise AutoencoderError(f"cannot load {name} from {spec!r}: {exc}") from None
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def _config_dict(vae: nn.Module) -> dict[str, Any]:
+    # Private keys (`_name_or_path`, `_diffusers_version`, ...) do not change the model.
+    return {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+
+
+def config_hash(vae: nn.Module) -> str:
+    """sha256 of the model config as canonical JSON (sorted keys, private keys dropped)."""
+    blob = json.dumps(_config_dict(vae), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def weights_hash(vae: nn.Module) -> str:
+    """sha256 of the weights (sorted parameter/buffer names, values as float32 little-endian).
+
+    Tells apart two checkpoints with the same config (e.g. a fine-tuned VAE). It hashes the weights as
+    loaded: a checkpoint loaded in fp16 hashes differently from the same one loaded in fp32.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def downsample_factor(vae: nn.Module) -> int:
+    """Spatial downsampling f: an H x W image encodes to an (H/f) x (W/f) latent."""
+    ratio = getattr(vae, "spatial_compression_ratio", None)
+    if ratio:
+        return int(ratio)
+    cfg = vae.config
+    blocks = cfg.get("block_out_channels") or cfg.get("encoder_block_out_channels")
+    if not blocks:
+        raise AutoencoderError(f"cannot infer the downsampling factor of {type(vae).__name__}")
+    return 2 ** (len(blocks) - 1)
+
+
+def autoencoder_info(vae: nn.Module, spec: str, subfolder: str | None = None) -> dict[str, Any]:
+    """The autoencoder's identity, stored in the manifest (JSON-serializable).
+
+    Keys: id (hub id, bundled name, or absolute local path), subfolder, class, config_hash, weights_hash, scaling_factor, shift_factor (None -> 0.0),
+    latent_channels, downsample_factor.
+    """
+    name = type(vae).__name__
+    if name not in SUPPORTED_CLASSES:
+        raise AutoencoderError(f"autoencoder class {name!r} is not supported")
+    cfg = vae.config
+    shift = cfg.get("shift_factor")
+    local = Path(spec).expanduser()
+    if spec not in BUNDLED_AUTOENCODERS and local.exists():
+        spec = str(local.resolve())  # the same directory gives the same id from any cwd
+    return {
+        "id": spec,
+        "subfolder": subfolder,
+        "class": name,
+        "config_hash": config_hash(vae),
+        "weights_hash": weights_hash(vae),
+        "scaling_factor": float(cfg.get("scaling_factor", 1.0)),
+        "shift_factor": 0.0 if shift is None else float(shift),
+        "latent_channels": int(cfg["latent_channels"]),
+        "downsample_factor": downsample_factor(vae),
+    }
+
+
+@torch.no_grad()
+def encode_moments(vae: nn.Module, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw posterior moments of images `x_BCHW` in [-1, 1]: (mean, std), each float32 (B, C, h, w).
+
+    Gaussian posteriors: mean and std = exp(logvar / 2) of `vae.encode(x).latent_dist`.
+    Deterministic encoders (DC-AE): mean = `vae.encode(x).latent`, std = 0.
+    Runs under any active autocast; otherwise the input is cast to the model's dtype.
+    """
+    kind = SUPPORTED_CLASSES.get(type(vae).__name__)
+    if kind is None:
+        raise AutoencoderError(f"autoencoder class {type(vae).__name__!r} is not supported")
+    param = next(vae.parameters())
+    x = x_BCHW.to(param.device, non_blocking=True)
+    if not torch.is_autocast_enabled(x.device.type):
+        x = x.to(param.dtype)
+    out = vae.encode(x)
+    if kind == "gaussian":
+        dist = out.latent_dist
+        return dist.mean.float(), dist.std.float()
+    mean = out.latent.float()
+    return mean, torch.zeros_like(mean)

@@ -1,0 +1,154 @@
+"""Image preprocessing for encoding: decode checks, RGB conversion, ADM center crop, [-1, 1] tensors.
+
+The crop is guided-diffusion's `center_crop_arr` (ADM, Dhariwal & Nichol 2021), which every
+ImageNet latent-diffusion baseline (DiT, SiT, REPA, LightningDiT, EDM2) uses:
+
+1. while min(w, h) >= 2 * res: halve both sides with BOX filtering (w, h <- w // 2, h // 2);
+2. scale s = res / min(w, h); BICUBIC resize to (round(w * s), round(h * s));
+3. crop the res x res window at top-left ((W - res) // 2, (H - res) // 2) of the resized image.
+
+Pixels are then mapped to x = p / 127.5 - 1 in [-1, 1] (CHW float32). A horizontal flip is applied
+to the *cropped* image, like ADM's training-time `random_flip`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+
+from lplkit.errors import BadImageError
+
+__all__ = [
+    "MIN_IMAGE_SIDE",
+    "CropBox",
+    "PreparedImage",
+    "adm_center_crop",
+    "hflip",
+    "load_checked",
+    "prepare_image",
+    "to_rgb",
+    "to_tensor",
+]
+
+#: Images with a side shorter than this (in pixels) are skipped as "too small".
+MIN_IMAGE_SIDE = 8
+
+#: (left, top, right, bottom) of the crop window in the resized image.
+CropBox = tuple[int, int, int, int]
+
+# Modes whose alpha must be composited on the background rather than dropped.
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+# 16/32-bit integer modes: scaled from the 16-bit range to 8 bits (PIL's convert() clips instead).
+_WIDE_INT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert an image of any PIL mode to 8-bit RGB.
+
+    - transparency (RGBA, LA, P/L/RGB with a `transparency` key, PA) is alpha-composited on
+      `background` (white by default), so transparent pixels do not turn black;
+    - 16-bit and 32-bit integer grayscale (I;16*, I) is scaled as p8 = round(p16 / 257) after
+      clipping to [0, 65535] (PIL's own conversion clips everything above 255 to white);
+    - float grayscale (F) is taken as [0, 1] when its max <= 1, else as [0, 255], and clipped;
+    - 1-bit, L, CMYK, YCbCr and the rest go through PIL's `convert("RGB")`.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _WIDE_INT_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        arr8 = np.clip(np.rint(np.clip(arr, 0, 65535) / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
+        arr8 = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    has_alpha = mode in _ALPHA_MODES or "transparency" in img.info
+    if mode == "P" and img.palette is not None and img.palette.mode == "RGBA":
+        has_alpha = True
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_checked(img: Image.Image, *, min_side: int = MIN_IMAGE_SIDE) -> Image.Image:
+    """Fully decode a lazily opened image, apply its EXIF orientation and convert it to RGB.
+
+    Raises:
+        BadImageError: with a short reason ("decompression bomb: ...", "truncated or corrupt: ...",
+            "too small: ...") — the caller adds the file name.
+    """
+    w, h = img.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        raise BadImageError(
+            f"decompression bomb: {w}x{h} = {w * h} px > PIL.Image.MAX_IMAGE_PIXELS = {limit}"
+        )
+    if min(w, h) < min_side:
+        raise BadImageError(f"too small: {w}x{h} px, the short side must be >= {min_side} px")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped the global; truncation must not pass
+        raise BadImageError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to decode")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"truncated or corrupt: {exc}") from None
+
+
+def adm_center_crop(img: Image.Image, res: int) -> tuple[Image.Image, CropBox]:
+    """guided-diffusion's `center_crop_arr`, returning the crop and its box in the resized image.
+
+    Equations in the module docstring. The input must be RGB (or any single-layer mode PIL resizes).
+    """
+    if res <= 0:
+        raise ValueError(f"resolution must be positive, got {res}")
+    while min(*img.size) >= 2 * res:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+    scale = res / min(*img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    left = (img.size[0] - res) // 2
+    top = (img.size[1] - res) // 2
+    box = (left, top, left + res, top + res)
+    return img.crop(box), box
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB uint8 HWC -> float32 CHW in [-1, 1]: x = p / 127.5 - 1."""
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an RGB image, got an array of shape {arr.shape}")
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32)
+    return x / 127.5 - 1.0
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    """Horizontal flip of a (..., H, W) tensor (the last axis is width)."""
+    return torch.flip(x, dims=(-1,))
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One decoded, cropped image ready for the autoencoder."""
+
+    x_CHW: torch.Tensor  # float32 in [-1, 1]
+    orig_size: tuple[int, int]  # (width, height) after EXIF orientation, before any resize
+    crop_box: CropBox
+
+
+def prepare_image(img: Image.Image, res: int, *, min_side: int = MIN_IMAGE_SIDE) -> PreparedImage:
+    """Decode check + EXIF + RGB + ADM crop + [-1, 1] tensor (what a DataLoader worker runs)."""
+    rgb = load_checked(img, min_side=min_side)
+    cropped, box = adm_center_crop(rgb, res)
+    return PreparedImage(to_tensor(cropped), rgb.size, box)

@@ -1,0 +1,469 @@
+"""`encode_dataset()`: image source -> ADM crop -> autoencoder moments -> sharded latent store.
+
+Pipeline per process (one process, or every rank of a torchrun job):
+
+1. resolve the source (`--limit` keeps its first N positions) and load the autoencoder; under
+   torchrun rank 0 does both first (downloads, dataset preparation), then the other ranks;
+2. `StoreWriter.create_or_resume`: rank 0 creates the store or checks that the existing one was made
+   with the same autoencoder/res/crop/dtype/flips/shard size/source (else `StoreMismatchError`);
+3. this rank's pending shards (shard s belongs to rank s % world) are read by DataLoader workers,
+   which decode, check and crop (so the autoencoder never waits on PIL), in batches that never cross
+   a shard boundary: a shard's batches are the same whatever ran before, which makes a resumed or
+   distributed store byte-identical to a one-go, one-process one;
+4. each batch is encoded in eval/no-grad (optionally under autocast), together with its horizontal
+   flip when `flip`; a completed shard is handed to a background thread that writes it (arrays,
+   index part, checksummed completion marker) while the next shard encodes;
+5. after every rank is done, rank 0 finalizes the store (index.parquet, counts, completed = True).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from lplkit.autoencoder import (
+    autoencoder_info,
+    default_autoencoder,
+    encode_moments,
+    load_autoencoder,
+)
+from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
+from lplkit.data.sources import ImageSource, resolve_source
+from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip
+from lplkit.errors import AutoencoderError, BadImageError, ConfigError, StoreError
+from lplkit.store import format as fmt
+from lplkit.store.writer import StoreWriter
+
+__all__ = ["EncodeConfig", "EncodeSummary", "encode_dataset"]
+
+ProgressFn = Callable[[int, int], None]
+_AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EncodeConfig:
+    """What `lplkit encode` does (one field per CLI flag)."""
+
+    dataset: str
+    out: str
+    res: int = 256
+    vae: str | None = None  # None -> the bundled default, if any
+    vae_subfolder: str | None = None
+    split: str | None = None
+    flip: bool = False
+    batch_size: int = 32
+    workers: int = 4
+    shard_size: int = fmt.DEFAULT_SHARD_SIZE
+    dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
+    autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
+    limit: int | None = None
+    strict: bool = False
+    image_column: str | None = None
+    label_column: str | None = None
+    caption_column: str | None = None
+    revision: str | None = None
+    device: str = "auto"  # auto = cuda when available, else cpu
+    min_side: int = MIN_IMAGE_SIDE
+
+    def validate(self) -> None:
+        for name in ("res", "batch_size", "shard_size", "min_side"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.dtype not in fmt.DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
+        if self.autocast not in _AUTOCAST:
+            raise ConfigError(
+                f"--autocast must be one of {', '.join(_AUTOCAST)}, got {self.autocast!r}"
+            )
+
+
+@dataclass
+class EncodeSummary:
+    """What one `encode_dataset` call did (counts summed over ranks)."""
+
+    store: str
+    total: int  # positions in the store
+    encoded: int  # samples encoded by this run
+    skipped: int  # bad samples recorded as skipped by this run
+    skip_reasons: dict[str, int] = field(default_factory=dict)  # reason kind -> count
+    shards_total: int = 0
+    shards_written: int = 0  # by this run
+    shards_already_done: int = 0  # complete before this run started (resume)
+    completed: bool = False  # the store is finalized
+    world_size: int = 1
+    device: str = "cpu"
+    elapsed_s: float = 0.0  # the whole call (loading included)
+    encode_s: float = 0.0  # the shard loop only
+    images_per_s: float = 0.0  # (encoded + skipped) / encode_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed: one code path for one process and for torchrun
+
+
+class DistContext:
+    """The process group of a torchrun job (gloo on CPU, NCCL on CUDA), or a no-op for one process.
+
+    Collectives are used only at phase boundaries; a phase that fails on one rank makes every rank
+    raise (instead of leaving the others blocked in the next collective).
+    """
+
+    def __init__(self, rank: int, world_size: int, local_rank: int, owns_group: bool) -> None:
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.owns_group = owns_group
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def from_env(cls, device: str) -> DistContext:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls(0, 1, 0, False)
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        dev = _resolve_device(device, local)
+        owns = not dist.is_initialized()
+        if owns:
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        ctx = cls(rank, world, local, owns)
+        ctx.device = dev if dev.type == "cuda" else torch.device("cpu")  # collective tensors
+        return ctx
+
+    def __enter__(self) -> DistContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _all_ok(self, ok: bool) -> bool:
+        flag = torch.tensor([1 if ok else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def rank0_first(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on rank 0, then on the other ranks (downloads, store creation happen once)."""
+        if self.world_size == 1:
+            return fn()
+        result, error = None, None
+        for phase in (0, 1):
+            if (self.rank == 0) == (phase == 0):
+                try:
+                    result = fn()
+                except Exception as exc:
+                    error = exc
+            if not self._all_ok(error is None):
+                if error is not None:
+                    raise error
+                raise StoreError(
+                    f"rank {self.rank}: another rank failed (see its message); stopping"
+                )
+        return result
+
+    def sum_ints(self, values: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.all_reduce(t)
+        return [int(v) for v in t.tolist()]
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def shard_batches(writer: StoreWriter, shards: list[int], batch_size: int) -> list[list[int]]:
+    """Batches of positions, `batch_size` at a time from each shard's start; none crosses shards."""
+    batches = []
+    for s in shards:
+        start, stop = writer.shard_range(s)
+        batches.extend(
+            list(range(b, min(b + batch_size, stop))) for b in range(start, stop, batch_size)
+        )
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------
+# Main process side
+
+
+class _ShardBuffer:
+    """Accumulates one shard's moments, labels and index rows until every position is in."""
+
+    def __init__(self, shard: int, start: int, stop: int, latent: tuple[int, ...], flip: bool):
+        n = stop - start
+        self.shard, self.start, self.missing = shard, start, n
+        self.moments = np.zeros((n, 2, *latent), np.float32)
+        self.moments_flip = np.zeros((n, 2, *latent), np.float32) if flip else None
+        self.labels = np.full((n,), -1, np.int32)
+        self.rows: list[dict[str, Any] | None] = [None] * n
+
+    def put(
+        self, s: PreparedSample, moments: np.ndarray | None, moments_flip: np.ndarray | None
+    ) -> None:
+        i = s.position - self.start
+        if moments is not None:
+            self.moments[i] = moments
+        if moments_flip is not None and self.moments_flip is not None:
+            self.moments_flip[i] = moments_flip
+        self.labels[i] = s.row["label"]
+        self.rows[i] = {"position": s.position, **s.row}
+        self.missing -= 1
+
+
+def _resolve_device(spec: str, local_rank: int) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0].strip()
+
+
+def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> EncodeSummary:
+    """Encode `cfg.dataset` into the store at `cfg.out` (creating or resuming it); see module doc.
+
+    `progress(done, total)` is called after every batch with this rank's sample counts.
+    """
+    t0 = time.perf_counter()
+    cfg.validate()
+    vae_spec = cfg.vae or default_autoencoder()
+    if vae_spec is None:
+        raise ConfigError("no autoencoder: pass --vae (a diffusers autoencoder dir or hub id)")
+    with DistContext.from_env(cfg.device) as ctx:
+        device = _resolve_device(cfg.device, ctx.local_rank)
+        source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
+        f = info["downsample_factor"]
+        if cfg.res % f:
+            raise ConfigError(f"--res {cfg.res} is not a multiple of the autoencoder's factor {f}")
+        latent = (info["latent_channels"], cfg.res // f, cfg.res // f)
+        autoencoder = {**info, "autocast": cfg.autocast}  # compute dtype is part of the identity
+        manifest = fmt.new_manifest(
+            autoencoder=autoencoder,
+            resolution=cfg.res,
+            latent_shape=latent,
+            source=source.describe(),
+            dtype=cfg.dtype,
+            flips=cfg.flip,
+            shard_size=cfg.shard_size,
+        )
+        writer = ctx.rank0_first(
+            lambda: StoreWriter.create_or_resume(
+                cfg.out, manifest, rank=ctx.rank, world_size=ctx.world_size
+            )
+        )
+        try:
+            summary = _encode_shards(cfg, ctx, source, vae, writer, latent, device, progress)
+            totals = ctx.sum_ints([summary.encoded, summary.skipped, summary.shards_written])
+            summary.encoded, summary.skipped, summary.shards_written = totals
+            summary.skip_reasons = dict(sum(ctx.gather(Counter(summary.skip_reasons)), Counter()))
+            summary.shards_already_done = (
+                writer.n_shards - len(writer.all_pending_shards()) - (summary.shards_written)
+            )
+            if ctx.rank == 0:
+                summary.completed = bool(writer.finalize()["completed"])
+            summary.completed = bool(ctx.broadcast(summary.completed))
+        finally:
+            writer.close()
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _load(cfg: EncodeConfig, vae_spec: str, device: torch.device) -> tuple[ImageSource, Any, dict]:
+    source = resolve_source(
+        cfg.dataset,
+        cfg.split,
+        image_column=cfg.image_column,
+        label_column=cfg.label_column,
+        caption_column=cfg.caption_column,
+        revision=cfg.revision,
+        res=cfg.res,
+    )
+    if cfg.limit is not None and cfg.limit < len(source):
+        source = _Limited(source, cfg.limit)
+    vae = load_autoencoder(vae_spec, subfolder=cfg.vae_subfolder, device=device)
+    return source, vae, autoencoder_info(vae, vae_spec, cfg.vae_subfolder)
+
+
+class _Limited(ImageSource):
+    """The first `n` positions of another source (`--limit`); the count is part of its identity."""
+
+    def __init__(self, inner: ImageSource, n: int) -> None:
+        self.inner, self.n = inner, n
+        self.source_id, self.split = inner.source_id, inner.split
+        self.revision, self.class_names = inner.revision, inner.class_names
+
+    @classmethod
+    def from_spec(cls, spec, *, split, options):  # pragma: no cover - never resolved by spec
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.inner[i]
+
+
+def _encode_shards(
+    cfg: EncodeConfig,
+    ctx: DistContext,
+    source: ImageSource,
+    vae: Any,
+    writer: StoreWriter,
+    latent: tuple[int, ...],
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> EncodeSummary:
+    """Encode and write this rank's pending shards; returns this rank's counts."""
+    shards = writer.pending_shards()
+    batches = shard_batches(writer, shards, cfg.batch_size)
+    total = sum(len(b) for b in batches)
+    summary = EncodeSummary(
+        store=str(cfg.out),
+        total=writer.count,
+        encoded=0,
+        skipped=0,
+        shards_total=writer.n_shards,
+        world_size=ctx.world_size,
+        device=str(device),
+    )
+    reasons: Counter[str] = Counter()
+    loader = DataLoader(
+        PreparedSource(source, cfg.res, min_side=cfg.min_side),
+        batch_sampler=batches,
+        num_workers=cfg.workers,
+        collate_fn=collate_prepared,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    buffers = {s: _ShardBuffer(s, *writer.shard_range(s), latent, cfg.flip) for s in shards}
+    done = 0
+    t_loop = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-shard-writer") as pool:
+        writes: deque[Future] = deque()
+        for samples, moments, moments_flip in _encoded_batches(loader, vae, cfg, device, latent):
+            for j, s in enumerate(samples):
+                if not s.ok:
+                    if cfg.strict:
+                        raise BadImageError(
+                            f"{s.origin}: {s.row['reason']} (fix or remove it, or run without "
+                            "--strict to record it as skipped)"
+                        )
+                    reasons[_reason_kind(s.row["reason"])] += 1
+                    summary.skipped += 1
+                else:
+                    summary.encoded += 1
+                shard = s.position // writer.manifest["shard_size"]
+                k = -1 if moments is None else int(moments.index_of[j])
+                buffers[shard].put(
+                    s,
+                    None if k < 0 else moments.values[k],
+                    None if k < 0 or moments_flip is None else moments_flip[k],
+                )
+                if buffers[shard].missing == 0:
+                    buf = buffers.pop(shard)
+                    writes.append(pool.submit(_write, writer, buf))
+                    summary.shards_written += 1
+                    while len(writes) > 1:  # bound memory: at most one shard queued behind
+                        writes.popleft().result()
+            done += len(samples)
+            if progress is not None:
+                progress(done, total)
+        while writes:
+            writes.popleft().result()
+    summary.encode_s = time.perf_counter() - t_loop
+    summary.skip_reasons = dict(reasons)
+    summary.images_per_s = done / summary.encode_s if summary.encode_s > 0 else 0.0
+    if buffers:
+        raise StoreError(f"internal: shards {sorted(buffers)} were not filled")
+    return summary
+
+
+def _write(writer: StoreWriter, buf: _ShardBuffer) -> None:
+    writer.write_shard(buf.shard, buf.moments, buf.moments_flip, buf.labels, buf.rows)
+
+
+@dataclass
+class _Moments:
+    values: np.ndarray  # (k, 2, C, h, w) for the k ok samples of a batch
+    index_of: np.ndarray  # batch slot -> row in `values`, -1 for skipped samples
+
+
+def _encoded_batches(
+    loader: DataLoader, vae: Any, cfg: EncodeConfig, device: torch.device, latent: tuple[int, ...]
+) -> Iterator[tuple[list[PreparedSample], _Moments | None, np.ndarray | None]]:
+    """Encode batches one step ahead of their consumer: batch k+1 is queued on the device before
+    batch k's results are copied back, so a GPU never idles on the host-side bookkeeping."""
+    pending: deque[tuple[list[PreparedSample], Any]] = deque()
+    amp = _AUTOCAST[cfg.autocast]
+    for samples, x in loader:
+        launched = None
+        if x is not None:
+            x = x.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                if cfg.flip:
+                    mean, std = encode_moments(vae, torch.cat([x, hflip(x)]))
+                else:
+                    mean, std = encode_moments(vae, x)
+            if tuple(mean.shape[1:]) != latent:
+                raise AutoencoderError(
+                    f"the autoencoder produced latents of shape {tuple(mean.shape[1:])}, "
+                    f"expected {latent} for --res {cfg.res}"
+                )
+            launched = torch.stack([mean, std], dim=1).to("cpu", non_blocking=True)
+        pending.append((samples, launched))
+        if len(pending) > 1:
+            yield _unpack(*pending.popleft(), cfg.flip, device)
+    while pending:
+        yield _unpack(*pending.popleft(), cfg.flip, device)
+
+
+def _unpack(
+    samples: list[PreparedSample], ms: torch.Tensor | None, flip: bool, device: torch.device
+) -> tuple[list[PreparedSample], _Moments | None, np.ndarray | None]:
+    if ms is None:
+        return samples, None, None
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    arr = ms.numpy()
+    ok = [j for j, s in enumerate(samples) if s.ok]
+    index_of = np.full(len(samples), -1, np.int64)
+    index_of[ok] = np.arange(len(ok))
+    n_ok = len(ok)
+    values, flipped = (arr[:n_ok], arr[n_ok:]) if flip else (arr, None)
+    return samples, _Moments(values, index_of), flipped
