@@ -42,10 +42,13 @@ def write_synthetic_store(
     seed: int = 0,
     autoencoder: dict[str, Any] | None = None,
     finalize: bool = True,
+    moments: np.ndarray | None = None,
+    moments_flip: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Write a complete store; returns the float32 arrays written ("moments", "moments_flip", "labels").
 
-    Positions in `skipped` are recorded as skipped (stored as zeros, status "skipped").
+    Positions in `skipped` are recorded as skipped (stored as zeros, status "skipped"). `moments` /
+    `moments_flip` replace the random ones (float32 `(count, 2, C, h, w)`).
     """
     manifest = new_manifest(
         autoencoder=autoencoder
@@ -59,8 +62,17 @@ def write_synthetic_store(
         chunk_size=chunk_size,
         codec=codec,
     )
-    moments = synthetic_moments(count, latent_shape, seed=seed)
-    flip = synthetic_moments(count, latent_shape, seed=seed + 1) if flips else None
+    if moments is None:
+        moments = synthetic_moments(count, latent_shape, seed=seed)
+    moments = np.array(moments, dtype=np.float32)
+    flip = None
+    if flips:
+        flip = (
+            moments_flip
+            if moments_flip is not None
+            else synthetic_moments(count, latent_shape, seed=seed + 1)
+        )
+        flip = np.array(flip, dtype=np.float32)
     labels = (np.arange(count) % num_classes).astype(np.int32)
     skip = set(int(s) for s in skipped)
     with StoreWriter.create_or_resume(str(url), manifest) as writer:

@@ -1,0 +1,277 @@
+"""`verify_store()`: is a latent store complete and sound? And `repair_store()` for what is not.
+
+Checks, in order (each problem names the shard when it has one, and the fix):
+
+- manifest present and valid (schemas/store.schema.json), arrays present with the manifest's shape;
+- every shard has a completion marker (else: missing/partial, an interrupted encode);
+- per shard: every array's stored bytes hash to the marker's sha256 (bit rot, truncation, another
+  writer), decode without error, moments finite with std >= 0, index part present and matching;
+- the index: readable, one row per position, ok count = markers' n_ok = manifest counts,
+  labels array = index labels;
+- the store is finalized (`completed`).
+
+All-zero chunks are not stored by zarr (write_empty_chunks=False) and read back as the fill value, so
+checking hashes of the decoded arrays never mistakes them for missing data.
+
+`repair_store` removes the markers of bad shards and clears `completed`, so re-running the same
+`lplkit encode` command re-encodes exactly those shards and rebuilds index.parquet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from lplkit.store import format as fmt
+from lplkit.store import index as idx
+from lplkit.store.lock import StoreLock
+from lplkit.store.sidecar import remove_if_exists, url_to_fs
+from lplkit.store.writer import read_marker
+
+RERUN = "re-run the same `lplkit encode` command (it resumes)"
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a store."""
+
+    kind: str
+    message: str
+    shard: int | None = None
+    fix: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """Result of `verify_store`: `ok` when there are no problems."""
+
+    url: str
+    n_shards: int = 0
+    complete_shards: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_shards(self) -> list[int]:
+        """Shards to re-encode (their markers are removed by `repair_store`)."""
+        return sorted(
+            {p.shard for p in self.problems if p.shard is not None and p.kind != "missing_shard"}
+        )
+
+    def add(self, kind: str, message: str, *, shard: int | None = None, fix: str = "") -> None:
+        self.problems.append(Problem(kind, message, shard, fix))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "ok": self.ok,
+            "n_shards": self.n_shards,
+            "complete_shards": self.complete_shards,
+            "bad_shards": self.bad_shards,
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+
+def _bad_shard_fix(url: str, shard: int) -> str:
+    return (
+        f"run `lplkit verify {url} --repair` (or delete {fmt.PROGRESS_DIR}/{fmt.shard_name(shard)}.json), "
+        f"then {RERUN} to re-encode shard {shard}"
+    )
+
+
+def verify_store(
+    url: str, *, checksums: bool = True, progress: Callable[[int, int], None] | None = None
+) -> VerifyReport:
+    """Check a store (see the module docstring). `progress(done, total)` is called per shard."""
+    url = str(url)
+    report = VerifyReport(url)
+    try:
+        group = zarr.open_group(url, mode="r")
+    except FileNotFoundError:
+        report.add(
+            "missing_store",
+            f"{url} is not a zarr group",
+            fix="check the path, or run `lplkit encode`",
+        )
+        return report
+    manifest = group.attrs.get(fmt.MANIFEST_KEY)
+    problems = fmt.manifest_problems(manifest)
+    if problems:
+        for p in problems:
+            report.add(
+                "manifest", p, fix="the store's manifest is damaged: re-encode into a new --out"
+            )
+        return report
+    count, size = manifest["source"]["count"], manifest["shard_size"]
+    report.n_shards = fmt.n_shards(count, size)
+    names = fmt.array_names(manifest)
+    arrays = _check_arrays(report, group, manifest, names)
+    if arrays is None:
+        return report
+    fs, root = url_to_fs(url)
+    n_ok_markers = 0
+    for s in range(report.n_shards):
+        start, stop = fmt.shard_range(s, count, size)
+        marker = read_marker(fs, root, s, start, stop)
+        if marker is None:
+            report.add("missing_shard", f"shard {s} (positions {start}..{stop - 1}) has no completion "
+                       "marker: missing or partially written", shard=s, fix=f"{RERUN} to encode it")  # fmt: skip
+        else:
+            report.complete_shards += 1
+            n_ok_markers += int(marker.get("n_ok", 0))
+            _check_shard(report, arrays, manifest, fs, root, s, start, stop, marker, checksums)
+        if progress is not None:
+            progress(s + 1, report.n_shards)
+    _check_index(report, group, manifest, fs, root, n_ok_markers)
+    return report
+
+
+def _check_arrays(
+    report: VerifyReport, group: zarr.Group, manifest: dict[str, Any], names: tuple[str, ...]
+) -> dict[str, zarr.Array] | None:
+    count, latent = manifest["source"]["count"], tuple(manifest["latent_shape"])
+    arrays = {}
+    for name in names:
+        expected = (count,) if name == fmt.LABELS else (count, 2, *latent)
+        try:
+            arr = group[name]
+        except KeyError:
+            report.add("array", f"array {name!r} is missing", fix="re-encode into a new --out")
+            continue
+        if tuple(arr.shape) != expected:
+            report.add("count", f"array {name!r} has shape {tuple(arr.shape)}, manifest says {expected}",
+                       fix="re-encode into a new --out")  # fmt: skip
+            continue
+        arrays[name] = arr
+    return arrays if len(arrays) == len(names) else None
+
+
+def _check_shard(
+    report: VerifyReport, arrays: dict[str, zarr.Array], manifest: dict[str, Any], fs: Any, root: str,
+    s: int, start: int, stop: int, marker: dict[str, Any], checksums: bool,
+) -> None:  # fmt: skip
+    fix = _bad_shard_fix(report.url, s)
+    for name, arr in arrays.items():
+        try:
+            data = arr[start:stop]
+        except Exception as exc:  # any decode failure means a damaged shard file
+            report.add("unreadable", f"shard {s}: array {name!r} cannot be read ({type(exc).__name__}: {exc})",
+                       shard=s, fix=fix)  # fmt: skip
+            continue
+        if checksums and fmt.sha256_array(data) != marker["checksums"].get(name):
+            report.add("checksum", f"shard {s}: {name!r} does not match its recorded sha256 (data "
+                       "changed after it was written)", shard=s, fix=fix)  # fmt: skip
+        if name == fmt.LABELS:
+            continue
+        values = fmt.from_storage(data, manifest["dtype"])
+        bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
+        if bad.any():
+            where = (start + np.flatnonzero(bad)[:5]).tolist()
+            report.add(
+                "nonfinite",
+                f"shard {s}: {name!r} has NaN/Inf at positions {where}",
+                shard=s,
+                fix=fix,
+            )
+        neg = (values[:, 1] < 0).reshape(len(values), -1).any(axis=1)
+        if neg.any():
+            where = (start + np.flatnonzero(neg)[:5]).tolist()
+            report.add(
+                "negative_std",
+                f"shard {s}: {name!r} has std < 0 at positions {where}",
+                shard=s,
+                fix=fix,
+            )
+    try:
+        part = idx.read_bytes(fs, fmt.index_part_path(root, s))
+    except FileNotFoundError:
+        report.add("index", f"shard {s}: index part is missing", shard=s, fix=fix)
+        return
+    if checksums and idx.sha256_bytes(part) != marker.get("index_part_sha256"):
+        report.add(
+            "checksum",
+            f"shard {s}: index part does not match its recorded sha256",
+            shard=s,
+            fix=fix,
+        )
+
+
+def _check_index(
+    report: VerifyReport,
+    group: zarr.Group,
+    manifest: dict[str, Any],
+    fs: Any,
+    root: str,
+    n_ok_markers: int,
+) -> None:
+    url, count = report.url, manifest["source"]["count"]
+    if not manifest["completed"]:
+        if report.complete_shards == report.n_shards:
+            report.add(
+                "not_finalized", "all shards are written but the store was not finalized", fix=RERUN
+            )
+        else:
+            report.add(
+                "not_finalized",
+                "the store is not finished (encode interrupted or running)",
+                fix=RERUN,
+            )
+        return
+    rebuild = f"run `lplkit verify {url} --repair`, then {RERUN} to rebuild {fmt.INDEX_FILE}"
+    try:
+        table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}")
+    except Exception as exc:  # truncated/garbled parquet raises various Arrow errors
+        report.add(
+            "index",
+            f"{fmt.INDEX_FILE} is unreadable or truncated ({type(exc).__name__}: {exc})",
+            fix=rebuild,
+        )
+        return
+    if len(table) != count or not np.array_equal(
+        table.column("position").to_numpy(), np.arange(count)
+    ):
+        report.add(
+            "count", f"{fmt.INDEX_FILE} has {len(table)} rows for {count} positions", fix=rebuild
+        )
+        return
+    n_ok = int((np.asarray(table.column("status").to_pylist()) == "ok").sum())
+    counts = manifest["counts"]
+    if not (n_ok == n_ok_markers == counts["ok"]) or counts["total"] != count:
+        report.add("count", f"ok samples disagree: index {n_ok}, shard markers {n_ok_markers}, "
+                   f"manifest {counts['ok']} (total {counts['total']} vs {count})", fix=rebuild)  # fmt: skip
+    try:
+        labels = group[fmt.LABELS][:]
+    except Exception:  # already reported per shard
+        return
+    diff = np.flatnonzero(labels != table.column("label").to_numpy())
+    for s in sorted({int(p) // manifest["shard_size"] for p in diff}):
+        report.add("labels", f"shard {s}: labels array differs from {fmt.INDEX_FILE}", shard=s,
+                   fix=_bad_shard_fix(url, s))  # fmt: skip
+
+
+def repair_store(url: str, report: VerifyReport) -> list[int]:
+    """Remove bad shards' markers and clear `completed` so an encode re-run fixes the store.
+
+    Takes the writer lock (refuses while an encode runs). Returns the shards to be re-encoded.
+    """
+    fs, root = url_to_fs(str(url))
+    lock = StoreLock(fs, root)
+    lock.acquire()
+    try:
+        for s in report.bad_shards:
+            remove_if_exists(fs, fmt.marker_path(root, s))
+        if not report.ok:
+            group = zarr.open_group(str(url), mode="r+")
+            manifest = group.attrs.get(fmt.MANIFEST_KEY)
+            if isinstance(manifest, dict) and manifest.get("completed"):
+                group.attrs[fmt.MANIFEST_KEY] = dict(manifest, completed=False)
+    finally:
+        lock.release()
+    return report.bad_shards

@@ -1,0 +1,165 @@
+"""LatentStore.batches: coverage, determinism, resume, DDP split, sampling; in-RAM and windowed modes.
+
+Labels are written as the position (num_classes = count) so each yielded sample names its source row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lplkit.store import LatentStore
+from lplkit.store.synthetic import synthetic_moments, write_synthetic_store
+
+COUNT, SHAPE, CHUNK = 203, (2, 4, 4), 4
+SKIPPED = (0, 17, 18, 150)
+OK = [p for p in range(COUNT) if p not in SKIPPED]
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("rd") / "s.zarr")
+    write_synthetic_store(url, count=COUNT, latent_shape=SHAPE, shard_size=16, chunk_size=CHUNK,
+                          skipped=SKIPPED, num_classes=COUNT)  # fmt: skip
+    return url
+
+
+@pytest.fixture(params=["ram", "windows"])
+def store(request, store_url):
+    """The same store read fully in RAM, or in windows of 3 chunks (budget below the store size)."""
+    s = LatentStore.open(store_url)
+    if request.param == "windows":
+        s = LatentStore.open(store_url, memory_budget=6 * s.bytes_per_chunk)
+        assert s.window_chunks() == 3
+    else:
+        assert s.window_chunks() is None
+    return s
+
+
+def _positions(batches):
+    return [b[1].tolist() for b in batches]
+
+
+def test_every_ok_sample_once_per_epoch(store):
+    for drop_last in (True, False):
+        seen = [p for b in _positions(store.batches(16, seed=3, drop_last=drop_last)) for p in b]
+        assert len(seen) == len(set(seen))
+        assert set(seen) <= set(OK)
+        expected = len(OK) if not drop_last else len(OK) // 16 * 16
+        assert len(seen) == expected
+    assert len(list(store.batches(16, seed=3))) == store.num_batches(16) == len(OK) // 16
+
+
+def test_same_seed_same_batches_other_seed_or_epoch_differs(store):
+    a = list(store.batches(16, seed=5, epoch=1))
+    b = list(store.batches(16, seed=5, epoch=1))
+    for (la, ya), (lb, yb) in zip(a, b, strict=True):
+        assert torch.equal(la, lb) and torch.equal(ya, yb)
+    assert _positions(store.batches(16, seed=6, epoch=1)) != _positions(a)
+    assert _positions(store.batches(16, seed=5, epoch=2)) != _positions(a)
+    unshuffled = [p for b in _positions(store.batches(16, seed=5, shuffle=False)) for p in b]
+    assert unshuffled == OK[: len(unshuffled)]
+
+
+@pytest.mark.parametrize("start", [1, 5, 11])
+def test_resume_at_start_batch_gives_identical_tail(store, start):
+    full = list(store.batches(16, seed=9, epoch=4))
+    fresh = LatentStore.open(store.url, memory_budget=store.memory_budget)  # a new process's view
+    tail = list(fresh.batches(16, seed=9, epoch=4, start_batch=start))
+    assert len(tail) == len(full) - start
+    for (la, ya), (lb, yb) in zip(full[start:], tail, strict=True):
+        assert torch.equal(la, lb) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize(("world", "drop_last"), [(2, True), (3, True), (3, False), (4, False)])
+def test_ddp_ranks_disjoint_covering_equal_counts(store, world, drop_last):
+    per_rank = [
+        [
+            p
+            for b in _positions(
+                store.batches(8, seed=1, rank=r, world_size=world, drop_last=drop_last)
+            )
+            for p in b
+        ]
+        for r in range(world)
+    ]
+    counts = {
+        len(list(store.batches(8, seed=1, rank=r, world_size=world, drop_last=drop_last)))
+        for r in range(world)
+    }
+    assert counts == {store.num_batches(8, 0, world, drop_last)}
+    allp = [p for ps in per_rank for p in ps]
+    if drop_last:
+        assert len(allp) == len(set(allp)) == len(OK) // (8 * world) * 8 * world
+    else:  # the last global batch is padded from the epoch's start, so everything is covered
+        assert set(allp) == set(OK)
+        assert len(allp) - len(set(allp)) < 8 * world
+    assert {len(ps) for ps in per_rank} == {len(per_rank[0])}
+
+
+def test_rank_defaults_come_from_torch_distributed(store_url, tmp_path):
+    import torch.distributed as dist
+
+    store = LatentStore.open(store_url)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        assert _positions(store.batches(8, seed=2)) == _positions(
+            store.batches(8, seed=2, rank=0, world_size=1)
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_windowed_order_is_block_shuffled(store_url):
+    s = LatentStore.open(store_url)
+    s = LatentStore.open(store_url, memory_budget=6 * s.bytes_per_chunk)
+    plan = s.epoch_order(seed=0, epoch=0)
+    assert sorted(plan.order.tolist()) == OK
+    for k in range(len(plan.window_chunks)):
+        window = plan.order[plan.window_starts[k] : plan.window_starts[k + 1]]
+        assert set((window // CHUNK).tolist()) <= set(plan.window_chunks[k].tolist())
+        assert len(plan.window_chunks[k]) <= 3
+
+
+def test_latents_are_mean_plus_std_eps(store_url):
+    """Standardised residuals (z - mean) / std over an epoch follow N(0, 1)."""
+    store = LatentStore.open(store_url)
+    mean_all, std_all = store.read(range(COUNT))  # oracle: direct reads of the stored moments
+    eps = []
+    for epoch in range(3):
+        for z, pos in store.batches(16, seed=0, epoch=epoch):
+            p = pos.numpy()
+            eps.append(((z.numpy() - mean_all[p]) / std_all[p]).ravel())
+    e = np.concatenate(eps)
+    assert abs(e.mean()) < 5 / np.sqrt(len(e))
+    assert abs(e.var() - 1) < 0.05
+    # Two-sided tail mass matches the normal's: P(|e| > 1.96) = 0.05.
+    assert abs((np.abs(e) > 1.96).mean() - 0.05) < 0.01
+
+
+def test_std_zero_gives_exact_means_and_flips_are_picked_per_sample(tmp_path):
+    m = synthetic_moments(64, SHAPE, seed=4)
+    mf = synthetic_moments(64, SHAPE, seed=5)
+    m[:, 1] = 0.0
+    mf[:, 1] = 0.0
+    url = str(tmp_path / "f.zarr")
+    write_synthetic_store(url, count=64, latent_shape=SHAPE, flips=True, moments=m, moments_flip=mf,
+                          shard_size=16, chunk_size=4, num_classes=64)  # fmt: skip
+    mean16, flip16 = (
+        m[:, 0].astype(np.float16).astype(np.float32),
+        mf[:, 0].astype(np.float16).astype(np.float32),
+    )
+    picked_flip = 0
+    for epoch in range(4):
+        for z, pos in LatentStore.open(url).batches(8, seed=1, epoch=epoch):
+            for zi, p in zip(z.numpy(), pos.tolist(), strict=True):
+                is_orig, is_flip = np.array_equal(zi, mean16[p]), np.array_equal(zi, flip16[p])
+                assert is_orig != is_flip
+                picked_flip += is_flip
+    assert 0.4 < picked_flip / (4 * 64) < 0.6
+
+
+def test_tiny_store_yields_nothing_when_batch_too_big(store):
+    assert list(store.batches(1000, seed=0)) == []
+    assert store.num_batches(1000) == 0
