@@ -1,0 +1,139 @@
+"""`lplkit stats`: latent and decoder-feature statistics of a store, written to its `stats/` group."""
+
+from __future__ import annotations
+
+import typer
+
+from lplkit.cli import output
+
+
+def _init_distributed(device: str) -> tuple[str, int]:
+    """(device, rank): under torchrun (WORLD_SIZE > 1) join the process group (NCCL on CUDA,
+    gloo on CPU) and pin this rank's GPU; `auto` = CUDA when available."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return device, dist.get_rank()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `stats` command to the app."""
+
+    @app.command("stats")
+    def stats_command(
+        store: str = typer.Argument(
+            ..., help="Latent store URL or path (a finished `lplkit encode`)."
+        ),
+        vae: str | None = typer.Option(
+            None, "--vae", help="Autoencoder (default: the store's own; another one is refused)."
+        ),
+        subfolder: str | None = typer.Option(None, "--subfolder", help="Subfolder of --vae."),
+        samples: int = typer.Option(
+            1024, "--samples", help="Items (position, flip) to use; 0 = all of them."
+        ),
+        depth: int | None = typer.Option(
+            None, "--depth", help="Decoder up blocks tapped after the mid block (default: all)."
+        ),
+        batch_size: int = typer.Option(16, "--batch-size", help="Items per decoder call."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the item subset and latent noise."),
+        device: str = typer.Option(
+            "auto", "--device", help="torch device; auto = CUDA if present."
+        ),
+        bins: int = typer.Option(2048, "--bins", help="Histogram bins per channel (quantiles)."),
+        latents_only: bool = typer.Option(
+            False, "--latents-only", help="Skip the decoder: latent statistics only."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    ) -> None:
+        """Per-channel latent mean/std (+ suggested scale/shift) and decoder-feature mean, std and
+        2%/98% quantiles per tapped layer, for the LPL's `dataset` norm and outlier mask."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from lplkit.stats_run import run_stats
+
+        dev, rank = _init_distributed(device)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=output.console, transient=True, disable=rank != 0) as bar:
+            task = bar.add_task("items (this rank)", total=None)
+
+            def on_progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            _, meta = run_stats(
+                store,
+                vae=vae,
+                subfolder=subfolder,
+                samples=samples or None,
+                depth=depth,
+                batch_size=batch_size,
+                seed=seed,
+                device=dev,
+                bins=bins,
+                features=not latents_only,
+                on_progress=on_progress,
+            )
+        if rank != 0:
+            return
+        if json_out:
+            output.emit_json(meta)
+        else:
+            _print_summary(meta)
+
+
+def _fmt_range(r: list[float]) -> str:
+    return f"{r[0]:.3g}..{r[1]:.3g}"
+
+
+def _print_summary(meta: dict) -> None:
+    from rich.table import Table
+
+    lat = meta["latent"]
+    table = Table(title=f"latents of {meta['store']['url']} ({meta['sampling']['items']} items)")
+    for col in ("channel", "mean", "std", "scale = 1/std"):
+        table.add_column(col, justify="right")
+    for c, (m, s) in enumerate(zip(lat["mean"], lat["std"], strict=True)):
+        table.add_row(str(c), f"{m:+.4f}", f"{s:.4f}", f"{1 / s:.4f}")
+    table.caption = f"global: shift_factor {lat['shift_factor']:+.4f}\nscaling_factor {lat['scaling_factor']:.4f}"
+    output.console.print(table)
+    if not meta["layers"]:
+        return
+    table = Table(title=f"decoder features (depth {meta['depth']}, {meta['autoencoder']['class']})")
+    for col in ("layer", "channels", "size", "mean range", "std range", "outliers"):
+        table.add_column(col, justify="left" if col == "layer" else "right", no_wrap=True)
+    for layer in meta["layers"]:
+        table.add_row(
+            layer["name"],
+            str(layer["channels"]),
+            f"{layer['height']}x{layer['width']}",
+            _fmt_range(layer["mean_range"]),
+            _fmt_range(layer["std_range"]),
+            f"{100 * layer['outlier_share']:.2f}%",
+        )
+    table.caption = (
+        "outliers: share outside q2%-2std..q98%+2std per channel\n"
+        f"written to stats/{meta.get('run', '(not written)')}"
+    )
+    output.console.print(table)
