@@ -1,0 +1,167 @@
+"""`lplkit encode`: an image dataset -> a resumable, verifiable, sharded Zarr v3 latent store."""
+
+from __future__ import annotations
+
+import typer
+
+from lplkit.cli import output
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `encode` command to the app."""
+
+    @app.command("encode")
+    def encode_command(
+        dataset: str = typer.Option(
+            ...,
+            "--dataset",
+            help="Preset (imagenet, cifar10, ...), image folder, parquet file/glob, or hub id.",
+        ),
+        res: int = typer.Option(..., "--res", help="Image resolution (ADM center crop)."),
+        out: str = typer.Option(..., "--out", help="Store path or URL (s3://... via fsspec)."),
+        vae: str | None = typer.Option(
+            None, "--vae", help="Autoencoder: diffusers dir, hub id, or bundled name."
+        ),
+        vae_subfolder: str | None = typer.Option(
+            None, "--vae-subfolder", help="Subfolder of the autoencoder (e.g. vae)."
+        ),
+        split: str | None = typer.Option(None, "--split", help="Dataset split (default train)."),
+        flip: bool = typer.Option(False, "--flip", help="Also store the flipped image's moments."),
+        batch_size: int = typer.Option(32, "--batch-size", help="Images per autoencoder call."),
+        workers: int = typer.Option(4, "--workers", help="DataLoader workers (decode + crop)."),
+        shard_size: int = typer.Option(1024, "--shard-size", help="Samples per store shard."),
+        dtype: str = typer.Option(
+            "float16", "--dtype", help="Stored moments dtype: float16, bfloat16 or float32."
+        ),
+        autocast: str = typer.Option(
+            "none", "--autocast", help="Autoencoder compute: none (fp32), bfloat16 or float16."
+        ),
+        limit: int | None = typer.Option(None, "--limit", help="Encode only the first N images."),
+        strict: bool = typer.Option(
+            False, "--strict", help="Stop at the first bad image instead of skipping it."
+        ),
+        image_column: str | None = typer.Option(
+            None, "--image-column", help="Image column (hub/parquet; auto-detected)."
+        ),
+        label_column: str | None = typer.Option(
+            None, "--label-column", help="Label column (hub/parquet; auto-detected)."
+        ),
+        caption_column: str | None = typer.Option(
+            None, "--caption-column", help="Caption column (hub/parquet; auto-detected)."
+        ),
+        revision: str | None = typer.Option(None, "--revision", help="Hub dataset revision."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    ) -> None:
+        """Encode images into posterior moments (mean, std) in a sharded Zarr v3 store.
+
+        Re-running the same command resumes; a different autoencoder/res/dtype is refused.
+        Under `torchrun --nproc-per-node K -m lplkit encode ...` each rank writes its own shards.
+        """
+        import os
+
+        from lplkit.encode import EncodeConfig, encode_dataset
+
+        cfg = EncodeConfig(
+            dataset=dataset,
+            out=out,
+            res=res,
+            vae=vae,
+            vae_subfolder=vae_subfolder,
+            split=split,
+            flip=flip,
+            batch_size=batch_size,
+            workers=workers,
+            shard_size=shard_size,
+            dtype=dtype,
+            autocast=autocast,
+            limit=limit,
+            strict=strict,
+            image_column=image_column,
+            label_column=label_column,
+            caption_column=caption_column,
+            revision=revision,
+            device=device,
+        )
+        is_main = int(os.environ.get("RANK", "0")) == 0
+        with _progress(enabled=is_main) as on_batch:
+            summary = encode_dataset(cfg, progress=on_batch)
+        if not is_main:
+            return
+        if json_out:
+            output.emit_json(summary.to_dict())
+        else:
+            _print_summary(summary)
+
+
+class _progress:
+    """A rich progress bar (images/s, ETA) fed by `encode_dataset`'s progress callback."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("encoding"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=output.console,
+            transient=True,
+        )
+        self.bar.__enter__()
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("encode", total=total, rate="")
+        task = self.bar.tasks[self.task]
+        speed = task.speed
+        rate = f"{speed:.1f} img/s" if speed else ""
+        self.bar.update(self.task, completed=done, rate=rate)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _print_summary(summary) -> None:
+    from rich.table import Table
+
+    s = summary
+    table = Table(title=f"encode -> {s.store}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("samples in store", str(s.total))
+    table.add_row("encoded (this run)", str(s.encoded))
+    table.add_row("skipped (this run)", str(s.skipped))
+    for reason, count in sorted(s.skip_reasons.items()):
+        table.add_row(f"  {reason}", str(count))
+    table.add_row(
+        "shards written / already done / total",
+        f"{s.shards_written} / {s.shards_already_done} / {s.shards_total}",
+    )
+    table.add_row("throughput", f"{s.images_per_s:.1f} img/s on {s.device} x{s.world_size}")
+    table.add_row("elapsed", f"{s.elapsed_s:.1f} s")
+    table.add_row("store complete", "yes" if s.completed else "no")
+    output.console.print(table)
+    if s.skipped:
+        output.console.print(
+            f"[yellow]{s.skipped} bad image(s) skipped; their rows have status 'skipped' and a "
+            "reason in index.parquet[/yellow]"
+        )
