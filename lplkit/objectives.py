@@ -124,6 +124,11 @@ class Objective:
 
     name: str
 
+    @property
+    def spec(self) -> dict[str, object]:
+        """JSON-serializable kwargs: ``build_objective(**spec)`` rebuilds this objective."""
+        raise NotImplementedError
+
     def sample_timesteps(
         self,
         batch: int,
@@ -208,9 +213,21 @@ class DDPMObjective(Objective):
         self.prediction = prediction
         self.beta_schedule = beta_schedule
         self.num_train_timesteps = num_train_timesteps
+        self.beta_start, self.beta_end = beta_start, beta_end
         self.alphas_cumprod = ddpm_alphas_cumprod(
             beta_schedule, num_train_timesteps, beta_start, beta_end
         )
+
+    @property
+    def spec(self) -> dict[str, object]:
+        """JSON-serializable kwargs: ``build_objective(**spec)`` rebuilds this objective."""
+        return {
+            "name": self.prediction,
+            "beta_schedule": self.beta_schedule,
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+        }
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))``, each ``(B,)`` float32."""
@@ -301,6 +318,16 @@ class FlowMatchingObjective(Objective):
         self.logit_mean = logit_mean
         self.logit_std = logit_std
 
+    @property
+    def spec(self) -> dict[str, object]:
+        """JSON-serializable kwargs: ``build_objective(**spec)`` rebuilds this objective."""
+        return {
+            "name": "flow",
+            "time_sampling": self.time_sampling,
+            "logit_mean": self.logit_mean,
+            "logit_std": self.logit_std,
+        }
+
     def sample_timesteps(
         self,
         batch: int,
@@ -344,8 +371,11 @@ def build_objective(name: ObjectiveName, **kwargs: object) -> Objective:
 
     ``kwargs`` go to the constructor (e.g. ``beta_schedule`` or ``time_sampling``).
     """
-    if name in ("eps", "v"):
+    if name not in ("eps", "v", "flow"):
+        raise ConfigError(f"unknown objective {name!r}; use eps, v or flow")
+    try:
+        if name == "flow":
+            return FlowMatchingObjective(**kwargs)  # type: ignore[arg-type]
         return DDPMObjective(prediction=name, **kwargs)  # type: ignore[arg-type]
-    if name == "flow":
-        return FlowMatchingObjective(**kwargs)  # type: ignore[arg-type]
-    raise ConfigError(f"unknown objective {name!r}; use eps, v or flow")
+    except TypeError as e:  # an option of the other family, e.g. beta_schedule for flow
+        raise ConfigError(f"objective {name!r}: {e}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -204,6 +205,12 @@ def test_build_objective_and_errors():
     assert isinstance(build_objective("flow", time_sampling="logit-normal"), FlowMatchingObjective)
     v = build_objective("v", beta_schedule="scaled_linear")
     assert isinstance(v, DDPMObjective) and v.prediction == "v" and v.name == "v"
+    for obj in (v, FlowMatchingObjective("logit-normal", 0.3, 1.2)):
+        again = build_objective(**json.loads(json.dumps(obj.spec)))
+        assert type(again) is type(obj) and again.spec == obj.spec
+    assert torch.equal(build_objective(**v.spec).alphas_cumprod, v.alphas_cumprod)
+    with pytest.raises(ConfigError, match="beta_schedule"):
+        build_objective("flow", beta_schedule="linear")
     with pytest.raises(ConfigError, match="eps, v or flow"):
         build_objective("x0")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
