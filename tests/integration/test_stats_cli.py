@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
+import torch
 
 from tests.integration.test_stats_store import _write_store
 
@@ -70,3 +72,40 @@ def test_stats_on_missing_store_is_one_line(tmp_path, capsys) -> None:
     code = _run(["stats", str(tmp_path / "nope.zarr"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 4 and "not an lplkit latent store" in err
+
+
+@pytest.mark.slow  # ~30 s on 2 shared CPU cores (two processes import torch + diffusers)
+def test_stats_under_torchrun_gloo_equals_single_process(cli_store, capsys, tmp_path) -> None:
+    """Two gloo ranks each take half the items; the merged result equals one process's."""
+    import os
+    import subprocess
+    import sys
+
+    from lplkit.stats_store import load_stats
+
+    args = ["stats", str(cli_store), "--samples", "10", "--depth", "1", "--batch-size", "2",
+            "--seed", "5", "--device", "cpu", "--json"]  # fmt: skip
+    assert _run(args) == 0
+    single = load_stats(str(cli_store))
+    capsys.readouterr()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "lplkit", *args]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)  # rank 0 alone prints
+    assert out["sampling"]["world_size"] == 2
+    multi = load_stats(str(cli_store))
+    assert single is not None and multi is not None and multi.meta["run"] != single.meta["run"]
+    assert np.array_equal(multi.items, single.items)
+    torch.testing.assert_close(multi.latent_mean, single.latent_mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(multi.latent_std, single.latent_std, rtol=1e-10, atol=1e-12)
+    for a, b in zip(multi.layers, single.layers, strict=True):
+        assert a.count == b.count
+        torch.testing.assert_close(a.mean, b.mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a.std, b.std, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a.hist.counts, b.hist.counts)  # same pilot edges -> identical counts
