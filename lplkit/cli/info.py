@@ -1,0 +1,82 @@
+"""`lplkit info STORE`: manifest, sample counts, sizes on disk and compression ratio of a store."""
+
+from __future__ import annotations
+
+import typer
+
+from lplkit.cli import output
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `info` command to the app."""
+
+    @app.command("info")
+    def info_command(
+        store: str = typer.Argument(..., help="Latent store URL or path."),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    ) -> None:
+        """Show what a latent store holds: autoencoder, resolution, counts, sizes, compression."""
+        from lplkit.store.inspect import store_info
+
+        info = store_info(store)
+        if json_out:
+            output.emit_json(info)
+        else:
+            _print(info)
+
+
+def _print(info: dict) -> None:
+    from rich.table import Table
+
+    m, counts = info["manifest"], info["counts"]
+    ae = m["autoencoder"]
+    src = m["source"]
+    summary = Table(title=f"latent store {info['url']}", show_header=False)
+    summary.add_column("field", style="bold")
+    summary.add_column("value")
+    status = (
+        "complete"
+        if m["completed"]
+        else f"unfinished ({info['shards']['complete']}/{info['shards']['total']} shards)"
+    )
+    rows = [
+        ("status", status),
+        (
+            "autoencoder",
+            f"{ae.get('id')} ({ae.get('class', '?')}, config {str(ae.get('config_hash', '?'))[:12]})",
+        ),
+        ("scaling / shift", f"{ae.get('scaling_factor')} / {ae.get('shift_factor')}"),
+        ("source", f"{src['id']} split={src['split']} revision={src['revision']}"),
+        ("resolution / crop", f"{m['resolution']} / {m['crop']}"),
+        ("latent shape", " x ".join(map(str, m["latent_shape"]))),
+        ("dtype / codec", f"{m['dtype']} / {m['codec']}"),
+        ("flips", str(m["flips"])),
+        ("samples", ", ".join(f"{k} {v}" for k, v in counts.items())),
+        ("shard / chunk", f"{m['shard_size']} / {m['chunk_size']} samples"),
+        ("lplkit version", m["lplkit_version"]),
+    ]
+    for row in rows:
+        summary.add_row(*row)
+    output.console.print(summary)
+    sizes = Table(title="arrays")
+    for col in ("array", "shape", "dtype", "logical", "on disk", "ratio"):
+        sizes.add_column(col, justify="left" if col == "array" else "right")
+    for name, a in info["arrays"].items():
+        ratio = a["compression_ratio"]
+        sizes.add_row(name, "x".join(map(str, a["shape"])), a["dtype"], _size(a["logical_bytes"]),
+                      _size(a["stored_bytes"]), f"{ratio:.3f}" if ratio else "-")  # fmt: skip
+    b = info["bytes"]
+    sizes.caption = (
+        f"index.parquet {_size(b['index'])}; {b['per_ok_sample']} stored bytes per ok sample"
+    )
+    output.console.print(sizes)

@@ -1,0 +1,85 @@
+"""`lplkit verify STORE [--repair]`: check a store; exit non-zero listing each problem and its fix."""
+
+from __future__ import annotations
+
+import typer
+
+from lplkit.cli import output
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `verify` command to the app."""
+
+    @app.command("verify")
+    def verify_command(
+        store: str = typer.Argument(..., help="Latent store URL or path."),
+        repair: bool = typer.Option(
+            False,
+            "--repair",
+            help="Remove bad shards' completion markers so re-running encode re-encodes them.",
+        ),
+        no_checksums: bool = typer.Option(
+            False, "--no-checksums", help="Skip sha256 checks (faster; NaN/count checks still run)."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    ) -> None:
+        """Check for missing/partial shards, checksum mismatches, NaN/Inf, count and index problems."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from lplkit.errors import StoreCorruptError
+        from lplkit.store.verify import repair_store, verify_store
+
+        columns = (
+            TextColumn("verifying shards"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=output.console, transient=True) as bar:
+            task = bar.add_task("shards", total=None)
+
+            def on_progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            report = verify_store(store, checksums=not no_checksums, progress=on_progress)
+        repaired = repair_store(store, report) if repair and not report.ok else []
+        result = report.to_dict() | {"repaired_shards": repaired if repair else None}
+        if json_out:
+            output.emit_json(result)
+        else:
+            _print(report, repaired if repair else None)
+        if not report.ok:
+            what = (
+                "repaired: re-run the encode command to finish"
+                if repair
+                else "see the problems above"
+            )
+            raise StoreCorruptError(f"{store}: {len(report.problems)} problem(s); {what}")
+
+
+def _print(report, repaired: list[int] | None) -> None:
+    from rich.table import Table
+
+    if report.ok:
+        output.console.print(
+            f"[green]ok[/green] {report.url}: {report.complete_shards}/{report.n_shards} shards complete, "
+            "checksums match, no NaN/Inf, counts agree"
+        )
+        return
+    table = Table(title=f"{len(report.problems)} problem(s) in {report.url}")
+    for col in ("kind", "shard", "problem", "fix"):
+        table.add_column(col, overflow="fold")
+    for p in report.problems:
+        table.add_row(p.kind, "-" if p.shard is None else str(p.shard), p.message, p.fix)
+    output.console.print(table)
+    if repaired is not None:
+        output.console.print(
+            f"removed the completion markers of shards {repaired}; re-run the same `lplkit encode` "
+            "command to re-encode them and rebuild the index"
+        )

@@ -1,0 +1,80 @@
+"""`store_info()`: what a store holds and what it costs on disk (for `lplkit info`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zarr
+
+from lplkit.errors import StoreError
+from lplkit.store import format as fmt
+from lplkit.store.sidecar import url_to_fs
+from lplkit.store.writer import read_marker
+
+
+def _du(fs: Any, path: str) -> int:
+    try:
+        return int(fs.du(path, total=True))
+    except FileNotFoundError:
+        return 0
+
+
+def store_info(url: str) -> dict[str, Any]:
+    """Manifest, sample counts, per-array logical/stored bytes and compression ratio, shard progress.
+
+    Counts come from the manifest of a finalized store, otherwise from the completion markers.
+    """
+    url = str(url)
+    try:
+        group = zarr.open_group(url, mode="r")
+        manifest = dict(group.attrs[fmt.MANIFEST_KEY])
+    except (FileNotFoundError, KeyError):
+        raise StoreError(
+            f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
+        ) from None
+    fs, root = url_to_fs(url)
+    count, size = int(manifest["source"]["count"]), int(manifest["shard_size"])
+    n_shards = fmt.n_shards(count, size)
+    markers = [read_marker(fs, root, s, *fmt.shard_range(s, count, size)) for s in range(n_shards)]
+    done = [m for m in markers if m is not None]
+    if manifest.get("completed") and isinstance(manifest.get("counts"), dict):
+        counts = dict(manifest["counts"])
+    else:
+        n_ok = sum(int(m["n_ok"]) for m in done)
+        n_written = sum(int(m["stop"]) - int(m["start"]) for m in done)
+        counts = {
+            "total": count,
+            "ok": n_ok,
+            "skipped": n_written - n_ok,
+            "pending": count - n_written,
+        }
+    arrays: dict[str, Any] = {}
+    for name in fmt.array_names(manifest):
+        arr = group[name]
+        stored = _du(fs, f"{root}/{name}")
+        logical = int(arr.nbytes)
+        arrays[name] = {
+            "shape": list(arr.shape),
+            "dtype": str(arr.dtype),
+            "chunks": list(arr.chunks),
+            "shards": list(arr.shards) if arr.shards is not None else None,
+            "logical_bytes": logical,
+            "stored_bytes": stored,
+            "compression_ratio": round(logical / stored, 4) if stored else None,
+        }
+    logical = sum(a["logical_bytes"] for a in arrays.values())
+    stored = sum(a["stored_bytes"] for a in arrays.values())
+    return {
+        "url": url,
+        "manifest": manifest,
+        "counts": counts,
+        "shards": {"total": n_shards, "complete": len(done)},
+        "arrays": arrays,
+        "bytes": {
+            "logical": logical,
+            "stored": stored,
+            "index": _du(fs, f"{root}/{fmt.INDEX_FILE}"),
+            "compression_ratio": round(logical / stored, 4) if stored else None,
+            "per_ok_sample": round(stored / counts["ok"], 1) if counts["ok"] else None,
+        },
+    }

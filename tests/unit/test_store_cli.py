@@ -1,0 +1,74 @@
+"""`lplkit info` and `lplkit verify`: --json output, exit codes, --repair."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lplkit.cli.app import main
+from lplkit.errors import StoreCorruptError
+from lplkit.store.synthetic import write_synthetic_store
+
+
+def _run(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(
+        path, count=40, latent_shape=(4, 8, 8), shard_size=16, chunk_size=4, skipped=[2, 3]
+    )
+    return path
+
+
+def test_info_json_counts_and_sizes(store, capsys):
+    code, out, _ = _run(["info", str(store), "--json"], capsys)
+    assert code == 0
+    info = json.loads(out)
+    assert info["counts"] == {"total": 40, "ok": 38, "skipped": 2}
+    moments = info["arrays"]["moments"]
+    assert moments["shape"] == [40, 2, 4, 8, 8]
+    assert moments["logical_bytes"] == 40 * 2 * 4 * 8 * 8 * 2  # float16
+    on_disk = sum(f.stat().st_size for f in (store / "moments").rglob("*") if f.is_file())
+    assert moments["stored_bytes"] == on_disk
+    assert moments["compression_ratio"] == pytest.approx(
+        moments["logical_bytes"] / on_disk, rel=1e-3
+    )
+    assert info["manifest"]["autoencoder"]["id"] == "synthetic"
+
+
+def test_info_human_output_goes_to_stderr(store, capsys):
+    code, out, err = _run(["info", str(store)], capsys)
+    assert code == 0 and out == "" and "float16" in err
+
+
+def test_verify_ok_exits_zero(store, capsys):
+    code, out, _ = _run(["verify", str(store), "--json"], capsys)
+    assert code == 0 and json.loads(out)["ok"] is True
+
+
+def test_verify_corrupt_exits_nonzero_and_repair_removes_markers(store, capsys):
+    shard = store / "moments" / "c" / "1" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[64] ^= 0x10
+    shard.write_bytes(bytes(data))
+    code, out, err = _run(["verify", str(store), "--json"], capsys)
+    assert code == StoreCorruptError.exit_code
+    report = json.loads(out)
+    assert report["bad_shards"] == [1] and report["problems"][0]["kind"] == "checksum"
+    assert "problem" in err and "Traceback" not in err
+    code, out, err = _run(["verify", str(store), "--repair"], capsys)
+    assert code == StoreCorruptError.exit_code and "re-run" in err
+    assert not (store / "progress" / "shard-00001.json").exists()
+    assert (store / "progress" / "shard-00000.json").exists()
+
+
+def test_verify_missing_store(tmp_path, capsys):
+    code, _, err = _run(["verify", str(tmp_path / "nope.zarr")], capsys)
+    assert code == StoreCorruptError.exit_code and "nope.zarr" in err
