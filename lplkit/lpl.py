@@ -1,0 +1,249 @@
+"""Latent Perceptual Loss (Berrada et al., "Boosting Latent Diffusion with Perceptual Objectives",
+ICLR 2025, arXiv 2411.04873).
+
+For a target clean latent z0 and the model's estimate z0_hat, both *raw* (the autoencoder's own
+latent space, scaling/shift undone), with phi_l the frozen decoder's feature at tapped layer l
+(`DecoderTaps`), N the normalization and m_l the target-feature inlier mask:
+
+    d_l(b)   = 1/C_l sum_c [ sum_hw m_l * D(N(phi_l(z0_hat)), N(phi_l(z0))) / sum_hw m_l ]
+    LPL(b)   = 1/L sum_l w_l d_l(b)                 (L = number of tapped layers = depth + 1)
+
+and the training objective is L = L_diff + w_lpl * mean_b(LPL(b) over gated samples). Target
+features are computed under no_grad; only z0_hat receives gradients; decoder parameters never do.
+
+    lpl = LatentPerceptualLoss(vae, preset="paper")          # options override the preset
+    per_sample = lpl(pred_z0, target_z0)                      # (B,)
+    per_sample = lpl(pred_z0, target_z0, select=idx)          # decoder runs on rows idx only
+    per_sample = lpl.from_normalized(pred_n, target_n, scale, shift, select=idx)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lplkit.decoder_features import DecoderTaps, FeatureStats, LayerInfo
+from lplkit.errors import ConfigError
+from lplkit.lpl_presets import LPLConfig, resolve_lpl_config
+from lplkit.lpl_terms import (
+    inlier_mask,
+    layer_distance,
+    layer_weights,
+    morphology_sizes,
+    normalize_pair,
+)
+
+__all__ = ["FeatureStats", "LatentPerceptualLoss"]
+
+_STAT_FIELDS = ("mean", "std", "q_low", "q_high")
+
+
+def _outlier_layers(cfg: LPLConfig, taps: DecoderTaps) -> dict[int, tuple[int, int]]:
+    """{layer index: (dilation, erosion) sizes} of the layers that get the outlier mask.
+
+    True = the reference code's choice: layer 2 with down_f 2, layers >= 3 with down_f 1.
+    A list of indices scales down_f by resolution: decoder output factor / layer factor.
+    """
+    n = len(taps.layers)
+    o = cfg.outliers
+    if o is False:
+        return {}
+    if o is True:
+        down = {i: (2 if i == 2 else 1) for i in range(2, n)}
+    elif isinstance(o, Mapping):
+        down = dict(o)
+    else:
+        full = taps.decoder_upsample_factor
+        down = {i: max(1, full // taps.layers[i].upsample_factor) for i in o if i < n}
+        down.update({i: 1 for i in o if i >= n})  # reported below as out of range
+    bad = sorted(i for i in down if i >= n)
+    if bad:
+        raise ConfigError(f"outlier layers {bad} do not exist: only layers 0..{n - 1} are tapped")
+    return {i: morphology_sizes(d) for i, d in sorted(down.items())}
+
+
+def _lookup_stats(
+    feature_stats: Mapping[int | str, FeatureStats], i: int, info: LayerInfo
+) -> FeatureStats:
+    for key in (i, info.name):
+        if key in feature_stats:
+            feature_stats[key].check(info.channels, str(key))
+            return feature_stats[key]
+    raise ConfigError(
+        f"feature_stats has no entry for layer {i} ({info.name}); "
+        "run `lplkit stats` with at least this depth"
+    )
+
+
+def _channel_view(v: float | Tensor, like: Tensor) -> float | Tensor:
+    """A scalar stays scalar; a (C,) tensor becomes (1, C, 1, 1) on `like`'s device, >= fp32."""
+    if not isinstance(v, Tensor):
+        return v
+    v = v.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
+    return v.view(1, -1, 1, 1) if v.dim() == 1 else v
+
+
+class LatentPerceptualLoss(nn.Module):
+    """Per-sample LPL between predicted and target raw latents.
+
+    Args:
+        vae: a diffusers AutoencoderKL or AutoencoderDC; frozen in place (eval, no grad).
+        preset: `paper` (default) or `diffusers-reference`; see `lplkit.lpl_presets`.
+        feature_stats: cached per-layer statistics (`lplkit stats`), keyed by layer index or layer
+            name; required by ``norm="dataset"`` and ``outlier_source="dataset"``.
+        **overrides: any `LPLConfig` field (depth, norm, standardize_stats, outliers, layer_weights,
+            distance, apply_post_quant_conv, grad_checkpointing, eps, ...).
+
+    Raises:
+        ConfigError: an unknown preset/option, a bad value, or missing/mis-shaped feature_stats.
+        AutoencoderError: an unsupported autoencoder class.
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        preset: str = "paper",
+        *,
+        feature_stats: Mapping[int | str, FeatureStats] | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        self.config = resolve_lpl_config(preset, **overrides)
+        cfg = self.config
+        self.preset = preset
+        self.taps = DecoderTaps(
+            vae,
+            cfg.depth,
+            apply_post_quant_conv=cfg.apply_post_quant_conv,
+            grad_checkpointing=cfg.grad_checkpointing,
+        )
+        self.layers: list[LayerInfo] = self.taps.layers
+        self.outlier_sizes = _outlier_layers(cfg, self.taps)
+        weights = torch.tensor(layer_weights(cfg.layer_weights, self.layers), dtype=torch.float32)
+        self.register_buffer("layer_weight", weights, persistent=False)
+        needs_stats = cfg.norm == "dataset" or (
+            cfg.outlier_source == "dataset" and bool(self.outlier_sizes)
+        )
+        self._has_stats = needs_stats
+        if needs_stats:
+            if feature_stats is None:
+                raise ConfigError(
+                    "the `dataset` norm / outlier source needs feature_stats: "
+                    "run `lplkit stats` on the store and pass its decoder-feature statistics"
+                )
+            for i, info in enumerate(self.layers):
+                st = _lookup_stats(feature_stats, i, info)
+                for f in _STAT_FIELDS:
+                    t = getattr(st, f).detach().to(torch.float32)
+                    self.register_buffer(f"stats_{f}_{i}", t, persistent=False)
+
+        super().train(False)
+
+    def train(self, mode: bool = True) -> LatentPerceptualLoss:
+        """Always eval: the loss holds only the frozen decoder (no dropout/norm state to train)."""
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"preset={self.preset!r}, config={self.config}"
+
+    def _stats(self, i: int, dtype: torch.dtype) -> FeatureStats | None:
+        if not self._has_stats:
+            return None
+        return FeatureStats(*(getattr(self, f"stats_{f}_{i}").to(dtype) for f in _STAT_FIELDS))
+
+    def layer_terms(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
+        """Unweighted per-layer distances d_l, shape (n, L), on already-selected rows."""
+        cfg = self.config
+        with torch.no_grad():
+            target_feats = self.taps(target_z0.detach())
+        pred_feats = self.taps(pred_z0)
+        cols = []
+        # Norms, quantiles and masks in fp32 (fp64 stays fp64), never under autocast.
+        with torch.autocast(device_type=pred_z0.device.type, enabled=False):
+            for i, (x, y) in enumerate(zip(pred_feats, target_feats, strict=True)):
+                dt = torch.promote_types(x.dtype, torch.float32)
+                x, y = x.to(dt), y.to(dt)
+                stats = self._stats(i, dt)
+                mask = None
+                if i in self.outlier_sizes:
+                    dilate, erode = self.outlier_sizes[i]
+                    mask = inlier_mask(
+                        y,
+                        quantile=cfg.outlier_quantile,
+                        std_mult=cfg.outlier_std_mult,
+                        dilate=dilate,
+                        erode=erode,
+                        stats=stats if cfg.outlier_source == "dataset" else None,
+                    )
+                xn, yn = normalize_pair(
+                    x,
+                    y,
+                    mask,
+                    cfg.norm,
+                    eps=cfg.eps,
+                    standardize_stats=cfg.standardize_stats,
+                    stats=stats,
+                )
+                cols.append(layer_distance(xn, yn, mask, cfg.distance))
+        return torch.stack(cols, dim=1)
+
+    def forward_gathered(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
+        """LPL of every row of already-gathered raw latents, shape (n,); n = 0 costs nothing."""
+        if pred_z0.shape != target_z0.shape:
+            raise ValueError(
+                f"pred {tuple(pred_z0.shape)} and target {tuple(target_z0.shape)} differ"
+            )
+        dt = torch.promote_types(pred_z0.dtype, torch.float32)
+        if pred_z0.shape[0] == 0:
+            return pred_z0.new_zeros(0, dtype=dt)
+        terms = self.layer_terms(pred_z0, target_z0)
+        # a plain weighted sum (a matmul would be cast to bf16 under autocast)
+        return (terms * self.layer_weight.to(terms.dtype)).sum(dim=1) / len(self.layers)
+
+    def forward(self, pred_z0: Tensor, target_z0: Tensor, select: Tensor | None = None) -> Tensor:
+        """Per-sample LPL of raw latents (B, C, h, w) -> (B,).
+
+        `select` limits the decoder to some rows; the other rows get 0 (and zero gradient):
+        - an int64 index tensor (n,): no host sync, n = 0 does no decoder work;
+        - a bool mask (B,): needs `nonzero()`, which syncs host and device on GPU. To avoid the
+          sync, pass indices or call `forward_gathered` on pre-gathered rows.
+        """
+        if select is None:
+            return self.forward_gathered(pred_z0, target_z0)
+        b = pred_z0.shape[0]
+        if select.dtype == torch.bool:
+            if select.shape != (b,):
+                raise ValueError(f"bool select has shape {tuple(select.shape)}, expected ({b},)")
+            idx = select.nonzero().squeeze(1)
+        else:
+            idx = select.reshape(-1).to(torch.long)
+        dt = torch.promote_types(pred_z0.dtype, torch.float32)
+        out = pred_z0.new_zeros(b, dtype=dt)
+        if idx.numel() == 0:
+            return out
+        vals = self.forward_gathered(pred_z0.index_select(0, idx), target_z0.index_select(0, idx))
+        return out.index_copy(0, idx, vals)
+
+    def from_normalized(
+        self,
+        pred_n: Tensor,
+        target_n: Tensor,
+        scale: float | Tensor,
+        shift: float | Tensor = 0.0,
+        select: Tensor | None = None,
+    ) -> Tensor:
+        """LPL of latents in the diffusion model's normalized space.
+
+        The model sees ``z_n = (z_raw - shift) * scale``, so the raw latents are
+
+            z_raw = z_n / scale + shift
+
+        `scale`/`shift` are scalars (e.g. SD: scale = vae.config.scaling_factor, shift = 0; SD3/
+        FLUX: scale = scaling_factor, shift = shift_factor) or per-channel (C,) tensors; for
+        per-channel statistics (z_n = (z_raw - mean) / std) pass scale = 1 / std, shift = mean.
+        """
+        s, t = _channel_view(scale, pred_n), _channel_view(shift, pred_n)
+        return self.forward(pred_n / s + t, target_n / s + t, select=select)

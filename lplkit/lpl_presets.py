@@ -1,0 +1,146 @@
+"""The LPL's typed options and its two presets (`paper`, `diffusers-reference`).
+
+Every option is documented against the paper and the public reference code in docs/lpl.md.
+`resolve_lpl_config(preset, **overrides)` returns a validated `LPLConfig`; a bad value raises
+`ConfigError` naming the option and the allowed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from lplkit.errors import ConfigError
+
+__all__ = ["LPL_PRESETS", "LPLConfig", "resolve_lpl_config"]
+
+Norm = Literal["l2", "l2-shared", "standardize-shared", "dataset", "none"]
+NORMS: tuple[str, ...] = ("l2", "l2-shared", "standardize-shared", "dataset", "none")
+LAYER_WEIGHTS: tuple[str, ...] = ("uniform", "pow2", "upsampling")
+DISTANCES: tuple[str, ...] = ("mse", "l1")
+STATS_SOURCES: tuple[str, ...] = ("pred", "target")
+OUTLIER_SOURCES: tuple[str, ...] = ("sample", "dataset")
+
+#: `outliers` value: False (off), True (the reference code's layers and kernel sizes), a sequence
+#: of layer indices (kernel sizes scaled by each layer's resolution), or {layer index: down_f}.
+Outliers = bool | Sequence[int] | Mapping[int, int]
+
+
+@dataclass(frozen=True)
+class LPLConfig:
+    """Options of `LatentPerceptualLoss` (see docs/lpl.md for each one against the paper).
+
+    Attributes:
+        depth: up stages tapped after the first (mid) one; None = all of them (4 on SD/SDXL/FLUX).
+        norm: per-layer feature normalization, one of `NORMS`.
+        standardize_stats: for `standardize-shared`, whose per-channel statistics both use:
+            `pred` (the paper as described) or `target`.
+        outliers: which layers get the target-feature outlier mask (see `Outliers`).
+        outlier_source: `sample` (per-sample quantiles/std) or `dataset` (cached `FeatureStats`).
+        outlier_quantile: q of the q / (1-q) quantiles (0.02 = 2% and 98%).
+        outlier_std_mult: m = outlier_std_mult * std widens the inlier interval.
+        layer_weights: `uniform`, `pow2` (2^-min(i,3)) or `upsampling` (1 / upsample factor).
+        distance: `mse` (squared difference) or `l1` (absolute difference).
+        apply_post_quant_conv: run the AE's post_quant_conv before the decoder (True = correct).
+        grad_checkpointing: recompute each decoder stage in backward.
+        eps: stabilizer of every normalization denominator.
+    """
+
+    depth: int | None = None
+    norm: str = "standardize-shared"
+    standardize_stats: str = "pred"
+    outliers: Outliers = True
+    outlier_source: str = "sample"
+    outlier_quantile: float = 0.02
+    outlier_std_mult: float = 2.0
+    layer_weights: str = "upsampling"
+    distance: str = "mse"
+    apply_post_quant_conv: bool = True
+    grad_checkpointing: bool = False
+    eps: float = 1e-6
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (for logs and run configs)."""
+        d = asdict(self)
+        o = self.outliers
+        d["outliers"] = (
+            o if isinstance(o, bool) else (dict(o) if isinstance(o, Mapping) else list(o))
+        )
+        return d
+
+
+LPL_PRESETS: dict[str, LPLConfig] = {
+    # lplkit's default, option by option against the paper's description (docs/lpl.md).
+    "paper": LPLConfig(),
+    # huggingface/diffusers examples/research_projects/lpl README "recommended" recipe:
+    # --lpl_norm_type shared --lpl_pow_law --lpl_num_blocks 4 --lpl_remove_outliers, mse,
+    # grad checkpointing on, and its omission of post_quant_conv.
+    "diffusers-reference": LPLConfig(
+        depth=None,
+        norm="l2-shared",
+        outliers=True,
+        layer_weights="pow2",
+        distance="mse",
+        apply_post_quant_conv=False,
+        grad_checkpointing=True,
+    ),
+}
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"LPL option {name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_outliers(value: object) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, Mapping):
+        ok = all(
+            isinstance(k, int) and k >= 0 and isinstance(v, int) and v >= 1
+            for k, v in value.items()
+        )
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        ok = all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in value)
+    else:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"LPL option outliers={value!r} must be a bool, a list of layer indices "
+            "or a {layer index: down factor >= 1} mapping"
+        )
+
+
+def validate(cfg: LPLConfig) -> LPLConfig:
+    """Return `cfg` or raise ConfigError for the first invalid option."""
+    if cfg.depth is not None and (not isinstance(cfg.depth, int) or cfg.depth < 0):
+        raise ConfigError(f"LPL option depth={cfg.depth!r} must be None or an int >= 0")
+    _choice("norm", cfg.norm, NORMS)
+    _choice("standardize_stats", cfg.standardize_stats, STATS_SOURCES)
+    _choice("outlier_source", cfg.outlier_source, OUTLIER_SOURCES)
+    _choice("layer_weights", cfg.layer_weights, LAYER_WEIGHTS)
+    _choice("distance", cfg.distance, DISTANCES)
+    _check_outliers(cfg.outliers)
+    if not 0.0 < cfg.outlier_quantile < 0.5:
+        raise ConfigError(f"LPL option outlier_quantile={cfg.outlier_quantile} must be in (0, 0.5)")
+    if cfg.outlier_std_mult < 0 or cfg.eps <= 0:
+        raise ConfigError("LPL options outlier_std_mult must be >= 0 and eps > 0")
+    return cfg
+
+
+def resolve_lpl_config(preset: str = "paper", **overrides: Any) -> LPLConfig:
+    """The preset's options with keyword `overrides` applied, validated.
+
+    Raises:
+        ConfigError: unknown preset, unknown option name or invalid value.
+    """
+    if preset not in LPL_PRESETS:
+        raise ConfigError(f"unknown LPL preset {preset!r}; choose one of {', '.join(LPL_PRESETS)}")
+    known = {f.name for f in fields(LPLConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown LPL option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return validate(replace(LPL_PRESETS[preset], **overrides))

@@ -1,0 +1,274 @@
+"""LatentPerceptualLoss: zero on equal inputs, gradient flow, freezing, presets, selection, helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_vae
+
+from lplkit.decoder_features import FeatureStats
+from lplkit.errors import ConfigError
+from lplkit.lpl import LatentPerceptualLoss
+from lplkit.lpl_presets import LPL_PRESETS, resolve_lpl_config
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return make_tiny_vae(0)
+
+
+def latents(b=3, size=8, seed=0, noise=0.3):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(b, 4, size, size, generator=g)
+    pred = target + noise * torch.randn(b, 4, size, size, generator=g)
+    return pred, target
+
+
+def unit_stats(channels_per_layer, mean=0.0, std=1.0):
+    return {
+        i: FeatureStats(
+            torch.full((c,), mean),
+            torch.full((c,), std),
+            torch.full((c,), -2.0),
+            torch.full((c,), 2.0),
+        )
+        for i, c in enumerate(channels_per_layer)
+    }
+
+
+STATS = unit_stats([16, 16, 16, 8])
+
+ALL_VARIANTS = [
+    {"norm": "l2"},
+    {"norm": "l2-shared"},
+    {"norm": "standardize-shared", "standardize_stats": "pred"},
+    {"norm": "standardize-shared", "standardize_stats": "target"},
+    {"norm": "dataset", "feature_stats": STATS},
+    {"norm": "none", "distance": "l1"},
+    {"norm": "l2", "outlier_source": "dataset", "feature_stats": STATS},
+]
+
+
+@pytest.mark.parametrize("opts", ALL_VARIANTS, ids=lambda o: "-".join(map(str, o.values()))[:40])
+def test_lpl_of_equal_latents_is_zero(vae, opts):
+    _, target = latents(size=16)
+    lpl = LatentPerceptualLoss(vae, "paper", **opts)
+    out = lpl(target, target.clone())
+    assert out.shape == (3,)
+    torch.testing.assert_close(out, torch.zeros(3), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("preset", list(LPL_PRESETS))
+def test_gradients_reach_prediction_only_and_decoder_is_untouched(vae, preset):
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    lpl = LatentPerceptualLoss(vae, preset)
+    pred, target = latents(size=16)
+    pred.requires_grad_()
+    target.requires_grad_()
+    loss = lpl(pred, target)
+    assert loss.shape == (3,) and (loss > 0).all()
+    loss.sum().backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    assert target.grad is None
+    assert all(p.grad is None and not p.requires_grad for p in vae.parameters())
+    assert not any(m.training for m in lpl.modules())
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_paper_value_by_hand_against_decoder_modules(vae):
+    """norm=none, no outliers, upsampling weights: sum_l w_l mean_(c,h,w)(dphi^2) / L by hand."""
+    pred, target = latents()
+    lpl = LatentPerceptualLoss(vae, norm="none", outliers=False)
+    dec = vae.decoder
+
+    def feats(z):
+        h = dec.conv_in(vae.post_quant_conv(z))
+        out = [dec.mid_block(h, None)]
+        for blk in dec.up_blocks:
+            out.append(blk(out[-1], None))
+        return out
+
+    with torch.no_grad():
+        fp, ft = feats(pred), feats(target)
+        weights = [1.0, 1 / 2, 1 / 4, 1 / 4]  # tiny VAE: factors 1, 2, 4, 4
+        terms = [(a - b).square().mean(dim=(1, 2, 3)) for a, b in zip(fp, ft, strict=True)]
+        want = sum(w * t for w, t in zip(weights, terms, strict=True)) / 4
+        torch.testing.assert_close(lpl(pred, target), want, rtol=1e-5, atol=0)
+        no_pqc = LatentPerceptualLoss(vae, norm="none", outliers=False, apply_post_quant_conv=False)
+        assert not torch.allclose(no_pqc(pred, target), want, rtol=1e-3)
+
+
+def test_vae_without_post_quant_conv_ignores_the_flag():
+    vae = make_tiny_vae(0, post_quant_conv=False)
+    pred, target = latents(size=16)
+    with torch.no_grad():
+        a = LatentPerceptualLoss(vae, apply_post_quant_conv=True)(pred, target)
+        b = LatentPerceptualLoss(vae, apply_post_quant_conv=False)(pred, target)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_dataset_norm_uses_the_stored_stats(vae):
+    pred, target = latents()
+    with torch.no_grad():
+        none = LatentPerceptualLoss(vae, norm="none", outliers=False)(pred, target)
+        # (f - mu) / sqrt(std^2 + eps): a constant shift cancels, std=2 divides mse by 4+eps
+        ds = LatentPerceptualLoss(
+            vae,
+            norm="dataset",
+            outliers=False,
+            eps=1e-6,
+            feature_stats=unit_stats([16, 16, 16, 8], 3.0, 2.0),
+        )(pred, target)
+    torch.testing.assert_close(ds, none / (4.0 + 1e-6), rtol=1e-5, atol=0)
+
+
+def test_layer_weight_options_by_hand(vae):
+    pred, target = latents()
+    with torch.no_grad():
+        lpl = LatentPerceptualLoss(vae, norm="l2", layer_weights="uniform")
+        terms = lpl.layer_terms(pred, target)
+        for kind, w in [
+            ("uniform", [1, 1, 1, 1]),
+            ("pow2", [1, 0.5, 0.25, 0.125]),
+            ("upsampling", [1, 0.5, 0.25, 0.25]),
+        ]:
+            got = LatentPerceptualLoss(vae, norm="l2", layer_weights=kind)(pred, target)
+            want = (terms * torch.tensor(w)).sum(1) / 4
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+def test_outlier_layer_selection_forms(vae):
+    assert LatentPerceptualLoss(vae).outlier_sizes == {2: (1, 3), 3: (3, 5)}  # reference rule
+    assert LatentPerceptualLoss(vae, outliers=False).outlier_sizes == {}
+    # list: kernel sizes from resolution (decoder factor 4): layer 1 is 2x below full size
+    assert LatentPerceptualLoss(vae, outliers=[1, 3]).outlier_sizes == {1: (1, 3), 3: (3, 5)}
+    assert LatentPerceptualLoss(vae, outliers={0: 8}).outlier_sizes == {0: (1, 1)}
+    with pytest.raises(ConfigError, match=r"\[5\]"):
+        LatentPerceptualLoss(vae, outliers=[5])
+
+
+class RowCounter:
+    """Forward hook on decoder.conv_in: how many calls and rows the decoder saw."""
+
+    def __init__(self, module):
+        self.calls, self.rows = 0, 0
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.calls += 1
+        self.rows += args[0].shape[0]
+
+
+@pytest.mark.parametrize("kind", ["bool", "index"])
+def test_selection_runs_decoder_on_selected_rows_only(vae, kind):
+    lpl = LatentPerceptualLoss(vae)
+    pred, target = latents(b=4, size=16)
+    with torch.no_grad():
+        full = lpl(pred, target)
+    sel = torch.tensor([False, True, False, True]) if kind == "bool" else torch.tensor([1, 3])
+    counter = RowCounter(vae.decoder.conv_in)
+    try:
+        p = pred.clone().requires_grad_()
+        out = lpl(p, target, select=sel)
+        out.sum().backward()
+    finally:
+        counter.handle.remove()
+    assert counter.calls == 2 and counter.rows == 4  # pred + target, 2 rows each
+    assert out[0] == 0 and out[2] == 0
+    torch.testing.assert_close(out[[1, 3]], full[[1, 3]])
+    assert p.grad[[0, 2]].abs().sum() == 0 and p.grad[[1, 3]].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "sel", [torch.zeros(4, dtype=torch.bool), torch.zeros(0, dtype=torch.long)]
+)
+def test_empty_selection_does_no_decoder_work(vae, sel):
+    lpl = LatentPerceptualLoss(vae)
+    pred, target = latents(b=4)
+    counter = RowCounter(vae.decoder.conv_in)
+    try:
+        out = lpl(pred, target, select=sel)
+        gathered = lpl.forward_gathered(pred[:0], target[:0])
+    finally:
+        counter.handle.remove()
+    assert counter.calls == 0
+    assert torch.equal(out, torch.zeros(4)) and gathered.shape == (0,)
+
+
+def test_forward_gathered_equals_selected_rows(vae):
+    lpl = LatentPerceptualLoss(vae)
+    pred, target = latents(b=4, size=16)
+    with torch.no_grad():
+        full = lpl(pred, target)
+        torch.testing.assert_close(lpl.forward_gathered(pred[2:], target[2:]), full[2:])
+
+
+def test_from_normalized_undoes_scale_and_shift(vae):
+    lpl = LatentPerceptualLoss(vae, norm="l2")
+    pred, target = latents(size=16)
+    with torch.no_grad():
+        # scalar: z_raw = z_n / 0.5 + 0.1
+        want = lpl(pred / 0.5 + 0.1, target / 0.5 + 0.1)
+        torch.testing.assert_close(lpl.from_normalized(pred, target, 0.5, 0.1), want)
+        # per-channel tensors broadcast over (B, C, h, w) on channel
+        scale, shift = torch.tensor([0.5, 1.0, 2.0, 4.0]), torch.tensor([0.0, 0.1, -0.2, 0.3])
+        s, t = scale.view(1, 4, 1, 1), shift.view(1, 4, 1, 1)
+        want = lpl(pred / s + t, target / s + t, select=torch.tensor([0, 2]))
+        got = lpl.from_normalized(pred, target, scale, shift, select=torch.tensor([0, 2]))
+        torch.testing.assert_close(got, want)
+
+
+def test_forward_never_syncs_with_item(vae, monkeypatch):
+    lpl = LatentPerceptualLoss(vae, grad_checkpointing=True)
+    pred, target = latents(size=16)
+
+    def no_item(self):
+        raise AssertionError(".item() called in the LPL forward")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    lpl(pred.requires_grad_(), target, select=torch.tensor([0, 2])).sum().backward()
+
+
+def test_bf16_autocast_keeps_loss_math_in_fp32(vae):
+    lpl = LatentPerceptualLoss(vae, "diffusers-reference")
+    pred, target = latents(size=16)
+    with torch.no_grad():
+        ref = lpl(pred, target)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = lpl(pred, target)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=0.1, atol=0)
+
+
+def test_presets_and_validation(vae):
+    ref = resolve_lpl_config("diffusers-reference")
+    assert (ref.norm, ref.layer_weights, ref.distance, ref.outliers) == (
+        "l2-shared",
+        "pow2",
+        "mse",
+        True,
+    )
+    assert ref.apply_post_quant_conv is False and ref.grad_checkpointing is True
+    paper = resolve_lpl_config("paper", depth=2)
+    assert paper.apply_post_quant_conv is True and paper.depth == 2
+    assert paper.to_dict()["outliers"] is True
+    assert len(LatentPerceptualLoss(vae, depth=1).layers) == 2
+    for bad in [{"norm": "batch"}, {"layer_weights": "x"}, {"distance": "l3"}, {"outliers": "all"}]:
+        with pytest.raises(ConfigError):
+            resolve_lpl_config("paper", **bad)
+    with pytest.raises(ConfigError, match="unknown LPL preset"):
+        resolve_lpl_config("nope")
+    with pytest.raises(ConfigError, match="unknown LPL option"):
+        resolve_lpl_config("paper", num_blocks=4)
+    with pytest.raises(ConfigError, match="feature_stats"):
+        LatentPerceptualLoss(vae, norm="dataset")
+    with pytest.raises(ConfigError, match="layer 3"):
+        LatentPerceptualLoss(
+            vae, norm="dataset", feature_stats={0: STATS[0], 1: STATS[1], 2: STATS[2]}
+        )
+    by_name = {
+        info: STATS[i]
+        for i, info in enumerate(["mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"])
+    }
+    LatentPerceptualLoss(vae, norm="dataset", feature_stats=by_name)
