@@ -1,0 +1,26 @@
+"""Training: typed config, the loop, EMA, atomic checkpoints, metrics, torch.distributed.
+
+Public API::
+
+    from lplkit.train import TrainConfig, train
+    result = train(TrainConfig(store="data.zarr", out="runs/a", steps=1000))  # re-run = resume
+
+Submodules: `config` (TrainConfig), `loop` (Trainer, Components), `losses` (objective + gated LPL),
+`checkpoint`, `ema`, `rng`, `loader`, `metrics`, `distributed`, `normalization`, `builders`, `run`.
+Importing this package does not import torch (the CLI's `--help` relies on it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lplkit.train.config import TrainConfig
+
+__all__ = ["TrainConfig", "train"]
+
+
+def train(cfg: TrainConfig, **callbacks: Any) -> Any:
+    """Train or resume the run `cfg.out` (see `lplkit.train.run.train`)."""
+    from lplkit.train.run import train as _train
+
+    return _train(cfg, **callbacks)

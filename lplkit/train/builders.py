@@ -1,0 +1,144 @@
+"""Build the trainer's components from a `TrainConfig`: store, denoiser, objective, normalizer, LPL.
+
+Everything comes from the store: latent shape, labels (class-conditional when any ok sample has a
+label >= 0), the normalization (store stats when `lplkit stats` ran, else the autoencoder's factors)
+and the autoencoder the LPL decodes with (`lpl.vae` overrides the manifest's).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lplkit.errors import ConfigError
+from lplkit.objectives import Objective, build_objective
+from lplkit.train.config import TrainConfig
+from lplkit.train.loop import Components
+from lplkit.train.normalization import LatentNormalizer
+
+
+def make_objective(cfg: TrainConfig) -> Objective:
+    o = cfg.objective
+    if o.kind == "flow":
+        return build_objective("flow", time_sampling=o.time_sampling)
+    return build_objective(
+        o.kind, beta_schedule=o.schedule, num_train_timesteps=o.num_train_timesteps
+    )
+
+
+def store_num_classes(store: Any) -> int | None:
+    """Number of classes (max label + 1) over the ok samples, None when unlabeled."""
+    labels = np.asarray(store.labels)[np.asarray(store.ok_positions)]
+    return int(labels.max()) + 1 if labels.size and labels.max() >= 0 else None
+
+
+def make_normalizer(store: Any) -> LatentNormalizer:
+    """Store statistics when present, else the autoencoder's scaling/shift factors."""
+    from lplkit.stats_store import load_stats
+
+    stats = load_stats(store)
+    if stats is not None:
+        return LatentNormalizer.from_stats(stats.latent_mean.tolist(), stats.latent_std.tolist())
+    channels = int(store.latent_shape[0])
+    return LatentNormalizer.from_autoencoder(store.manifest.get("autoencoder", {}), channels)
+
+
+def autoencoder_spec(cfg: TrainConfig, manifest: dict[str, Any]) -> tuple[str, str | None]:
+    """The AE to decode with: `lpl.vae` if set, else the store manifest's."""
+    if cfg.lpl.vae:
+        return cfg.lpl.vae, cfg.lpl.vae_subfolder
+    ae = manifest.get("autoencoder", {})
+    if not ae.get("id") or ae.get("id") == "synthetic":
+        raise ConfigError(
+            "the store records no loadable autoencoder; pass --vae PATH_OR_ID for the LPL/samples"
+        )
+    return str(ae["id"]), ae.get("subfolder")
+
+
+def load_decoder_vae(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device) -> nn.Module:
+    """The frozen autoencoder (eval, no grad); warns when it is not the one that made the store."""
+    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+
+    spec, sub = autoencoder_spec(cfg, manifest)
+    vae = load_autoencoder(spec, subfolder=sub, device=device)
+    want = manifest.get("autoencoder", {}).get("config_hash")
+    got = autoencoder_info(vae, spec, sub).get("config_hash")
+    if want and want != "0" and got != want:
+        warnings.warn(
+            f"autoencoder {spec} differs from the one that encoded the store (config hash "
+            f"{got[:12]} vs {want[:12]}); LPL features and samples will be off",
+            stacklevel=2,
+        )
+    return vae
+
+
+def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
+    from lplkit.lpl import LatentPerceptualLoss
+    from lplkit.stats_store import load_stats
+
+    kwargs: dict[str, Any] = {}
+    if cfg.lpl.depth is not None:
+        kwargs["depth"] = cfg.lpl.depth
+    stats = load_stats(store)
+    if stats is not None and stats.layers:
+        kwargs["feature_stats"] = stats.feature_stats
+    return LatentPerceptualLoss(vae, cfg.lpl.preset, **kwargs)
+
+
+def make_sample_grid(cfg: TrainConfig, objective: Objective, normalizer: LatentNormalizer,
+                     vae: nn.Module, shape: tuple[int, int, int], num_classes: int | None):  # fmt: skip
+    """A callback writing `samples/step_XXXXXXXX.png` from the EMA model (fixed seed and labels)."""
+    from lplkit.sample import sample, save_grid
+
+    def grid(model: nn.Module, step: int, out_dir: Path) -> Path:
+        n = cfg.log.sample_n
+        gen = torch.Generator().manual_seed(cfg.seed)
+        labels = torch.arange(n) % num_classes if num_classes else None
+        dev = next(model.parameters()).device
+        z = sample(model, objective, (n, *shape), labels=labels, steps=cfg.log.sample_steps,
+                   generator=gen, device=dev)  # fmt: skip
+        with torch.no_grad():
+            images = vae.decode(normalizer.unnormalize(z).to(dev)).sample
+        return save_grid(images.clamp(-1, 1).cpu(), out_dir / f"step_{step:08d}.png")
+
+    return grid
+
+
+def build_components(cfg: TrainConfig, device: torch.device) -> Components:
+    """Open the store and build model, objective, normalizer, LPL and the sample-grid callback."""
+    from lplkit.models import build_model
+    from lplkit.store.reader import LatentStore
+
+    store = LatentStore.open(cfg.store)
+    C, h, w = store.latent_shape
+    if h != w:
+        raise ConfigError(f"{cfg.store}: non-square latents {h}x{w} are not supported by DiT")
+    num_classes = store_num_classes(store)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every re-run
+    model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
+    objective = make_objective(cfg)
+    normalizer = make_normalizer(store)
+    vae = None
+    if cfg.lpl.enabled or cfg.log.sample_every > 0:
+        vae = load_decoder_vae(cfg, store.manifest, device)
+    lpl = make_lpl(cfg, vae, store).to(device) if cfg.lpl.enabled and vae is not None else None
+    grid = None
+    if vae is not None and cfg.log.sample_every > 0:
+        grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes)
+    return Components(
+        model=model,
+        objective=objective,
+        normalizer=normalizer,
+        store=store,
+        latent_shape=(C, h, w),
+        null_label=model.null_class_id if num_classes and cfg.model.label_dropout > 0 else None,
+        conditional=num_classes is not None,
+        lpl=lpl.forward_gathered if lpl is not None else None,
+        sample_grid=grid,
+        extra={"num_classes": num_classes, "model_spec": model.spec, "lpl_module": lpl},
+    )

@@ -1,0 +1,140 @@
+"""Typed training configuration (`TrainConfig`), loaded with `lplkit.config.load_config`.
+
+Precedence: dataclass defaults <- `--config FILE` (TOML, e.g. `pipelines/*.toml`) <- `--set a.b=v`
+<- explicit CLI flags. The resolved config is written to `RUN_DIR/config.json`; a re-run of the same
+command resumes and refuses a config that changes anything but the run length and logging cadence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lplkit.errors import ConfigError
+
+Objective = Literal["eps", "v", "flow"]
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which diffusion objective; schedule options for DDPM, time sampling for flow matching."""
+
+    kind: Objective = "flow"
+    schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    num_train_timesteps: int = 1000
+    time_sampling: Literal["uniform", "logit-normal"] = "logit-normal"
+
+
+@dataclass
+class ModelConfig:
+    """Denoiser from the `lplkit.models` registry; `label_dropout` is the CFG null-label rate."""
+
+    name: str = "DiT-S/2"
+    label_dropout: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup to a constant LR, global-norm gradient clipping."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # <= 0 disables clipping
+
+
+@dataclass
+class LplConfig:
+    """Latent Perceptual Loss: total = L_diff + weight * mean_over_batch(LPL * gate).
+
+    A sample is gated in when SNR(t) >= snr_min (if set) and, for DDPM, t < max_timestep (if set).
+    Ungated samples contribute 0 and are never decoded; the mean divides by the full batch size.
+    """
+
+    enabled: bool = False
+    preset: str = "paper"
+    weight: float = 1.0
+    snr_min: float | None = 3.0
+    max_timestep: int | None = None
+    start_step: int = 0
+    depth: int | None = None
+    vae: str | None = None  # override the autoencoder recorded in the store manifest
+    vae_subfolder: str | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000
+    keep_last: int = 3
+
+
+@dataclass
+class LogConfig:
+    every: int = 50
+    sample_every: int = 0  # 0 = never; else PNG grids decoded with the AE
+    sample_n: int = 16
+    sample_steps: int = 32
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    store: str = ""
+    out: str = ""
+    seed: int = 0
+    steps: int = 10000
+    batch_size: int = 32  # global batch (all ranks, all accumulation micro-steps)
+    grad_accum: int = 1
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay_k = min(decay, (1 + k) / (10 + k))
+    bf16: bool = False
+    compile: bool = False
+    device: str = "auto"
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lpl: LplConfig = field(default_factory=LplConfig)
+    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> None:
+        """Reject values that would fail later in a less readable way."""
+        if self.steps < 0:
+            raise ConfigError("steps must be >= 0")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be >= 1")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.model.label_dropout < 1.0:
+            raise ConfigError(
+                f"model.label_dropout must be in [0, 1), got {self.model.label_dropout}"
+            )
+        if self.ckpt.keep_last < 1 or self.ckpt.every < 1 or self.log.every < 1:
+            raise ConfigError("ckpt.keep_last, ckpt.every and log.every must be >= 1")
+        if self.lpl.max_timestep is not None and self.objective.kind == "flow":
+            raise ConfigError(
+                "lpl.max_timestep is a DDPM gate; use lpl.snr_min with --objective flow"
+            )
+
+    def per_rank_micro_batch(self, world_size: int) -> int:
+        """Samples per rank per accumulation micro-step: batch_size / (world_size * grad_accum)."""
+        denom = world_size * self.grad_accum
+        if self.batch_size % denom:
+            raise ConfigError(
+                f"batch_size {self.batch_size} is not divisible by world_size*grad_accum = {denom}"
+            )
+        return self.batch_size // denom
+
+
+# Keys a resumed run may change (run length, cadence, device); anything else must match config.json.
+RESUMABLE_CHANGES: frozenset[str] = frozenset(
+    {"steps", "device", "compile", "ckpt", "log", "out", "store"}
+)

@@ -1,0 +1,334 @@
+"""The training loop: resume, step (objective + gated LPL + accumulation + NaN guard), EMA, log, save.
+
+Step k (k = optimizer steps done so far, skipped ones included):
+  1. timesteps t, noise eps and label-drop mask for the *global* batch from generators seeded by
+     (seed, k); torch's global RNG is reseeded from (seed, k, rank) for anything else.
+  2. each rank runs `grad_accum` micro-batches of b = B / (world_size * grad_accum) samples from its
+     loader share, taking slice (m * world_size + rank) of the global random draws;
+     DDP averages gradients, so the update equals the 1-process update with the same global batch.
+  3. gradient norm (clipped when `grad_clip > 0`); a non-finite norm skips the update and counts it.
+  4. AdamW step, LR schedule (linear warmup), EMA update.
+Rank 0 writes `metrics.jsonl` every `log.every` steps and checkpoints every `ckpt.every` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from lplkit.objectives import Objective
+from lplkit.train import checkpoint as ckpt
+from lplkit.train.config import TrainConfig
+from lplkit.train.distributed import DistInfo, all_reduce_sum
+from lplkit.train.ema import EMA
+from lplkit.train.loader import LoaderCursor
+from lplkit.train.losses import LplFn, micro_batch_loss
+from lplkit.train.metrics import MetricsLog
+from lplkit.train.normalization import LatentNormalizer
+from lplkit.train.rng import (
+    Stream,
+    capture_rng_state,
+    derive_seed,
+    restore_rng_state,
+    step_generator,
+)
+
+# Window accumulators: sums over the samples of the steps since the last log line.
+_ACC = ("diff_sum", "lpl_sum", "gated", "samples")
+
+
+@dataclass
+class Components:
+    """What the loop trains with; `build_components` makes the real ones, tests pass stand-ins."""
+
+    model: nn.Module
+    objective: Objective
+    normalizer: LatentNormalizer
+    store: Any  # has .batches(batch_size, *, seed, shuffle, epoch, start_batch, rank, world_size)
+    latent_shape: tuple[int, int, int]  # (C, h, w)
+    null_label: int | None = None  # CFG null class id; None = no label dropout
+    conditional: bool = False
+    lpl: LplFn | None = None
+    sample_grid: Callable[[nn.Module, int, Path], Path] | None = None  # (ema model, step, dir)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    images_seen: int
+    resumed_from: int | None
+    nan_skips: int
+    last_metrics: dict[str, Any] | None
+    run_dir: Path
+
+
+def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup (k + 1) / warmup over the first `warmup_steps`, then 1."""
+
+    def f(k: int) -> float:
+        return 1.0 if warmup_steps <= 0 else min(1.0, (k + 1) / warmup_steps)
+
+    return f
+
+
+class Trainer:
+    """Owns the optimizer, scheduler, EMA, loader cursor and the checkpoint/metrics files."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        parts: Components,
+        run_dir: Path,
+        dist: DistInfo | None = None,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.parts = parts
+        self.run_dir = Path(run_dir)
+        self.dist = dist or DistInfo()
+        self.on_log = on_log
+        self.on_step = on_step
+        self.device = self.dist.device
+        self.model = parts.model.to(self.device).train()
+        self.micro = cfg.per_rank_micro_batch(self.dist.world_size)
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=o.lr,
+            betas=tuple(o.betas),
+            weight_decay=o.weight_decay,
+            eps=o.eps,
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_lambda(o.warmup_steps))
+        self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
+        self.step = 0
+        self.nan_skips = 0
+        self.acc = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in _ACC}
+        self.cursor = LoaderCursor(
+            parts.store,
+            self.micro,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        fwd: nn.Module = torch.compile(self.model) if cfg.compile else self.model  # type: ignore[assignment]
+        if self.dist.enabled:
+            ids = [self.device] if self.device.type == "cuda" else None
+            fwd = DistributedDataParallel(fwd, device_ids=ids)
+        self.fwd = fwd
+        self.resumed_from: int | None = None
+
+    # ----------------------------------------------------------------------------- checkpoint
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights, as plain tensors/dicts (loaded with weights_only=True)."""
+        return {
+            "step": self.step,
+            "images_seen": self.step * self.cfg.batch_size,
+            "nan_skips": self.nan_skips,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "ema": self.ema.state_dict(),
+            "rng": capture_rng_state(),
+            "loader": self.cursor.position,
+            "log_acc": {k: v.detach().cpu() for k, v in self.acc.items()},
+        }
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        return ckpt.save_checkpoint(
+            self.ckpt_root,
+            self.step,
+            self.model.state_dict(),
+            self.ema.weights(),
+            self.state_dict(),
+            keep_last=self.cfg.ckpt.keep_last,
+        )
+
+    def resume(self) -> int | None:
+        """Load the newest valid checkpoint if any; returns its step."""
+        if self.dist.is_main:
+            ckpt.remove_partial(self.ckpt_root)
+        found = ckpt.load_latest(self.ckpt_root, map_location="cpu")
+        if found is None:
+            return None
+        s = found.state
+        self.model.load_state_dict(found.model)
+        self.ema.load_state_dict(s["ema"], found.ema)
+        self.opt.load_state_dict(s["optimizer"])
+        self.sched.load_state_dict(s["scheduler"])
+        restore_rng_state(s["rng"])
+        self.step = int(s["step"])
+        self.nan_skips = int(s["nan_skips"])
+        self.cursor.epoch = int(s["loader"]["epoch"])
+        self.cursor.batch = int(s["loader"]["batch"])
+        self.acc = {k: v.to(self.device) for k, v in s["log_acc"].items()}
+        self.resumed_from = self.step
+        return self.step
+
+    # ----------------------------------------------------------------------------- step
+    def _global_draws(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """t (B,), eps (B, C, h, w), label-drop mask (B,) for the global batch of `step`."""
+        B, seed = self.cfg.batch_size, self.cfg.seed
+        t = self.parts.objective.sample_timesteps(B, step_generator(seed, step, Stream.TIMESTEP))
+        eps = torch.randn(
+            (B, *self.parts.latent_shape), generator=step_generator(seed, step, Stream.NOISE)
+        )
+        drop = torch.rand(B, generator=step_generator(seed, step, Stream.LABEL_DROP))
+        return t, eps, drop < self.cfg.model.label_dropout
+
+    def _lpl_active(self) -> bool:
+        return (
+            self.parts.lpl is not None
+            and self.cfg.lpl.enabled
+            and self.step >= self.cfg.lpl.start_step
+        )
+
+    def train_step(self) -> None:
+        """One optimizer step over `grad_accum` micro-batches (see module docstring)."""
+        cfg, dist, dev = self.cfg, self.dist, self.device
+        torch.manual_seed(derive_seed(cfg.seed, self.step, Stream.GLOBAL, dist.rank))
+        t_all, eps_all, drop_all = self._global_draws(self.step)
+        lpl_on = self._lpl_active()
+        step_acc = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in _ACC}
+        for m in range(cfg.grad_accum):
+            latents, labels = self.cursor.next()
+            sl = slice((m * dist.world_size + dist.rank) * self.micro, None)
+            sl = slice(sl.start, sl.start + self.micro)
+            z0 = self.parts.normalizer.normalize(latents.to(dev, torch.float32))
+            t, eps = t_all[sl].to(dev), eps_all[sl].to(dev)
+            y = self._labels(labels, drop_all[sl])
+            gate = None
+            if lpl_on:
+                gate = self.parts.objective.gate(
+                    t, snr_min=cfg.lpl.snr_min, max_timestep=cfg.lpl.max_timestep
+                )
+            last = m == cfg.grad_accum - 1
+            sync = nullcontext() if (last or not dist.enabled) else self.fwd.no_sync()  # type: ignore[operator]
+            with sync:
+                parts = micro_batch_loss(
+                    self.fwd,
+                    self.parts.objective,
+                    z0,
+                    y,
+                    eps,
+                    t,
+                    normalizer=self.parts.normalizer,
+                    lpl=self.parts.lpl if lpl_on else None,
+                    lpl_weight=cfg.lpl.weight,
+                    gate=gate,
+                    bf16=cfg.bf16,
+                )
+                (parts.total / cfg.grad_accum).backward()
+            step_acc["diff_sum"] += parts.diffusion.double().sum()
+            step_acc["lpl_sum"] += parts.lpl.double().sum()
+            step_acc["gated"] += parts.gated.double().sum()
+            step_acc["samples"] += z0.shape[0]
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if torch.isfinite(norm):  # identical on all ranks: DDP already averaged the gradients
+            self.opt.step()
+            self.ema.update(self.model)
+            for k in _ACC:
+                self.acc[k] += step_acc[k]
+        else:
+            self.nan_skips += 1
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.step += 1
+
+    def _labels(self, labels: Tensor, drop: Tensor) -> Tensor | None:
+        if not self.parts.conditional:
+            return None
+        y = labels.to(self.device, torch.long)
+        if self.parts.null_label is not None:
+            y = torch.where(drop.to(self.device), self.parts.null_label, y)
+        return y
+
+    # ----------------------------------------------------------------------------- logging
+    def _log_record(self, t_start: float, imgs: int) -> dict[str, Any]:
+        acc = {k: all_reduce_sum(v.clone(), self.dist) for k, v in self.acc.items()}
+        n = max(acc["samples"].item(), 1.0)
+        diff, lpl = acc["diff_sum"].item() / n, acc["lpl_sum"].item() / n
+        elapsed = time.perf_counter() - t_start
+        rec = {
+            "step": self.step,
+            "images_seen": self.step * self.cfg.batch_size,
+            "epoch": self.cursor.epoch,
+            "loss": diff + self.cfg.lpl.weight * lpl,
+            "loss_diffusion": diff,
+            "loss_lpl": lpl,
+            "gate_frac": acc["gated"].item() / n,
+            "lr": self.sched.get_last_lr()[0],
+            "nan_skips": self.nan_skips,
+            "img_per_s": imgs / elapsed if elapsed > 0 else 0.0,
+            "time_s": elapsed,
+        }
+        self.acc = {k: torch.zeros_like(v) for k, v in self.acc.items()}
+        return rec
+
+    # ----------------------------------------------------------------------------- run
+    def run(self) -> TrainResult:
+        """Resume if possible, train to `cfg.steps`, checkpoint and log; returns a summary."""
+        cfg = self.cfg
+        self.resume()
+        log = (
+            MetricsLog(
+                self.run_dir / "metrics.jsonl",
+                resume_step=self.step,
+                tensorboard=cfg.log.tensorboard,
+            )
+            if self.dist.is_main
+            else None
+        )
+        last: dict[str, Any] | None = None
+        t0, imgs = time.perf_counter(), 0
+        try:
+            while self.step < cfg.steps:
+                self.train_step()
+                imgs += cfg.batch_size
+                done = self.step == cfg.steps
+                if self.step % cfg.log.every == 0 or done:
+                    last = self._log_record(t0, imgs)
+                    t0, imgs = time.perf_counter(), 0
+                    if log is not None:
+                        log.write(last)
+                    if self.on_log is not None and self.dist.is_main:
+                        self.on_log(last)
+                if self.step % cfg.ckpt.every == 0 or done:
+                    self.save()
+                if (
+                    self.parts.sample_grid is not None
+                    and cfg.log.sample_every > 0
+                    and self.step % cfg.log.sample_every == 0
+                    and self.dist.is_main
+                ):
+                    self.parts.sample_grid(self.ema.model, self.step, self.run_dir / "samples")
+                if self.on_step is not None:
+                    self.on_step(self.step)
+        finally:
+            if log is not None:
+                log.close()
+        return TrainResult(
+            step=self.step,
+            images_seen=self.step * cfg.batch_size,
+            resumed_from=self.resumed_from,
+            nan_skips=self.nan_skips,
+            last_metrics=last,
+            run_dir=self.run_dir,
+        )

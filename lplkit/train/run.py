@@ -1,0 +1,113 @@
+"""`train(cfg)`: one call that sets up (or resumes) a run directory and trains.
+
+Run directory:
+  config.json          the resolved TrainConfig (flags > --set > --config file > defaults)
+  run.json             what sampling needs: model spec, classes, normalization, objective, store
+                       (schemas/run.schema.json)
+  metrics.jsonl        one JSON object per log step; tb/ when TensorBoard is installed
+  checkpoints/         step_XXXXXXXX/ (see lplkit.train.checkpoint)
+  samples/             periodic PNG grids from the EMA model
+Re-running the same command resumes. A re-run whose config differs in anything but
+`RESUMABLE_CHANGES` (run length, cadence, device) is refused rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lplkit.config import from_dict, to_dict
+from lplkit.errors import ConfigError
+from lplkit.train.config import RESUMABLE_CHANGES, TrainConfig
+
+RUN_FORMAT = 1
+
+
+def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        if not prefix and k in RESUMABLE_CHANGES:
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return keys
+
+
+def check_resume_config(run_dir: Path, cfg: TrainConfig) -> bool:
+    """True when `run_dir` already holds a run; raises ConfigError when `cfg` is incompatible."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return False
+    old = json.loads(path.read_text())
+    changed = _diff_keys(old, to_dict(cfg))
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds a run with a different config ({'; '.join(changed)}); "
+            "use a new --out, or the same settings to resume"
+        )
+    return True
+
+
+def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and run.json of an existing run directory."""
+    try:
+        cfg = from_dict(TrainConfig, json.loads((run_dir / "config.json").read_text()))
+        info = json.loads((run_dir / "run.json").read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{run_dir} is not an lplkit run directory ({exc.filename} missing)"
+        ) from None
+    return cfg, info
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+):
+    """Train (or resume) the run `cfg.out`; returns `lplkit.train.loop.TrainResult`."""
+    from lplkit import __version__
+    from lplkit.train.builders import build_components
+    from lplkit.train.distributed import barrier, init_distributed, shutdown
+    from lplkit.train.loop import Trainer
+
+    if not cfg.store or not cfg.out:
+        raise ConfigError("both --store and --out are required")
+    dist = init_distributed(cfg.device)
+    try:
+        run_dir = Path(cfg.out)
+        check_resume_config(run_dir, cfg)
+        parts = build_components(cfg, dist.device)
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+            info = {
+                "format": RUN_FORMAT,
+                "lplkit_version": __version__,
+                "model": parts.extra["model_spec"],
+                "num_classes": parts.extra["num_classes"],
+                "latent_shape": list(parts.latent_shape),
+                "objective": to_dict(cfg.objective),
+                "normalization": {
+                    "shift": list(parts.normalizer.shift),
+                    "scale": list(parts.normalizer.scale),
+                    "source": parts.normalizer.source,
+                },
+                "store": {"url": cfg.store, "autoencoder": parts.store.manifest.get("autoencoder")},
+                "world_size": dist.world_size,
+            }
+            (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        barrier(dist)
+        trainer = Trainer(cfg, parts, run_dir, dist, on_log=on_log, on_step=on_step)
+        if on_start is not None and dist.is_main:
+            on_start({"world_size": dist.world_size, "device": str(dist.device)})
+        return trainer.run()
+    finally:
+        shutdown(dist)
