@@ -76,6 +76,11 @@ def ddim_timesteps(
         raise ConfigError(
             f"unknown timestep spacing {spacing!r}; use leading, trailing or linspace"
         )
+    if ts.max() >= T or ts.min() < 0:
+        raise ConfigError(
+            f"{steps} {spacing} steps with steps_offset={steps_offset} reach timestep "
+            f"{int(ts.max())} outside [0, {T}); lower the steps or the offset"
+        )
     return torch.from_numpy(ts.copy())
 
 

@@ -213,6 +213,10 @@ def test_sampler_objective_mismatch_and_bad_args():
         sample(fake_model, FlowMatchingObjective(), SHAPE, labels=torch.tensor([0, 1]), cfg=2.0)
     with pytest.raises(ConfigError, match="steps"):
         sample(fake_model, DDPMObjective(), SHAPE, steps=0)
+    with pytest.raises(ConfigError, match="outside"):
+        ddim_timesteps(1000, 1000, "leading", steps_offset=1)
+    with pytest.raises(ConfigError, match="spacing"):
+        ddim_timesteps(1000, 10, "karras")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="noise shape"):
         sample(fake_model, DDPMObjective(), SHAPE, noise=torch.zeros(1, 3, 4, 4))
 
