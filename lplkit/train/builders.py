@@ -8,7 +8,6 @@ and the autoencoder the LPL decodes with (`lpl.vae` overrides the manifest's).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,25 +89,6 @@ def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
     return LatentPerceptualLoss(vae, cfg.lpl.preset, **kwargs)
 
 
-def make_sample_grid(cfg: TrainConfig, objective: Objective, normalizer: LatentNormalizer,
-                     vae: nn.Module, shape: tuple[int, int, int], num_classes: int | None):  # fmt: skip
-    """A callback writing `samples/step_XXXXXXXX.png` from the EMA model (fixed seed and labels)."""
-    from lplkit.sample import sample, save_grid
-
-    def grid(model: nn.Module, step: int, out_dir: Path) -> Path:
-        n = cfg.log.sample_n
-        gen = torch.Generator().manual_seed(cfg.seed)
-        labels = torch.arange(n) % num_classes if num_classes else None
-        dev = next(model.parameters()).device
-        z = sample(model, objective, (n, *shape), labels=labels, steps=cfg.log.sample_steps,
-                   generator=gen, device=dev)  # fmt: skip
-        with torch.no_grad():
-            images = vae.decode(normalizer.unnormalize(z).to(dev)).sample
-        return save_grid(images.clamp(-1, 1).cpu(), out_dir / f"step_{step:08d}.png")
-
-    return grid
-
-
 def build_components(cfg: TrainConfig, device: torch.device) -> Components:
     """Open the store and build model, objective, normalizer, LPL and the sample-grid callback."""
     from lplkit.models import build_model
@@ -129,6 +109,8 @@ def build_components(cfg: TrainConfig, device: torch.device) -> Components:
     lpl = make_lpl(cfg, vae, store).to(device) if cfg.lpl.enabled and vae is not None else None
     grid = None
     if vae is not None and cfg.log.sample_every > 0:
+        from lplkit.train.sampling import make_sample_grid
+
         grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes)
     return Components(
         model=model,

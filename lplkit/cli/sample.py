@@ -1,0 +1,97 @@
+"""`lplkit sample`: images from a training run's latest checkpoint (PNGs, a grid and an .npz)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from lplkit.cli import output
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `sample` command to the app."""
+
+    @app.command("sample")
+    def sample_command(
+        run: str = typer.Option(..., "--run", help="Run directory written by `lplkit train`."),
+        ema: bool = typer.Option(True, "--ema/--no-ema", help="EMA weights (default) or raw."),
+        n: int = typer.Option(16, "--n", help="Number of images."),
+        steps: int = typer.Option(50, "--steps", help="Sampler steps."),
+        cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance weight."),
+        sampler: str | None = typer.Option(
+            None, "--sampler", help="ddim (eps/v) or euler/heun (flow); default by objective."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
+        labels: str | None = typer.Option(
+            None, "--labels", help="Comma-separated class ids (cycled to N); default 0,1,2,..."
+        ),
+        out: str | None = typer.Option(None, "--out", help="Output dir (default RUN/samples/)."),
+        batch_size: int = typer.Option(32, "--batch-size", help="Images per model batch."),
+        vae: str | None = typer.Option(None, "--vae", help="Override the autoencoder."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda ..."),
+        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    ) -> None:
+        """Sample N images (deterministic for a seed), decode them with the run's autoencoder."""
+        from lplkit.errors import ConfigError
+        from lplkit.train.sampling import sample_run
+
+        try:
+            label_list = [int(v) for v in labels.split(",") if v.strip()] if labels else None
+        except ValueError:
+            raise ConfigError(
+                f"--labels expects comma-separated integers, got {labels!r}"
+            ) from None
+        with _Bar(enabled=not json_out) as bar:
+            summary = sample_run(
+                run, out=out, ema=ema, n=n, steps=steps, cfg_scale=cfg, sampler=sampler, seed=seed,
+                labels=label_list, batch_size=batch_size, device=device, vae=vae, progress=bar,
+            )  # fmt: skip
+        if json_out:
+            output.emit_json(summary)
+            return
+        from rich.table import Table
+
+        table = Table(title=f"sample <- {summary['run_dir']}", show_header=False)
+        table.add_column("what")
+        table.add_column("value")
+        for k in (
+            "checkpoint_step",
+            "weights",
+            "n",
+            "sampler",
+            "steps",
+            "cfg",
+            "seed",
+            "grid",
+            "npz",
+        ):
+            table.add_row(k, str(summary[k]))
+        output.console.print(table)
+
+
+class _Bar:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(),
+                                console=output.console, transient=True)  # fmt: skip
+            self.bar.__enter__()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("sample", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
