@@ -35,9 +35,19 @@ class GaussianStats:
         return cls(mu=f.mean(axis=0), sigma=np.cov(f, rowvar=False), count=f.shape[0])
 
 
+def _clip_rank(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues below round-off (numpy.linalg.matrix_rank's tolerance) are zeros, not noise.
+
+    Few samples in 2048-d give rank-deficient covariances whose null-space eigenvalues come out as
+    +-eps*|S|; their square roots would otherwise add up to a visible bias.
+    """
+    tol = w.max(initial=0.0) * len(w) * np.finfo(np.float64).eps
+    return np.where(w > tol, w, 0.0)
+
+
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return (v * np.sqrt(_clip_rank(w))) @ v.T
 
 
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "eigh") -> float:
@@ -46,7 +56,7 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "eigh") -> 
         r1 = _psd_sqrt(s1)
         m = r1 @ s2 @ r1
         lam = np.linalg.eigvalsh((m + m.T) / 2)
-        return float(np.sqrt(np.clip(lam, 0.0, None)).sum())
+        return float(np.sqrt(_clip_rank(lam)).sum())
     if method == "scipy":
         from scipy import linalg
 

@@ -48,7 +48,7 @@ def laplacian_pyramid(x_BCHW: torch.Tensor, levels: int) -> list[torch.Tensor]:
     h, w = x_BCHW.shape[-2:]
     if levels < 1 or h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
         raise ValueError(f"{h}x{w} images cannot form a {levels}-level pyramid")
-    pyramid = [x_BCHW.float()]
+    pyramid = [x_BCHW if x_BCHW.is_floating_point() else x_BCHW.float()]
     for _ in range(1, levels):
         coarser = pyr_down(pyramid[-1])
         pyramid[-1] = pyramid[-1] - pyr_up(coarser)
