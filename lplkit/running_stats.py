@@ -12,7 +12,7 @@ means mu_a, mu_b and sums of squared deviations M2_a, M2_b::
     mu    = mu_a + delta * n_b / n
     M2    = M2_a + M2_b + delta^2 * n_a * n_b / n
 
-A batch enters as its own partition (two-pass mean / M2 in float64), so no running sum of squares
+A batch enters as its own partition (`torch.var_mean` of its float64 copy), so no running sum of squares
 ever cancels catastrophically. `var = M2 / n` (population variance, ddof=0).
 
 `ChannelHistogram` (fixed-bin quantiles). Bin edges per channel are fixed up front (from a small
@@ -34,11 +34,16 @@ from torch import Tensor
 __all__ = ["ChannelHistogram", "ChannelMoments", "gather_merge"]
 
 
-def _channels_first(x: Tensor) -> Tensor:
-    """`(B, C, *rest)` -> `(C, B * prod(rest))` float64, the layout both accumulators reduce."""
+def _reduce_dims(x: Tensor) -> list[int]:
+    """Every dim of a `(B, C, *rest)` tensor except the channel dim 1."""
     if x.dim() < 2:
         raise ValueError(f"expected a (B, C, ...) tensor, got shape {tuple(x.shape)}")
-    return x.detach().transpose(0, 1).reshape(x.shape[1], -1).to(torch.float64)
+    return [0, *range(2, x.dim())]
+
+
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """`(C,)` -> shape broadcasting against `(B, C, *rest)` `x`."""
+    return t.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 @dataclass
@@ -63,11 +68,11 @@ class ChannelMoments:
 
     @classmethod
     def of(cls, x: Tensor) -> ChannelMoments:
-        """Moments of one `(B, C, ...)` tensor, two-pass in float64."""
-        flat = _channels_first(x)
-        mean = flat.mean(dim=1)
-        m2 = (flat - mean[:, None]).square().sum(dim=1)
-        return cls(flat.shape[1], mean, m2)
+        """Moments of one `(B, C, ...)` tensor, computed in float64 (torch.var_mean)."""
+        dims = _reduce_dims(x)
+        var, mean = torch.var_mean(x.detach().to(torch.float64), dim=dims, correction=0)
+        count = x.numel() // x.shape[1] if x.shape[1] else 0
+        return cls(count, mean, var * count)
 
     @property
     def channels(self) -> int:
@@ -136,8 +141,9 @@ class ChannelHistogram:
     def from_pilot(cls, x: Tensor, *, bins: int = 2048, margin: float = 0.25) -> ChannelHistogram:
         """Empty histogram whose range is the pilot batch's per-channel [min, max], widened by
         `margin * span` on each side (values outside still count, in the tail bins)."""
-        flat = _channels_first(x)
-        vmin, vmax = flat.min(dim=1).values, flat.max(dim=1).values
+        dims = _reduce_dims(x)
+        vmin = x.detach().amin(dim=dims).to(torch.float64)
+        vmax = x.detach().amax(dim=dims).to(torch.float64)
         span = (vmax - vmin).clamp_min(1e-6 * vmax.abs().clamp_min(1.0))
         return cls.empty(vmin - margin * span, vmax + margin * span, bins=bins)
 
@@ -171,16 +177,23 @@ class ChannelHistogram:
         return (self.hi - self.lo) / self.bins
 
     def update(self, x: Tensor) -> ChannelHistogram:
-        """Count a `(B, C, ...)` batch (in place); returns self."""
-        flat = _channels_first(x.to(self.lo.device))
-        c, b = self.channels, self.bins
-        pos = (flat - self.lo[:, None]) / (self.hi - self.lo)[:, None] * b
+        """Count a `(B, C, ...)` batch (in place); returns self.
+
+        Bin indices are computed in float32 (float64 for float64 input) straight on the `(B, C, ...)`
+        layout, without a channels-first copy: a value within float32 rounding of a bin edge may
+        land in the neighbouring bin, well inside the one-bin error bound.
+        """
+        x = x.detach().to(self.lo.device)
+        dims, c, b = _reduce_dims(x), self.channels, self.bins
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        lo = _channel_view(self.lo.to(dtype), x)
+        per_bin = _channel_view((b / (self.hi - self.lo)).to(dtype), x)
         # floor -> [-1, b]; +1 shifts underflow to column 0 and overflow to column b + 1.
-        col = pos.floor().clamp(-1, b).to(torch.int64) + 1
-        col += torch.arange(c, device=col.device)[:, None] * (b + 2)
+        col = ((x.to(dtype) - lo) * per_bin).floor_().clamp_(-1, b).to(torch.int64).add_(1)
+        col += _channel_view(torch.arange(c, device=col.device) * (b + 2), x)
         self.counts += torch.bincount(col.reshape(-1), minlength=c * (b + 2)).view(c, b + 2)
-        self.vmin = torch.minimum(self.vmin, flat.min(dim=1).values)
-        self.vmax = torch.maximum(self.vmax, flat.max(dim=1).values)
+        self.vmin = torch.minimum(self.vmin, x.amin(dim=dims).to(torch.float64))
+        self.vmax = torch.maximum(self.vmax, x.amax(dim=dims).to(torch.float64))
         return self
 
     def merge(self, other: ChannelHistogram) -> ChannelHistogram:

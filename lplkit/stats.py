@@ -222,7 +222,8 @@ def compute_stats(
         batch_size: items per decoder call.
         device: where the decoder runs and the accumulators live (the taps must already be there).
         bins: regular histogram bins per channel (quantile error <= range / bins).
-        pilot: items of the pilot pass that fixes the histogram ranges (the same on every rank).
+        pilot: items of the pilot pass that fixes the histogram ranges (the same on every rank;
+            at most a quarter of the items).
         on_progress: called with (items done on this rank, items for this rank) after each batch.
 
     Returns:
@@ -244,7 +245,9 @@ def compute_stats(
     shapes: list[tuple[int, ...]] = []
     if taps is not None:
         # Evenly spaced pilot items (not the first ones: stores are often sorted by class).
-        idx = np.unique(np.linspace(0, len(items) - 1, max(1, pilot)).round().astype(np.int64))
+        # At most a quarter of the items: the pilot is extra decoder work for small runs.
+        n_pilot = max(1, min(pilot, len(items) // 4))
+        idx = np.unique(np.linspace(0, len(items) - 1, n_pilot).round().astype(np.int64))
         pilot_feats = taps(item_latents(store, items[idx], seed=seed).to(device))
         for f in pilot_feats:
             feats.append(
@@ -268,5 +271,7 @@ def compute_stats(
     if taps is not None:
         for info, shape, (moments, hist) in zip(taps.layers, shapes, feats, strict=True):
             layers.append(_layer_stats(info, shape, gather_merge(moments), gather_merge(hist)))
-    meta = {"samples": len(items), "seed": seed, "flips": bool(manifest.get("flips"))}
+    meta = {"samples": len(items), "seed": seed, "flips": bool(manifest.get("flips")), "pilot": 0}
+    if taps is not None:
+        meta["pilot"] = len(idx)
     return StoreStats(latent.mean.cpu(), latent.std.cpu(), latent.count, layers, meta, items)

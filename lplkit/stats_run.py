@@ -174,7 +174,7 @@ def run_stats(
             "mask_stds": MASK_STDS,
             "method": "fixed-bin histogram",
             "bins": bins,
-            "pilot": pilot,
+            "pilot": stats.meta["pilot"],
         },
         **stats_summary(stats),
     }

@@ -1,0 +1,150 @@
+"""Cost of `lplkit stats` relative to the decoder passes it cannot avoid, measured in one run.
+
+Times, on the same items and batches: (a) reading + sampling latents + `DecoderTaps` forward only,
+(b) `compute_stats` (the same plus the float64 moment / histogram accumulators and the pilot pass).
+Prints the ratio b / a, items/s and (CUDA) peak memory of each. With --check, also compares the
+statistics computed on --device with those computed on CPU for a small store.
+
+    python benchmarks/stats_overhead.py --ae tiny --device cpu --items 32 --latent 8
+    python benchmarks/stats_overhead.py --ae sd --device cuda --items 256 --latent 32 --batch 32 --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def make_ae(kind: str):
+    """Random-init AutoencoderKL: `sd` = SD-VAE layout (128/256/512/512, 2 layers), `tiny` = test one."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    if kind == "sd":
+        return AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+        ).eval()
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+    ).eval()
+
+
+def build_store(root: Path, vae, count: int, latent: int) -> str:
+    from lplkit.autoencoder import autoencoder_info
+    from lplkit.store.synthetic import write_synthetic_store
+
+    vae.save_pretrained(root / "vae")
+    info = autoencoder_info(vae, str(root / "vae"))
+    url = str(root / "store.zarr")
+    write_synthetic_store(url, count=count, latent_shape=(4, latent, latent), dtype="float32",
+                          shard_size=64, chunk_size=32, autoencoder=info)  # fmt: skip
+    return url
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+
+
+@torch.no_grad()
+def taps_only(store, taps, items: np.ndarray, batch: int, device: str) -> None:
+    from lplkit.stats import item_latents
+
+    for s in range(0, len(items), batch):
+        taps(item_latents(store, items[s : s + batch], seed=0).to(device))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ae", choices=("sd", "tiny"), default="tiny")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--items", type=int, default=64)
+    p.add_argument("--latent", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--check", action="store_true")
+    a = p.parse_args()
+    from lplkit.decoder_features import DecoderTaps
+    from lplkit.stats import compute_stats, select_items
+    from lplkit.store.reader import LatentStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vae = make_ae(a.ae)
+        url = build_store(Path(tmp), vae, a.items, a.latent)
+        store = LatentStore.open(url)
+        taps = DecoderTaps(vae, a.depth).to(a.device)
+        items = select_items(store.ok_positions, flips=False, samples=None, seed=0)
+        taps_only(store, taps, items[: a.batch], a.batch, a.device)  # warm-up (cudnn, allocator)
+        compute_stats(store, taps, batch_size=a.batch, device=a.device, pilot=4)
+        results = {}
+        for name in ("taps", "stats", "taps", "stats"):  # interleaved, best of 2
+            reset_peak(a.device)
+            sync(a.device)
+            t0 = time.perf_counter()
+            if name == "taps":
+                taps_only(store, taps, items, a.batch, a.device)
+            else:
+                compute_stats(store, taps, batch_size=a.batch, device=a.device)
+            sync(a.device)
+            dt = time.perf_counter() - t0
+            best = results.get(name, (float("inf"), 0.0))
+            results[name] = (min(best[0], dt), max(best[1], peak_gib(a.device)))
+        (ta, ma), (tb, mb) = results["taps"], results["stats"]
+        print(f"device={a.device} ae={a.ae} latent={a.latent} items={a.items} batch={a.batch} "
+              f"depth={taps.depth} layers={[i.name for i in taps.layers]}")  # fmt: skip
+        print(f"taps only : {ta:.3f} s  {a.items / ta:8.1f} items/s  peak {ma:.2f} GiB")
+        print(f"stats     : {tb:.3f} s  {a.items / tb:8.1f} items/s  peak {mb:.2f} GiB")
+        print(f"ratio stats / taps-only = {tb / ta:.3f}")
+        if a.check and a.device != "cpu":
+            check(Path(tmp), a.device)
+
+
+def check(root: Path, device: str) -> None:
+    """Small store: statistics on `device` vs on CPU (same items, same noise)."""
+    from lplkit.decoder_features import DecoderTaps
+    from lplkit.stats import compute_stats
+    from lplkit.store.reader import LatentStore
+
+    vae = make_ae("tiny")
+    url = build_store(root / "check", vae, 40, 8)
+    store = LatentStore.open(url)
+    cpu = compute_stats(store, DecoderTaps(vae), batch_size=8, device="cpu", pilot=4)
+    dev = compute_stats(store, DecoderTaps(vae).to(device), batch_size=8, device=device, pilot=4)
+    worst = 0.0
+    for a, b in zip(cpu.layers, dev.layers, strict=True):
+        for f in ("mean", "std", "q_low", "q_high"):
+            x, y = getattr(a, f), getattr(b, f)
+            worst = max(worst, float(((x - y).abs() / (x.abs() + 1e-3)).max()))
+        bound = float(a.q_error_bound.max())
+        q_diff = float(torch.maximum((a.q_low - b.q_low).abs(), (a.q_high - b.q_high).abs()).max())
+        print(f"check {a.name}: max |q cpu - q {device}| = {q_diff:.2e} (bin width {bound:.2e})")
+    lat = float((cpu.latent_mean - dev.latent_mean).abs().max())
+    print(f"check: latent mean max diff {lat:.2e}; worst relative feature-stat diff {worst:.2e}")
+
+
+if __name__ == "__main__":
+    main()
