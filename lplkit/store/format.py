@@ -86,9 +86,12 @@ def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     bits16 = (bits32 + 0x7FFF + ((bits32 >> 16) & 1)) >> 16, with NaN kept a (quiet) NaN.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if dtype != "bfloat16":
-        with np.errstate(over="ignore"):  # overflow -> inf, which the writer reports by position
-            return x.astype(storage_dtype(dtype), copy=False)
+    if dtype == "float32":
+        return x
+    if dtype == "float16":
+        import torch  # numpy's float16 cast is ~10x slower than torch's (F16C); same IEEE rounding
+
+        return torch.from_numpy(x).to(torch.float16).numpy()  # overflow -> inf, reported by the writer
     bits = x.view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(x)
@@ -101,6 +104,10 @@ def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     """Stored representation -> float32 (bfloat16: bits16 << 16 reinterpreted as float32)."""
     if dtype == "bfloat16":
         return (np.asarray(x, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if dtype == "float16":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x)).float().numpy()
     return np.asarray(x).astype(np.float32, copy=False)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 import zarr
+from zarr.core.buffer.cpu import NDBuffer
 
 from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
@@ -37,10 +38,14 @@ DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of stored moments (all arrays) the load
 
 
 class _Block:
-    """Stored-dtype rows of a set of chunks plus the map position -> row."""
+    """Stored rows of a set of chunks (as torch tensors sharing the numpy memory) + position -> row.
+
+    Every chunk takes `chunk_size` rows (the store's partial last chunk is padded, never read), so
+    blocks concatenate without renumbering.
+    """
 
     def __init__(
-        self, arrays: dict[str, np.ndarray], chunks: np.ndarray, chunk_size: int, n_chunks: int
+        self, arrays: dict[str, torch.Tensor], chunks: np.ndarray, chunk_size: int, n_chunks: int
     ):
         self.arrays = arrays
         self.chunk_size = chunk_size
@@ -53,6 +58,13 @@ class _Block:
         if (slots < 0).any():
             raise KeyError("positions outside this block")
         return slots + positions - chunk * self.chunk_size
+
+
+def _as_tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored numpy rows as a torch tensor of the stored dtype (bfloat16 bits viewed as bfloat16)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
 
 
 class LatentStore:
@@ -75,6 +87,7 @@ class LatentStore:
         pos = index.column("position").to_numpy() if len(index) else np.array([], np.int64)
         self.ok_positions: np.ndarray = np.sort(pos[status == "ok"]).astype(np.int64)
         self._ram: _Block | None = None
+        self._scratch: dict[str, torch.Tensor] = {}
 
     @classmethod
     def open(cls, url: str, *, memory_budget: int = DEFAULT_MEMORY_BUDGET, allow_incomplete: bool = False
@@ -145,23 +158,23 @@ class LatentStore:
     # -- chunk I/O ------------------------------------------------------------------------------
 
     def _load(self, chunks: np.ndarray) -> _Block:
-        """Read `chunks` (sorted ids) of every moment array, merging consecutive ids into one read."""
+        """Read `chunks` (sorted ids) of every moment array, one zarr read per run of consecutive
+        ids, straight into the block's buffer (no intermediate copy)."""
         chunks = np.asarray(chunks, dtype=np.int64)
         breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
         runs = np.split(chunks, breaks) if len(chunks) else []
         arrays = {}
         for name, arr in self._arrays.items():
-            c, h, w = self.latent_shape
-            out = np.zeros((len(chunks) * self.chunk_size, 2, c, h, w), dtype=arr.dtype)
+            out = np.empty((len(chunks) * self.chunk_size, *arr.shape[1:]), dtype=arr.dtype)
             row = 0
             for run in runs:
-                lo, hi = (
-                    int(run[0]) * self.chunk_size,
-                    min(int(run[-1] + 1) * self.chunk_size, self._count),
+                lo = int(run[0]) * self.chunk_size
+                hi = min(int(run[-1] + 1) * self.chunk_size, self._count)
+                arr.get_basic_selection(
+                    slice(lo, hi), out=NDBuffer.from_numpy_array(out[row : row + hi - lo])
                 )
-                out[row : row + hi - lo] = arr[lo:hi]
                 row += len(run) * self.chunk_size
-            arrays[name] = out
+            arrays[name] = _as_tensor(out, self.dtype)
         return _Block(arrays, chunks, self.chunk_size, self.n_chunks)
 
     def _ram_block(self) -> _Block | None:
@@ -169,13 +182,6 @@ class LatentStore:
         if self._ram is None and self.n_chunks * self.bytes_per_chunk <= self.memory_budget:
             self._ram = self._load(np.arange(self.n_chunks))
         return self._ram
-
-    def _decode(self, x: np.ndarray) -> torch.Tensor:
-        """Stored rows -> float32 torch tensor."""
-        t = torch.from_numpy(np.ascontiguousarray(x))
-        if self.dtype == "bfloat16":
-            return t.view(torch.bfloat16).float()
-        return t.float()
 
     # -- random access --------------------------------------------------------------------------
 
@@ -191,7 +197,7 @@ class LatentStore:
         if len(pos) and (pos.min() < 0 or pos.max() >= self._count):
             raise IndexError(f"positions must be in [0, {self._count})")
         block = self._ram or self._load(np.unique(pos // self.chunk_size))
-        m = self._decode(block.arrays[name][block.rows(pos)]).numpy()
+        m = block.arrays[name][torch.from_numpy(block.rows(pos))].float().numpy()
         return m[:, 0], m[:, 1]
 
     # -- training loader ------------------------------------------------------------------------
@@ -257,7 +263,7 @@ class LatentStore:
         if ram is not None:
             for j in range(start_batch, total):
                 span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
-                yield self._make_batch(ram, plan.order[span], seed, epoch, j, rank)
+                yield self._make_batch([ram], plan.order[span], seed, epoch, j, rank)
             return
         yield from self._stream(plan, batch_size, seed, epoch, start_batch, total, rank, world_size,
                                 drop_last)  # fmt: skip
@@ -293,26 +299,50 @@ class LatentStore:
                         del loaded[k]
                 request(windows[-1] + 1)
                 blocks = [get(k) for k in windows]
-                block = blocks[0] if len(blocks) == 1 else self._merge(blocks, windows, plan)
-                yield self._make_batch(block, positions, seed, epoch, j, rank)
-
-    def _merge(self, blocks: list[_Block], windows: list[int], plan: shf.EpochOrder) -> _Block:
-        chunks = np.concatenate([plan.window_chunks[k] for k in windows])
-        arrays = {name: np.concatenate([b.arrays[name] for b in blocks]) for name in self._arrays}
-        return _Block(arrays, chunks, self.chunk_size, self.n_chunks)
+                yield self._make_batch(blocks, positions, seed, epoch, j, rank)
 
     def _make_batch(
-        self, block: _Block, positions: np.ndarray, seed: int, epoch: int, batch: int, rank: int
+        self,
+        blocks: list[_Block],
+        positions: np.ndarray,
+        seed: int,
+        epoch: int,
+        batch: int,
+        rank: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather, decode, pick flips and sample `mean + std * eps` with the batch's generator."""
+        """Gather, pick flips, decode and sample `z = mean + std * eps` with the batch's generator.
+
+        Only the returned tensors are freshly allocated per batch: fresh multi-MB buffers cost more
+        in page faults than the arithmetic itself.
+        """
         g = torch.Generator().manual_seed(shf.batch_seed(seed, epoch, batch, rank))
-        rows = block.rows(positions)
-        stored = block.arrays[fmt.MOMENTS][rows]
-        if self.has_flips:
-            flip = torch.rand(len(rows), generator=g).numpy() < 0.5
-            stored[flip] = block.arrays[fmt.MOMENTS_FLIP][rows[flip]]
-        m = self._decode(stored)
-        eps = torch.randn(m[:, 0].shape, generator=g)
-        latents = torch.addcmul(m[:, 0], m[:, 1], eps)
+        b = len(positions)
+        flip = torch.rand(b, generator=g) < 0.5 if self.has_flips else None
+        m16 = self._buffer("m16", (b, 2, *self.latent_shape), blocks[0].arrays[fmt.MOMENTS].dtype)
+        chunk = positions // self.chunk_size
+        for block in blocks:  # a batch may straddle two windows: gather from each, no merging
+            slot = block.slot[chunk]
+            mine = slot >= 0 if len(blocks) > 1 else np.ones(b, dtype=bool)
+            rows = torch.from_numpy(slot[mine] + positions[mine] - chunk[mine] * self.chunk_size)
+            if mine.all():
+                torch.index_select(block.arrays[fmt.MOMENTS], 0, rows, out=m16)
+            else:
+                m16[torch.from_numpy(mine)] = block.arrays[fmt.MOMENTS][rows]
+            if flip is not None:
+                pick = flip[torch.from_numpy(mine)]
+                dest = torch.from_numpy(np.flatnonzero(mine))[pick]
+                m16[dest] = block.arrays[fmt.MOMENTS_FLIP][rows[pick]]
+        m32 = self._buffer("m32", m16.shape, torch.float32)
+        m32.copy_(m16)
+        latents = torch.empty((b, *self.latent_shape))
+        latents.normal_(generator=g)  # eps
+        latents.mul_(m32[:, 1]).add_(m32[:, 0])  # z = mean + std * eps
         labels = torch.from_numpy(self.labels[positions].astype(np.int64))
         return latents, labels
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A scratch tensor reused across batches (reallocated when the shape or dtype changes)."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype:
+            buf = self._scratch[name] = torch.empty(shape, dtype=dtype)
+        return buf

@@ -23,7 +23,7 @@ def synthetic_moments(
     rng = np.random.default_rng(seed)
     m = np.empty((count, 2, *latent_shape), dtype=np.float32)
     m[:, 0] = rng.standard_normal((count, *latent_shape), dtype=np.float32)
-    m[:, 1] = rng.uniform(0.05, 0.5, (count, *latent_shape)).astype(np.float32)
+    m[:, 1] = 0.05 + 0.45 * rng.random((count, *latent_shape), dtype=np.float32)
     return m
 
 

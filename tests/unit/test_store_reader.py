@@ -138,26 +138,35 @@ def test_latents_are_mean_plus_std_eps(store_url):
     assert abs((np.abs(e) > 1.96).mean() - 0.05) < 0.01
 
 
-def test_std_zero_gives_exact_means_and_flips_are_picked_per_sample(tmp_path):
-    m = synthetic_moments(64, SHAPE, seed=4)
-    mf = synthetic_moments(64, SHAPE, seed=5)
+@pytest.mark.parametrize("window_chunks", [None, 2])
+def test_std_zero_gives_exact_means_and_flips_are_picked_per_sample(tmp_path, window_chunks):
+    """Latents must come from their own position's row, also across windows and the partial last chunk."""
+    n = 62  # last chunk partial (2 of 4 rows)
+    m = synthetic_moments(n, SHAPE, seed=4)
+    mf = synthetic_moments(n, SHAPE, seed=5)
     m[:, 1] = 0.0
     mf[:, 1] = 0.0
     url = str(tmp_path / "f.zarr")
-    write_synthetic_store(url, count=64, latent_shape=SHAPE, flips=True, moments=m, moments_flip=mf,
-                          shard_size=16, chunk_size=4, num_classes=64)  # fmt: skip
+    write_synthetic_store(url, count=n, latent_shape=SHAPE, flips=True, moments=m, moments_flip=mf,
+                          shard_size=16, chunk_size=4, num_classes=n)  # fmt: skip
     mean16, flip16 = (
         m[:, 0].astype(np.float16).astype(np.float32),
         mf[:, 0].astype(np.float16).astype(np.float32),
     )
-    picked_flip = 0
+    store = LatentStore.open(url)
+    if window_chunks:
+        store = LatentStore.open(url, memory_budget=2 * window_chunks * store.bytes_per_chunk)
+        assert store.window_chunks() == window_chunks
+    picked_flip = seen = 0
     for epoch in range(4):
-        for z, pos in LatentStore.open(url).batches(8, seed=1, epoch=epoch):
+        for z, pos in store.batches(8, seed=1, epoch=epoch, drop_last=False):
             for zi, p in zip(z.numpy(), pos.tolist(), strict=True):
                 is_orig, is_flip = np.array_equal(zi, mean16[p]), np.array_equal(zi, flip16[p])
                 assert is_orig != is_flip
                 picked_flip += is_flip
-    assert 0.4 < picked_flip / (4 * 64) < 0.6
+                seen += 1
+    assert seen == 4 * n
+    assert 0.4 < picked_flip / seen < 0.6
 
 
 def test_tiny_store_yields_nothing_when_batch_too_big(store):
