@@ -46,9 +46,7 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
     names = [m for m in names if m]
     unknown = sorted(set(names) - set(METRICS))
     if unknown or not names:
-        raise ConfigError(
-            f"unknown metrics {unknown or names}: choose from {', '.join(METRICS)}"
-        )
+        raise ConfigError(f"unknown metrics {unknown or names}: choose from {', '.join(METRICS)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -143,11 +141,19 @@ def evaluate(
 
 
 def _fid(s: _SetAccumulator, r: _SetAccumulator, ref_stats, inception_path: Path) -> dict:
+    for acc, role in ((s, "samples"), (r, "references")):
+        if acc.inception is not None and sum(len(f) for f in acc.features) < 2:
+            raise EvaluationError(f"FID needs at least 2 {role} (thousands for a meaningful value)")
     gs = GaussianStats.from_features(torch.cat(s.features).numpy())
     if ref_stats is not None:
         gr, source = GaussianStats(mu=ref_stats[0], sigma=ref_stats[1]), "npz mu/sigma"
     else:
         gr, source = GaussianStats.from_features(torch.cat(r.features).numpy()), "images"
+    if gr.mu.shape != gs.mu.shape or gr.sigma.shape != gs.sigma.shape:
+        raise EvaluationError(
+            f"reference mu/sigma have shapes {gr.mu.shape}/{gr.sigma.shape}, but the Inception "
+            f"features are {gs.mu.shape[0]}-d: not pool3 statistics"
+        )
     return {
         "value": frechet_distance(gs, gr),
         "ref_stats": source,

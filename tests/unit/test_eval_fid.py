@@ -181,5 +181,8 @@ def test_fid_with_stand_in_matches_numpy_features(tmp_path, stand_in):
     assert adm["ref_stats"] == "npz mu/sigma" and adm["value"] == pytest.approx(
         expected, rel=1e-5
     )  # float32 features
+    np.savez(tmp_path / "bad.npz", mu=np.zeros(5), sigma=np.eye(5))
+    with pytest.raises(EvaluationError, match="not pool3 statistics"):
+        evaluate(str(tmp_path / "a.npz"), str(tmp_path / "bad.npz"), opts)
     with pytest.raises(EvaluationError, match="no images"):
         evaluate(str(tmp_path / "a.npz"), str(tmp_path / "ref.npz"), EvalOptions(metrics=["swd"]))
