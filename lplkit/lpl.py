@@ -122,7 +122,9 @@ class LatentPerceptualLoss(nn.Module):
         )
         self.layers: list[LayerInfo] = self.taps.layers
         self.outlier_sizes = _outlier_layers(cfg, self.taps)
-        weights = torch.tensor(layer_weights(cfg.layer_weights, self.layers), dtype=torch.float32)
+        # buffers start on the autoencoder's device (callers rarely .to() a loss module)
+        device = next(iter(self.taps.parameters())).device
+        weights = torch.tensor(layer_weights(cfg.layer_weights, self.layers), device=device)
         self.register_buffer("layer_weight", weights, persistent=False)
         needs_stats = cfg.norm == "dataset" or (
             cfg.outlier_source == "dataset" and bool(self.outlier_sizes)
@@ -137,7 +139,7 @@ class LatentPerceptualLoss(nn.Module):
             for i, info in enumerate(self.layers):
                 st = _lookup_stats(feature_stats, i, info)
                 for f in _STAT_FIELDS:
-                    t = getattr(st, f).detach().to(torch.float32)
+                    t = getattr(st, f).detach().to(device=device, dtype=torch.float32)
                     self.register_buffer(f"stats_{f}_{i}", t, persistent=False)
 
         super().train(False)
@@ -149,10 +151,12 @@ class LatentPerceptualLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"preset={self.preset!r}, config={self.config}"
 
-    def _stats(self, i: int, dtype: torch.dtype) -> FeatureStats | None:
+    def _stats(self, i: int, device: torch.device, dtype: torch.dtype) -> FeatureStats | None:
         if not self._has_stats:
             return None
-        return FeatureStats(*(getattr(self, f"stats_{f}_{i}").to(dtype) for f in _STAT_FIELDS))
+        return FeatureStats(
+            *(getattr(self, f"stats_{f}_{i}").to(device, dtype) for f in _STAT_FIELDS)
+        )
 
     def layer_terms(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
         """Unweighted per-layer distances d_l, shape (n, L), on already-selected rows."""
@@ -166,7 +170,7 @@ class LatentPerceptualLoss(nn.Module):
             for i, (x, y) in enumerate(zip(pred_feats, target_feats, strict=True)):
                 dt = torch.promote_types(x.dtype, torch.float32)
                 x, y = x.to(dt), y.to(dt)
-                stats = self._stats(i, dt)
+                stats = self._stats(i, x.device, dt)
                 mask = None
                 if i in self.outlier_sizes:
                     dilate, erode = self.outlier_sizes[i]
@@ -201,7 +205,8 @@ class LatentPerceptualLoss(nn.Module):
             return pred_z0.new_zeros(0, dtype=dt)
         terms = self.layer_terms(pred_z0, target_z0)
         # a plain weighted sum (a matmul would be cast to bf16 under autocast)
-        return (terms * self.layer_weight.to(terms.dtype)).sum(dim=1) / len(self.layers)
+        w = self.layer_weight.to(terms.device, terms.dtype)
+        return (terms * w).sum(dim=1) / len(self.layers)
 
     def forward(self, pred_z0: Tensor, target_z0: Tensor, select: Tensor | None = None) -> Tensor:
         """Per-sample LPL of raw latents (B, C, h, w) -> (B,).

@@ -272,3 +272,31 @@ def test_presets_and_validation(vae):
         for i, info in enumerate(["mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"])
     }
     LatentPerceptualLoss(vae, norm="dataset", feature_stats=by_name)
+
+
+@pytest.mark.gpu
+def test_cuda_forward_backward_has_no_host_sync_and_matches_cpu(vae):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pred, target = latents(b=4, size=16)
+    with torch.no_grad():
+        want = LatentPerceptualLoss(vae)(pred, target, select=torch.tensor([1, 3]))
+    vae_cuda = make_tiny_vae(0).cuda()
+    lpl = LatentPerceptualLoss(vae_cuda, grad_checkpointing=True)
+    p, t = pred.cuda().requires_grad_(), target.cuda()
+    idx = torch.tensor([1, 3], device="cuda")
+    lpl(p, t, select=idx).sum().backward()  # warm-up (lazy CUDA init may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = lpl(p, t, select=idx)
+        out.sum().backward()
+        empty = lpl(p, t, select=idx[:0])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(out.cpu(), want, rtol=1e-4, atol=1e-7)
+    assert torch.equal(empty.cpu(), torch.zeros(4))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        bf = lpl(p, t, select=idx)
+    assert bf.dtype == torch.float32
+    torch.testing.assert_close(bf.cpu(), want, rtol=0.1, atol=0)
