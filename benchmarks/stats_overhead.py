@@ -43,16 +43,21 @@ def make_ae(kind: str):
     ).eval()
 
 
-def build_store(root: Path, vae, count: int, latent: int) -> str:
-    from lplkit.autoencoder import autoencoder_info
-    from lplkit.store.synthetic import write_synthetic_store
+class ArrayStore:
+    """In-memory stand-in for `LatentStore` (manifest, ok_positions, read): keeps store I/O and
+    pyarrow versions out of a measurement of the statistics themselves."""
 
-    vae.save_pretrained(root / "vae")
-    info = autoencoder_info(vae, str(root / "vae"))
-    url = str(root / "store.zarr")
-    write_synthetic_store(url, count=count, latent_shape=(4, latent, latent), dtype="float32",
-                          shard_size=64, chunk_size=32, autoencoder=info)  # fmt: skip
-    return url
+    def __init__(self, count: int, latent: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        shape = (count, 4, latent, latent)
+        self.mean = rng.standard_normal(shape, dtype=np.float32)
+        self.std = rng.uniform(0.05, 0.5, shape).astype(np.float32)
+        self.manifest = {"flips": False, "latent_shape": [4, latent, latent]}
+        self.ok_positions = np.arange(count, dtype=np.int64)
+
+    def read(self, indices, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.asarray(indices, dtype=np.int64)
+        return self.mean[idx], self.std[idx]
 
 
 def sync(device: str) -> None:
@@ -90,12 +95,10 @@ def main() -> None:
     a = p.parse_args()
     from lplkit.decoder_features import DecoderTaps
     from lplkit.stats import compute_stats, select_items
-    from lplkit.store.reader import LatentStore
 
     with tempfile.TemporaryDirectory() as tmp:
         vae = make_ae(a.ae)
-        url = build_store(Path(tmp), vae, a.items, a.latent)
-        store = LatentStore.open(url)
+        store = ArrayStore(a.items, a.latent)
         taps = DecoderTaps(vae, a.depth).to(a.device)
         items = select_items(store.ok_positions, flips=False, samples=None, seed=0)
         taps_only(store, taps, items[: a.batch], a.batch, a.device)  # warm-up (cudnn, allocator)
@@ -127,11 +130,9 @@ def check(root: Path, device: str) -> None:
     """Small store: statistics on `device` vs on CPU (same items, same noise)."""
     from lplkit.decoder_features import DecoderTaps
     from lplkit.stats import compute_stats
-    from lplkit.store.reader import LatentStore
 
     vae = make_ae("tiny")
-    url = build_store(root / "check", vae, 40, 8)
-    store = LatentStore.open(url)
+    store = ArrayStore(40, 8)
     cpu = compute_stats(store, DecoderTaps(vae), batch_size=8, device="cpu", pilot=4)
     dev = compute_stats(store, DecoderTaps(vae).to(device), batch_size=8, device=device, pilot=4)
     worst = 0.0
