@@ -135,11 +135,13 @@ def _tensor(group: Any, name: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(group[name][...]))
 
 
-def load_stats(store_or_url: Any) -> StoreStats | None:
+def load_stats(store_or_url: Any, *, check_fresh: bool = False) -> StoreStats | None:
     """The store's current statistics, or None when `lplkit stats` has not been run on it.
 
     Args:
         store_or_url: a store URL / path, or an object with a `.url` attribute (`LatentStore`).
+        check_fresh: recompute the store's content hash and raise `StoreMismatchError` when it
+            differs from the one the statistics were computed on (the store changed since).
 
     Returns:
         `StoreStats` (float64 CPU tensors; `.feature_stats` gives the LPL's per-layer records),
@@ -183,6 +185,16 @@ def load_stats(store_or_url: Any) -> StoreStats | None:
             )
         )
     meta = dict(run.attrs[STATS_KEY])
+    if check_fresh:
+        from lplkit.errors import StoreMismatchError
+        from lplkit.store.format import MANIFEST_KEY
+
+        now = store_content_hash(str(url), dict(root.attrs[MANIFEST_KEY]))
+        if now != meta.get("store", {}).get("content_hash"):
+            raise StoreMismatchError(
+                f"{url}: the statistics in stats/{pointer['current']} were computed on other store "
+                "content (content hash changed); re-run `lplkit stats` on this store"
+            )
     return StoreStats(
         latent_mean=_tensor(run, "latent_mean"),
         latent_std=_tensor(run, "latent_std"),

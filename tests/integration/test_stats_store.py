@@ -3,6 +3,7 @@ another autoencoder, and feeds the LPL's `dataset` norm."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -194,9 +195,19 @@ def test_rerun_replaces_atomically_and_crash_keeps_old(tmp_path, tiny_vae_dir, m
     monkeypatch.setattr(ss, "_array", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         run_stats(str(url), samples=6, seed=12, batch_size=4, pilot=2, depth=1)
-    loaded = ss.load_stats(str(url))
+    loaded = ss.load_stats(str(url), check_fresh=True)
     assert loaded is not None and loaded.meta["run"] == first["run"]
     assert loaded.meta["sampling"]["seed"] == 11 and len(loaded.layers) == 2
+    # A store whose content changed after the stats: check_fresh refuses them.
+    marker = url / "progress" / "shard-00001.json"
+    doc = json.loads(marker.read_text())
+    doc["checksums"]["moments"] = "0" * 64
+    marker.write_text(json.dumps(doc))
+    from lplkit.errors import StoreMismatchError
+
+    with pytest.raises(StoreMismatchError, match="content hash changed"):
+        ss.load_stats(str(url), check_fresh=True)
+    assert ss.load_stats(str(url)) is not None
 
 
 def test_refuses_another_autoencoder(store, other_vae_dir, tmp_path) -> None:
