@@ -18,7 +18,6 @@ Pipeline per process (one process, or every rank of a torchrun job):
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -28,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from lplkit.autoencoder import (
@@ -38,8 +36,9 @@ from lplkit.autoencoder import (
     load_autoencoder,
 )
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
-from lplkit.data.sources import ImageSource, resolve_source
+from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
 from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip
+from lplkit.encode_ranks import DistContext, resolve_device
 from lplkit.errors import AutoencoderError, BadImageError, ConfigError, StoreError
 from lplkit.store import format as fmt
 from lplkit.store.writer import StoreWriter
@@ -116,91 +115,6 @@ class EncodeSummary:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------
-# Distributed: one code path for one process and for torchrun
-
-
-class DistContext:
-    """The process group of a torchrun job (gloo on CPU, NCCL on CUDA), or a no-op for one process.
-
-    Collectives are used only at phase boundaries; a phase that fails on one rank makes every rank
-    raise (instead of leaving the others blocked in the next collective).
-    """
-
-    def __init__(self, rank: int, world_size: int, local_rank: int, owns_group: bool) -> None:
-        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
-        self.owns_group = owns_group
-        self.device = torch.device("cpu")
-
-    @classmethod
-    def from_env(cls, device: str) -> DistContext:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls(0, 1, 0, False)
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        dev = _resolve_device(device, local)
-        owns = not dist.is_initialized()
-        if owns:
-            if dev.type == "cuda":
-                torch.cuda.set_device(dev)
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        ctx = cls(rank, world, local, owns)
-        ctx.device = dev if dev.type == "cuda" else torch.device("cpu")  # collective tensors
-        return ctx
-
-    def __enter__(self) -> DistContext:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-    def _all_ok(self, ok: bool) -> bool:
-        flag = torch.tensor([1 if ok else 0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
-
-    def rank0_first(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on rank 0, then on the other ranks (downloads, store creation happen once)."""
-        if self.world_size == 1:
-            return fn()
-        result, error = None, None
-        for phase in (0, 1):
-            if (self.rank == 0) == (phase == 0):
-                try:
-                    result = fn()
-                except Exception as exc:
-                    error = exc
-            if not self._all_ok(error is None):
-                if error is not None:
-                    raise error
-                raise StoreError(
-                    f"rank {self.rank}: another rank failed (see its message); stopping"
-                )
-        return result
-
-    def sum_ints(self, values: list[int]) -> list[int]:
-        if self.world_size == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.int64, device=self.device)
-        dist.all_reduce(t)
-        return [int(v) for v in t.tolist()]
-
-    def gather(self, obj: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        if self.world_size == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-
 def shard_batches(writer: StoreWriter, shards: list[int], batch_size: int) -> list[list[int]]:
     """Batches of positions, `batch_size` at a time from each shard's start; none crosses shards."""
     batches = []
@@ -240,15 +154,6 @@ class _ShardBuffer:
         self.missing -= 1
 
 
-def _resolve_device(spec: str, local_rank: int) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
@@ -264,7 +169,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
     if vae_spec is None:
         raise ConfigError("no autoencoder: pass --vae (a diffusers autoencoder dir or hub id)")
     with DistContext.from_env(cfg.device) as ctx:
-        device = _resolve_device(cfg.device, ctx.local_rank)
+        device = resolve_device(cfg.device, ctx.local_rank)
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
         f = info["downsample_factor"]
         if cfg.res % f:
@@ -313,30 +218,9 @@ def _load(cfg: EncodeConfig, vae_spec: str, device: torch.device) -> tuple[Image
         res=cfg.res,
     )
     if cfg.limit is not None and cfg.limit < len(source):
-        source = _Limited(source, cfg.limit)
+        source = LimitedSource(source, cfg.limit)
     vae = load_autoencoder(vae_spec, subfolder=cfg.vae_subfolder, device=device)
     return source, vae, autoencoder_info(vae, vae_spec, cfg.vae_subfolder)
-
-
-class _Limited(ImageSource):
-    """The first `n` positions of another source (`--limit`); the count is part of its identity."""
-
-    def __init__(self, inner: ImageSource, n: int) -> None:
-        self.inner, self.n = inner, n
-        self.source_id, self.split = inner.source_id, inner.split
-        self.revision, self.class_names = inner.revision, inner.class_names
-
-    @classmethod
-    def from_spec(cls, spec, *, split, options):  # pragma: no cover - never resolved by spec
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.inner[i]
 
 
 def _encode_shards(
@@ -446,20 +330,25 @@ def _encoded_batches(
                     f"expected {latent} for --res {cfg.res}"
                 )
             launched = torch.stack([mean, std], dim=1).to("cpu", non_blocking=True)
+            if device.type == "cuda":  # marks the end of this batch's copy back, not later work
+                copied = torch.cuda.Event()
+                copied.record()
+                launched = (launched, copied)
         pending.append((samples, launched))
         if len(pending) > 1:
-            yield _unpack(*pending.popleft(), cfg.flip, device)
+            yield _unpack(*pending.popleft(), cfg.flip)
     while pending:
-        yield _unpack(*pending.popleft(), cfg.flip, device)
+        yield _unpack(*pending.popleft(), cfg.flip)
 
 
 def _unpack(
-    samples: list[PreparedSample], ms: torch.Tensor | None, flip: bool, device: torch.device
+    samples: list[PreparedSample], ms: Any, flip: bool
 ) -> tuple[list[PreparedSample], _Moments | None, np.ndarray | None]:
     if ms is None:
         return samples, None, None
-    if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()
+    if isinstance(ms, tuple):  # (host tensor, CUDA event of its copy)
+        ms[1].synchronize()
+        ms = ms[0]
     arr = ms.numpy()
     ok = [j for j, s in enumerate(samples) if s.ok]
     index_of = np.full(len(samples), -1, np.int64)

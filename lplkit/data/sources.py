@@ -39,6 +39,7 @@ from lplkit.errors import BadImageError, SourceError
 
 __all__ = [
     "ImageSource",
+    "LimitedSource",
     "Record",
     "SourceOptions",
     "content_fingerprint",
@@ -147,6 +148,27 @@ class ImageSource(ABC):
 _REGISTRY: list[type[ImageSource]] = []
 # Sources living in optional modules; imported (if present) before resolving a spec.
 _PLUGIN_MODULES = ("lplkit.data.folder", "lplkit.data.hf", "lplkit.data.openmoji")
+
+
+class LimitedSource(ImageSource):
+    """The first `n` positions of another source (`--limit`); its `describe()` count is `n`."""
+
+    def __init__(self, inner: ImageSource, n: int) -> None:
+        self.inner, self.n = inner, min(n, len(inner))
+        self.source_id, self.split = inner.source_id, inner.split
+        self.revision, self.class_names = inner.revision, inner.class_names
+
+    @classmethod
+    def from_spec(cls, spec: str, *, split: str | None, options: SourceOptions) -> ImageSource:
+        raise SourceError("LimitedSource wraps another source; it is not resolved from a spec")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Record:
+        if not 0 <= i < self.n:
+            raise IndexError(f"position {i} out of range for the first {self.n} samples")
+        return self.inner[i]
 
 
 def register_source(cls: type[ImageSource]) -> type[ImageSource]:
