@@ -126,7 +126,7 @@ def codec_table(root: Path, moments: np.ndarray, repeats: int) -> list[dict]:
         bpc = LatentStore.open(url).bytes_per_chunk
         # Windows of ~1 MiB x 16: the streaming path, where the chunk size matters.
         best = min(
-            timed(store_run(url, 2 * 16 * max(bpc, 1 << 20), False)[0])[0] for _ in range(repeats)
+            timed(store_run(url, 3 * 16 * max(bpc, 1 << 20), False)[0])[0] for _ in range(repeats)
         )
         nread = LatentStore.open(url).num_batches(BATCH) * BATCH
         rows.append({"codec": codec, "chunk": chunk, "bytes_per_sample": stored / n, "ratio": raw / stored,

@@ -91,7 +91,9 @@ def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float16":
         import torch  # numpy's float16 cast is ~10x slower than torch's (F16C); same IEEE rounding
 
-        return torch.from_numpy(x).to(torch.float16).numpy()  # overflow -> inf, reported by the writer
+        return (
+            torch.from_numpy(x).to(torch.float16).numpy()
+        )  # overflow -> inf, reported by the writer
     bits = x.view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(x)
@@ -109,6 +111,23 @@ def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
 
         return torch.from_numpy(np.ascontiguousarray(x)).float().numpy()
     return np.asarray(x).astype(np.float32, copy=False)
+
+
+def finite_rows(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """Per sample (axis 0): True when every stored value is finite (bfloat16: exponent not all ones)."""
+    n = len(stored)
+    if dtype == "bfloat16":
+        return ((np.asarray(stored) & 0x7F80) != 0x7F80).reshape(n, -1).all(axis=1)
+    if dtype == "float16":
+        import torch
+
+        return (
+            torch.isfinite(torch.from_numpy(np.ascontiguousarray(stored)))
+            .reshape(n, -1)
+            .all(1)
+            .numpy()
+        )
+    return np.isfinite(stored).reshape(n, -1).all(axis=1)
 
 
 def chunk_size_for(shard_size: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:

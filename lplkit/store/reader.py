@@ -51,6 +51,7 @@ class _Block:
         self.chunk_size = chunk_size
         self.slot = np.full(n_chunks, -1, dtype=np.int64)
         self.slot[chunks] = np.arange(len(chunks)) * chunk_size
+        self.raw: dict[str, np.ndarray] = {}  # the full numpy buffers, for reuse
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
         chunk = positions // self.chunk_size
@@ -157,15 +158,21 @@ class LatentStore:
 
     # -- chunk I/O ------------------------------------------------------------------------------
 
-    def _load(self, chunks: np.ndarray) -> _Block:
+    def _load(self, chunks: np.ndarray, buffers: dict[str, np.ndarray] | None = None) -> _Block:
         """Read `chunks` (sorted ids) of every moment array, one zarr read per run of consecutive
-        ids, straight into the block's buffer (no intermediate copy)."""
+        ids, straight into the block's buffer (no intermediate copy). `buffers` (from a dropped
+        block) are reused when big enough: touching fresh memory costs as much as the read."""
         chunks = np.asarray(chunks, dtype=np.int64)
         breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
         runs = np.split(chunks, breaks) if len(chunks) else []
-        arrays = {}
+        arrays, raw = {}, {}
         for name, arr in self._arrays.items():
-            out = np.empty((len(chunks) * self.chunk_size, *arr.shape[1:]), dtype=arr.dtype)
+            rows = len(chunks) * self.chunk_size
+            out = None if buffers is None else buffers.get(name)
+            if out is None or len(out) < rows:
+                out = np.empty((rows, *arr.shape[1:]), dtype=arr.dtype)
+            raw[name] = out
+            out = out[:rows]
             row = 0
             for run in runs:
                 lo = int(run[0]) * self.chunk_size
@@ -175,7 +182,9 @@ class LatentStore:
                 )
                 row += len(run) * self.chunk_size
             arrays[name] = _as_tensor(out, self.dtype)
-        return _Block(arrays, chunks, self.chunk_size, self.n_chunks)
+        block = _Block(arrays, chunks, self.chunk_size, self.n_chunks)
+        block.raw = raw
+        return block
 
     def _ram_block(self) -> _Block | None:
         """The whole store in RAM if it fits the memory budget (loaded once, then kept)."""
@@ -227,8 +236,8 @@ class LatentStore:
         """Chunks per shuffle window: None (one window: the whole store) when it fits the budget."""
         if self.n_chunks * self.bytes_per_chunk <= self.memory_budget:
             return None
-        # Two windows live at once (the current one and the one being prefetched).
-        return max(1, self.memory_budget // (2 * self.bytes_per_chunk))
+        # Up to three windows live at once: a batch straddling two, and the next one being read.
+        return max(1, self.memory_budget // (3 * self.bytes_per_chunk))
 
     def epoch_order(self, seed: int, epoch: int = 0, shuffle: bool = True) -> shf.EpochOrder:
         """The order `batches` visits the ok samples in (see `lplkit.store.shuffle`)."""
@@ -277,11 +286,13 @@ class LatentStore:
         n_windows = len(plan.window_chunks)
         loaded: dict[int, _Block] = {}
         pending: dict[int, Future[_Block]] = {}
+        free: list[dict[str, np.ndarray]] = []  # buffers of dropped windows
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-store") as pool:
 
             def request(k: int) -> None:
                 if k < n_windows and k not in loaded and k not in pending:
-                    pending[k] = pool.submit(self._load, plan.window_chunks[k])
+                    buffers = free.pop() if free else None
+                    pending[k] = pool.submit(self._load, plan.window_chunks[k], buffers)
 
             def get(k: int) -> _Block:
                 if k not in loaded:
@@ -296,7 +307,7 @@ class LatentStore:
                 windows = [int(k) for k in windows]
                 for k in list(loaded):
                     if k not in windows:
-                        del loaded[k]
+                        free.append(loaded.pop(k).raw)
                 request(windows[-1] + 1)
                 blocks = [get(k) for k in windows]
                 yield self._make_batch(blocks, positions, seed, epoch, j, rank)

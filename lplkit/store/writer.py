@@ -67,13 +67,6 @@ def read_marker(fs: Any, root: str, shard: int, start: int, stop: int) -> dict[s
     return marker if isinstance(marker.get("checksums"), dict) else None
 
 
-def shard_checksums(
-    group: zarr.Group, names: Sequence[str], start: int, stop: int
-) -> dict[str, str]:
-    """sha256 of each array's decoded stored bytes in `[start, stop)`."""
-    return {name: fmt.sha256_array(group[name][start:stop]) for name in names}
-
-
 class StoreWriter:
     """Writes a latent store shard by shard (see the module docstring for the protocol)."""
 
@@ -253,9 +246,12 @@ class StoreWriter:
             arrays[fmt.MOMENTS_FLIP] = moments_flip
         elif moments_flip is not None:
             raise ValueError(f"shard {shard}: this store has no flips; pass moments_flip=None")
-        for name, values in arrays.items():
-            self.group[name][start:stop] = self._to_stored(name, values, ok, start, n)
-        self.group[fmt.LABELS][start:stop] = labels
+        stored = {
+            name: self._to_stored(name, values, ok, start, n) for name, values in arrays.items()
+        }
+        stored[fmt.LABELS] = labels
+        for name, values in stored.items():
+            self.group[name][start:stop] = values
         part = idx.table_to_bytes(table)
         self.fs.makedirs(f"{self.root}/{fmt.INDEX_PARTS_DIR}", exist_ok=True)
         self.fs.pipe_file(fmt.index_part_path(self.root, shard), part)
@@ -265,7 +261,9 @@ class StoreWriter:
             "stop": stop,
             "n_ok": int(ok.sum()),
             "n_skipped": int(n - ok.sum()),
-            "checksums": shard_checksums(self.group, fmt.array_names(self.manifest), start, stop),
+            # Hash of what was handed to zarr (lossless codecs: = the decoded stored bytes, which
+            # is what verify re-reads and compares).
+            "checksums": {name: fmt.sha256_array(values) for name, values in stored.items()},
             "index_part_sha256": idx.sha256_bytes(part),
             "rank": self.rank,
             "written_at": time.time(),
@@ -276,24 +274,26 @@ class StoreWriter:
     def _to_stored(
         self, name: str, values: np.ndarray, ok: np.ndarray, start: int, n: int
     ) -> np.ndarray:
-        x = np.array(values, dtype=np.float32)  # a copy: zeroing skipped rows must not touch input
+        """float32 (n, 2, C, h, w) -> the stored dtype, skipped rows zeroed, bad samples refused."""
+        x = np.asarray(values, dtype=np.float32)
         expected = (n, 2, *self.manifest["latent_shape"])
         if x.shape != expected:
             raise ValueError(
                 f"{name} for positions {start}..{start + n}: shape {x.shape}, expected {expected}"
             )
-        x[~ok] = 0.0
-        stored = fmt.to_storage(x, self.manifest["dtype"])
-        back = fmt.from_storage(stored, self.manifest["dtype"])
-        bad = ~np.isfinite(back).reshape(n, -1).all(axis=1) | (back[:, 1] < 0).reshape(n, -1).any(
-            axis=1
-        )
+        if not ok.all():
+            x = x.copy()  # zeroing skipped rows must not touch the caller's array
+            x[~ok] = 0.0
+        dtype = self.manifest["dtype"]
+        stored = fmt.to_storage(x, dtype)
+        bad = ~fmt.finite_rows(stored, dtype) | (x[:, 1] < 0).reshape(n, -1).any(axis=1)
         if bad.any():
             where = (start + np.flatnonzero(bad)[:5]).tolist()
+            biggest = np.abs(x[np.isfinite(x)]).max(initial=0)
             raise StoreError(
                 f"{name}: non-finite values or negative std at positions {where} after conversion "
-                f"to {self.manifest['dtype']} (max |x| = {np.abs(x[np.isfinite(x)]).max(initial=0):.3g}); "
-                "check the autoencoder output, or use --dtype float32/bfloat16 if fp16 overflows"
+                f"to {dtype} (max |x| = {biggest:.3g}); check the autoencoder output, or use "
+                "--dtype float32/bfloat16 if fp16 overflows"
             )
         return stored
 

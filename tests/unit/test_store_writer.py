@@ -166,3 +166,21 @@ def test_memory_url_round_trip():
         store.read([29, 1])[1], ref["moments"][[29, 1], 1].astype(np.float16)
     )
     assert len(store.index) == 30
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [((5, 0, 1, 2, 3), np.nan), ((5, 0, 0, 0, 0), -np.inf), ((5, 1, 3, 3, 3), -0.1)],
+)
+def test_nonfinite_or_negative_std_is_refused_in_every_dtype(tmp_path, dtype, where, value):
+    m = synthetic_moments(40, (4, 4, 4))
+    m[where] = value
+    with StoreWriter.create_or_resume(str(tmp_path / "s.zarr"), _manifest(dtype=dtype)) as w:
+        with pytest.raises(StoreError, match=r"positions \[5\]"):
+            _write(w, [0], m)
+        # The same sample marked skipped is stored as zeros and accepted.
+        rows = [{"key": f"k{p}", "status": "skipped" if p == 5 else "ok"} for p in range(16)]
+        w.write_shard(0, m[:16], None, np.arange(16) % 3, rows)
+        assert w.pending_shards() == [1, 2]
+        assert (w.group["moments"][5] == 0).all()
