@@ -151,7 +151,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "bf16-pure"),
+        default="fp32",
+        help="bf16: bf16 weights under autocast (group norms then run in fp32); "
+        "bf16-pure: bf16 weights, no autocast (the whole decoder in bf16)",
+    )
     p.add_argument("--ae", choices=("sd", "tiny", "both"), default="both")
     p.add_argument("--latent", type=int, nargs="+", default=[16, 32])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8, 16])
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     vaes: dict[str, torch.nn.Module] = {}
     rows = []
     for ae, latent, batch, depth, ckpt in cases(args):

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lplkit.decoder_features import DecoderTaps, FeatureStats, LayerInfo
 from lplkit.errors import ConfigError
@@ -158,40 +159,59 @@ class LatentPerceptualLoss(nn.Module):
             *(getattr(self, f"stats_{f}_{i}").to(device, dtype) for f in _STAT_FIELDS)
         )
 
+    def _inlier_mask(self, i: int, y: Tensor) -> Tensor | None:
+        """Bool inlier mask of layer i's target features (None when the layer has none)."""
+        if i not in self.outlier_sizes:
+            return None
+        cfg = self.config
+        dilate, erode = self.outlier_sizes[i]
+        dt = torch.promote_types(y.dtype, torch.float32)
+        stats = self._stats(i, y.device, dt) if cfg.outlier_source == "dataset" else None
+        mask = inlier_mask(
+            y.to(dt),
+            quantile=cfg.outlier_quantile,
+            std_mult=cfg.outlier_std_mult,
+            dilate=dilate,
+            erode=erode,
+            stats=stats,
+        )
+        return mask.bool()
+
+    def _layer_term(self, i: int, x: Tensor, y: Tensor, inliers: Tensor | None) -> Tensor:
+        """d_l of one layer, (n,): fp32 cast, mask, normalization, masked distance."""
+        cfg = self.config
+        dt = torch.promote_types(x.dtype, torch.float32)
+        x, y = x.to(dt), y.to(dt)
+        mask = None if inliers is None else inliers.to(dt)
+        xn, yn = normalize_pair(
+            x,
+            y,
+            mask,
+            cfg.norm,
+            eps=cfg.eps,
+            standardize_stats=cfg.standardize_stats,
+            stats=self._stats(i, x.device, dt),
+        )
+        return layer_distance(xn, yn, mask, cfg.distance)
+
     def layer_terms(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
         """Unweighted per-layer distances d_l, shape (n, L), on already-selected rows."""
-        cfg = self.config
         with torch.no_grad():
             target_feats = self.taps(target_z0.detach())
         pred_feats = self.taps(pred_z0)
+        # With checkpointing the fp32 loss math is recomputed in backward too: its full-size
+        # intermediates (casts, centred/normalized maps, differences) are never stored.
+        ckpt = self.config.grad_checkpointing and torch.is_grad_enabled() and pred_z0.requires_grad
         cols = []
         # Norms, quantiles and masks in fp32 (fp64 stays fp64), never under autocast.
         with torch.autocast(device_type=pred_z0.device.type, enabled=False):
             for i, (x, y) in enumerate(zip(pred_feats, target_feats, strict=True)):
-                dt = torch.promote_types(x.dtype, torch.float32)
-                x, y = x.to(dt), y.to(dt)
-                stats = self._stats(i, x.device, dt)
-                mask = None
-                if i in self.outlier_sizes:
-                    dilate, erode = self.outlier_sizes[i]
-                    mask = inlier_mask(
-                        y,
-                        quantile=cfg.outlier_quantile,
-                        std_mult=cfg.outlier_std_mult,
-                        dilate=dilate,
-                        erode=erode,
-                        stats=stats if cfg.outlier_source == "dataset" else None,
-                    )
-                xn, yn = normalize_pair(
-                    x,
-                    y,
-                    mask,
-                    cfg.norm,
-                    eps=cfg.eps,
-                    standardize_stats=cfg.standardize_stats,
-                    stats=stats,
-                )
-                cols.append(layer_distance(xn, yn, mask, cfg.distance))
+                inliers = self._inlier_mask(i, y)
+                if ckpt:
+                    col = checkpoint(self._layer_term, i, x, y, inliers, use_reentrant=False)
+                else:
+                    col = self._layer_term(i, x, y, inliers)
+                cols.append(col)
         return torch.stack(cols, dim=1)
 
     def forward_gathered(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:

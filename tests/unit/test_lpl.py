@@ -138,6 +138,18 @@ def test_layer_weight_options_by_hand(vae):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
+def test_checkpointing_changes_neither_value_nor_gradient(vae):
+    pred, target = latents(size=16)
+    results = []
+    for ckpt in (False, True):
+        p = pred.clone().requires_grad_()
+        out = LatentPerceptualLoss(vae, grad_checkpointing=ckpt)(p, target)
+        out.sum().backward()
+        results.append((out.detach(), p.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
 def test_outlier_layer_selection_forms(vae):
     assert LatentPerceptualLoss(vae).outlier_sizes == {2: (1, 3), 3: (3, 5)}  # reference rule
     assert LatentPerceptualLoss(vae, outliers=False).outlier_sizes == {}
