@@ -8,7 +8,7 @@
 
 ratio = full / alone; the goal is >= 0.90 (the autoencoder never waits on decoding or writing).
 Both run `--repeats` times, interleaved, in the same process (CUDA/cuDNN warm for both); the best
-run of each counts. `--ae sd` is a random-init AutoencoderKL with SD-VAE's architecture
+run of each counts (`ratio_loop`), and each adjacent (alone, full) pair's ratio is printed too. `--ae sd` is a random-init AutoencoderKL with SD-VAE's architecture
 (block_out_channels 128/256/512/512, layers_per_block 2, 4 latent channels, f = 8).
 
     .venv/bin/python benchmarks/encode_overhead.py --ae tiny --res 64 --n 256 --device cpu
@@ -139,6 +139,7 @@ def main() -> None:
             "full_loop_img_s": [round(v, 1) for v in full],
             "full_incl_startup_img_s": [round(v, 1) for v in full_total],
             "ratio_loop": round(max(full) / max(alone), 3),
+            "ratio_loop_pairs": [round(f / a, 3) for f, a in zip(full, alone, strict=True)],
             "ratio_incl_startup": round(max(full_total) / max(alone), 3),
         }  # fmt: skip
     finally:

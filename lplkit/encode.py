@@ -109,7 +109,9 @@ class EncodeSummary:
     device: str = "cpu"
     elapsed_s: float = 0.0  # the whole call (loading included)
     encode_s: float = 0.0  # the shard loop only
-    images_per_s: float = 0.0  # (encoded + skipped) / encode_s
+    input_wait_s: float = 0.0  # rank 0's loop time waiting for decoded batches (-> more --workers)
+    write_wait_s: float = 0.0  # rank 0's loop time waiting for shard writes to finish
+    images_per_s: float = 0.0  # (encoded + skipped) / encode_s, all ranks together
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +197,9 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             totals = ctx.sum_ints([summary.encoded, summary.skipped, summary.shards_written])
             summary.encoded, summary.skipped, summary.shards_written = totals
             summary.skip_reasons = dict(sum(ctx.gather(Counter(summary.skip_reasons)), Counter()))
+            summary.encode_s = max(ctx.gather(summary.encode_s))  # the slowest rank's loop
+            processed = summary.encoded + summary.skipped
+            summary.images_per_s = processed / summary.encode_s if summary.encode_s > 0 else 0.0
             summary.shards_already_done = (
                 writer.n_shards - len(writer.all_pending_shards()) - (summary.shards_written)
             )
@@ -260,7 +265,8 @@ def _encode_shards(
     t_loop = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-shard-writer") as pool:
         writes: deque[Future] = deque()
-        for samples, moments, moments_flip in _encoded_batches(loader, vae, cfg, device, latent):
+        batches = _encoded_batches(loader, vae, cfg, device, latent, summary)
+        for samples, moments, moments_flip in batches:
             for j, s in enumerate(samples):
                 if not s.ok:
                     if cfg.strict:
@@ -284,18 +290,23 @@ def _encode_shards(
                     writes.append(pool.submit(_write, writer, buf))
                     summary.shards_written += 1
                     while len(writes) > 1:  # bound memory: at most one shard queued behind
-                        writes.popleft().result()
+                        _wait(writes.popleft(), summary)
             done += len(samples)
             if progress is not None:
                 progress(done, total)
         while writes:
-            writes.popleft().result()
+            _wait(writes.popleft(), summary)
     summary.encode_s = time.perf_counter() - t_loop
     summary.skip_reasons = dict(reasons)
-    summary.images_per_s = done / summary.encode_s if summary.encode_s > 0 else 0.0
     if buffers:
         raise StoreError(f"internal: shards {sorted(buffers)} were not filled")
     return summary
+
+
+def _wait(write: Future, summary: EncodeSummary) -> None:
+    t = time.perf_counter()
+    write.result()
+    summary.write_wait_s += time.perf_counter() - t
 
 
 def _write(writer: StoreWriter, buf: _ShardBuffer) -> None:
@@ -309,13 +320,18 @@ class _Moments:
 
 
 def _encoded_batches(
-    loader: DataLoader, vae: Any, cfg: EncodeConfig, device: torch.device, latent: tuple[int, ...]
+    loader: DataLoader,
+    vae: Any,
+    cfg: EncodeConfig,
+    device: torch.device,
+    latent: tuple[int, ...],
+    summary: EncodeSummary,
 ) -> Iterator[tuple[list[PreparedSample], _Moments | None, np.ndarray | None]]:
     """Encode batches one step ahead of their consumer: batch k+1 is queued on the device before
     batch k's results are copied back, so a GPU never idles on the host-side bookkeeping."""
     pending: deque[tuple[list[PreparedSample], Any]] = deque()
     amp = _AUTOCAST[cfg.autocast]
-    for samples, x in loader:
+    for samples, x in _timed(loader, summary):
         launched = None
         if x is not None:
             x = x.to(device, non_blocking=True)
@@ -339,6 +355,19 @@ def _encoded_batches(
             yield _unpack(*pending.popleft(), cfg.flip)
     while pending:
         yield _unpack(*pending.popleft(), cfg.flip)
+
+
+def _timed(loader: DataLoader, summary: EncodeSummary) -> Iterator[Any]:
+    """Iterate `loader`, adding the time spent waiting for each batch to `summary.input_wait_s`."""
+    it = iter(loader)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        summary.input_wait_s += time.perf_counter() - t
+        yield item
 
 
 def _unpack(

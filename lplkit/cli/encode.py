@@ -157,9 +157,19 @@ def _print_summary(summary) -> None:
         f"{s.shards_written} / {s.shards_already_done} / {s.shards_total}",
     )
     table.add_row("throughput", f"{s.images_per_s:.1f} img/s on {s.device} x{s.world_size}")
+    if s.encode_s > 0:
+        table.add_row(
+            "waiting for input / for writes",
+            f"{s.input_wait_s / s.encode_s:.0%} / {s.write_wait_s / s.encode_s:.0%}",
+        )
     table.add_row("elapsed", f"{s.elapsed_s:.1f} s")
     table.add_row("store complete", "yes" if s.completed else "no")
     output.console.print(table)
+    if s.encode_s > 1 and s.input_wait_s > 0.2 * s.encode_s:
+        output.console.print(
+            "[yellow]the autoencoder waited for decoded images "
+            f"{s.input_wait_s / s.encode_s:.0%} of the time: raise --workers[/yellow]"
+        )
     if s.skipped:
         output.console.print(
             f"[yellow]{s.skipped} bad image(s) skipped; their rows have status 'skipped' and a "
