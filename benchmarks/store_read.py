@@ -21,6 +21,7 @@ import json
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,8 @@ def codec_table(root: Path, moments: np.ndarray, repeats: int) -> list[dict]:
         ("blosc-zstd", 64),
     ]:
         url = str(root / f"c-{codec}-{chunk}.zarr")
-        write = timed(lambda: write_synthetic_store(url, count=n, latent_shape=SHAPE, moments=moments,
-                                                    shard_size=1024, chunk_size=chunk, codec=codec))  # fmt: skip
+        write = timed(partial(write_synthetic_store, url, count=n, latent_shape=SHAPE, moments=moments,
+                              shard_size=1024, chunk_size=chunk, codec=codec))  # fmt: skip
         stored = sum(f.stat().st_size for f in (Path(url) / "moments").rglob("*") if f.is_file())
         bpc = LatentStore.open(url).bytes_per_chunk
         # Windows of ~1 MiB x 16: the streaming path, where the chunk size matters.

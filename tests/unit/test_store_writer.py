@@ -184,3 +184,72 @@ def test_nonfinite_or_negative_std_is_refused_in_every_dtype(tmp_path, dtype, wh
         w.write_shard(0, m[:16], None, np.arange(16) % 3, rows)
         assert w.pending_shards() == [1, 2]
         assert (w.group["moments"][5] == 0).all()
+
+
+_WORKER = """
+import sys, time, numpy as np
+from lplkit.store import StoreWriter
+from lplkit.store.synthetic import synthetic_moments
+from tests.unit.test_store_writer import _manifest
+url, rank, world, delay = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+m = synthetic_moments(40, (4, 4, 4))
+w = StoreWriter.create_or_resume(url, _manifest(), rank=rank, world_size=world, wait_timeout=60)
+for s in w.pending_shards():
+    lo, hi = w.shard_range(s)
+    w.write_shard(s, m[lo:hi], None, np.arange(lo, hi) % 3, [{"key": f"k{p}"} for p in range(lo, hi)])
+    time.sleep(delay)
+w.close()
+"""
+
+
+def _spawn(url, rank, world, delay=0.0):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.Popen(
+        [sys.executable, "-c", _WORKER, url, str(rank), str(world), str(delay)], cwd=root
+    )
+
+
+def test_two_writer_processes_then_kill9_and_resume(tmp_path):
+    """Real processes: rank 1 waits for rank 0's store, both write disjoint shards concurrently.
+    Then a writer killed with SIGKILL mid-run leaves a stale lock; the re-run recovers and the
+    result equals an uninterrupted store."""
+    import signal
+    import time
+
+    m = synthetic_moments(40, (4, 4, 4))
+    ref = str(tmp_path / "ref.zarr")
+    with StoreWriter.create_or_resume(ref, _manifest()) as w:
+        _write(w, range(w.n_shards), m)
+        w.finalize()
+
+    url = str(tmp_path / "two.zarr")
+    procs = [_spawn(url, 1, 2), _spawn(url, 0, 2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with StoreWriter.create_or_resume(url, _manifest()) as w:
+        assert w.all_pending_shards() == []
+        w.finalize()
+
+    killed = str(tmp_path / "killed.zarr")
+    proc = _spawn(killed, 0, 1, delay=30.0)  # writes shard 0, then sleeps
+    marker = tmp_path / "killed.zarr" / "progress" / "shard-00000.json"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    with pytest.warns(RuntimeWarning, match="stale store lock"):
+        w = StoreWriter.create_or_resume(killed, _manifest())
+    with w:
+        assert w.pending_shards() == [1, 2]
+        _write(w, w.pending_shards(), m)
+        w.finalize()
+
+    for other in (url, killed):
+        a, b = zarr.open_group(ref, mode="r"), zarr.open_group(other, mode="r")
+        for name in ("moments", "labels"):
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+        assert pq.read_table(f"{ref}/index.parquet").equals(pq.read_table(f"{other}/index.parquet"))
