@@ -121,8 +121,18 @@ def codec_table(root: Path, moments: np.ndarray, repeats: int) -> list[dict]:
         ("blosc-zstd", 64),
     ]:
         url = str(root / f"c-{codec}-{chunk}.zarr")
-        write = timed(partial(write_synthetic_store, url, count=n, latent_shape=SHAPE, moments=moments,
-                              shard_size=1024, chunk_size=chunk, codec=codec))  # fmt: skip
+        write = timed(
+            partial(
+                write_synthetic_store,
+                url,
+                count=n,
+                latent_shape=SHAPE,
+                moments=moments,
+                shard_size=1024,
+                chunk_size=chunk,
+                codec=codec,
+            )
+        )
         stored = sum(f.stat().st_size for f in (Path(url) / "moments").rglob("*") if f.is_file())
         bpc = LatentStore.open(url).bytes_per_chunk
         # Windows of ~1 MiB x 16: the streaming path, where the chunk size matters.
@@ -130,8 +140,16 @@ def codec_table(root: Path, moments: np.ndarray, repeats: int) -> list[dict]:
             timed(store_run(url, 3 * 16 * max(bpc, 1 << 20), False)[0])[0] for _ in range(repeats)
         )
         nread = LatentStore.open(url).num_batches(BATCH) * BATCH
-        rows.append({"codec": codec, "chunk": chunk, "bytes_per_sample": stored / n, "ratio": raw / stored,
-                     "write_samples_per_s": n / write[0], "windowed_read_samples_per_s": nread / best})  # fmt: skip
+        rows.append(
+            {
+                "codec": codec,
+                "chunk": chunk,
+                "bytes_per_sample": stored / n,
+                "ratio": raw / stored,
+                "write_samples_per_s": n / write[0],
+                "windowed_read_samples_per_s": nread / best,
+            }
+        )
     return rows
 
 
@@ -150,8 +168,16 @@ def main() -> None:
     try:
         moments = latent_like(args.count)
         url = str(root / "store.zarr")
-        write_s = timed(lambda: write_synthetic_store(url, count=args.count, latent_shape=SHAPE, moments=moments,
-                                                      shard_size=1024, chunk_size=64))[0]  # fmt: skip
+        write_s = timed(
+            lambda: write_synthetic_store(
+                url,
+                count=args.count,
+                latent_shape=SHAPE,
+                moments=moments,
+                shard_size=1024,
+                chunk_size=64,
+            )
+        )[0]
         x16 = moments.astype(np.float16)
         np.save(root / "moments.npy", x16)
         (root / "files").mkdir()
@@ -205,8 +231,10 @@ def main() -> None:
     print(f"  writer: {r['write_samples_per_s']:.0f} samples/s")
     print("  codec       chunk  bytes/sample  ratio  write/s  windowed read/s")
     for c in r["codecs"]:
-        print(f"  {c['codec']:10s} {c['chunk']:5d} {c['bytes_per_sample']:12.0f} {c['ratio']:6.3f} "
-              f"{c['write_samples_per_s']:8.0f} {c['windowed_read_samples_per_s']:10.0f}")  # fmt: skip
+        print(
+            f"  {c['codec']:10s} {c['chunk']:5d} {c['bytes_per_sample']:12.0f} {c['ratio']:6.3f} "
+            f"{c['write_samples_per_s']:8.0f} {c['windowed_read_samples_per_s']:10.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,14 @@ def _print(info: dict) -> None:
         sizes.add_column(col, justify="left" if col == "array" else "right")
     for name, a in info["arrays"].items():
         ratio = a["compression_ratio"]
-        sizes.add_row(name, "x".join(map(str, a["shape"])), a["dtype"], _size(a["logical_bytes"]),
-                      _size(a["stored_bytes"]), f"{ratio:.3f}" if ratio else "-")  # fmt: skip
+        sizes.add_row(
+            name,
+            "x".join(map(str, a["shape"])),
+            a["dtype"],
+            _size(a["logical_bytes"]),
+            _size(a["stored_bytes"]),
+            f"{ratio:.3f}" if ratio else "-",
+        )
     b = info["bytes"]
     sizes.caption = (
         f"index.parquet {_size(b['index'])}; {b['per_ok_sample']} stored bytes per ok sample"

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 INDEX_SCHEMA = pa.schema(
@@ -52,6 +53,13 @@ def rows_to_table(rows: Sequence[dict[str, Any]], start: int, labels: np.ndarray
         cols["status"].append(status)
         cols["reason"].append(row.get("reason"))
     return pa.table(cols, schema=INDEX_SCHEMA)
+
+
+def ok_mask(table: pa.Table) -> np.ndarray:
+    """Boolean numpy mask of the rows whose status is "ok"."""
+    if len(table) == 0:
+        return np.zeros(0, dtype=bool)
+    return pc.equal(table.column("status"), "ok").to_numpy()
 
 
 def table_to_bytes(table: pa.Table) -> bytes:

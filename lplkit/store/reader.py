@@ -71,8 +71,14 @@ def _as_tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
 class LatentStore:
     """A finalized latent store opened for reading (`LatentStore.open(url)`)."""
 
-    def __init__(self, url: str, group: zarr.Group, manifest: dict[str, Any], index: pa.Table,
-                 memory_budget: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        group: zarr.Group,
+        manifest: dict[str, Any],
+        index: pa.Table,
+        memory_budget: int,
+    ) -> None:
         self.url = url
         self.group = group
         self.manifest = manifest
@@ -84,15 +90,15 @@ class LatentStore:
         self._count = int(manifest["source"]["count"])
         self._arrays = {n: group[n] for n in fmt.array_names(manifest) if n != fmt.LABELS}
         self.labels: np.ndarray = np.asarray(group[fmt.LABELS][:], dtype=np.int32)
-        status = np.asarray(index.column("status").to_pylist()) if len(index) else np.array([])
         pos = index.column("position").to_numpy() if len(index) else np.array([], np.int64)
-        self.ok_positions: np.ndarray = np.sort(pos[status == "ok"]).astype(np.int64)
+        self.ok_positions: np.ndarray = np.sort(pos[idx.ok_mask(index)]).astype(np.int64)
         self._ram: _Block | None = None
         self._scratch: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def open(cls, url: str, *, memory_budget: int = DEFAULT_MEMORY_BUDGET, allow_incomplete: bool = False
-             ) -> LatentStore:  # fmt: skip
+    def open(
+        cls, url: str, *, memory_budget: int = DEFAULT_MEMORY_BUDGET, allow_incomplete: bool = False
+    ) -> LatentStore:
         """Open a store. An unfinished store (encode still running or crashed) is refused unless
         `allow_incomplete`, in which case only shards with a completion marker count as data."""
         url = str(url)
@@ -225,9 +231,12 @@ class LatentStore:
         return rank, world_size
 
     def num_batches(
-        self, batch_size: int, rank: int | None = None, world_size: int | None = None,
+        self,
+        batch_size: int,
+        rank: int | None = None,
+        world_size: int | None = None,
         drop_last: bool = True,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Batches per epoch for one rank (equal on every rank)."""
         _, world_size = self._split(rank, world_size)
         return shf.num_batches(len(self.ok_positions), batch_size, world_size, drop_last)
@@ -241,8 +250,14 @@ class LatentStore:
 
     def epoch_order(self, seed: int, epoch: int = 0, shuffle: bool = True) -> shf.EpochOrder:
         """The order `batches` visits the ok samples in (see `lplkit.store.shuffle`)."""
-        return shf.epoch_order(self.ok_positions, self.chunk_size, seed=seed, epoch=epoch,
-                               shuffle=shuffle, window=self.window_chunks())  # fmt: skip
+        return shf.epoch_order(
+            self.ok_positions,
+            self.chunk_size,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+            window=self.window_chunks(),
+        )
 
     def batches(
         self,
@@ -274,13 +289,22 @@ class LatentStore:
                 span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
                 yield self._make_batch([ram], plan.order[span], seed, epoch, j, rank)
             return
-        yield from self._stream(plan, batch_size, seed, epoch, start_batch, total, rank, world_size,
-                                drop_last)  # fmt: skip
+        yield from self._stream(
+            plan, batch_size, seed, epoch, start_batch, total, rank, world_size, drop_last
+        )
 
     def _stream(
-        self, plan: shf.EpochOrder, batch_size: int, seed: int, epoch: int, start_batch: int,
-        total: int, rank: int, world_size: int, drop_last: bool,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        self,
+        plan: shf.EpochOrder,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int,
+        total: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches from windows read one ahead in a background thread."""
         n = len(plan.order)
         n_windows = len(plan.window_chunks)

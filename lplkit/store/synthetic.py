@@ -79,10 +79,13 @@ def write_synthetic_store(
         for s in writer.pending_shards():
             lo, hi = writer.shard_range(s)
             rows = [
-                {"key": f"img_{p:06d}", "status": "skipped" if p in skip else "ok",
-                 "reason": "synthetic skip" if p in skip else None}
+                {
+                    "key": f"img_{p:06d}",
+                    "status": "skipped" if p in skip else "ok",
+                    "reason": "synthetic skip" if p in skip else None,
+                }
                 for p in range(lo, hi)
-            ]  # fmt: skip
+            ]
             writer.write_shard(
                 s, moments[lo:hi], None if flip is None else flip[lo:hi], labels[lo:hi], rows
             )

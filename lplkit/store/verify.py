@@ -121,8 +121,13 @@ def verify_store(
         start, stop = fmt.shard_range(s, count, size)
         marker = read_marker(fs, root, s, start, stop)
         if marker is None:
-            report.add("missing_shard", f"shard {s} (positions {start}..{stop - 1}) has no completion "
-                       "marker: missing or partially written", shard=s, fix=f"{RERUN} to encode it")  # fmt: skip
+            report.add(
+                "missing_shard",
+                f"shard {s} (positions {start}..{stop - 1}) has no completion "
+                "marker: missing or partially written",
+                shard=s,
+                fix=f"{RERUN} to encode it",
+            )
         else:
             report.complete_shards += 1
             n_ok_markers += int(marker.get("n_ok", 0))
@@ -146,28 +151,48 @@ def _check_arrays(
             report.add("array", f"array {name!r} is missing", fix="re-encode into a new --out")
             continue
         if tuple(arr.shape) != expected:
-            report.add("count", f"array {name!r} has shape {tuple(arr.shape)}, manifest says {expected}",
-                       fix="re-encode into a new --out")  # fmt: skip
+            report.add(
+                "count",
+                f"array {name!r} has shape {tuple(arr.shape)}, manifest says {expected}",
+                fix="re-encode into a new --out",
+            )
             continue
         arrays[name] = arr
     return arrays if len(arrays) == len(names) else None
 
 
 def _check_shard(
-    report: VerifyReport, arrays: dict[str, zarr.Array], manifest: dict[str, Any], fs: Any, root: str,
-    s: int, start: int, stop: int, marker: dict[str, Any], checksums: bool,
-) -> None:  # fmt: skip
+    report: VerifyReport,
+    arrays: dict[str, zarr.Array],
+    manifest: dict[str, Any],
+    fs: Any,
+    root: str,
+    s: int,
+    start: int,
+    stop: int,
+    marker: dict[str, Any],
+    checksums: bool,
+) -> None:
     fix = _bad_shard_fix(report.url, s)
     for name, arr in arrays.items():
         try:
             data = arr[start:stop]
         except Exception as exc:  # any decode failure means a damaged shard file
-            report.add("unreadable", f"shard {s}: array {name!r} cannot be read ({type(exc).__name__}: {exc})",
-                       shard=s, fix=fix)  # fmt: skip
+            report.add(
+                "unreadable",
+                f"shard {s}: array {name!r} cannot be read ({type(exc).__name__}: {exc})",
+                shard=s,
+                fix=fix,
+            )
             continue
         if checksums and fmt.sha256_array(data) != marker["checksums"].get(name):
-            report.add("checksum", f"shard {s}: {name!r} does not match its recorded sha256 (data "
-                       "changed after it was written)", shard=s, fix=fix)  # fmt: skip
+            report.add(
+                "checksum",
+                f"shard {s}: {name!r} does not match its recorded sha256 (data "
+                "changed after it was written)",
+                shard=s,
+                fix=fix,
+            )
         if name == fmt.LABELS:
             continue
         values = fmt.from_storage(data, manifest["dtype"])
@@ -241,19 +266,27 @@ def _check_index(
             "count", f"{fmt.INDEX_FILE} has {len(table)} rows for {count} positions", fix=rebuild
         )
         return
-    n_ok = int((np.asarray(table.column("status").to_pylist()) == "ok").sum())
+    n_ok = int(idx.ok_mask(table).sum())
     counts = manifest["counts"]
     if not (n_ok == n_ok_markers == counts["ok"]) or counts["total"] != count:
-        report.add("count", f"ok samples disagree: index {n_ok}, shard markers {n_ok_markers}, "
-                   f"manifest {counts['ok']} (total {counts['total']} vs {count})", fix=rebuild)  # fmt: skip
+        report.add(
+            "count",
+            f"ok samples disagree: index {n_ok}, shard markers {n_ok_markers}, "
+            f"manifest {counts['ok']} (total {counts['total']} vs {count})",
+            fix=rebuild,
+        )
     try:
         labels = group[fmt.LABELS][:]
     except Exception:  # already reported per shard
         return
     diff = np.flatnonzero(labels != table.column("label").to_numpy())
     for s in sorted({int(p) // manifest["shard_size"] for p in diff}):
-        report.add("labels", f"shard {s}: labels array differs from {fmt.INDEX_FILE}", shard=s,
-                   fix=_bad_shard_fix(url, s))  # fmt: skip
+        report.add(
+            "labels",
+            f"shard {s}: labels array differs from {fmt.INDEX_FILE}",
+            shard=s,
+            fix=_bad_shard_fix(url, s),
+        )
 
 
 def repair_store(url: str, report: VerifyReport) -> list[int]:

@@ -151,14 +151,26 @@ class StoreWriter:
         for name in fmt.array_names(manifest):
             if name == fmt.LABELS:
                 group.create_array(
-                    name, shape=(count,), dtype="int32", chunks=(chunk,), shards=(shard,),
-                    fill_value=-1, compressors=comp, overwrite=True,
-                )  # fmt: skip
+                    name,
+                    shape=(count,),
+                    dtype="int32",
+                    chunks=(chunk,),
+                    shards=(shard,),
+                    fill_value=-1,
+                    compressors=comp,
+                    overwrite=True,
+                )
             else:
                 group.create_array(
-                    name, shape=(count, 2, *latent), dtype=sdtype, chunks=(chunk, 2, *latent),
-                    shards=(shard, 2, *latent), fill_value=0, compressors=comp, overwrite=True,
-                )  # fmt: skip
+                    name,
+                    shape=(count, 2, *latent),
+                    dtype=sdtype,
+                    chunks=(chunk, 2, *latent),
+                    shards=(shard, 2, *latent),
+                    fill_value=0,
+                    compressors=comp,
+                    overwrite=True,
+                )
         # The manifest goes last: its presence tells other ranks the arrays exist.
         group.attrs[fmt.MANIFEST_KEY] = manifest
         return group, manifest
@@ -238,7 +250,7 @@ class StoreWriter:
             raise ValueError(f"shard {shard}: labels shape {labels.shape}, expected ({n},)")
         labels = labels.astype(np.int32)
         table = idx.rows_to_table(rows, start, labels)
-        ok = np.asarray(table.column("status").to_pylist()) == "ok"
+        ok = idx.ok_mask(table)
         arrays = {fmt.MOMENTS: moments}
         if self.manifest["flips"]:
             if moments_flip is None:
@@ -323,7 +335,7 @@ class StoreWriter:
         from lplkit.store.sidecar import write_bytes_atomic
 
         write_bytes_atomic(self.fs, f"{self.root}/{fmt.INDEX_FILE}", idx.table_to_bytes(table))
-        n_ok = int(np.sum(np.asarray(table.column("status").to_pylist()) == "ok"))
+        n_ok = int(idx.ok_mask(table).sum())
         manifest = dict(self.manifest)
         manifest["counts"] = {"total": self.count, "ok": n_ok, "skipped": self.count - n_ok}
         manifest["completed"] = True

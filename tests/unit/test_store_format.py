@@ -58,9 +58,11 @@ def test_shard_ranges_cover_positions_once():
 
 def test_identity_differences_name_the_field():
     base = fmt.new_manifest(
-        autoencoder={"id": "a", "config_hash": "1"}, resolution=64, latent_shape=(4, 8, 8),
+        autoencoder={"id": "a", "config_hash": "1"},
+        resolution=64,
+        latent_shape=(4, 8, 8),
         source={"id": "s", "count": 10},
-    )  # fmt: skip
+    )
     other = json.loads(json.dumps(base))
     other["autoencoder"]["config_hash"] = "2"
     other["resolution"] = 128

@@ -18,8 +18,13 @@ from lplkit.store.verify import repair_store, verify_store
 
 
 def _manifest():
-    return new_manifest(autoencoder={"id": "ae"}, resolution=16, latent_shape=(4, 2, 2),
-                        source={"id": "s", "count": 8}, shard_size=4)  # fmt: skip
+    return new_manifest(
+        autoencoder={"id": "ae"},
+        resolution=16,
+        latent_shape=(4, 2, 2),
+        source={"id": "s", "count": 8},
+        shard_size=4,
+    )
 
 
 def _write_lock(path, **owner):

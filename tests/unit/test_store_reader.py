@@ -20,8 +20,15 @@ OK = [p for p in range(COUNT) if p not in SKIPPED]
 @pytest.fixture(scope="module")
 def store_url(tmp_path_factory):
     url = str(tmp_path_factory.mktemp("rd") / "s.zarr")
-    write_synthetic_store(url, count=COUNT, latent_shape=SHAPE, shard_size=16, chunk_size=CHUNK,
-                          skipped=SKIPPED, num_classes=COUNT)  # fmt: skip
+    write_synthetic_store(
+        url,
+        count=COUNT,
+        latent_shape=SHAPE,
+        shard_size=16,
+        chunk_size=CHUNK,
+        skipped=SKIPPED,
+        num_classes=COUNT,
+    )
     return url
 
 
@@ -147,8 +154,17 @@ def test_std_zero_gives_exact_means_and_flips_are_picked_per_sample(tmp_path, wi
     m[:, 1] = 0.0
     mf[:, 1] = 0.0
     url = str(tmp_path / "f.zarr")
-    write_synthetic_store(url, count=n, latent_shape=SHAPE, flips=True, moments=m, moments_flip=mf,
-                          shard_size=16, chunk_size=4, num_classes=n)  # fmt: skip
+    write_synthetic_store(
+        url,
+        count=n,
+        latent_shape=SHAPE,
+        flips=True,
+        moments=m,
+        moments_flip=mf,
+        shard_size=16,
+        chunk_size=4,
+        num_classes=n,
+    )
     mean16, flip16 = (
         m[:, 0].astype(np.float16).astype(np.float32),
         mf[:, 0].astype(np.float16).astype(np.float32),

@@ -20,8 +20,9 @@ COUNT, SHARD = 48, 16  # shards 0, 1, 2
 def pristine(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("v") / "s.zarr"
     # Position 40 is skipped: shard 2 holds an all-zero chunk that zarr does not store.
-    write_synthetic_store(path, count=COUNT, shard_size=SHARD, chunk_size=4, flips=True,
-                          skipped=range(40, 44))  # fmt: skip
+    write_synthetic_store(
+        path, count=COUNT, shard_size=SHARD, chunk_size=4, flips=True, skipped=range(40, 44)
+    )
     return path
 
 

@@ -19,9 +19,12 @@ from lplkit.store.synthetic import synthetic_moments, write_synthetic_store
 def _manifest(count=40, **kw):
     args = dict(
         autoencoder={"id": "ae", "class": "AutoencoderKL", "config_hash": "abc"},
-        resolution=32, latent_shape=(4, 4, 4), source={"id": "src", "split": "train", "count": count},
-        shard_size=16, chunk_size=4,
-    )  # fmt: skip
+        resolution=32,
+        latent_shape=(4, 4, 4),
+        source={"id": "src", "split": "train", "count": count},
+        shard_size=16,
+        chunk_size=4,
+    )
     args.update(kw)
     return new_manifest(**args)
 
@@ -30,8 +33,9 @@ def _write(writer, shards, moments, flip=None):
     for s in shards:
         lo, hi = writer.shard_range(s)
         rows = [{"key": f"k{p}", "status": "ok"} for p in range(lo, hi)]
-        writer.write_shard(s, moments[lo:hi], None if flip is None else flip[lo:hi],
-                           np.arange(lo, hi) % 3, rows)  # fmt: skip
+        writer.write_shard(
+            s, moments[lo:hi], None if flip is None else flip[lo:hi], np.arange(lo, hi) % 3, rows
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
@@ -144,8 +148,9 @@ def test_ranks_own_disjoint_shards_and_fill_the_store(tmp_path):
 
 def test_rank_waits_times_out_without_rank0(tmp_path):
     with pytest.raises(StoreError, match="rank 0 did not create"):
-        StoreWriter.create_or_resume(str(tmp_path / "s.zarr"), _manifest(), rank=1, world_size=2,
-                                     wait_timeout=0.3)  # fmt: skip
+        StoreWriter.create_or_resume(
+            str(tmp_path / "s.zarr"), _manifest(), rank=1, world_size=2, wait_timeout=0.3
+        )
 
 
 def test_fp16_overflow_is_refused(tmp_path):
