@@ -189,3 +189,20 @@ def test_cli_json_then_rerun_is_a_noop(image_folder, tiny_vae_dir, tmp_path, cap
     second = json.loads(capsys.readouterr().out)
     assert (second["encoded"], second["shards_written"], second["shards_already_done"]) == (0, 0, 3)
     assert second["completed"] is True
+
+
+def test_fsspec_url_store_equals_local(image_folder, tiny_vae_dir, tmp_path):
+    """A store URL goes through fsspec (memory:// here, s3:// in production) with the same bytes."""
+    import uuid
+
+    from lplkit.store import LatentStore
+
+    url = f"memory://lplkit-test-{uuid.uuid4().hex}/s.zarr"
+    encode_dataset(_cfg(image_folder, url, tiny_vae_dir))
+    encode_dataset(_cfg(image_folder, tmp_path / "s.zarr", tiny_vae_dir))
+    local = read_store(tmp_path / "s.zarr")
+    remote = LatentStore.open(url)
+    mean, std = remote.read(np.arange(12))
+    np.testing.assert_array_equal(mean, local["moments"][:, 0].astype(np.float32))
+    np.testing.assert_array_equal(std, local["moments"][:, 1].astype(np.float32))
+    assert remote.labels.tolist() == local["labels"].tolist()
