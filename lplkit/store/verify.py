@@ -268,6 +268,8 @@ def _check_index(
         return
     n_ok = int(idx.ok_mask(table).sum())
     counts = manifest["counts"]
+    if report.complete_shards < report.n_shards:
+        n_ok_markers = n_ok  # missing markers are already reported; don't report them twice
     if not (n_ok == n_ok_markers == counts["ok"]) or counts["total"] != count:
         report.add(
             "count",
