@@ -245,6 +245,9 @@ class StoreWriter:
         n = stop - start
         # Invalidate first: a crash from here until the new marker leaves the shard pending.
         remove_if_exists(self.fs, fmt.marker_path(self.root, shard))
+        if self.manifest.get("completed"):  # rewriting a finished store: readers must not trust it
+            self.manifest = dict(self.manifest, completed=False, counts=None)
+            self.group.attrs[fmt.MANIFEST_KEY] = self.manifest
         labels = np.asarray(labels)
         if labels.shape != (n,):
             raise ValueError(f"shard {shard}: labels shape {labels.shape}, expected ({n},)")

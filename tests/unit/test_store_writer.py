@@ -258,3 +258,18 @@ def test_two_writer_processes_then_kill9_and_resume(tmp_path):
         for name in ("moments", "labels"):
             np.testing.assert_array_equal(a[name][:], b[name][:])
         assert pq.read_table(f"{ref}/index.parquet").equals(pq.read_table(f"{other}/index.parquet"))
+
+
+def test_rewriting_a_shard_of_a_finished_store_unfinishes_it(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    write_synthetic_store(url, count=40, latent_shape=(4, 4, 4), shard_size=16, chunk_size=4)
+    m = synthetic_moments(40, (4, 4, 4), seed=7)
+    manifest = dict(zarr.open_group(url, mode="r").attrs["lplkit"])
+    with StoreWriter.create_or_resume(url, manifest) as w:
+        assert w.pending_shards() == []
+        _write(w, [1], m)
+        with pytest.raises(StoreError, match="not finished"):
+            LatentStore.open(url)
+        w.finalize()
+    mean, _ = LatentStore.open(url).read(range(16, 32))
+    np.testing.assert_array_equal(mean, m[16:32, 0].astype(np.float16))
