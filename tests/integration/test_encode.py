@@ -206,3 +206,14 @@ def test_fsspec_url_store_equals_local(image_folder, tiny_vae_dir, tmp_path):
     np.testing.assert_array_equal(mean, local["moments"][:, 0].astype(np.float32))
     np.testing.assert_array_equal(std, local["moments"][:, 1].astype(np.float32))
     assert remote.labels.tolist() == local["labels"].tolist()
+
+
+def test_missing_vae_and_bad_res_are_config_errors(image_folder, tiny_vae_dir, tmp_path):
+    from lplkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pass --vae"):
+        encode_dataset(EncodeConfig(dataset=str(image_folder), out=str(tmp_path / "a.zarr")))
+    with pytest.raises(ConfigError, match="not a multiple of the autoencoder's factor 4"):
+        encode_dataset(_cfg(image_folder, tmp_path / "b.zarr", tiny_vae_dir, res=30))
+    with pytest.raises(ConfigError, match="--dtype must be one of"):
+        encode_dataset(_cfg(image_folder, tmp_path / "c.zarr", tiny_vae_dir, dtype="int8"))
