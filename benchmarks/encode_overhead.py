@@ -6,6 +6,10 @@
 - alone: the same autoencoder (`load_autoencoder`), the same images already decoded and cropped into
   one tensor, the same batch size: host->device copy + `encode_moments` per batch, one sync at the end.
 
+The full run also reports the fraction of its loop spent waiting for decoded batches (first batch
+included) and for shard writes (the last shard's write is never overlapped): with a small `--n`
+these fixed costs dominate, so measure steady state with n >= 4096 on a GPU.
+
 ratio = full / alone; the goal is >= 0.90 (the autoencoder never waits on decoding or writing).
 Both run `--repeats` times, interleaved, in the same process (CUDA/cuDNN warm for both); the best
 run of each counts (`ratio_loop`), and each adjacent (alone, full) pair's ratio is printed too. `--ae sd` is a random-init AutoencoderKL with SD-VAE's architecture
@@ -117,7 +121,7 @@ def main() -> None:
         if device.type == "cuda":
             x_all = x_all.pin_memory()
         vae = load_autoencoder(str(vae_dir), device=device)
-        alone, full, full_total = [], [], []
+        alone, full, full_total, waits = [], [], [], []
         for r in range(args.repeats):
             alone.append(time_alone(vae, x_all, args.batch_size, device, _AMP[args.autocast]))
             cfg = EncodeConfig(
@@ -129,6 +133,7 @@ def main() -> None:
             assert s.encoded == args.n and s.completed, s
             full.append(args.n / s.encode_s)
             full_total.append(args.n / s.elapsed_s)
+            waits.append((s.input_wait_s / s.encode_s, s.write_wait_s / s.encode_s))
         result = {
             "ae": args.ae, "res": args.res, "n": args.n, "batch_size": args.batch_size,
             "workers": args.workers, "device": str(device), "autocast": args.autocast,
@@ -141,6 +146,8 @@ def main() -> None:
             "ratio_loop": round(max(full) / max(alone), 3),
             "ratio_loop_pairs": [round(f / a, 3) for f, a in zip(full, alone, strict=True)],
             "ratio_incl_startup": round(max(full_total) / max(alone), 3),
+            "full_input_wait_frac": [round(w[0], 3) for w in waits],
+            "full_write_wait_frac": [round(w[1], 3) for w in waits],
         }  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,7 +37,7 @@ from lplkit.autoencoder import (
 )
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
-from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip
+from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip, to_unit_range
 from lplkit.encode_ranks import DistContext, resolve_device
 from lplkit.errors import AutoencoderError, BadImageError, ConfigError, StoreError
 from lplkit.store import format as fmt
@@ -117,6 +117,12 @@ class EncodeSummary:
         return asdict(self)
 
 
+#: Positions per DataLoader item. An autoencoder batch is assembled from several items, so the first
+#: batch is ready after WORKER_CHUNK decodes per worker instead of batch_size, and the workers share
+#: the load evenly; the batches' composition (hence the numbers) does not depend on it.
+WORKER_CHUNK = 16
+
+
 def shard_batches(writer: StoreWriter, shards: list[int], batch_size: int) -> list[list[int]]:
     """Batches of positions, `batch_size` at a time from each shard's start; none crosses shards."""
     batches = []
@@ -126,6 +132,17 @@ def shard_batches(writer: StoreWriter, shards: list[int], batch_size: int) -> li
             list(range(b, min(b + batch_size, stop))) for b in range(start, stop, batch_size)
         )
     return batches
+
+
+def split_batches(batches: list[list[int]], chunk: int) -> tuple[list[list[int]], list[int]]:
+    """Cut each batch into loader items of at most `chunk` positions: (items, items per batch)."""
+    items: list[list[int]] = []
+    parts: list[int] = []
+    for b in batches:
+        pieces = [b[i : i + chunk] for i in range(0, len(b), chunk)]
+        items.extend(pieces)
+        parts.append(len(pieces))
+    return items, parts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,9 +269,10 @@ def _encode_shards(
         device=str(device),
     )
     reasons: Counter[str] = Counter()
+    items, parts = split_batches(batches, WORKER_CHUNK)
     loader = DataLoader(
         PreparedSource(source, cfg.res, min_side=cfg.min_side),
-        batch_sampler=batches,
+        batch_sampler=items,
         num_workers=cfg.workers,
         collate_fn=collate_prepared,
         pin_memory=device.type == "cuda",
@@ -265,8 +283,8 @@ def _encode_shards(
     t_loop = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-shard-writer") as pool:
         writes: deque[Future] = deque()
-        batches = _encoded_batches(loader, vae, cfg, device, latent, summary)
-        for samples, moments, moments_flip in batches:
+        encoded = _encoded_batches(_assembled(loader, parts, device, summary), vae, cfg, latent)
+        for samples, moments, moments_flip in encoded:
             for j, s in enumerate(samples):
                 if not s.ok:
                     if cfg.strict:
@@ -320,21 +338,19 @@ class _Moments:
 
 
 def _encoded_batches(
-    loader: DataLoader,
+    batches: Iterator[tuple[list[PreparedSample], torch.Tensor | None]],
     vae: Any,
     cfg: EncodeConfig,
-    device: torch.device,
     latent: tuple[int, ...],
-    summary: EncodeSummary,
 ) -> Iterator[tuple[list[PreparedSample], _Moments | None, np.ndarray | None]]:
     """Encode batches one step ahead of their consumer: batch k+1 is queued on the device before
     batch k's results are copied back, so a GPU never idles on the host-side bookkeeping."""
     pending: deque[tuple[list[PreparedSample], Any]] = deque()
     amp = _AUTOCAST[cfg.autocast]
-    for samples, x in _timed(loader, summary):
+    for samples, x in batches:
         launched = None
         if x is not None:
-            x = x.to(device, non_blocking=True)
+            device = x.device
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 if cfg.flip:
                     mean, std = encode_moments(vae, torch.cat([x, hflip(x)]))
@@ -357,17 +373,27 @@ def _encoded_batches(
         yield _unpack(*pending.popleft(), cfg.flip)
 
 
-def _timed(loader: DataLoader, summary: EncodeSummary) -> Iterator[Any]:
-    """Iterate `loader`, adding the time spent waiting for each batch to `summary.input_wait_s`."""
+def _assembled(
+    loader: DataLoader, parts: list[int], device: torch.device, summary: EncodeSummary
+) -> Iterator[tuple[list[PreparedSample], torch.Tensor | None]]:
+    """Autoencoder batches from `parts[k]` loader items each: rows in order, and the ok pixels on
+    `device` as float32 in [-1, 1] (moved as uint8, converted there). Time spent waiting for the
+    loader is added to `summary.input_wait_s`."""
     it = iter(loader)
-    while True:
-        t = time.perf_counter()
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        summary.input_wait_s += time.perf_counter() - t
-        yield item
+    for k in parts:
+        samples: list[PreparedSample] = []
+        xs: list[torch.Tensor] = []
+        for _ in range(k):
+            t = time.perf_counter()
+            item_samples, item_x = next(it)
+            summary.input_wait_s += time.perf_counter() - t
+            samples.extend(item_samples)
+            if item_x is not None:
+                xs.append(item_x.to(device, non_blocking=True))
+        x = None
+        if xs:
+            x = to_unit_range(xs[0] if len(xs) == 1 else torch.cat(xs))
+        yield samples, x
 
 
 def _unpack(

@@ -26,7 +26,7 @@ class PreparedSample:
     """One position of the source, ready for the autoencoder (or skipped)."""
 
     position: int
-    x: torch.Tensor | None  # (3, res, res) float32 in [-1, 1]; None when skipped
+    x: torch.Tensor | None  # (3, res, res) uint8 pixels; None when skipped
     row: dict[str, Any]  # index row: key, label, caption, orig size, crop box, status, reason
     origin: str  # the file / dataset row, for error messages
 
@@ -81,13 +81,13 @@ class PreparedSource(Dataset):
             "status": "ok",
             "reason": None,
         }
-        return PreparedSample(pos, prepared.x_CHW, row, record.describe())
+        return PreparedSample(pos, prepared.pixels_CHW, row, record.describe())
 
 
 def collate_prepared(
     samples: list[PreparedSample],
 ) -> tuple[list[PreparedSample], torch.Tensor | None]:
-    """DataLoader collate: the samples (their rows) plus the stacked pixels of the ok ones."""
+    """DataLoader collate: the samples (their rows) plus the stacked uint8 pixels of the ok ones."""
     xs = [s.x for s in samples if s.x is not None]
     batch = torch.stack(xs) if xs else None
     for s in samples:

@@ -7,7 +7,8 @@ ImageNet latent-diffusion baseline (DiT, SiT, REPA, LightningDiT, EDM2) uses:
 2. scale s = res / min(w, h); BICUBIC resize to (round(w * s), round(h * s));
 3. crop the res x res window at top-left ((W - res) // 2, (H - res) // 2) of the resized image.
 
-Pixels are then mapped to x = p / 127.5 - 1 in [-1, 1] (CHW float32). A horizontal flip is applied
+Pixels are then mapped to x = p / 127.5 - 1 in [-1, 1] (CHW float32); the encoder pipeline moves
+them as uint8 and converts on the autoencoder's device (`to_unit_range`), bit-identical to the CPU. A horizontal flip is applied
 to the *cropped* image, like ADM's training-time `random_flip`.
 """
 
@@ -30,8 +31,10 @@ __all__ = [
     "hflip",
     "load_checked",
     "prepare_image",
+    "to_pixels",
     "to_rgb",
     "to_tensor",
+    "to_unit_range",
 ]
 
 #: Images with a side shorter than this (in pixels) are skipped as "too small".
@@ -124,13 +127,24 @@ def adm_center_crop(img: Image.Image, res: int) -> tuple[Image.Image, CropBox]:
     return img.crop(box), box
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB uint8 HWC -> float32 CHW in [-1, 1]: x = p / 127.5 - 1."""
+def to_pixels(img: Image.Image) -> torch.Tensor:
+    """RGB image -> uint8 CHW tensor (4x smaller than float32 to move between processes/devices)."""
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an RGB image, got an array of shape {arr.shape}")
-    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32)
-    return x / 127.5 - 1.0
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels p (any device, any shape) -> float32 x = p / 127.5 - 1 in [-1, 1]."""
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
+    return pixels.to(torch.float32).div_(127.5).sub_(1.0)  # a new tensor: in place is safe
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB uint8 HWC -> float32 CHW in [-1, 1]: x = p / 127.5 - 1."""
+    return to_unit_range(to_pixels(img))
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
@@ -142,13 +156,18 @@ def hflip(x: torch.Tensor) -> torch.Tensor:
 class PreparedImage:
     """One decoded, cropped image ready for the autoencoder."""
 
-    x_CHW: torch.Tensor  # float32 in [-1, 1]
+    pixels_CHW: torch.Tensor  # uint8, res x res
     orig_size: tuple[int, int]  # (width, height) after EXIF orientation, before any resize
     crop_box: CropBox
 
+    @property
+    def x_CHW(self) -> torch.Tensor:
+        """float32 in [-1, 1]."""
+        return to_unit_range(self.pixels_CHW)
+
 
 def prepare_image(img: Image.Image, res: int, *, min_side: int = MIN_IMAGE_SIDE) -> PreparedImage:
-    """Decode check + EXIF + RGB + ADM crop + [-1, 1] tensor (what a DataLoader worker runs)."""
+    """Decode check + EXIF + RGB + ADM crop + uint8 tensor (what a DataLoader worker runs)."""
     rgb = load_checked(img, min_side=min_side)
     cropped, box = adm_center_crop(rgb, res)
-    return PreparedImage(to_tensor(cropped), rgb.size, box)
+    return PreparedImage(to_pixels(cropped), rgb.size, box)

@@ -115,7 +115,10 @@ def test_torchrun_two_ranks_equals_one_process(tiny_vae_dir, tmp_path):
     ]  # fmt: skip
     run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
-    summary = json.loads(run.stdout)  # only rank 0 prints
+    try:
+        summary = json.loads(run.stdout)  # only rank 0 prints
+    except ValueError:
+        pytest.fail(f"no JSON summary on stdout:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
     assert (summary["world_size"], summary["encoded"], summary["shards_written"]) == (2, 14, 4)
     ranks = {}
     for marker in sorted((out / "progress").glob("shard-*.json")):
