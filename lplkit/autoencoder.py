@@ -39,7 +39,7 @@ __all__ = [
 
 #: Bundled short names -> package-relative directories under `lplkit/assets/` (a diffusers
 #: `save_pretrained` directory each). Filled by the package that ships the weights.
-BUNDLED_AUTOENCODERS: dict[str, str] = {}
+BUNDLED_AUTOENCODERS: dict[str, str] = {"tiny-openmoji": "tiny-ae-openmoji"}  # docs/tiny-ae.md
 
 #: class name -> posterior kind ("gaussian": latent_dist; "deterministic": latent, std = 0).
 SUPPORTED_CLASSES: dict[str, str] = {
@@ -53,7 +53,7 @@ _CONFIG_FILE = "config.json"
 
 def default_autoencoder() -> str | None:
     """The bundled autoencoder used when `--vae` is omitted (None: `--vae` is required)."""
-    return None
+    return "tiny-openmoji"
 
 
 def resolve_spec(spec: str) -> str:
