@@ -1,0 +1,282 @@
+"""Training-step cost of the gated LPL, and the training loop's overhead over a bare PyTorch loop.
+
+Part 1 (`step`): one optimizer step (forward, backward, AdamW, EMA) of `lplkit.train` on a fixed
+batch, without LPL and with the LPL on exactly round(f * B) gated samples, f in --gates. Ratios
+are against the no-LPL step measured in the same process. Peak memory: CUDA max allocated, or on
+CPU the peak RSS of a fresh child process per configuration (`--memory`).
+
+Part 2 (`loop`): images/s of `Trainer.run` (store loader from a real on-disk store held in RAM,
+per-step seeded draws, NaN guard, metric accumulation, logging) vs a bare loop over the same model
+and in-memory latents doing the same math (noise, loss, backward, clip, AdamW, EMA).
+
+CPU:  python benchmarks/train_step.py --size tiny && python benchmarks/train_step.py --size small
+GPU:  python benchmarks/train_step.py --device cuda --bf16 --model DiT-B/2 --ae sd --latent 32 \
+          --batch 64 --gate 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SIZES = {  # model, autoencoder, latent size, batch
+    "tiny": ("DiT-T/2", "tiny", 8, 16),
+    "small": ("DiT-S/2", "small", 16, 8),
+}
+
+
+def make_ae(kind: str):
+    """Random-init AutoencoderKL: `tiny` (f=4, 8-16 ch), `small` (f=8, 32-128 ch), `sd` (SD-VAE)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    if kind == "sd":  # the SD / SDXL VAE layout: 128-256-512-512, 2 resnets per block
+        return AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=256,
+        ).eval()
+    chans = (8, 16, 16) if kind == "tiny" else (32, 64, 128, 128)
+    return AutoencoderKL(
+        block_out_channels=chans,
+        down_block_types=("DownEncoderBlock2D",) * len(chans),
+        up_block_types=("UpDecoderBlock2D",) * len(chans),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4 if kind == "tiny" else 32,
+    ).eval()
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, dev, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def step_fn(args, gate_frac: float | None):
+    """A closure running one full optimizer step; gate_frac None = no LPL."""
+    from lplkit.lpl import LatentPerceptualLoss
+    from lplkit.models import build_model
+    from lplkit.objectives import build_objective
+    from lplkit.train.ema import EMA
+    from lplkit.train.losses import micro_batch_loss
+    from lplkit.train.normalization import LatentNormalizer
+
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(args.model, in_channels=4, sample_size=args.latent, num_classes=10).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ema = EMA(model, 0.9999)
+    obj = build_objective("flow")
+    norm = LatentNormalizer((0.0,) * 4, (0.18215,) * 4, "autoencoder")
+    B = args.batch
+    g = torch.Generator().manual_seed(1)
+    z0 = torch.randn(B, 4, args.latent, args.latent, generator=g).to(dev)
+    eps = torch.randn(z0.shape, generator=g).to(dev)
+    t = torch.rand(B, generator=g).to(dev)
+    y = torch.randint(0, 10, (B,), generator=g).to(dev)
+    lpl, gate = None, None
+    if gate_frac is not None:
+        vae = make_ae(args.ae).to(dev)
+        lpl = LatentPerceptualLoss(vae, "paper", depth=args.depth).to(dev).forward_gathered
+        gate = torch.zeros(B, dtype=torch.bool, device=dev)
+        gate[: round(gate_frac * B)] = True
+
+    def run() -> None:
+        parts = micro_batch_loss(model, obj, z0, y, eps, t, normalizer=norm, lpl=lpl, gate=gate,
+                                 bf16=args.bf16)  # fmt: skip
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    return run, dev
+
+
+def bench_steps(args) -> list[dict]:
+    rows = []
+    gates = [None, *args.gates]
+    for f in gates:
+        run, dev = step_fn(args, f)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sec = _median_time(run, dev, args.warmup, args.reps)
+        row = {"lpl_gate": f, "step_s": sec}
+        if dev.type == "cuda":
+            row["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        rows.append(row)
+    base = rows[0]["step_s"]
+    for r in rows:
+        r["vs_no_lpl"] = r["step_s"] / base
+    return rows
+
+
+def child_peak_rss(args, gate: float | None) -> float:
+    """Peak RSS (MiB) of a fresh process running a few steps of one configuration."""
+    cmd = [sys.executable, __file__, "--child", "none" if gate is None else str(gate)]
+    for k in ("device", "model", "ae", "latent", "batch", "depth"):
+        v = getattr(args, k)
+        if v is not None:
+            cmd += [f"--{k}", str(v)]
+    if args.bf16:
+        cmd.append("--bf16")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def bench_loop(args) -> dict:
+    """Trainer.run img/s vs a bare loop with the same math over in-memory latents."""
+    from lplkit.models import build_model
+    from lplkit.objectives import build_objective
+    from lplkit.store.reader import LatentStore
+    from lplkit.store.synthetic import write_synthetic_store
+    from lplkit.train.config import TrainConfig
+    from lplkit.train.ema import EMA
+    from lplkit.train.loop import Components, Trainer
+    from lplkit.train.normalization import LatentNormalizer
+
+    dev = torch.device(args.device)
+    n, B, steps = 256, args.batch, args.loop_steps
+    tmp = Path(tempfile.mkdtemp())
+    write_synthetic_store(tmp / "s.zarr", count=n, latent_shape=(4, args.latent, args.latent))
+    store = LatentStore.open(str(tmp / "s.zarr"))
+    norm = LatentNormalizer((0.0,) * 4, (0.5,) * 4, "autoencoder")
+    obj = build_objective("flow")
+
+    def model():
+        torch.manual_seed(0)
+        return build_model(args.model, in_channels=4, sample_size=args.latent, num_classes=10)
+
+    cfg = TrainConfig(steps=steps, batch_size=B, seed=0, device=args.device, bf16=args.bf16)
+    cfg.log.every, cfg.log.tensorboard, cfg.ckpt.every = 10, False, 10**9
+    parts = Components(model(), obj, norm, store, (4, args.latent, args.latent), 10, True)
+    warm = Trainer(cfg, parts, tmp / "warm")  # warm-up: allocator, first-call costs
+    for _ in range(3):
+        warm.train_step()
+    trainer = Trainer(cfg, Components(model(), obj, norm, store, parts.latent_shape, 10, True),
+                      tmp / "run")  # fmt: skip
+    _sync(dev)
+    t0 = time.perf_counter()
+    trainer.run()
+    _sync(dev)
+    loop_s = time.perf_counter() - t0
+
+    # bare loop: latents already in memory (the store's means), same model / optimizer / EMA
+    lat = torch.from_numpy(store.read(list(range(n)))[0]).to(dev)
+    labels = torch.from_numpy(store.labels[:n].astype("int64")).to(dev)
+    m = model().to(dev).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=cfg.optim.lr)
+    ema = EMA(m, cfg.ema_decay)
+
+    def bare_step(k: int) -> None:
+        idx = torch.randint(0, n, (B,), device=dev)
+        z0 = norm.normalize(lat[idx])
+        t = obj.sample_timesteps(B, device=dev)
+        eps = torch.randn_like(z0)
+        s = obj.compute(z0, eps, t)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            out = m(s.z_t, s.model_t, labels[idx])
+        loss = obj.loss(out.float(), s.target).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(m)
+
+    for k in range(3):
+        bare_step(k)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        bare_step(k)
+    _sync(dev)
+    bare_s = time.perf_counter() - t0
+    return {
+        "steps": steps,
+        "batch": B,
+        "trainer_img_per_s": steps * B / loop_s,
+        "bare_img_per_s": steps * B / bare_s,
+        "overhead": loop_s / bare_s - 1.0,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", choices=list(SIZES), default="tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--model")
+    p.add_argument("--ae", choices=["tiny", "small", "sd"])
+    p.add_argument("--latent", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--depth", type=int, default=None, help="LPL depth (default: preset's)")
+    p.add_argument("--gate", type=float, help="one gate fraction instead of 0, .1, .25, 1")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--loop-steps", type=int, default=30)
+    p.add_argument("--no-loop", action="store_true")
+    p.add_argument("--memory", action="store_true", help="CPU: peak RSS per config (subprocess)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    model, ae, latent, batch = SIZES[args.size]
+    args.model, args.ae = args.model or model, args.ae or ae
+    args.latent, args.batch = args.latent or latent, args.batch or batch
+    args.gates = [args.gate] if args.gate is not None else [0.0, 0.1, 0.25, 1.0]
+    if args.child is not None:
+        run, _dev = step_fn(args, None if args.child == "none" else float(args.child))
+        for _ in range(3):
+            run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"peak_rss_mib": peak}))
+        return
+    torch.set_num_threads(torch.get_num_threads())
+    print(f"# {args.model}, AE {args.ae}, latent 4x{args.latent}x{args.latent}, batch "
+          f"{args.batch}, {args.device}{' bf16' if args.bf16 else ''}, LPL depth "
+          f"{args.depth if args.depth is not None else 'preset'}, threads {torch.get_num_threads()}")  # fmt: skip
+    rows = bench_steps(args)
+    if args.memory and args.device == "cpu":
+        for r in rows:
+            r["peak_rss_mib"] = child_peak_rss(args, r["lpl_gate"])
+    print("| LPL gate | step s | x no-LPL | peak mem MiB |")
+    print("|---|---|---|---|")
+    for r in rows:
+        mem = r.get("peak_mem_mib", r.get("peak_rss_mib"))
+        gate = "off" if r["lpl_gate"] is None else f"{r['lpl_gate']:.0%}"
+        print(f"| {gate} | {r['step_s']:.4f} | {r['vs_no_lpl']:.2f} | "
+              f"{'-' if mem is None else f'{mem:.0f}'} |")  # fmt: skip
+    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "steps": rows}
+    if not args.no_loop:
+        loop = bench_loop(args)
+        result["loop"] = loop
+        print(f"loop: trainer {loop['trainer_img_per_s']:.1f} img/s, bare {loop['bare_img_per_s']:.1f} "
+              f"img/s, overhead {loop['overhead']:+.1%} ({loop['steps']} steps)")  # fmt: skip
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
