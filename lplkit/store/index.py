@@ -1,4 +1,11 @@
-"""The Parquet index: one row per position (schema mirrored in schemas/index.schema.json)."""
+"""The Parquet index: one row per position (schema mirrored in schemas/index.schema.json).
+
+`crop_box` is a *variable-size* `list<int32>` holding exactly 4 values or null (checked on write).
+Format 1 stores written before this used `fixed_size_list<int32>[4]`, whose null entries older pyarrow
+releases cannot read back from a file a newer one wrote ("Expected all lists to be of size=4 but
+index 1 had size=0"); readers cast such tables to the current schema (`conform`), so old and new
+index parts concatenate.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("caption", pa.string()),
         pa.field("orig_width", pa.int32()),
         pa.field("orig_height", pa.int32()),
-        pa.field("crop_box", pa.list_(pa.int32(), 4)),
+        pa.field("crop_box", pa.list_(pa.int32())),
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),
     ]
@@ -43,6 +50,8 @@ def rows_to_table(rows: Sequence[dict[str, Any]], start: int, labels: np.ndarray
         if label != int(labels[i]):
             raise ValueError(f"index row {pos}: label {label} but labels array has {labels[i]}")
         box = row.get("crop_box")
+        if box is not None and len(box) != 4:
+            raise ValueError(f"index row {pos}: crop_box {box!r} is not (left, top, right, bottom)")
         cols["position"].append(pos)
         cols["key"].append(str(row["key"]))
         cols["label"].append(label)
@@ -72,10 +81,26 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def conform(table: pa.Table) -> pa.Table:
+    """Cast a table read from disk to `INDEX_SCHEMA` (old stores: fixed-size crop_box lists).
+
+    Raises `ValueError` when the columns are not the index's (a foreign or damaged file).
+    """
+    if table.schema.equals(INDEX_SCHEMA):
+        return table
+    if table.schema.names != INDEX_SCHEMA.names:
+        raise ValueError(f"index columns {table.schema.names} are not {INDEX_SCHEMA.names}")
+    try:
+        return table.cast(INDEX_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"index column types do not match the index schema: {exc}") from None
+
+
 def read_table(fs: Any, path: str) -> pa.Table:
-    """Read an index (or index part) Parquet file; raises on missing/truncated files."""
+    """Read an index (or index part) Parquet file as `INDEX_SCHEMA`; raises on missing/truncated
+    files (OSError/ArrowException) and on foreign columns (ValueError)."""
     with fs.open(path, "rb") as f:
-        return pq.read_table(f)
+        return conform(pq.read_table(f))
 
 
 def read_bytes(fs: Any, path: str) -> bytes:
@@ -84,4 +109,4 @@ def read_bytes(fs: Any, path: str) -> bytes:
 
 
 def table_from_bytes(data: bytes) -> pa.Table:
-    return pq.read_table(pa.BufferReader(data))
+    return conform(pq.read_table(pa.BufferReader(data)))

@@ -118,7 +118,7 @@ class LatentStore:
         if manifest["completed"]:
             try:
                 index = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}")
-            except (OSError, pa.ArrowException) as exc:
+            except (OSError, ValueError, pa.ArrowException) as exc:
                 raise StoreCorruptError(
                     f"{url}/{fmt.INDEX_FILE} is unreadable ({exc}); run `lplkit verify {url} --repair` "
                     "then re-run the encode command to rebuild it"
