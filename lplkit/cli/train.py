@@ -38,6 +38,7 @@ _FLAG_KEYS = {
     "log_every": "log.every",
     "sample_every": "log.sample_every",
     "device": "device",
+    "verify_store": "verify_store",
 }
 
 
@@ -109,6 +110,11 @@ def register(app: typer.Typer) -> None:
             None, "--sample-every", help="PNG sample grid period (0 = never)."
         ),
         device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ..."),
+        verify_store: bool | None = typer.Option(
+            None,
+            "--verify-store/--no-verify-store",
+            help="Fully verify the store first (checksums, NaN); a quick check always runs.",
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ) -> None:
         """Train a latent denoiser from STORE into RUN_DIR; re-running the same command resumes.
@@ -126,7 +132,7 @@ def register(app: typer.Typer) -> None:
             "vae": vae, "vae_subfolder": vae_subfolder, "grad_accum": grad_accum, "bf16": bf16,
             "compile": compile_, "ema_decay": ema_decay, "ckpt_every": ckpt_every,
             "keep_last": keep_last, "log_every": log_every, "sample_every": sample_every,
-            "device": device,
+            "device": device, "verify_store": verify_store,
         }  # fmt: skip
         cfg = resolve_config(config, set_ or [], flags)
         is_main = int(os.environ.get("RANK", "0")) == 0

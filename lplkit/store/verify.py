@@ -13,12 +13,19 @@ Checks, in order (each problem names the shard when it has one, and the fix):
 All-zero chunks are not stored by zarr (write_empty_chunks=False) and read back as the fill value, so
 checking hashes of the decoded arrays never mistakes them for missing data.
 
+`verify_store(url, read_data=False)` is the cheap structural check the trainer runs at start: no
+array data is read; instead every shard with ok samples must have its moments shard file(s) stored
+(one listing per array), plus the manifest, marker, index and count checks above. It catches
+deleted shard files, missing/edited markers, manifest edits and a truncated index in about the time
+it takes to read the markers; bit flips and NaN need the full check (`lplkit verify`).
+
 `repair_store` removes the markers of bad shards and clears `completed`, so re-running the same
 `lplkit encode` command re-encodes exactly those shards and rebuilds index.parquet.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,6 +33,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from lplkit.errors import StoreCorruptError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store.lock import StoreLock
@@ -87,9 +95,16 @@ def _bad_shard_fix(url: str, shard: int) -> str:
 
 
 def verify_store(
-    url: str, *, checksums: bool = True, progress: Callable[[int, int], None] | None = None
+    url: str,
+    *,
+    checksums: bool = True,
+    read_data: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Check a store (see the module docstring). `progress(done, total)` is called per shard."""
+    """Check a store (see the module docstring). `progress(done, total)` is called per shard.
+
+    `read_data=False`: the quick structural check (no array reads, so no checksum/NaN checks).
+    """
     url = str(url)
     report = VerifyReport(url)
     try:
@@ -116,6 +131,7 @@ def verify_store(
     if arrays is None:
         return report
     fs, root = url_to_fs(url)
+    stored = _stored_files(fs, root, arrays)
     n_ok_markers = 0
     for s in range(report.n_shards):
         start, stop = fmt.shard_range(s, count, size)
@@ -131,7 +147,9 @@ def verify_store(
         else:
             report.complete_shards += 1
             n_ok_markers += int(marker.get("n_ok", 0))
-            _check_shard(report, arrays, manifest, fs, root, s, start, stop, marker, checksums)
+            _check_shard_files(report, arrays, stored, s, marker)
+            if read_data:
+                _check_shard(report, arrays, manifest, fs, root, s, start, stop, marker, checksums)
         if progress is not None:
             progress(s + 1, report.n_shards)
     _check_index(report, group, manifest, fs, root, n_ok_markers)
@@ -149,6 +167,17 @@ def _check_arrays(
             arr = group[name]
         except KeyError:
             report.add("array", f"array {name!r} is missing", fix="re-encode into a new --out")
+            continue
+        want_dtype = (
+            np.dtype("int32") if name == fmt.LABELS else fmt.storage_dtype(manifest["dtype"])
+        )
+        if arr.dtype != want_dtype:
+            report.add(
+                "array",
+                f"array {name!r} is stored as {arr.dtype}, but the manifest's dtype "
+                f"{manifest['dtype']!r} needs {want_dtype} (manifest edited?)",
+                fix="restore the manifest, or re-encode into a new --out",
+            )
             continue
         if tuple(arr.shape) != expected:
             report.add(
@@ -228,6 +257,40 @@ def _check_shard(
         )
 
 
+def _stored_files(fs: Any, root: str, arrays: dict[str, zarr.Array]) -> set[str]:
+    """Paths of every stored object under the arrays (one listing per array)."""
+    found: set[str] = set()
+    for name in arrays:
+        with contextlib.suppress(FileNotFoundError):
+            found.update(str(p).rstrip("/") for p in fs.find(f"{root}/{name}"))
+    return {p.split("://", 1)[-1].lstrip("/") for p in found}
+
+
+def _check_shard_files(
+    report: VerifyReport,
+    arrays: dict[str, zarr.Array],
+    stored: set[str],
+    s: int,
+    marker: dict[str, Any],
+) -> None:
+    """A shard with ok samples must have its moments shard file stored (zarr would read zeros)."""
+    if int(marker.get("n_ok", 0)) == 0:
+        return
+    _, root = url_to_fs(report.url)
+    for name, arr in arrays.items():
+        if name == fmt.LABELS:  # all -1 (unlabeled) is the fill value: legitimately unstored
+            continue
+        key = arr.metadata.encode_chunk_key((s,) + (0,) * (arr.ndim - 1))
+        if f"{root}/{name}/{key}".lstrip("/") not in stored:
+            report.add(
+                "missing_data",
+                f"shard {s}: the {name!r} shard file ({name}/{key}) is missing, but its marker "
+                f"says it holds {marker.get('n_ok')} ok samples (reads would return zeros)",
+                shard=s,
+                fix=_bad_shard_fix(report.url, s),
+            )
+
+
 def _check_index(
     report: VerifyReport,
     group: zarr.Group,
@@ -289,6 +352,20 @@ def _check_index(
             shard=s,
             fix=_bad_shard_fix(url, s),
         )
+
+
+def require_sound_store(url: str, *, full: bool = False) -> VerifyReport:
+    """Raise `StoreCorruptError` (one line: the first problem, its fix, the count) unless the store
+    passes the quick structural check (`full=False`) or the full verification (`full=True`)."""
+    report = verify_store(str(url), read_data=full)
+    if report.ok:
+        return report
+    first = report.problems[0]
+    more = f" (+{len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+    raise StoreCorruptError(
+        f"the latent store {url} is damaged: {first.message}{more}; fix: {first.fix or RERUN}; "
+        f"`lplkit verify {url}` lists every problem"
+    )
 
 
 def repair_store(url: str, report: VerifyReport) -> list[int]:

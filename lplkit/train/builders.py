@@ -93,8 +93,11 @@ def build_components(cfg: TrainConfig, device: torch.device) -> Components:
     """Open the store and build model, objective, normalizer, LPL and the sample-grid callback."""
     from lplkit.models import build_model
     from lplkit.store.reader import LatentStore
+    from lplkit.store.verify import require_sound_store
 
     store = LatentStore.open(cfg.store)
+    # A damaged store must stop the run here, not train on zeros read from a missing shard file.
+    require_sound_store(cfg.store, full=cfg.verify_store)
     C, h, w = store.latent_shape
     if h != w:
         raise ConfigError(f"{cfg.store}: non-square latents {h}x{w} are not supported by DiT")

@@ -94,6 +94,8 @@ class TrainConfig:
     bf16: bool = False
     compile: bool = False
     device: str = "auto"
+    # Full store verification (checksums, NaN) at start; the quick structural check always runs.
+    verify_store: bool = False
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -136,5 +138,5 @@ class TrainConfig:
 
 # Keys a resumed run may change (run length, cadence, device); anything else must match config.json.
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
-    {"steps", "device", "compile", "ckpt", "log", "out", "store"}
+    {"steps", "device", "compile", "ckpt", "log", "out", "store", "verify_store"}
 )
