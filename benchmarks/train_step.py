@@ -2,8 +2,9 @@
 
 Part 1 (`step`): one optimizer step (forward, backward, AdamW, EMA) of `lplkit.train` on a fixed
 batch, without LPL and with the LPL on exactly round(f * B) gated samples, f in --gates. Ratios
-are against the no-LPL step measured in the same process. Peak memory: CUDA max allocated, or on
-CPU the peak RSS of a fresh child process per configuration (`--memory`).
+are against the no-LPL step measured in the same process. Peak memory: on CUDA the step's peak
+allocation above what was resident before it; on CPU (`--memory`) the peak RSS of a fresh child
+process per configuration (includes the Python/torch baseline).
 
 Part 2 (`loop`): images/s of `Trainer.run` (store loader from a real on-disk store held in RAM,
 per-step seeded draws, NaN guard, metric accumulation, logging) vs a bare loop over the same model
@@ -119,17 +120,35 @@ def step_fn(args, gate_frac: float | None):
 
 
 def bench_steps(args) -> list[dict]:
-    rows = []
+    """Round-robin over the configurations (one step each per round) so that load changes on a
+    shared machine hit all of them alike; median per configuration."""
     gates = [None, *args.gates]
-    for f in gates:
-        run, dev = step_fn(args, f)
-        if dev.type == "cuda":
+    runs = [step_fn(args, f) for f in gates]
+    dev = runs[0][1]
+    for run, _ in runs:
+        for _ in range(args.warmup):
+            run()
+    times: list[list[float]] = [[] for _ in gates]
+    for _ in range(args.reps):
+        for i, (run, _) in enumerate(runs):
+            _sync(dev)
+            t0 = time.perf_counter()
+            run()
+            _sync(dev)
+            times[i].append(time.perf_counter() - t0)
+    rows = [
+        {"lpl_gate": f, "step_s": statistics.median(ts)} for f, ts in zip(gates, times, strict=True)
+    ]
+    if dev.type == "cuda":
+        # All configurations stay resident, so report each step's working memory: the peak above
+        # what was allocated before it (activations, LPL features, gradients in flight).
+        for row, (run, _) in zip(rows, runs, strict=True):
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        sec = _median_time(run, dev, args.warmup, args.reps)
-        row = {"lpl_gate": f, "step_s": sec}
-        if dev.type == "cuda":
-            row["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        rows.append(row)
+            before = torch.cuda.memory_allocated()
+            run()
+            torch.cuda.synchronize()
+            row["peak_mem_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
     base = rows[0]["step_s"]
     for r in rows:
         r["vs_no_lpl"] = r["step_s"] / base
@@ -172,19 +191,16 @@ def bench_loop(args) -> dict:
         torch.manual_seed(0)
         return build_model(args.model, in_channels=4, sample_size=args.latent, num_classes=10)
 
-    cfg = TrainConfig(steps=steps, batch_size=B, seed=0, device=args.device, bf16=args.bf16)
-    cfg.log.every, cfg.log.tensorboard, cfg.ckpt.every = 10, False, 10**9
+    cfg = TrainConfig(steps=10**9, batch_size=B, seed=0, device=args.device, bf16=args.bf16)
+    cfg.log.every, cfg.log.tensorboard = 10, False
     parts = Components(model(), obj, norm, store, (4, args.latent, args.latent), 10, True)
-    warm = Trainer(cfg, parts, tmp / "warm")  # warm-up: allocator, first-call costs
-    for _ in range(3):
-        warm.train_step()
-    trainer = Trainer(cfg, Components(model(), obj, norm, store, parts.latent_shape, 10, True),
-                      tmp / "run")  # fmt: skip
-    _sync(dev)
-    t0 = time.perf_counter()
-    trainer.run()
-    _sync(dev)
-    loop_s = time.perf_counter() - t0
+    trainer = Trainer(cfg, parts, tmp / "run")
+
+    def trainer_steps(k: int) -> None:  # the body of Trainer.run minus checkpointing
+        for _ in range(k):
+            trainer.train_step()
+            if trainer.step % cfg.log.every == 0:
+                trainer._log_record(time.perf_counter(), B)
 
     # bare loop: latents already in memory (the store's means), same model / optimizer / EMA
     lat = torch.from_numpy(store.read(list(range(n)))[0]).to(dev)
@@ -193,35 +209,45 @@ def bench_loop(args) -> dict:
     opt = torch.optim.AdamW(m.parameters(), lr=cfg.optim.lr)
     ema = EMA(m, cfg.ema_decay)
 
-    def bare_step(k: int) -> None:
-        idx = torch.randint(0, n, (B,), device=dev)
-        z0 = norm.normalize(lat[idx])
-        t = obj.sample_timesteps(B, device=dev)
-        eps = torch.randn_like(z0)
-        s = obj.compute(z0, eps, t)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
-            out = m(s.z_t, s.model_t, labels[idx])
-        loss = obj.loss(out.float(), s.target).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(m)
+    def bare_steps(k: int) -> None:
+        for _ in range(k):
+            idx = torch.randint(0, n, (B,), device=dev)
+            z0 = norm.normalize(lat[idx])
+            t = obj.sample_timesteps(B, device=dev)
+            eps = torch.randn_like(z0)
+            s = obj.compute(z0, eps, t)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+                out = m(s.z_t, s.model_t, labels[idx])
+            loss = obj.loss(out.float(), s.target).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(m)
 
-    for k in range(3):
-        bare_step(k)
-    _sync(dev)
-    t0 = time.perf_counter()
-    for k in range(steps):
-        bare_step(k)
-    _sync(dev)
-    bare_s = time.perf_counter() - t0
+    trainer_steps(3)
+    bare_steps(3)
+    chunk, rounds = 10, max(1, steps // 10)
+    t_tr, t_bare, ratios = 0.0, 0.0, []
+    for _ in range(rounds):  # interleaved so that machine load hits both alike
+        _sync(dev)
+        t0 = time.perf_counter()
+        trainer_steps(chunk)
+        _sync(dev)
+        t1 = time.perf_counter()
+        bare_steps(chunk)
+        _sync(dev)
+        t2 = time.perf_counter()
+        t_tr, t_bare = t_tr + t1 - t0, t_bare + t2 - t1
+        ratios.append((t1 - t0) / (t2 - t1))
+    total = rounds * chunk
     return {
-        "steps": steps,
+        "steps": total,
         "batch": B,
-        "trainer_img_per_s": steps * B / loop_s,
-        "bare_img_per_s": steps * B / bare_s,
-        "overhead": loop_s / bare_s - 1.0,
+        "trainer_img_per_s": total * B / t_tr,
+        "bare_img_per_s": total * B / t_bare,
+        "overhead": t_tr / t_bare - 1.0,
+        "overhead_median_round": statistics.median(ratios) - 1.0,
     }
 
 
@@ -274,7 +300,8 @@ def main() -> None:
         loop = bench_loop(args)
         result["loop"] = loop
         print(f"loop: trainer {loop['trainer_img_per_s']:.1f} img/s, bare {loop['bare_img_per_s']:.1f} "
-              f"img/s, overhead {loop['overhead']:+.1%} ({loop['steps']} steps)")  # fmt: skip
+              f"img/s, overhead {loop['overhead']:+.1%} (median of rounds "
+              f"{loop['overhead_median_round']:+.1%}; {loop['steps']} steps each)")  # fmt: skip
     print(json.dumps(result))
 
 

@@ -127,6 +127,8 @@ class Trainer:
             fwd = DistributedDataParallel(fwd, device_ids=ids)
         self.fwd = fwd
         self.resumed_from: int | None = None
+        self._prefetched: tuple[int, list] | None = None
+        self._pos_before_prefetch: dict[str, int] = self.cursor.position
 
     # ----------------------------------------------------------------------------- checkpoint
     @property
@@ -143,7 +145,7 @@ class Trainer:
             "scheduler": self.sched.state_dict(),
             "ema": self.ema.state_dict(),
             "rng": capture_rng_state(),
-            "loader": self.cursor.position,
+            "loader": self._pos_before_prefetch if self._prefetched else self.cursor.position,
             "log_acc": {k: v.detach().cpu() for k, v in self.acc.items()},
         }
 
@@ -178,6 +180,7 @@ class Trainer:
         self.cursor.batch = int(s["loader"]["batch"])
         self.acc = {k: v.to(self.device) for k, v in s["log_acc"].items()}
         self.resumed_from = self.step
+        self._prefetched = None
         return self.step
 
     # ----------------------------------------------------------------------------- step
@@ -198,20 +201,50 @@ class Trainer:
             and self.step >= self.cfg.lpl.start_step
         )
 
+    def _prepare(self, step: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+        """Host work of step `step`: loader batches and this rank's slices of the global draws,
+        copied to the device. Returns [(latents, labels, t, eps, drop)] per micro-step."""
+        dist, dev = self.dist, self.device
+        t_all, eps_all, drop_all = self._global_draws(step)
+        out = []
+        for m in range(self.cfg.grad_accum):
+            latents, labels = self.cursor.next()
+            lo = (m * dist.world_size + dist.rank) * self.micro
+            sl = slice(lo, lo + self.micro)
+            nb = dev.type == "cuda"
+            out.append(
+                (
+                    latents.to(dev, torch.float32, non_blocking=nb),
+                    labels.to(dev, non_blocking=nb),
+                    t_all[sl].to(dev, non_blocking=nb),
+                    eps_all[sl].to(dev, non_blocking=nb),
+                    drop_all[sl].to(dev, non_blocking=nb),
+                )
+            )
+        return out
+
+    def _prefetch_next(self) -> None:
+        """Queue the next step's host work while the device still runs this step's backward
+        (the NaN guard syncs right after). The checkpointed loader position stays the one before
+        the prefetch, so resume is unaffected."""
+        if self.step + 1 < self.cfg.steps and self._prefetched is None:
+            self._pos_before_prefetch = self.cursor.position
+            self._prefetched = (self.step + 1, self._prepare(self.step + 1))
+
     def train_step(self) -> None:
         """One optimizer step over `grad_accum` micro-batches (see module docstring)."""
         cfg, dist, dev = self.cfg, self.dist, self.device
         torch.manual_seed(derive_seed(cfg.seed, self.step, Stream.GLOBAL, dist.rank))
-        t_all, eps_all, drop_all = self._global_draws(self.step)
+        if self._prefetched is not None and self._prefetched[0] == self.step:
+            batches = self._prefetched[1]
+        else:
+            batches = self._prepare(self.step)
+        self._prefetched = None
         lpl_on = self._lpl_active()
         step_acc = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in _ACC}
-        for m in range(cfg.grad_accum):
-            latents, labels = self.cursor.next()
-            sl = slice((m * dist.world_size + dist.rank) * self.micro, None)
-            sl = slice(sl.start, sl.start + self.micro)
-            z0 = self.parts.normalizer.normalize(latents.to(dev, torch.float32))
-            t, eps = t_all[sl].to(dev), eps_all[sl].to(dev)
-            y = self._labels(labels, drop_all[sl])
+        for m, (latents, labels, t, eps, drop) in enumerate(batches):
+            z0 = self.parts.normalizer.normalize(latents)
+            y = self._labels(labels, drop)
             gate = None
             if lpl_on:
                 gate = self.parts.objective.gate(
@@ -238,6 +271,7 @@ class Trainer:
             step_acc["lpl_sum"] += parts.lpl.double().sum()
             step_acc["gated"] += parts.gated.double().sum()
             step_acc["samples"] += z0.shape[0]
+        self._prefetch_next()
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
