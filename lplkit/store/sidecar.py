@@ -6,6 +6,7 @@ so sidecars behave the same wherever the zarr arrays live.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -37,11 +38,16 @@ def write_bytes_atomic(fs: Any, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk must not also keep the partial temp file
+            os.remove(tmp)
+        raise
 
 
 def read_json(fs: Any, path: str) -> Any:

@@ -242,6 +242,27 @@ class StoreWriter:
                 f"{shard % self.world_size}; two writers in one shard lose data"
             )
         start, stop = self.shard_range(shard)
+        try:
+            return self._write_shard(shard, start, stop, moments, moments_flip, labels, rows)
+        except StoreError:
+            raise
+        except OSError as exc:  # disk full, I/O error, lost mount: the marker was not written
+            raise StoreError(
+                f"writing shard {shard} (positions {start}..{stop - 1}) of {self.url} failed: "
+                f"{exc.strerror or exc}; free space or fix the storage, then re-run the same "
+                "command (this shard stays pending and is rewritten whole)"
+            ) from exc
+
+    def _write_shard(
+        self,
+        shard: int,
+        start: int,
+        stop: int,
+        moments: np.ndarray,
+        moments_flip: np.ndarray | None,
+        labels: np.ndarray,
+        rows: Sequence[dict[str, Any]],
+    ) -> dict[str, Any]:
         n = stop - start
         # Invalidate first: a crash from here until the new marker leaves the shard pending.
         remove_if_exists(self.fs, fmt.marker_path(self.root, shard))
@@ -265,11 +286,7 @@ class StoreWriter:
             name: self._to_stored(name, values, ok, start, n) for name, values in arrays.items()
         }
         stored[fmt.LABELS] = labels
-        for name, values in stored.items():
-            self.group[name][start:stop] = values
         part = idx.table_to_bytes(table)
-        self.fs.makedirs(f"{self.root}/{fmt.INDEX_PARTS_DIR}", exist_ok=True)
-        self.fs.pipe_file(fmt.index_part_path(self.root, shard), part)
         marker = {
             "shard": shard,
             "start": start,
@@ -283,6 +300,15 @@ class StoreWriter:
             "rank": self.rank,
             "written_at": time.time(),
         }
+        for name, values in stored.items():
+            # zarr merges a shard write into the existing shard file (read-modify-write); a damaged
+            # old file (half-written, bit rot) would fail that read, so the whole shard starts fresh.
+            arr = self.group[name]
+            key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+            remove_if_exists(self.fs, f"{self.root}/{name}/{key}")
+            arr[start:stop] = values
+        self.fs.makedirs(f"{self.root}/{fmt.INDEX_PARTS_DIR}", exist_ok=True)
+        self.fs.pipe_file(fmt.index_part_path(self.root, shard), part)
         write_json_atomic(self.fs, fmt.marker_path(self.root, shard), marker)
         return marker
 
@@ -337,12 +363,19 @@ class StoreWriter:
             raise StoreError(f"{self.url}: index parts do not cover positions 0..{self.count - 1}")
         from lplkit.store.sidecar import write_bytes_atomic
 
-        write_bytes_atomic(self.fs, f"{self.root}/{fmt.INDEX_FILE}", idx.table_to_bytes(table))
         n_ok = int(idx.ok_mask(table).sum())
         manifest = dict(self.manifest)
         manifest["counts"] = {"total": self.count, "ok": n_ok, "skipped": self.count - n_ok}
         manifest["completed"] = True
-        self.group.attrs[fmt.MANIFEST_KEY] = manifest
+        try:
+            write_bytes_atomic(self.fs, f"{self.root}/{fmt.INDEX_FILE}", idx.table_to_bytes(table))
+            self.group.attrs[fmt.MANIFEST_KEY] = manifest
+        except OSError as exc:
+            raise StoreError(
+                f"finalizing {self.url} failed writing {fmt.INDEX_FILE} or the manifest: "
+                f"{exc.strerror or exc}; free space or fix the storage, then re-run the same "
+                "command (every shard is written; only the index is rebuilt)"
+            ) from exc
         self.manifest = manifest
         return manifest
 

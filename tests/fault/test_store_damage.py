@@ -146,3 +146,25 @@ def test_edited_manifest(store, tmp_path, capsys, edit):
     assert any(words in p["message"] for p in problems), problems
     code, err = _train(store, tmp_path, capsys)
     assert code == 4 and err.startswith("error:") and words in err, err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "shard_index_flipped"])
+def test_repair_then_rerun_rewrites_a_damaged_shard_file(store, tmp_path, capsys, damage):
+    """zarr merges a shard write into the existing file; a damaged file must not block the re-run."""
+    path = store / SHARD_FILE
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[-10] ^= 0xFF  # the shard's chunk index (crc32c-protected) at the end of the file
+    path.write_bytes(bytes(data))
+    code, kinds, _ = _verify(store, capsys)
+    assert code == 4 and ("unreadable", 1) in kinds
+    code, _, err = _main(["verify", str(store), "--repair"], capsys)
+    assert code == 4 and "re-run the encode command" in " ".join(err.split())
+    # the same writer call as the fixture's = re-running the encode command
+    write_synthetic_store(store, count=COUNT, shard_size=SHARD, chunk_size=4, num_classes=3)
+    code, kinds, _ = _verify(store, capsys)
+    assert (code, kinds) == (0, set())
+    code, err = _train(store, tmp_path, capsys)
+    assert code == 0, err
