@@ -18,6 +18,7 @@ Pipeline per process (one process, or every rank of a torchrun job):
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -49,6 +50,16 @@ ProgressFn = Callable[[int, int], None]
 _AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def default_workers() -> int:
+    """Decode workers when --workers is not given: the cores this process may use, minus one for the
+    encoder loop, at most 8 (more than the machine has only adds contention and torch's warning)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 2
+    return max(1, min(8, cores - 1))
+
+
 @dataclass
 class EncodeConfig:
     """What `lplkit encode` does (one field per CLI flag)."""
@@ -61,7 +72,7 @@ class EncodeConfig:
     split: str | None = None
     flip: bool = False
     batch_size: int = 32
-    workers: int = 4
+    workers: int | None = None  # None -> default_workers()
     shard_size: int = fmt.DEFAULT_SHARD_SIZE
     dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
     autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
@@ -80,7 +91,7 @@ class EncodeConfig:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
@@ -270,13 +281,14 @@ def _encode_shards(
     )
     reasons: Counter[str] = Counter()
     items, parts = split_batches(batches, WORKER_CHUNK)
+    workers = default_workers() if cfg.workers is None else cfg.workers
     loader = DataLoader(
         PreparedSource(source, cfg.res, min_side=cfg.min_side),
         batch_sampler=items,
-        num_workers=cfg.workers,
+        num_workers=workers,
         collate_fn=collate_prepared,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if cfg.workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
     )
     buffers = {s: _ShardBuffer(s, *writer.shard_range(s), latent, cfg.flip) for s in shards}
     done = 0

@@ -28,7 +28,11 @@ def register(app: typer.Typer) -> None:
         split: str | None = typer.Option(None, "--split", help="Dataset split (default train)."),
         flip: bool = typer.Option(False, "--flip", help="Also store the flipped image's moments."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per autoencoder call."),
-        workers: int = typer.Option(4, "--workers", help="DataLoader workers (decode + crop)."),
+        workers: int | None = typer.Option(
+            None,
+            "--workers",
+            help="DataLoader workers (decode + crop); default: cores - 1, at most 8.",
+        ),
         shard_size: int = typer.Option(1024, "--shard-size", help="Samples per store shard."),
         dtype: str = typer.Option(
             "float16", "--dtype", help="Stored moments dtype: float16, bfloat16 or float32."
