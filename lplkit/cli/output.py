@@ -43,9 +43,10 @@ def handle_exception(exc: BaseException) -> int:
     if state.debug:
         traceback.print_exception(exc)
     if isinstance(exc, LplkitError):
-        console.print(f"[bold red]error:[/bold red] {exc}")
+        console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         return exc.exit_code
     console.print(
-        f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+        f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+        soft_wrap=True,
     )
     return 70

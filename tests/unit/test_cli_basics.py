@@ -58,3 +58,14 @@ def test_errors_subclass_builtins(exc_name):
     exc = getattr(errors, exc_name)
     assert issubclass(exc, errors.LplkitError)
     assert issubclass(exc, (ValueError, OSError, RuntimeError))
+
+
+def test_long_error_stays_on_one_line(capsys):
+    from lplkit.cli import output
+    from lplkit.errors import EvaluationError
+
+    output.state.debug = False
+    msg = "FID needs the Inception weights " + "x" * 300 + " (or run with --metrics swd)"
+    output.handle_exception(EvaluationError(msg))
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("--metrics swd)")
