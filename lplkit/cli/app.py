@@ -16,7 +16,16 @@ from lplkit import __version__
 from lplkit.cli import output
 
 # Order = order in `lplkit --help`.
-COMMAND_MODULES: tuple[str, ...] = ("encode", "eval", "stats", "train", "sample", "info", "verify")
+COMMAND_MODULES: tuple[str, ...] = (
+    "encode",
+    "eval",
+    "stats",
+    "train",
+    "sample",
+    "info",
+    "verify",
+    "demo",
+)
 
 app = typer.Typer(
     name="lplkit",
