@@ -147,7 +147,22 @@ def load_stats(store_or_url: Any, *, check_fresh: bool = False) -> StoreStats | 
         `StoreStats` (float64 CPU tensors; `.feature_stats` gives the LPL's per-layer records),
         with `.meta` the run's metadata.
     """
+    from lplkit.errors import LplkitError, StoreCorruptError
+
     url = getattr(store_or_url, "url", store_or_url)
+    try:
+        return _load_stats(str(url), check_fresh)
+    except LplkitError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        # attrs and arrays of stats/ are untrusted input: a damaged group must not crash a reader
+        raise StoreCorruptError(
+            f"the statistics in {url}/{STATS_GROUP} are damaged ({type(exc).__name__}: {exc}); "
+            f"re-run `lplkit stats` on the store (or delete its {STATS_GROUP}/ group)"
+        ) from None
+
+
+def _load_stats(url: str, check_fresh: bool) -> StoreStats | None:
     try:
         root = _open_root(str(url), "r")
         group = root[STATS_GROUP]
@@ -184,7 +199,14 @@ def load_stats(store_or_url: Any, *, check_fresh: bool = False) -> StoreStats | 
                 hist=hist,
             )
         )
-    meta = dict(run.attrs[STATS_KEY])
+    from lplkit.errors import StoreCorruptError
+    from lplkit.validation import require_valid
+
+    meta = require_valid(
+        run.attrs[STATS_KEY], "stats", what=f"{url}/{STATS_GROUP}/{pointer['current']} attrs",
+        error=StoreCorruptError, fix="re-run `lplkit stats` on the store",
+    )  # fmt: skip
+    meta = dict(meta)
     if check_fresh:
         from lplkit.errors import StoreMismatchError
         from lplkit.store.format import MANIFEST_KEY

@@ -54,7 +54,6 @@ def flag_overrides(flags: dict[str, Any]) -> list[str]:
 
 def resolve_config(config: str | None, overrides: list[str], flags: dict[str, Any]):
     """defaults <- saved run config (when resuming) <- --config <- --set <- flags."""
-    import json
     from pathlib import Path
 
     from lplkit.config import load_config
@@ -62,7 +61,9 @@ def resolve_config(config: str | None, overrides: list[str], flags: dict[str, An
 
     out = flags.get("out")
     saved = Path(out) / "config.json" if out else None
-    base = json.loads(saved.read_text()) if saved is not None and saved.is_file() else None
+    from lplkit.train.run import read_json_object
+
+    base = read_json_object(saved) if saved is not None and saved.is_file() else None
     return load_config(TrainConfig, config, [*overrides, *flag_overrides(flags)], base=base)
 
 

@@ -267,7 +267,7 @@ def identity_differences(existing: dict[str, Any], requested: dict[str, Any]) ->
 
 
 def manifest_problems(m: Any) -> list[str]:
-    """Structural check of a manifest (the runtime twin of schemas/store.schema.json)."""
+    """Problems of a manifest read from a store: readable checks, then schemas/store.schema.json."""
     if not isinstance(m, dict):
         return ["manifest is not a JSON object"]
     problems = []
@@ -305,4 +305,9 @@ def manifest_problems(m: Any) -> list[str]:
         problems.append("source.count must be a non-negative integer")
     if m["completed"] and not isinstance(m.get("counts"), dict):
         problems.append("a completed manifest must have counts {total, ok, skipped}")
-    return problems
+    if problems:
+        return problems
+    from lplkit.validation import schema_problems
+
+    # The full schema (nested fields, enums, ranges) after the readable checks above.
+    return [f"manifest {p}" for p in schema_problems(m, "store")]

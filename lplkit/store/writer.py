@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
-from lplkit.errors import StoreError, StoreMismatchError
+from lplkit.errors import StoreCorruptError, StoreError, StoreMismatchError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store.lock import StoreLock
@@ -65,6 +65,17 @@ def read_marker(fs: Any, root: str, shard: int, start: int, stop: int) -> dict[s
     if (marker.get("shard"), marker.get("start"), marker.get("stop")) != (shard, start, stop):
         return None
     return marker if isinstance(marker.get("checksums"), dict) else None
+
+
+def _checked_manifest(url: str, manifest: Any) -> dict[str, Any]:
+    """The stored manifest of an existing store, refused (`StoreCorruptError`) when invalid."""
+    problems = fmt.manifest_problems(manifest)
+    if problems:
+        raise StoreCorruptError(
+            f"{url}: the stored manifest is invalid ({'; '.join(problems[:3])}); it was damaged or "
+            "edited: restore it, or write to a new --out"
+        )
+    return dict(manifest)
 
 
 class StoreWriter:
@@ -135,7 +146,7 @@ class StoreWriter:
         except FileNotFoundError:
             group = None
         if group is not None and fmt.MANIFEST_KEY in group.attrs:
-            return group, dict(group.attrs[fmt.MANIFEST_KEY])
+            return group, _checked_manifest(url, group.attrs[fmt.MANIFEST_KEY])
         if group is not None and set(group.keys()) - set(fmt.array_names({"flips": True})):
             raise StoreError(
                 f"{url} is a zarr group that is not an lplkit store; choose another --out"
@@ -182,7 +193,7 @@ class StoreWriter:
             try:
                 group = open_group(url, mode="r+")
                 if fmt.MANIFEST_KEY in group.attrs:
-                    return group, dict(group.attrs[fmt.MANIFEST_KEY])
+                    return group, _checked_manifest(url, group.attrs[fmt.MANIFEST_KEY])
             except FileNotFoundError:
                 pass
             if time.monotonic() > deadline:

@@ -134,13 +134,17 @@ def remove_partial(root: Path) -> list[Path]:
 
 def load_checkpoint_dir(path: Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load and verify one checkpoint directory; raises `CheckpointError` naming what is wrong."""
+    from lplkit.validation import load_json_document
+
     meta_path = path / "meta.json"
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
+        text = meta_path.read_bytes()
+    except OSError as exc:
         raise CheckpointError(f"{meta_path}: missing or unreadable ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: unsupported format {meta.get('format_version')}")
+    meta = load_json_document(
+        text, "checkpoint-state", what=str(meta_path), error=CheckpointError,
+        fix="the checkpoint is damaged",
+    )  # fmt: skip
     for name in FILES:
         f = path / name
         if not f.is_file():

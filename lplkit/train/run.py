@@ -38,12 +38,25 @@ def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[s
     return keys
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A run directory's JSON file as a dict; `ConfigError` naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON ({exc}); restore it or use a new --out"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a JSON object; restore it or use a new --out")
+    return data
+
+
 def check_resume_config(run_dir: Path, cfg: TrainConfig) -> bool:
     """True when `run_dir` already holds a run; raises ConfigError when `cfg` is incompatible."""
     path = run_dir / "config.json"
     if not path.exists():
         return False
-    old = json.loads(path.read_text())
+    old = read_json_object(path)
     changed = _diff_keys(old, to_dict(cfg))
     if changed:
         raise ConfigError(
@@ -55,13 +68,17 @@ def check_resume_config(run_dir: Path, cfg: TrainConfig) -> bool:
 
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The config and run.json of an existing run directory."""
+    from lplkit.validation import require_valid
+
     try:
-        cfg = from_dict(TrainConfig, json.loads((run_dir / "config.json").read_text()))
-        info = json.loads((run_dir / "run.json").read_text())
+        cfg = from_dict(TrainConfig, read_json_object(run_dir / "config.json"))
+        info = read_json_object(run_dir / "run.json")
     except FileNotFoundError as exc:
         raise ConfigError(
             f"{run_dir} is not an lplkit run directory ({exc.filename} missing)"
         ) from None
+    require_valid(info, "run", what=f"{run_dir / 'run.json'}", error=ConfigError,
+                  fix="restore it, or re-run `lplkit train` with the same --out to rewrite it")  # fmt: skip
     return cfg, info
 
 
