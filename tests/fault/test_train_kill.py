@@ -113,7 +113,8 @@ def _kill_at_step(store: Path, run: Path, seed: int) -> int:
 def _trial(store: Path, tmp_path: Path, seed: int, reference) -> None:
     run = tmp_path / f"run-{seed}"
     at = _kill_at_step(store, run, seed)
-    assert at < STEPS and not (run / "checkpoints" / f"step_{STEPS:08d}").exists()
+    if at < STEPS:  # (a kill after the last log, during the final save or exit, is fine too)
+        assert not (run / "checkpoints" / f"step_{STEPS:08d}").exists()
     _run(_cmd(store, run))
     _assert_identical(run, reference)
 
