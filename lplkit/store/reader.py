@@ -287,7 +287,7 @@ class LatentStore:
         if ram is not None:
             for j in range(start_batch, total):
                 span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
-                yield self._make_batch([ram], plan.order[span], seed, epoch, j, rank)
+                yield self._make_batch([ram], plan.order[span], span, seed, epoch)
             return
         yield from self._stream(
             plan, batch_size, seed, epoch, start_batch, total, rank, world_size, drop_last
@@ -334,25 +334,25 @@ class LatentStore:
                         free.append(loaded.pop(k).raw)
                 request(windows[-1] + 1)
                 blocks = [get(k) for k in windows]
-                yield self._make_batch(blocks, positions, seed, epoch, j, rank)
+                yield self._make_batch(blocks, positions, span, seed, epoch)
 
     def _make_batch(
         self,
         blocks: list[_Block],
         positions: np.ndarray,
+        span: np.ndarray,
         seed: int,
         epoch: int,
-        batch: int,
-        rank: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather, pick flips, decode and sample `z = mean + std * eps` with the batch's generator.
+        """Gather, pick flips, decode and sample `z = mean + std * eps` (draws: `shf.sample_noise`).
 
         Only the returned tensors are freshly allocated per batch: fresh multi-MB buffers cost more
         in page faults than the arithmetic itself.
         """
-        g = torch.Generator().manual_seed(shf.batch_seed(seed, epoch, batch, rank))
         b = len(positions)
-        flip = torch.rand(b, generator=g) < 0.5 if self.has_flips else None
+        latents = torch.empty((b, *self.latent_shape))
+        drawn = shf.sample_noise(span, seed, epoch, self.latent_shape, out=latents)  # eps
+        flip = drawn if self.has_flips else None
         m16 = self._buffer("m16", (b, 2, *self.latent_shape), blocks[0].arrays[fmt.MOMENTS].dtype)
         chunk = positions // self.chunk_size
         for block in blocks:  # a batch may straddle two windows: gather from each, no merging
@@ -369,8 +369,6 @@ class LatentStore:
                 m16[dest] = block.arrays[fmt.MOMENTS_FLIP][rows[pick]]
         m32 = self._buffer("m32", m16.shape, torch.float32)
         m32.copy_(m16)
-        latents = torch.empty((b, *self.latent_shape))
-        latents.normal_(generator=g)  # eps
         latents.mul_(m32[:, 1]).add_(m32[:, 0])  # z = mean + std * eps
         labels = torch.from_numpy(self.labels[positions].astype(np.int64))
         return latents, labels
