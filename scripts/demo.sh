@@ -9,4 +9,4 @@ OUT="${1:-demo-out}"
 shift $(( $# > 0 ? 1 : 0 ))
 lplkit demo --out "$OUT" "$@"
 lplkit verify "$OUT/openmoji-64.zarr"
-echo "pictures: $OUT/samples/grid.png (samples), $OUT/samples/*.png; metrics above" >&2
+echo "pictures: $OUT/samples/grid.png (samples), $OUT/samples/images/*.png; metrics above" >&2

@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
             "steps",
             "cfg",
             "seed",
+            "images",
             "grid",
             "npz",
         ):

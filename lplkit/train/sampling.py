@@ -115,8 +115,11 @@ def sample_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
+    # One PNG per sample in images/ (so `lplkit eval --samples OUT/images` sees only samples), the
+    # grid and the npz beside it.
+    (out_dir / "images").mkdir(exist_ok=True)
     for i, arr in enumerate(to_uint8(imgs)):
-        Image.fromarray(arr).save(out_dir / f"{i:06d}.png")
+        Image.fromarray(arr).save(out_dir / "images" / f"{i:06d}.png")
     grid = save_grid(imgs, out_dir / "grid.png")
     npz = save_npz(imgs, out_dir / "samples.npz")
     return {
@@ -130,6 +133,7 @@ def sample_run(
         "seed": seed,
         "labels": None if y_all is None else y_all.tolist(),
         "out": str(out_dir),
+        "images": str(out_dir / "images"),
         "grid": str(grid),
         "npz": str(npz),
     }

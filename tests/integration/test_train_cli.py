@@ -116,7 +116,9 @@ def test_train_with_lpl_then_sample(store, tmp_path, capsys):
     assert outs[0].shape == (3, 32, 32, 3) and outs[0].dtype == np.uint8
     np.testing.assert_array_equal(outs[0], outs[1])  # deterministic for a seed
     assert not np.array_equal(outs[0], outs[2])
-    assert (tmp_path / "a" / "grid.png").is_file() and (tmp_path / "a" / "000002.png").is_file()
+    assert (tmp_path / "a" / "grid.png").is_file() and (
+        tmp_path / "a" / "images" / "000002.png"
+    ).is_file()
 
 
 def test_rerun_with_other_settings_is_refused(store, tmp_path):
