@@ -1,0 +1,69 @@
+"""The one-way data flow of docs/architecture.md, checked on the source: no module imports a layer
+above its own (an upward import would make e.g. the store depend on the trainer)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import lplkit
+
+# Top-level module/package of lplkit -> layer (lower layers never import higher ones).
+LAYERS = {
+    "errors": 0, "config": 0, "validation": 0, "running_stats": 0,
+    "data": 1, "autoencoder": 1, "store": 1, "objectives": 1, "decoder_features": 1, "models": 1,
+    "encode": 2, "encode_ranks": 2, "lpl": 2, "lpl_presets": 2, "lpl_terms": 2, "stats": 2,
+    "stats_store": 2, "stats_run": 2, "sample": 2,
+    "train": 3,
+    "metrics": 4, "evaluate": 4,
+    "demo": 5,
+    "cli": 6, "__main__": 6,
+}  # fmt: skip
+ROOT = Path(lplkit.__file__).parent
+
+
+def _top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lplkit."):
+            found.add(_top(node.module))
+        elif isinstance(node, ast.Import):
+            found.update(_top(a.name) for a in node.names if a.name.startswith("lplkit."))
+    return found
+
+
+def test_every_module_has_a_layer():
+    tops = {p.relative_to(ROOT).parts[0].removesuffix(".py") for p in ROOT.rglob("*.py")}
+    assert tops - {"__init__"} <= set(LAYERS), sorted(tops - {"__init__"} - set(LAYERS))
+
+
+def test_no_upward_imports():
+    upward = []
+    for path in ROOT.rglob("*.py"):
+        own = path.relative_to(ROOT).parts[0].removesuffix(".py")
+        if own == "__init__":
+            continue
+        for dep in _imports(path) - {"__init__"}:
+            if LAYERS[dep] > LAYERS[own]:
+                upward.append(f"{path.relative_to(ROOT)} imports lplkit.{dep}")
+    assert not upward, upward
+
+
+def test_only_the_cli_imports_typer_and_rich():
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        if path.relative_to(ROOT).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            if any(n.split(".")[0] in ("typer", "rich") for n in names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, offenders
