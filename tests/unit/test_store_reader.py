@@ -197,7 +197,9 @@ def test_ranks_see_exactly_the_latents_of_one_process_with_the_global_batch(
     """std > 0 and flips: the concatenated rank batches equal the 1-process global batch bit for bit
     (noise and flips follow the sample's place in the epoch order, not the rank or batch size)."""
     url = str(tmp_path / "f.zarr")
-    write_synthetic_store(url, count=97, latent_shape=SHAPE, flips=True, chunk_size=CHUNK, shard_size=16)
+    write_synthetic_store(
+        url, count=97, latent_shape=SHAPE, flips=True, chunk_size=CHUNK, shard_size=16
+    )
     s = LatentStore.open(url)
     one = list(s.batches(per_rank * world, seed=3, epoch=1, rank=0, world_size=1, drop_last=False))
     ranks = [
