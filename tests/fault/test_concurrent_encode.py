@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import zarr
 from conftest import write_image_folder
 
 HERE = Path(__file__).resolve().parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+# Same thread count as this process: some shards are encoded here (the reference, the re-run) and
+# some in the subprocess, and a different count changes the float reduction order of the convs.
+ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "PYTHONPATH": str(HERE.parents[1]), "LPLKIT_SLOW_SOURCE_S": "0.1"}  # fmt: skip
 
 

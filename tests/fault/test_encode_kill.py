@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import zarr
 from conftest import write_image_folder
 
@@ -28,7 +29,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 N_IMAGES, SHARD = 24, 4  # 6 shards
 ARRAYS = ("moments", "moments_flip", "labels")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+# Same thread count as this process: some shards are encoded here (the reference, the re-run) and
+# some in the subprocess, and a different count changes the float reduction order of the convs.
+ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "PYTHONPATH": str(ROOT)}  # fmt: skip
 
 
