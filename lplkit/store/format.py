@@ -311,3 +311,19 @@ def manifest_problems(m: Any) -> list[str]:
 
     # The full schema (nested fields, enums, ranges) after the readable checks above.
     return [f"manifest {p}" for p in schema_problems(m, "store")]
+
+
+def open_manifest(url: str) -> tuple[Any, dict[str, Any]]:
+    """Open the store group read-only: `(zarr group, manifest dict)`, or StoreError when `url` is
+    not an lplkit latent store. zarr is imported here so importing this module stays light."""
+    import zarr
+
+    from lplkit.errors import StoreError
+
+    try:
+        group = zarr.open_group(url, mode="r")
+        return group, dict(group.attrs[MANIFEST_KEY])
+    except (FileNotFoundError, KeyError):
+        raise StoreError(
+            f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
+        ) from None

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import zarr
-
-from lplkit.errors import StoreError
 from lplkit.store import format as fmt
 from lplkit.store.sidecar import url_to_fs
 from lplkit.store.writer import read_marker
@@ -25,13 +22,7 @@ def store_info(url: str) -> dict[str, Any]:
     Counts come from the manifest of a finalized store, otherwise from the completion markers.
     """
     url = str(url)
-    try:
-        group = zarr.open_group(url, mode="r")
-        manifest = dict(group.attrs[fmt.MANIFEST_KEY])
-    except (FileNotFoundError, KeyError):
-        raise StoreError(
-            f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
-        ) from None
+    group, manifest = fmt.open_manifest(url)
     fs, root = url_to_fs(url)
     count, size = int(manifest["source"]["count"]), int(manifest["shard_size"])
     n_shards = fmt.n_shards(count, size)

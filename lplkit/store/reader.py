@@ -102,13 +102,7 @@ class LatentStore:
         """Open a store. An unfinished store (encode still running or crashed) is refused unless
         `allow_incomplete`, in which case only shards with a completion marker count as data."""
         url = str(url)
-        try:
-            group = zarr.open_group(url, mode="r")
-            manifest = dict(group.attrs[fmt.MANIFEST_KEY])
-        except (FileNotFoundError, KeyError):
-            raise StoreError(
-                f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
-            ) from None
+        group, manifest = fmt.open_manifest(url)
         problems = fmt.manifest_problems(manifest)
         if problems:
             raise StoreCorruptError(
