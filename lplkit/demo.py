@@ -41,11 +41,11 @@ class DemoConfig:
     limit: int | None = None  # encode only the first N glyphs (CI); None = the 1,674 train glyphs
     model: str = "DiT-T/2"
     objective: str = "flow"
-    steps: int = 1000
+    steps: int = 800
     lpl_fraction: float = 0.2  # the paper's post-training phase: the last 1/5 .. 1/3 of training
     batch_size: int = 32
     lr: float = 1e-3
-    stats_samples: int = 512
+    stats_samples: int = 256
     n_samples: int = 64
     sample_steps: int = 32
     eval_n: int = 256
@@ -144,7 +144,7 @@ def _encode(cfg: DemoConfig) -> dict[str, Any]:
 
     ecfg = EncodeConfig(
         dataset="openmoji", out=str(cfg.store), res=cfg.res, limit=cfg.limit,
-        workers=1, device=cfg.device,
+        workers=2, device=cfg.device,
     )  # fmt: skip
     s = encode_dataset(ecfg)
     return {"samples": s.total, "encoded": s.encoded, "skipped": s.skipped, "resumed": s.encoded == 0}  # fmt: skip

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         ),
         model: str = typer.Option("DiT-T/2", "--model", help="Denoiser (see lplkit.models)."),
         objective: str = typer.Option("flow", "--objective", help="flow, eps or v."),
-        steps: int = typer.Option(1000, "--steps", help="Training steps."),
+        steps: int = typer.Option(800, "--steps", help="Training steps."),
         lpl_fraction: float = typer.Option(
             0.2, "--lpl-fraction", help="Last fraction of the steps trained with LPL (0 = off)."
         ),
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         sample_steps: int = typer.Option(32, "--sample-steps", help="Sampler steps."),
         eval_n: int = typer.Option(256, "--eval-n", help="Reference images for eval."),
         swd_dirs: int = typer.Option(128, "--swd-dirs", help="SWD directions per repeat."),
-        stats_samples: int = typer.Option(512, "--stats-samples", help="Items for `stats`."),
+        stats_samples: int = typer.Option(256, "--stats-samples", help="Items for `stats`."),
         seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda ..."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
