@@ -211,3 +211,24 @@ def encode_moments(vae: nn.Module, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, 
         return dist.mean.float(), dist.std.float()
     mean = out.latent.float()
     return mean, torch.zeros_like(mean)
+
+
+def check_store_autoencoder(
+    manifest: dict[str, Any], info: dict[str, Any], url: str, *, fix: str
+) -> None:
+    """Raise `StoreMismatchError` unless `info` (`autoencoder_info`) is the autoencoder that encoded
+    the store: same config_hash, and same weights_hash when the manifest records one (a bundled or
+    local autoencoder whose weights changed since the encode is caught here: no stale-cache mixing).
+    `fix` ends the message (what the user should do)."""
+    from lplkit.errors import StoreMismatchError
+
+    stored = manifest.get("autoencoder") or {}
+    for key in ("config_hash", "weights_hash"):
+        if key == "weights_hash" and not stored.get(key):
+            continue
+        if stored.get(key) != info.get(key):
+            raise StoreMismatchError(
+                f"{url} was encoded with autoencoder {stored.get('id')!r} ({key} "
+                f"{str(stored.get(key))[:12]}), but the autoencoder {info.get('id')!r} loaded now "
+                f"has {key} {str(info.get(key))[:12]}; {fix}"
+            )

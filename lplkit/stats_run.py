@@ -29,21 +29,15 @@ DEFAULT_SAMPLES = 1024
 
 
 def check_autoencoder(manifest: dict[str, Any], info: dict[str, Any], url: str) -> None:
-    """Raise `StoreMismatchError` unless `info` (autoencoder_info) is the store's autoencoder:
-    same config_hash, and same weights_hash when the manifest records one."""
-    from lplkit.errors import StoreMismatchError
+    """Statistics must come from the store's own autoencoder (see `check_store_autoencoder`)."""
+    from lplkit.autoencoder import check_store_autoencoder
 
-    stored = manifest.get("autoencoder") or {}
-    for key in ("config_hash", "weights_hash"):
-        if key == "weights_hash" and not stored.get(key):
-            continue
-        if stored.get(key) != info.get(key):
-            raise StoreMismatchError(
-                f"{url} was encoded with autoencoder {stored.get('id')!r} ({key} "
-                f"{str(stored.get(key))[:12]}), but the requested autoencoder {info.get('id')!r} has "
-                f"{key} {str(info.get(key))[:12]}; statistics must use the store's own autoencoder: "
-                "drop --vae or pass that one"
-            )
+    check_store_autoencoder(
+        manifest,
+        info,
+        url,
+        fix="statistics must use the store's own autoencoder: drop --vae or pass that one",
+    )
 
 
 def _range(t: torch.Tensor) -> list[float]:

@@ -126,7 +126,7 @@ def _is_store(spec: str) -> bool:
 def open_store_images(spec: str, *, device: str = "cpu") -> StoreImages:
     """Open a latent store and the autoencoder named in its manifest (raw latents are decoded as is)."""
     try:
-        from lplkit.autoencoder import load_autoencoder
+        from lplkit.autoencoder import autoencoder_info, check_store_autoencoder, load_autoencoder
         from lplkit.store import LatentStore
     except ImportError as exc:
         raise EvaluationError(f"{spec}: reading latent stores needs lplkit.store ({exc})") from exc
@@ -135,6 +135,11 @@ def open_store_images(spec: str, *, device: str = "cpu") -> StoreImages:
     if not ae.get("id"):
         raise EvaluationError(f"{spec}: the store manifest names no autoencoder to decode with")
     vae = load_autoencoder(ae["id"], subfolder=ae.get("subfolder"), device=device)
+    if ae.get("config_hash") not in (None, "0"):  # synthetic stores record no real autoencoder
+        check_store_autoencoder(
+            store.manifest, autoencoder_info(vae, ae["id"], ae.get("subfolder")), spec,
+            fix="its latents would decode to wrong images: re-encode the reference store",
+        )  # fmt: skip
     return StoreImages(store, vae, name=spec, device=device)
 
 

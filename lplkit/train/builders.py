@@ -60,19 +60,25 @@ def autoencoder_spec(cfg: TrainConfig, manifest: dict[str, Any]) -> tuple[str, s
 
 
 def load_decoder_vae(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device) -> nn.Module:
-    """The frozen autoencoder (eval, no grad); warns when it is not the one that made the store."""
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    """The frozen autoencoder (eval, no grad). The store's own AE must still be the one that encoded
+    it (else `StoreMismatchError`); an explicit `--vae` that differs only warns (e.g. a fine-tuned
+    decoder with the same latent space)."""
+    from lplkit.autoencoder import autoencoder_info, check_store_autoencoder, load_autoencoder
+    from lplkit.errors import StoreMismatchError
 
     spec, sub = autoencoder_spec(cfg, manifest)
     vae = load_autoencoder(spec, subfolder=sub, device=device)
-    want = manifest.get("autoencoder", {}).get("config_hash")
-    got = autoencoder_info(vae, spec, sub).get("config_hash")
-    if want and want != "0" and got != want:
-        warnings.warn(
-            f"autoencoder {spec} differs from the one that encoded the store (config hash "
-            f"{got[:12]} vs {want[:12]}); LPL features and samples will be off",
-            stacklevel=2,
-        )
+    if manifest.get("autoencoder", {}).get("config_hash") in (None, "0"):
+        return vae  # synthetic stores record no real autoencoder
+    try:
+        check_store_autoencoder(
+            manifest, autoencoder_info(vae, spec, sub), str(cfg.store),
+            fix="re-encode the store with this autoencoder (new --out) or pass --vae with the original",
+        )  # fmt: skip
+    except StoreMismatchError as exc:
+        if not cfg.lpl.vae:
+            raise
+        warnings.warn(f"{exc} (continuing: --vae was given explicitly)", stacklevel=2)
     return vae
 
 
