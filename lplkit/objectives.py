@@ -166,11 +166,13 @@ class Objective:
         if snr_min is not None:
             mask &= snr_gate(self.snr(t), snr_min)
         if max_timestep is not None:
-            raise ConfigError(
-                f"max_timestep gate is defined for DDPM objectives only, not {self.name!r}; "
-                "use snr_min"
-            )
+            mask &= self._timestep_gate(t, max_timestep)
         return mask
+
+    def _timestep_gate(self, t: Tensor, max_timestep: int) -> Tensor:
+        raise ConfigError(
+            f"max_timestep gate is defined for DDPM objectives only, not {self.name!r}; use snr_min"
+        )
 
     @staticmethod
     def loss(model_out: Tensor, target: Tensor) -> Tensor:
@@ -281,16 +283,9 @@ class DDPMObjective(Objective):
         """The integer timestep itself (int64), as DiT / diffusers UNets expect."""
         return t.long()
 
-    def gate(
-        self, t: Tensor, *, snr_min: float | None = None, max_timestep: int | None = None
-    ) -> Tensor:
-        """``snr(t) >= snr_min`` and/or ``t < max_timestep`` (the reference code's ``t < 200``)."""
-        mask = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
-        if snr_min is not None:
-            mask &= snr_gate(self.snr(t), snr_min)
-        if max_timestep is not None:
-            mask &= t < max_timestep
-        return mask
+    def _timestep_gate(self, t: Tensor, max_timestep: int) -> Tensor:
+        """``t < max_timestep`` (the reference code's ``t < 200``)."""
+        return t < max_timestep
 
 
 class FlowMatchingObjective(Objective):
