@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from random_autoencoders import random_autoencoder
 
 from lplkit.autoencoder import encode_moments, load_autoencoder
 from lplkit.data.transforms import prepare_image
@@ -46,20 +47,7 @@ _AMP = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def make_autoencoder(kind: str, path: Path) -> Path:
     """Save a random-init AutoencoderKL (tiny, or SD-VAE-sized) as a diffusers directory."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    if kind == "sd":
-        cfg = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
-    else:
-        cfg = dict(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=4)
-    n = len(cfg["block_out_channels"])
-    AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        latent_channels=4,
-        **cfg,
-    ).save_pretrained(path)
+    random_autoencoder(kind).save_pretrained(path)
     return path
 
 

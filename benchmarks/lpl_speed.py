@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
+from random_autoencoders import random_autoencoder
 from rich.console import Console
 from rich.table import Table
 
@@ -33,30 +34,6 @@ from lplkit.lpl import LatentPerceptualLoss
 console = Console(stderr=True)
 if not console.is_terminal:  # logs/files: wide enough for the results table
     console = Console(stderr=True, width=150)
-
-
-def make_autoencoder(name: str):
-    """Random-init AutoencoderKL: `sd` = SD-VAE-sized decoder, `tiny` = the test-suite tiny AE."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    if name == "sd":
-        return AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            norm_num_groups=32,
-        )
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-    )
 
 
 @contextlib.contextmanager
@@ -200,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for ae, latent, batch, depth, ckpt in cases(args):
         if ae not in vaes:
-            vaes[ae] = make_autoencoder(ae).to(device=device, dtype=dtype)
+            vaes[ae] = random_autoencoder(ae).to(device=device, dtype=dtype)
         max_depth = len(vaes[ae].decoder.up_blocks)
         if depth > max_depth:
             continue

@@ -18,29 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def make_ae(kind: str):
-    """Random-init AutoencoderKL: `sd` = SD-VAE layout (128/256/512/512, 2 layers), `tiny` = test one."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    if kind == "sd":
-        return AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-        ).eval()
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-    ).eval()
+from random_autoencoders import random_autoencoder
 
 
 class ArrayStore:
@@ -97,7 +75,7 @@ def main() -> None:
     from lplkit.stats import compute_stats, select_items
 
     with tempfile.TemporaryDirectory() as tmp:
-        vae = make_ae(a.ae)
+        vae = random_autoencoder(a.ae)
         store = ArrayStore(a.items, a.latent)
         taps = DecoderTaps(vae, a.depth).to(a.device)
         items = select_items(store.ok_positions, flips=False, samples=None, seed=0)
@@ -131,7 +109,7 @@ def check(root: Path, device: str) -> None:
     from lplkit.decoder_features import DecoderTaps
     from lplkit.stats import compute_stats
 
-    vae = make_ae("tiny")
+    vae = random_autoencoder("tiny")
     store = ArrayStore(40, 8)
     cpu = compute_stats(store, DecoderTaps(vae), batch_size=8, device="cpu", pilot=4)
     dev = compute_stats(store, DecoderTaps(vae).to(device), batch_size=8, device=device, pilot=4)

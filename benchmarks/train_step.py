@@ -28,36 +28,12 @@ import time
 from pathlib import Path
 
 import torch
+from random_autoencoders import random_autoencoder
 
 SIZES = {  # model, autoencoder, latent size, batch
     "tiny": ("DiT-T/2", "tiny", 8, 16),
     "small": ("DiT-S/2", "small", 16, 8),
 }
-
-
-def make_ae(kind: str):
-    """Random-init AutoencoderKL: `tiny` (f=4, 8-16 ch), `small` (f=8, 32-128 ch), `sd` (SD-VAE)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    if kind == "sd":  # the SD / SDXL VAE layout: 128-256-512-512, 2 resnets per block
-        return AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=256,
-        ).eval()
-    chans = (8, 16, 16) if kind == "tiny" else (32, 64, 128, 128)
-    return AutoencoderKL(
-        block_out_channels=chans,
-        down_block_types=("DownEncoderBlock2D",) * len(chans),
-        up_block_types=("UpDecoderBlock2D",) * len(chans),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4 if kind == "tiny" else 32,
-    ).eval()
 
 
 def _sync(dev: torch.device) -> None:
@@ -102,7 +78,7 @@ def step_fn(args, gate_frac: float | None):
     y = torch.randint(0, 10, (B,), generator=g).to(dev)
     lpl, gate = None, None
     if gate_frac is not None:
-        vae = make_ae(args.ae).to(dev)
+        vae = random_autoencoder(args.ae).to(dev)
         lpl = LatentPerceptualLoss(vae, "paper", depth=args.depth).to(dev).forward_gathered
         gate = torch.zeros(B, dtype=torch.bool, device=dev)
         gate[: round(gate_frac * B)] = True
