@@ -9,17 +9,22 @@ reads whole inner chunks (merged into contiguous runs) and gathers in memory:
   `memory_budget` it is loaded once and kept, and the order is a uniform permutation of all samples.
   The next window is read in a background thread while the current one is consumed.
 
-Latents are sampled as `z = mean + std * eps`, `eps ~ N(0, I)`, with a torch generator seeded from
-`(seed, epoch, batch, rank)`; with flips, each sample uses the moments of the flipped image with
-probability 1/2 (drawn from the same generator). So batch `j` is a pure function of
-`(seed, epoch, j, rank, world_size, batch_size, memory_budget)`: resuming at `start_batch=j` gives
-bitwise the batches an uninterrupted iteration would have given.
+Latents are sampled as `z = mean + std * eps`, `eps ~ N(0, I)`: the epoch order is cut into groups
+of 16 samples, each with its own torch generator seeded from `(seed, epoch, group)` that draws the
+group's flips (with flips, each sample uses the moments of the flipped image with probability 1/2)
+and then its eps (`shuffle.BatchDraws`). So batch `j` is a pure function of `(seed, epoch, j, rank,
+world_size, batch_size, memory_budget)`, and a sample's latent does not depend on the rank split:
+resuming at `start_batch=j` gives bitwise the batches an uninterrupted iteration would have given.
+The draws and arithmetic of a batch run on `threads` threads (torch releases the GIL); the numbers
+are the same for any thread count.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,16 @@ from lplkit.store import shuffle as shf
 from lplkit.store.sidecar import url_to_fs
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of stored moments (all arrays) the loader may hold
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool for batch sampling (per pid: a forked child gets its own)."""
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lplkit-sample")
+    return _POOLS[key]
 
 
 class _Block:
@@ -78,12 +93,16 @@ class LatentStore:
         manifest: dict[str, Any],
         index: pa.Table,
         memory_budget: int,
+        threads: int | None = None,
     ) -> None:
         self.url = url
         self.group = group
         self.manifest = manifest
         self.index = index
         self.memory_budget = int(memory_budget)
+        # Threads that sample each batch (eps draws + arithmetic); None = torch's intra-op count
+        # (1 under torchrun with several processes per node, which sets OMP_NUM_THREADS=1).
+        self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
         self.chunk_size = int(manifest["chunk_size"])
         self.dtype = manifest["dtype"]
         self.has_flips = bool(manifest["flips"])
@@ -97,10 +116,17 @@ class LatentStore:
 
     @classmethod
     def open(
-        cls, url: str, *, memory_budget: int = DEFAULT_MEMORY_BUDGET, allow_incomplete: bool = False
+        cls,
+        url: str,
+        *,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        allow_incomplete: bool = False,
+        threads: int | None = None,
     ) -> LatentStore:
         """Open a store. An unfinished store (encode still running or crashed) is refused unless
-        `allow_incomplete`, in which case only shards with a completion marker count as data."""
+        `allow_incomplete`, in which case only shards with a completion marker count as data.
+        `threads` sample each training batch (default: `torch.get_num_threads()`); the batches are
+        bitwise the same for any value."""
         url = str(url)
         group, manifest = fmt.open_manifest(url)
         problems = fmt.manifest_problems(manifest)
@@ -124,7 +150,7 @@ class LatentStore:
                 f"{url} is not finished (encode still running or interrupted); re-run the encode "
                 "command to complete it"
             )
-        return cls(url, group, manifest, index, memory_budget)
+        return cls(url, group, manifest, index, memory_budget, threads)
 
     @staticmethod
     def _index_of_complete_shards(fs: Any, root: str, manifest: dict[str, Any]) -> pa.Table:
@@ -338,34 +364,58 @@ class LatentStore:
         seed: int,
         epoch: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather, pick flips, decode and sample `z = mean + std * eps` (draws: `shf.sample_noise`).
+        """Gather, pick flips, decode and sample `z = mean + std * eps` (draws: `shf.BatchDraws`).
 
-        Only the returned tensors are freshly allocated per batch: fresh multi-MB buffers cost more
-        in page faults than the arithmetic itself.
+        The batch is cut at noise-group boundaries into up to `threads` pieces that each run the
+        whole pipeline for their rows (torch releases the GIL). Every group has its own generator,
+        so the numbers do not depend on the cut. Only the returned tensors are freshly allocated
+        per batch: fresh multi-MB buffers cost more in page faults than the arithmetic itself.
         """
         b = len(positions)
         latents = torch.empty((b, *self.latent_shape))
-        drawn = shf.sample_noise(span, seed, epoch, self.latent_shape, out=latents)  # eps
-        flip = drawn if self.has_flips else None
         m16 = self._buffer("m16", (b, 2, *self.latent_shape), blocks[0].arrays[fmt.MOMENTS].dtype)
+        m32 = self._buffer("m32", m16.shape, torch.float32)
+
+        def sample(lo: int, hi: int) -> None:
+            draws = shf.BatchDraws(span[lo:hi], seed, epoch)
+            flips = draws.flips if self.has_flips else None
+            self._gather(blocks, positions[lo:hi], flips, m16[lo:hi])
+            draws.fill_eps(latents[lo:hi])
+            m32[lo:hi].copy_(m16[lo:hi])  # z = mean + std * eps (two exact ops, no FMA)
+            latents[lo:hi].mul_(m32[lo:hi, 1]).add_(m32[lo:hi, 0])
+
+        cuts = shf.group_cuts(span, self.threads)
+        if len(cuts) > 2:
+            pool = _pool(self.threads)
+            for done in [pool.submit(sample, lo, hi) for lo, hi in pairwise(cuts)]:
+                done.result()
+        else:
+            sample(0, b)
+        labels = torch.from_numpy(self.labels[positions].astype(np.int64))
+        return latents, labels
+
+    def _gather(
+        self,
+        blocks: list[_Block],
+        positions: np.ndarray,
+        flips: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> None:
+        """Stored moments of `positions` into `out` (flipped copy where `flips`)."""
+        b = len(positions)
         chunk = positions // self.chunk_size
         for block in blocks:  # a batch may straddle two windows: gather from each, no merging
             slot = block.slot[chunk]
             mine = slot >= 0 if len(blocks) > 1 else np.ones(b, dtype=bool)
             rows = torch.from_numpy(slot[mine] + positions[mine] - chunk[mine] * self.chunk_size)
             if mine.all():
-                torch.index_select(block.arrays[fmt.MOMENTS], 0, rows, out=m16)
+                torch.index_select(block.arrays[fmt.MOMENTS], 0, rows, out=out)
             else:
-                m16[torch.from_numpy(mine)] = block.arrays[fmt.MOMENTS][rows]
-            if flip is not None:
-                pick = flip[torch.from_numpy(mine)]
+                out[torch.from_numpy(mine)] = block.arrays[fmt.MOMENTS][rows]
+            if flips is not None:
+                pick = flips[torch.from_numpy(mine)]
                 dest = torch.from_numpy(np.flatnonzero(mine))[pick]
-                m16[dest] = block.arrays[fmt.MOMENTS_FLIP][rows[pick]]
-        m32 = self._buffer("m32", m16.shape, torch.float32)
-        m32.copy_(m16)
-        latents.mul_(m32[:, 1]).add_(m32[:, 0])  # z = mean + std * eps
-        labels = torch.from_numpy(self.labels[positions].astype(np.int64))
-        return latents, labels
+                out[dest] = block.arrays[fmt.MOMENTS_FLIP][rows[pick]]
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A scratch tensor reused across batches (reallocated when the shape or dtype changes)."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lplkit.store import LatentStore
+from lplkit.store.shuffle import NOISE_GROUP, batch_span, group_seed, num_batches
 from lplkit.store.synthetic import synthetic_moments, write_synthetic_store
 
 COUNT, SHAPE, CHUNK = 203, (2, 4, 4), 4
@@ -213,3 +214,55 @@ def test_ranks_see_exactly_the_latents_of_one_process_with_the_global_batch(
         if j < len(one) - 1:  # the padded last batch is split per rank; compare the full ones
             assert torch.equal(z_r, z) and torch.equal(y_r, y)
     assert float(one[0][0].std()) > 0.5  # the draws really are noisy (std > 0 moments)
+
+
+def _reference_batch(mean16, flip16, positions, span, seed, epoch):
+    """The documented stream, written out plainly: order index i -> group i // 16, whose generator
+    (seeded with group_seed) draws 16 flips (rand < 1/2) then 16 x shape normals; z = eps*std + mean
+    in float32 from the float16-stored moments."""
+    out = []
+    for p, i in zip(positions.tolist(), span.tolist(), strict=True):
+        g = torch.Generator().manual_seed(group_seed(seed, epoch, i // NOISE_GROUP))
+        flip = bool((torch.rand(NOISE_GROUP, generator=g) < 0.5)[i % NOISE_GROUP])
+        eps = torch.randn((NOISE_GROUP, *SHAPE), generator=g)[i % NOISE_GROUP]
+        m = torch.from_numpy((flip16 if flip else mean16)[p])
+        out.append(eps * m[1] + m[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("windows", [False, True])
+def test_batches_follow_the_documented_noise_stream_for_any_thread_count(tmp_path, windows):
+    """Bit for bit the reference stream, for 1..5 sampling threads, partial noise groups (batch 24),
+    several ranks and a wrapped, padded last batch (drop_last=False)."""
+    url = str(tmp_path / "t.zarr")
+    arrays = write_synthetic_store(
+        url,
+        count=203,
+        latent_shape=SHAPE,
+        flips=True,
+        chunk_size=CHUNK,
+        shard_size=16,
+        skipped=SKIPPED,
+        num_classes=203,
+    )
+    mean16 = arrays["moments"].astype(np.float16).astype(np.float32)
+    flip16 = arrays["moments_flip"].astype(np.float16).astype(np.float32)
+    seed, epoch, bs, world = 7, 2, 24, 2
+    budget = 9 * LatentStore.open(url).bytes_per_chunk if windows else 2 << 30
+    plan = LatentStore.open(url, memory_budget=budget).epoch_order(seed, epoch)
+    n = len(plan.order)
+    for threads in (1, 2, 3, 5):
+        store = LatentStore.open(url, memory_budget=budget, threads=threads)
+        for rank in range(world):
+            batches = list(
+                store.batches(
+                    bs, seed=seed, epoch=epoch, rank=rank, world_size=world, drop_last=False
+                )
+            )
+            assert len(batches) == num_batches(n, bs, world, drop_last=False)
+            for j, (z, pos) in enumerate(batches):
+                span = batch_span(n, j, bs, rank, world, drop_last=False)
+                positions = plan.order[span]
+                assert pos.tolist() == positions.tolist()
+                ref = _reference_batch(mean16, flip16, positions, span, seed, epoch)
+                assert torch.equal(z, ref), (threads, rank, j)
