@@ -21,6 +21,15 @@ run of each counts (`ratio_loop`), and each adjacent (alone, full) pair's ratio 
 
 On a CPU the comparison is not the GPU one: decoding workers and the encoder share the cores, so
 the full run also pays for the decoding the baseline skipped (the decode-only rate is printed).
+`--simulate-img-s R` stands in for an accelerator on a CPU box: every `encode_moments` call (in
+both runs) becomes a sleep of `batch / R` seconds returning zero moments of the real shape, so the
+"device" has a fixed throughput and leaves the cores to the decode workers and the writer, as a GPU
+would. Everything else (decode, crop, batching, uint8 -> [-1, 1], flips, shard buffers, writes with
+checksums) is the real pipeline. It is pessimistic: the sleep blocks the main thread, where a GPU
+would let it prepare the next batch.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/encode_overhead.py --ae tiny --res 128 \
+        --n 2048 --batch-size 64 --workers 1 --simulate-img-s 100
 """
 
 from __future__ import annotations
@@ -38,9 +47,12 @@ import torch
 from PIL import Image
 from random_autoencoders import random_autoencoder
 
-from lplkit.autoencoder import encode_moments, load_autoencoder
+import lplkit.encode
+from lplkit.autoencoder import load_autoencoder
 from lplkit.data.transforms import prepare_image
 from lplkit.encode import EncodeConfig, encode_dataset
+
+encode_moments = lplkit.encode.encode_moments
 
 _AMP = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,6 +77,24 @@ def make_images(root: Path, n: int, res: int, seed: int = 0) -> Path:
             root / f"{i:06d}.jpg", quality=90
         )
     return root
+
+
+def simulate_device(img_s: float) -> None:
+    """Make every `encode_moments` call (benchmark and pipeline) a stand-in device with a fixed
+    throughput: sleep len(x) / img_s seconds and return zero moments of the real latent shape (the
+    real encoder runs once per input shape, to learn it). The cores stay free, as with a GPU."""
+    global encode_moments
+    real, shapes = lplkit.encode.encode_moments, {}
+
+    def device(vae, x):
+        key = tuple(x.shape[1:])
+        if key not in shapes:
+            shapes[key] = tuple(real(vae, x[:1])[0].shape[1:])
+        time.sleep(len(x) / img_s)
+        zeros = torch.zeros((len(x), *shapes[key]))
+        return zeros, zeros.clone()
+
+    encode_moments = lplkit.encode.encode_moments = device
 
 
 def _sync(device: torch.device) -> None:
@@ -95,8 +125,11 @@ def main() -> None:
     p.add_argument("--autocast", choices=tuple(_AMP), default="none")
     p.add_argument("--shard-size", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--simulate-img-s", type=float, default=None, help="see the module docstring")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.simulate_img_s:
+        simulate_device(args.simulate_img_s)
     device = torch.device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="encode_overhead_"))
     try:
@@ -127,6 +160,7 @@ def main() -> None:
             "workers": args.workers, "device": str(device), "autocast": args.autocast,
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "simulated_img_s": args.simulate_img_s,
             "decode_only_img_s_1proc": round(decode_ips, 1),
             "alone_img_s": [round(v, 1) for v in alone],
             "full_loop_img_s": [round(v, 1) for v in full],

@@ -9,7 +9,9 @@ Pipeline per process (one process, or every rank of a torchrun job):
 3. this rank's pending shards (shard s belongs to rank s % world) are read by DataLoader workers,
    which decode, check and crop (so the autoencoder never waits on PIL), in batches that never cross
    a shard boundary: a shard's batches are the same whatever ran before, which makes a resumed or
-   distributed store byte-identical to a one-go, one-process one;
+   distributed store byte-identical to a one-go, one-process one.
+   A background thread receives the workers' items and moves each batch to the device (as uint8)
+   while the autoencoder runs;
 4. each batch is encoded in eval/no-grad (optionally under autocast), together with its horizontal
    flip when `flip`; a completed shard is handed to a background thread that writes it (arrays,
    index part, checksummed completion marker) while the next shard encodes;
@@ -24,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from lplkit.autoencoder import (
     encode_moments,
     load_autoencoder,
 )
+from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
 from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip, to_unit_range
@@ -47,6 +50,7 @@ from lplkit.store.writer import StoreWriter
 __all__ = ["EncodeConfig", "EncodeSummary", "encode_dataset"]
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
 _AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -295,7 +299,10 @@ def _encode_shards(
     t_loop = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-shard-writer") as pool:
         writes: deque[Future] = deque()
-        encoded = _encoded_batches(_assembled(loader, parts, device, summary), vae, cfg, latent)
+        # Receiving decoded items and moving them to the device run in a background thread, so
+        # they overlap with the autoencoder; the workers are forked here, by this thread.
+        assembled = background(_assembled(iter(loader), parts, device), name="lplkit-encode-input")
+        encoded = _encoded_batches(_waited(assembled, summary), vae, cfg, latent)
         for samples, moments, moments_flip in encoded:
             for j, s in enumerate(samples):
                 if not s.ok:
@@ -386,19 +393,17 @@ def _encoded_batches(
 
 
 def _assembled(
-    loader: DataLoader, parts: list[int], device: torch.device, summary: EncodeSummary
+    it: Iterator[tuple[list[PreparedSample], torch.Tensor | None]],
+    parts: list[int],
+    device: torch.device,
 ) -> Iterator[tuple[list[PreparedSample], torch.Tensor | None]]:
     """Autoencoder batches from `parts[k]` loader items each: rows in order, and the ok pixels on
-    `device` as float32 in [-1, 1] (moved as uint8, converted there). Time spent waiting for the
-    loader is added to `summary.input_wait_s`."""
-    it = iter(loader)
+    `device` as float32 in [-1, 1] (moved as uint8, converted there)."""
     for k in parts:
         samples: list[PreparedSample] = []
         xs: list[torch.Tensor] = []
         for _ in range(k):
-            t = time.perf_counter()
             item_samples, item_x = next(it)
-            summary.input_wait_s += time.perf_counter() - t
             samples.extend(item_samples)
             if item_x is not None:
                 xs.append(item_x.to(device, non_blocking=True))
@@ -406,6 +411,19 @@ def _assembled(
         if xs:
             x = to_unit_range(xs[0] if len(xs) == 1 else torch.cat(xs))
         yield samples, x
+
+
+def _waited(it: Iterator[T], summary: EncodeSummary) -> Iterator[T]:
+    """`it`, adding the time spent waiting for each item to `summary.input_wait_s`."""
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            summary.input_wait_s += time.perf_counter() - t
+        yield item
 
 
 def _unpack(
