@@ -1,9 +1,17 @@
 """store_read: training batches from the latent store vs np.memmap vs one .npy per sample.
 
 All three deliver the same thing per batch of 256: random samples (an epoch permutation), moments
-float16 -> float32, `z = mean + std * eps` with a seeded torch generator. Ratios are measured in one
-run (files are in the page cache for all three). Also reports, per codec and inner-chunk size, stored
-bytes/sample, compression ratio and write throughput.
+float16 -> float32, `z = mean + std * eps` with a seeded torch generator, on one thread. Ratios are
+measured in one run (files are in the page cache for all three). Extra rows:
+
+- `store_ram_cached_{T}thr`: the store's loader sampling on `--threads` threads (bitwise the same
+  batches as on one); its ratios are against the one-thread baselines;
+- `noise_only`: the eps draws alone (`torch.randn` of a batch): the ceiling of any sampled loader;
+- `gather_*`: the layouts without sampling: random batches of float32 (mean, std) from
+  `LatentStore.read` (store in RAM), the memmap, and one `.npy` per sample.
+
+Also reports, per codec and inner-chunk size, stored bytes/sample, compression ratio and write
+throughput (`--no-codecs` skips it).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/store_read.py [--count 20000] [--repeats 3] [--json]
 
@@ -68,9 +76,10 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
-def store_run(url: str, budget: int | None, cached: bool):
+def store_run(url: str, budget: int | None, cached: bool, threads: int = 1):
     """One epoch of store.batches from a fresh LatentStore (cached: after a warm-up epoch)."""
-    store = LatentStore.open(url, **({} if budget is None else {"memory_budget": budget}))
+    kw = {"threads": threads} | ({} if budget is None else {"memory_budget": budget})
+    store = LatentStore.open(url, **kw)
     if cached:
         for _ in store.batches(BATCH, seed=0, epoch=1):
             pass
@@ -107,6 +116,48 @@ def files_run(folder: Path, count: int, batches: int):
             )
 
     return run, batches * BATCH
+
+
+def gather_runs(url: str, root: Path, count: int, batches: int) -> dict:
+    """Layout cost alone (no sampling): random batches of float32 (mean, std) from each layout
+    (float16 -> float32 by torch everywhere: numpy's half conversion is ~3x slower)."""
+    store = LatentStore.open(url)
+    store.read([0])
+    store._ram_block()  # the in-RAM steady state, as in store_ram_cached
+    perm = np.random.default_rng(1).permutation(count)
+    mm = np.lib.format.open_memmap(root / "moments.npy", mode="r")
+    folder = root / "files"
+
+    def run_store() -> None:
+        for j in range(count // BATCH):
+            store.read(perm[j * BATCH : (j + 1) * BATCH])
+
+    def run_memmap() -> None:
+        for j in range(count // BATCH):
+            torch.from_numpy(mm[perm[j * BATCH : (j + 1) * BATCH]]).float()
+
+    def run_files() -> None:
+        for j in range(batches):
+            idx = perm[j * BATCH : (j + 1) * BATCH]
+            torch.from_numpy(np.stack([np.load(folder / f"{i:07d}.npy") for i in idx])).float()
+
+    n_all = count // BATCH * BATCH
+    return {
+        "gather_store_read": (run_store, n_all),
+        "gather_memmap": (run_memmap, n_all),
+        "gather_per_file": (run_files, batches * BATCH),
+    }
+
+
+def noise_run(count: int):
+    """The draws alone: torch.randn of one batch's eps, with one seeding per batch."""
+    z = torch.empty((BATCH, *SHAPE))
+
+    def run() -> None:
+        for j in range(count // BATCH):
+            z.normal_(generator=torch.Generator().manual_seed(j))
+
+    return run, count // BATCH * BATCH
 
 
 def codec_table(root: Path, moments: np.ndarray, repeats: int) -> list[dict]:
@@ -161,6 +212,10 @@ def main() -> None:
     )
     ap.add_argument("--codec-count", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--threads", type=int, default=2, help="sampling threads of the extra store_ram_cached run"
+    )
+    ap.add_argument("--no-codecs", action="store_true", help="skip the codec table")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -185,12 +240,18 @@ def main() -> None:
             np.save(root / "files" / f"{i:07d}.npy", x16[i])
         del x16
         store_bytes = LatentStore.open(url).n_chunks * LatentStore.open(url).bytes_per_chunk
+        gather = gather_runs(url, root, args.count, args.file_batches)
         methods = {
             "memmap": lambda: memmap_run(root / "moments.npy", args.count),
             "per_file": lambda: files_run(root / "files", args.count, args.file_batches),
             "store_ram_incl_load": lambda: store_run(url, None, cached=False),
             "store_ram_cached": lambda: store_run(url, None, cached=True),
             "store_windows_1/8": lambda: store_run(url, store_bytes // 8, cached=False),
+            f"store_ram_cached_{args.threads}thr": lambda: store_run(
+                url, None, cached=True, threads=args.threads
+            ),
+            "noise_only": lambda: noise_run(args.count),
+            **{k: (lambda v=v: v) for k, v in gather.items()},
         }
         best = {k: (np.inf, np.inf, 0) for k in methods}
         for _ in range(args.repeats):
@@ -205,13 +266,23 @@ def main() -> None:
         }
         for name, (wall, cpu, n) in best.items():
             r[name] = {"samples_per_s": n / wall, "samples_per_cpu_s": n / cpu}
-        for name in ("store_ram_incl_load", "store_ram_cached", "store_windows_1/8"):
-            for base in ("memmap", "per_file"):
-                r[name][f"vs_{base}"] = r[name]["samples_per_s"] / r[base]["samples_per_s"]
-                r[name][f"vs_{base}_cpu"] = (
+        compared = {
+            "store_ram_incl_load": ("memmap", "per_file"),
+            "store_ram_cached": ("memmap", "per_file"),
+            "store_windows_1/8": ("memmap", "per_file"),
+            f"store_ram_cached_{args.threads}thr": ("memmap", "per_file"),
+            "gather_store_read": ("gather_memmap", "gather_per_file"),
+        }
+        for name, bases in compared.items():
+            for base in bases:
+                key = base.removeprefix("gather_")
+                r[name][f"vs_{key}"] = r[name]["samples_per_s"] / r[base]["samples_per_s"]
+                r[name][f"vs_{key}_cpu"] = (
                     r[name]["samples_per_cpu_s"] / r[base]["samples_per_cpu_s"]
                 )
-        r["codecs"] = codec_table(root, moments[: args.codec_count], args.repeats)
+        r["codecs"] = (
+            [] if args.no_codecs else codec_table(root, moments[: args.codec_count], args.repeats)
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.json:

