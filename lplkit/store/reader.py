@@ -377,21 +377,27 @@ class LatentStore:
         m16 = self._buffer("m16", (b, 2, *self.latent_shape), blocks[0].arrays[fmt.MOMENTS].dtype)
         m32 = self._buffer("m32", m16.shape, torch.float32)
 
-        def sample(lo: int, hi: int) -> None:
-            draws = shf.BatchDraws(span[lo:hi], seed, epoch)
-            flips = draws.flips if self.has_flips else None
-            self._gather(blocks, positions[lo:hi], flips, m16[lo:hi])
-            draws.fill_eps(latents[lo:hi])
+        # Seeding and flips are many small Python-level calls: made here, before the threads start,
+        # they do not fight over the GIL (2.5x slower when they did).
+        cuts = shf.group_cuts(span, self.threads)
+        draws = [shf.BatchDraws(span[lo:hi], seed, epoch) for lo, hi in pairwise(cuts)]
+
+        def sample(lo: int, hi: int, d: shf.BatchDraws) -> None:
+            self._gather(blocks, positions[lo:hi], d.flips if self.has_flips else None, m16[lo:hi])
+            d.fill_eps(latents[lo:hi])
             m32[lo:hi].copy_(m16[lo:hi])  # z = mean + std * eps (two exact ops, no FMA)
             latents[lo:hi].mul_(m32[lo:hi, 1]).add_(m32[lo:hi, 0])
 
-        cuts = shf.group_cuts(span, self.threads)
-        if len(cuts) > 2:
+        if len(draws) > 1:
             pool = _pool(self.threads)
-            for done in [pool.submit(sample, lo, hi) for lo, hi in pairwise(cuts)]:
-                done.result()
+            jobs = [
+                pool.submit(sample, lo, hi, d)
+                for (lo, hi), d in zip(pairwise(cuts), draws, strict=True)
+            ]
+            for job in jobs:
+                job.result()
         else:
-            sample(0, b)
+            sample(0, b, draws[0])
         labels = torch.from_numpy(self.labels[positions].astype(np.int64))
         return latents, labels
 
