@@ -298,7 +298,9 @@ def _encode_shards(
     done = 0
     t_loop = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-shard-writer") as pool:
-        writes: deque[Future] = deque()
+        writes: deque[Future] = deque(
+            [pool.submit(writer.warm_up)]
+        )  # while the first batch decodes
         # Receiving decoded items and moving them to the device run in a background thread, so
         # they overlap with the autoencoder; the workers are forked here, by this thread.
         assembled = background(_assembled(iter(loader), parts, device), name="lplkit-encode-input")

@@ -233,6 +233,13 @@ class StoreWriter:
 
     # -- writing --------------------------------------------------------------------------------
 
+    @staticmethod
+    def warm_up() -> None:
+        """Pay the writer's one-time costs now (pyarrow imports pandas on its first list
+        conversion: ~0.25 s): `lplkit encode` calls it in the writer thread at the start, so the
+        last shard's write, which nothing overlaps, does not include them."""
+        idx.rows_to_table([], 0, np.zeros(0, np.int32))
+
     def write_shard(
         self,
         shard: int,
