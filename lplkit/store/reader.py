@@ -40,6 +40,7 @@ from lplkit.store import shuffle as shf
 from lplkit.store.sidecar import url_to_fs
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of stored moments (all arrays) the loader may hold
+DEFAULT_MAX_THREADS = 4  # sampling threads when `threads` is not given
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
@@ -101,8 +102,12 @@ class LatentStore:
         self.index = index
         self.memory_budget = int(memory_budget)
         # Threads that sample each batch (eps draws + arithmetic); None = torch's intra-op count
-        # (1 under torchrun with several processes per node, which sets OMP_NUM_THREADS=1).
-        self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
+        # (1 under torchrun with several processes per node, which sets OMP_NUM_THREADS=1), at
+        # most DEFAULT_MAX_THREADS: each thread's larger ops may still fan out on torch's OpenMP
+        # pool, so many threads would oversubscribe the cores.
+        if threads is None:
+            threads = min(DEFAULT_MAX_THREADS, torch.get_num_threads())
+        self.threads = max(1, int(threads))
         self.chunk_size = int(manifest["chunk_size"])
         self.dtype = manifest["dtype"]
         self.has_flips = bool(manifest["flips"])
@@ -125,8 +130,8 @@ class LatentStore:
     ) -> LatentStore:
         """Open a store. An unfinished store (encode still running or crashed) is refused unless
         `allow_incomplete`, in which case only shards with a completion marker count as data.
-        `threads` sample each training batch (default: `torch.get_num_threads()`); the batches are
-        bitwise the same for any value."""
+        `threads` sample each training batch (default: `torch.get_num_threads()`, at most 4); the
+        batches are bitwise the same for any value."""
         url = str(url)
         group, manifest = fmt.open_manifest(url)
         problems = fmt.manifest_problems(manifest)
