@@ -23,7 +23,7 @@ import pytest
 import zarr
 from conftest import write_image_folder
 
-pytest.importorskip("moto.server", reason="needs moto[server] (in the `test` extra)")
+pytest.importorskip("moto.server", reason="needs moto[s3], flask, flask-cors (in the `test` extra)")
 pytest.importorskip("s3fs", reason="needs s3fs (in the `test` and `s3` extras)")
 import boto3  # installed with moto
 import fsspec.config
