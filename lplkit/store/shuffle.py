@@ -119,16 +119,6 @@ def group_cuts(span: np.ndarray, k: int) -> list[int]:
     return sorted(cuts)
 
 
-def sample_noise(
-    span: np.ndarray, seed: int, epoch: int, shape: tuple[int, ...], out: torch.Tensor
-) -> torch.Tensor:
-    """Fill `out` (len(span), *shape) with eps ~ N(0, I) and return the flip draws (bool, len(span)):
-    the draws of `BatchDraws`, in one thread."""
-    draws = BatchDraws(span, seed, epoch)
-    draws.fill_eps(out.view(len(span), *shape))
-    return draws.flips
-
-
 @dataclass(frozen=True)
 class EpochOrder:
     """One epoch's sample order and the windows it is read in.
