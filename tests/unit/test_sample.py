@@ -173,33 +173,12 @@ def test_cfg_one_is_conditional_and_w_combines_cond_and_uncond(objective):
 def test_sampling_is_deterministic_given_the_generator(objective):
     model = _tiny_dit()
     y = torch.tensor([0, 2])
-    a = sample(
-        model,
-        objective,
-        SHAPE,
-        labels=y,
-        steps=4,
-        cfg=2.0,
-        generator=torch.Generator().manual_seed(5),
-    )
-    b = sample(
-        model,
-        objective,
-        SHAPE,
-        labels=y,
-        steps=4,
-        cfg=2.0,
-        generator=torch.Generator().manual_seed(5),
-    )
-    c = sample(
-        model,
-        objective,
-        SHAPE,
-        labels=y,
-        steps=4,
-        cfg=2.0,
-        generator=torch.Generator().manual_seed(6),
-    )
+
+    def run(seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return sample(model, objective, SHAPE, labels=y, steps=4, cfg=2.0, generator=gen)
+
+    a, b, c = run(5), run(5), run(6)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
