@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-init autoencoders and generated image folders (no hub, no network)."""
+"""Shared fixtures and helpers: tiny random-init autoencoders, generated image folders (no hub, no
+network), a store read without lplkit's reader, the CLI in-process, subprocess environments."""
 
 from __future__ import annotations
 
@@ -10,6 +11,44 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+STORE_ARRAYS = ("moments", "moments_flip", "labels")
+
+
+def read_store(path: Path) -> dict:
+    """Everything a local store holds, read with zarr/pyarrow directly (not through lplkit's reader):
+    its arrays (those present of STORE_ARRAYS), "index" (rows) and "manifest"."""
+    import pyarrow.parquet as pq
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    out = {name: np.asarray(group[name][:]) for name in STORE_ARRAYS if name in group}
+    out["index"] = pq.read_table(Path(path) / "index.parquet").to_pylist()
+    out["manifest"] = dict(group.attrs["lplkit"])
+    return out
+
+
+def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
+    """`lplkit ARGS` in this process: (exit code, stdout, stderr); the output only with `capsys`."""
+    from lplkit.cli.app import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    if capsys is None:
+        return int(exc.value.code), "", ""
+    out = capsys.readouterr()
+    return int(exc.value.code), out.out, out.err
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m lplkit` subprocess whose results are compared bit for bit with
+    this process's: the same torch thread count (another count changes the float reduction order of
+    the convs), hubs offline, the repository importable."""
+    import torch
+
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO), **extra}  # fmt: skip
 
 
 def make_tiny_vae(seed: int = 0, *, latent_channels: int = 4, post_quant_conv: bool = True):

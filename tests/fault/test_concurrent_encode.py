@@ -6,7 +6,6 @@ A lock left by a dead process is recovered with a warning. Never silent loss.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,18 +14,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
-import torch
-import zarr
-from conftest import write_image_folder
+from conftest import read_store, run_cli, subprocess_env, write_image_folder
 
 HERE = Path(__file__).resolve().parent
-# Same thread count as this process: some shards are encoded here (the reference, the re-run) and
-# some in the subprocess, and a different count changes the float reduction order of the convs.
-ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "PYTHONPATH": str(HERE.parents[1]), "LPLKIT_SLOW_SOURCE_S": "0.1"}  # fmt: skip
+# Some shards are encoded here (the reference, the re-run) and some in the subprocess.
+ENV = subprocess_env(LPLKIT_SLOW_SOURCE_S="0.1")
 
 
 def _args(dataset: str, out: Path, vae: Path) -> list[str]:
@@ -35,19 +28,16 @@ def _args(dataset: str, out: Path, vae: Path) -> list[str]:
 
 
 def _main(args: list[str], capsys) -> tuple[int, str]:
-    from lplkit.cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return int(exc.value.code), " ".join(capsys.readouterr().err.split())
+    code, _, err = run_cli(args, capsys)
+    return code, " ".join(err.split())
 
 
 def _read(path: Path) -> dict:
-    group = zarr.open_group(str(path), mode="r")
+    store = read_store(path)
     return {
-        "moments": np.asarray(group["moments"][:]).tobytes(),
-        "labels": np.asarray(group["labels"][:]).tobytes(),
-        "index": pq.read_table(path / "index.parquet").to_pylist(),
+        "moments": store["moments"].tobytes(),
+        "labels": store["labels"].tobytes(),
+        "index": store["index"],
     }
 
 

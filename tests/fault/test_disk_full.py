@@ -13,11 +13,9 @@ import os
 from pathlib import Path
 
 import fsspec.implementations.local
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import zarr
-from conftest import write_image_folder
+from conftest import read_store, run_cli, write_image_folder
 
 import lplkit.store.sidecar
 
@@ -34,20 +32,8 @@ def _args(images: Path, out: Path, vae: Path) -> list[str]:
 
 
 def _main(args: list[str], capsys) -> tuple[int, str]:
-    from lplkit.cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return int(exc.value.code), " ".join(capsys.readouterr().err.split())
-
-
-def _read(path: Path) -> dict:
-    """The store's arrays and index rows, read with zarr/pyarrow directly."""
-    group = zarr.open_group(str(path), mode="r")
-    out = {name: np.asarray(group[name][:]) for name in ARRAYS}
-    out["index"] = pq.read_table(path / "index.parquet").to_pylist()
-    out["counts"] = dict(group.attrs["lplkit"])["counts"]
-    return out
+    code, _, err = run_cli(args, capsys)
+    return code, " ".join(err.split())
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +45,9 @@ def images(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(images, tiny_vae_dir, tmp_path_factory) -> dict:
-    from lplkit.cli.app import main
-
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    with pytest.raises(SystemExit) as exc:
-        main(_args(images, out, tiny_vae_dir))
-    assert exc.value.code == 0
-    return _read(out)
+    assert run_cli(_args(images, out, tiny_vae_dir))[0] == 0
+    return read_store(out)
 
 
 def _fail_zarr_set(monkeypatch, partial: bool) -> None:
@@ -143,8 +125,9 @@ def test_write_error_is_clear_and_resumable(
     assert not verify_store(str(out)).ok
     code, err = _main(_args(images, out, tiny_vae_dir), capsys)  # the disk has space again
     assert code == 0, err
-    got = _read(out)
+    got = read_store(out)
     for name in ARRAYS:
         assert got[name].tobytes() == reference[name].tobytes(), name
-    assert got["index"] == reference["index"] and got["counts"] == reference["counts"]
+    assert got["index"] == reference["index"]
+    assert got["manifest"]["counts"] == reference["manifest"]["counts"]
     assert verify_store(str(out)).ok

@@ -10,7 +10,6 @@ finalize. The re-run is the same CLI command in this process.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,20 +18,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-import torch
-import zarr
-from conftest import write_image_folder
+from conftest import read_store, run_cli, subprocess_env, write_image_folder
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 N_IMAGES, SHARD = 24, 4  # 6 shards
 ARRAYS = ("moments", "moments_flip", "labels")
-# Same thread count as this process: some shards are encoded here (the reference, the re-run) and
-# some in the subprocess, and a different count changes the float reduction order of the convs.
-ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "PYTHONPATH": str(ROOT)}  # fmt: skip
+# Some shards are encoded here (the reference, the re-run) and some in the subprocess.
+ENV = subprocess_env()
 
 
 def _args(dataset: str, out: Path, vae: Path) -> list[str]:
@@ -42,19 +35,7 @@ def _args(dataset: str, out: Path, vae: Path) -> list[str]:
 
 
 def _main(args: list[str]) -> None:
-    from lplkit.cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 0
-
-
-def _read(path: Path) -> dict:
-    group = zarr.open_group(str(path), mode="r")
-    out = {name: np.asarray(group[name][:]) for name in ARRAYS}
-    out["index"] = pq.read_table(path / "index.parquet").to_pylist()
-    out["counts"] = dict(group.attrs["lplkit"])["counts"]
-    return out
+    assert run_cli(args)[0] == 0
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +47,7 @@ def images(tmp_path_factory) -> Path:
 def reference(images, tiny_vae_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
     _main(_args(str(images), out, tiny_vae_dir))
-    return _read(out)
+    return read_store(out)
 
 
 def kill_and_resume(seed: int, images: Path, vae: Path, out: Path, monkeypatch) -> dict:
@@ -106,11 +87,12 @@ def kill_and_resume(seed: int, images: Path, vae: Path, out: Path, monkeypatch) 
 def _assert_equal(out: Path, reference: dict, images: Path) -> None:
     from lplkit.store.verify import verify_store
 
-    got = _read(out)
+    got = read_store(out)
     for name in ARRAYS:
         assert got[name].dtype == reference[name].dtype
         assert got[name].tobytes() == reference[name].tobytes(), name
-    assert got["index"] == reference["index"] and got["counts"] == reference["counts"]
+    assert got["index"] == reference["index"]
+    assert got["manifest"]["counts"] == reference["manifest"]["counts"]
     positions = [r["position"] for r in got["index"]]
     keys = [r["key"] for r in got["index"]]
     assert positions == list(range(N_IMAGES))  # none lost, none duplicated

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import run_cli
 
 from lplkit.store.synthetic import write_synthetic_store
 
@@ -37,17 +38,8 @@ def store(pristine, tmp_path) -> Path:
     return path
 
 
-def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    from lplkit.cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return int(exc.value.code), out.out, out.err
-
-
 def _verify(store: Path, capsys) -> tuple[int, set[tuple[str, int | None]], list[dict]]:
-    code, out, _ = _main(["verify", str(store), "--json"], capsys)
+    code, out, _ = run_cli(["verify", str(store), "--json"], capsys)
     report = json.loads(out)
     return code, {(p["kind"], p["shard"]) for p in report["problems"]}, report["problems"]
 
@@ -55,7 +47,7 @@ def _verify(store: Path, capsys) -> tuple[int, set[tuple[str, int | None]], list
 def _train(store: Path, tmp_path: Path, capsys, *extra: str) -> tuple[int, str]:
     args = ["train", "--store", str(store), "--out", str(tmp_path / "run"), "--model", "DiT-T/2",
             "--steps", "1", "--batch-size", "4", "--device", "cpu", *extra]  # fmt: skip
-    code, _, err = _main(args, capsys)
+    code, _, err = run_cli(args, capsys)
     return code, " ".join(err.split())  # rich wraps long lines on stderr
 
 
@@ -160,7 +152,7 @@ def test_repair_then_rerun_rewrites_a_damaged_shard_file(store, tmp_path, capsys
     path.write_bytes(bytes(data))
     code, kinds, _ = _verify(store, capsys)
     assert code == 4 and ("unreadable", 1) in kinds
-    code, _, err = _main(["verify", str(store), "--repair"], capsys)
+    code, _, err = run_cli(["verify", str(store), "--repair"], capsys)
     assert code == 4 and "re-run the encode command" in " ".join(err.split())
     # the same writer call as the fixture's = re-running the encode command
     write_synthetic_store(store, count=COUNT, shard_size=SHARD, chunk_size=4, num_classes=3)

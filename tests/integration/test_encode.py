@@ -12,8 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import zarr
-from conftest import write_image_folder
+from conftest import read_store, write_image_folder
 from PIL import Image
 
 from lplkit.encode import EncodeConfig, encode_dataset
@@ -42,18 +41,6 @@ def direct_moments(vae_dir: Path, arr_HWC: np.ndarray, flip: bool = False):
     with torch.no_grad():
         dist = vae.encode(x).latent_dist
     return dist.mean[0].numpy(), dist.std[0].numpy()
-
-
-ARRAYS = ("moments", "moments_flip", "labels")
-
-
-def read_store(path: Path) -> dict:
-    """Everything a store holds, read with zarr/pyarrow directly (not through lplkit's reader)."""
-    group = zarr.open_group(str(path), mode="r")
-    out = {name: np.asarray(group[name][:]) for name in ARRAYS if name in group}
-    out["index"] = pq.read_table(path / "index.parquet").to_pylist()
-    out["manifest"] = dict(group.attrs["lplkit"])
-    return out
 
 
 def _cfg(dataset, out, vae, **kw) -> EncodeConfig:

@@ -17,20 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import write_image_folder
-from test_encode import read_store
+from conftest import read_store, subprocess_env, write_image_folder
 
 from lplkit.encode import EncodeConfig, encode_dataset
 
-# Same thread count as this process: some shards are encoded here (the reference, the re-run) and
-# some in the subprocess, and a different count changes the float reduction order of the convs.
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": str(torch.get_num_threads()),
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-}
+# Some shards are encoded here (the reference, the re-run) and some in the subprocess.
+ENV = subprocess_env()
 
 # A folder source that sleeps per image, registered through the public registry, so the encode is
 # slow enough to be killed between shards. Same source id/revision as the plain folder source.

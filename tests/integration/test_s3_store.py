@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from conftest import write_image_folder
+from conftest import read_store, run_cli, write_image_folder
 
 pytest.importorskip("moto.server", reason="needs moto[s3], flask, flask-cors (in the `test` extra)")
 pytest.importorskip("s3fs", reason="needs s3fs (in the `test` and `s3` extras)")
@@ -89,25 +89,13 @@ def images(tmp_path_factory) -> Path:
 def local_store(images, tiny_vae_dir, tmp_path_factory) -> Path:
     """The oracle: the same encode with a local --out."""
     out = tmp_path_factory.mktemp("s3-local") / "store.zarr"
-    code, _, err = _cli(_encode_args(images, tiny_vae_dir, str(out)))
+    code, _, err = run_cli(_encode_args(images, tiny_vae_dir, str(out)))
     assert code == 0, err
     return out
 
 
 def _encode_args(images: Path, vae: Path, out: str) -> list[str]:
     return ["encode", "--dataset", str(images), "--vae", str(vae), "--out", out, *ENCODE, "--json"]
-
-
-def _cli(args: list[str], capsys=None) -> tuple[int, str, str]:
-    """`lplkit ARGS` in this process: (exit code, stdout, stderr)."""
-    from lplkit.cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    if capsys is None:
-        return int(exc.value.code), "", ""
-    out = capsys.readouterr()
-    return int(exc.value.code), out.out, out.err
 
 
 def _key(url: str, rel: str = "") -> str:
@@ -123,14 +111,6 @@ def _objects(s3, url: str) -> dict[str, int]:
     return {o["Key"][len(prefix) :]: o["Size"] for p in pages for o in p.get("Contents", [])}
 
 
-def _read_local(path: Path) -> dict:
-    group = zarr.open_group(str(path), mode="r")
-    out = {name: np.asarray(group[name][:]) for name in ARRAYS}
-    out["index"] = pq.read_table(path / "index.parquet").to_pylist()
-    out["manifest"] = dict(group.attrs["lplkit"])
-    return out
-
-
 def _read_s3(s3, url: str) -> dict:
     group = zarr.open_group(url, mode="r")  # zarr's own FsspecStore, not lplkit's reader
     out = {name: np.asarray(group[name][:]) for name in ARRAYS}
@@ -142,7 +122,7 @@ def _read_s3(s3, url: str) -> dict:
 
 def _assert_same_store(s3, url: str, local_store: Path) -> None:
     """Bitwise the same arrays, index rows and manifest as the local oracle."""
-    remote, local = _read_s3(s3, url), _read_local(local_store)
+    remote, local = _read_s3(s3, url), read_store(local_store)
     for name in ARRAYS:
         assert remote[name].dtype == local[name].dtype, name
         np.testing.assert_array_equal(remote[name], local[name], err_msg=name)
@@ -152,7 +132,7 @@ def _assert_same_store(s3, url: str, local_store: Path) -> None:
 
 
 def _verify(url: str, capsys) -> tuple[int, list[tuple[str, int | None]], list[dict]]:
-    code, out, _ = _cli(["verify", url, "--json"], capsys)
+    code, out, _ = run_cli(["verify", url, "--json"], capsys)
     problems = json.loads(out)["problems"]
     return code, sorted((p["kind"], p["shard"]) for p in problems), problems
 
@@ -177,12 +157,12 @@ def test_cli_encode_to_s3_equals_local_encode(s3, s3_endpoint, s3_url, images, t
     assert ".lplkit-lock.json" not in objects  # released
     _assert_same_store(s3, s3_url, local_store)
 
-    code, out, _ = _cli(["verify", s3_url, "--json"], capsys)
+    code, out, _ = run_cli(["verify", s3_url, "--json"], capsys)
     assert code == 0 and json.loads(out)["ok"] is True, out
-    code, out, _ = _cli(["info", s3_url, "--json"], capsys)
+    code, out, _ = run_cli(["info", s3_url, "--json"], capsys)
     assert code == 0, out
     info = json.loads(out)
-    local_info = json.loads(_cli(["info", str(local_store), "--json"], capsys)[1])
+    local_info = json.loads(run_cli(["info", str(local_store), "--json"], capsys)[1])
     assert info["counts"] == local_info["counts"] == {"total": N, "ok": N, "skipped": 0}
     assert info["shards"] == {"total": SHARDS, "complete": SHARDS}
     assert info["arrays"] == local_info["arrays"]  # shapes, dtypes and stored bytes
@@ -192,7 +172,7 @@ def test_cli_encode_to_s3_equals_local_encode(s3, s3_endpoint, s3_url, images, t
 
     remote, local = LatentStore.open(s3_url), LatentStore.open(str(local_store))
     mean, std = remote.read(np.arange(N), flip=True)
-    oracle = _read_local(local_store)["moments_flip"].astype(np.float32)
+    oracle = read_store(local_store)["moments_flip"].astype(np.float32)
     np.testing.assert_array_equal(mean, oracle[:, 0])
     np.testing.assert_array_equal(std, oracle[:, 1])
     got = list(remote.batches(4, seed=7, epoch=1))
@@ -217,7 +197,7 @@ def test_resume_on_s3_after_a_crash_equals_one_go(s3, s3_url, images, tiny_vae_d
     # 1. crash after shard 1's data is written but before its marker (shard 2, queued behind it
     #    in the writer thread, may or may not have been written by then)
     monkeypatch.setattr(writer_module, "write_json_atomic", crash_at_shard_1_marker)
-    code, _, err = _cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
+    code, _, err = run_cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
     monkeypatch.undo()
     assert code != 0 and "shard 1" in err, err
     objects = _objects(s3, s3_url)
@@ -231,7 +211,7 @@ def test_resume_on_s3_after_a_crash_equals_one_go(s3, s3_url, images, tiny_vae_d
     s3.put_object(Bucket=BUCKET, Key=_key(s3_url, "moments/c/1/0/0/0/0"), Body=b"\x00torn" * 9)
 
     # 2. re-run the same command: only the pending shards are written
-    code, out, err = _cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
+    code, out, err = run_cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
     assert code == 0, err
     summary = json.loads(out)
     assert summary["shards_written"] == len(pending), summary
@@ -240,7 +220,7 @@ def test_resume_on_s3_after_a_crash_equals_one_go(s3, s3_url, images, tiny_vae_d
 
     # 3. a shard whose marker object was deleted by hand is re-encoded alone
     s3.delete_object(Bucket=BUCKET, Key=_key(s3_url, "progress/shard-00000.json"))
-    code, out, err = _cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
+    code, out, err = run_cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
     assert code == 0, err
     summary = json.loads(out)
     assert (summary["shards_written"], summary["shards_already_done"]) == (1, 2)
@@ -265,7 +245,7 @@ def test_verify_names_a_corrupted_shard_object_on_s3(s3, s3_url, images, tiny_va
     code, kinds, problems = _verify(s3_url, capsys)
     assert code == 4 and kinds == [("checksum", 1)], problems
     assert "moments" in problems[0]["message"] and "shard 1" in problems[0]["fix"]
-    code, out, err = _cli(["verify", s3_url], capsys)  # the human-readable form names it too
+    code, out, err = run_cli(["verify", s3_url], capsys)  # the human-readable form names it too
     assert code == 4 and "shard 1" in " ".join((out + err).split()), out + err
 
     # a deleted shard object is missing data, not silently zeros
@@ -274,11 +254,11 @@ def test_verify_names_a_corrupted_shard_object_on_s3(s3, s3_url, images, tiny_va
     assert code == 4 and kinds == [("checksum", 1), ("checksum", 2), ("missing_data", 2)], kinds
 
     # --repair on S3, then the same encode command restores exactly the oracle
-    code, _, err = _cli(["verify", s3_url, "--repair"], capsys)
+    code, _, err = run_cli(["verify", s3_url, "--repair"], capsys)
     assert code != 0, err
     objects = _objects(s3, s3_url)
     assert "progress/shard-00001.json" not in objects and "progress/shard-00002.json" not in objects
-    code, out, err = _cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
+    code, out, err = run_cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
     assert code == 0, err
     assert json.loads(out)["shards_written"] == 2
     _assert_same_store(s3, s3_url, local_store)
@@ -295,7 +275,7 @@ def test_second_writer_is_refused_by_the_lock_object(s3, s3_url, images, tiny_va
     try:
         lock = s3.get_object(Bucket=BUCKET, Key=_key(s3_url, ".lplkit-lock.json"))["Body"].read()
         assert json.loads(lock)["token"] == owner.token
-        code, _, err = _cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
+        code, _, err = run_cli(_encode_args(images, tiny_vae_dir, s3_url), capsys)
         assert code != 0 and "locked by a running writer" in err and f"pid {owner.pid}" in err, err
         assert set(_objects(s3, s3_url)) == {".lplkit-lock.json"}  # nothing else was written
     finally:

@@ -9,6 +9,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from tests.integration.test_stats_store import _write_store
 
@@ -16,11 +17,7 @@ SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "stats.schema.json"
 
 
 def _run(args: list[str]) -> int:
-    from lplkit.cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return int(exc.value.code)
+    return run_cli(args)[0]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
 from lplkit.train.metrics import TIMING_FIELDS, read_metrics
@@ -62,11 +63,7 @@ def exact_store(tmp_path_factory, tiny_vae_dir) -> Path:
 
 
 def _cli(*args: str) -> None:
-    from lplkit.cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    assert exc.value.code == 0
+    assert run_cli(list(args))[0] == 0
 
 
 def _train_args(store: Path, out: Path, *extra: str) -> list[str]:

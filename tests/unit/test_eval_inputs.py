@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
-from lplkit.cli.app import main
 from lplkit.errors import ConfigError, EvaluationError
 from lplkit.metrics.image_sets import FolderImages, NpzImages, open_image_set, select
 
@@ -96,10 +96,8 @@ def test_store_reference_is_decoded_from_mean_latents(tmp_path, tiny_vae_dir):
 
 
 def _run_cli(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as ex:
-        main(args)
-    out = capsys.readouterr()
-    return ex.value.code, out.out, " ".join(out.err.split())  # rich wraps long lines
+    code, out, err = run_cli(args, capsys)
+    return code, out, " ".join(err.split())  # rich wraps long lines
 
 
 def test_cli_eval_json(tmp_path, capsys):

@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
 
-from lplkit.cli.app import main
 from lplkit.errors import StoreCorruptError
 from lplkit.store.synthetic import write_synthetic_store
-
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
 
 @pytest.fixture
@@ -28,7 +21,7 @@ def store(tmp_path):
 
 
 def test_info_json_counts_and_sizes(store, capsys):
-    code, out, _ = _run(["info", str(store), "--json"], capsys)
+    code, out, _ = run_cli(["info", str(store), "--json"], capsys)
     assert code == 0
     info = json.loads(out)
     assert info["counts"] == {"total": 40, "ok": 38, "skipped": 2}
@@ -44,12 +37,12 @@ def test_info_json_counts_and_sizes(store, capsys):
 
 
 def test_info_human_output_goes_to_stderr(store, capsys):
-    code, out, err = _run(["info", str(store)], capsys)
+    code, out, err = run_cli(["info", str(store)], capsys)
     assert code == 0 and out == "" and "float16" in err
 
 
 def test_verify_ok_exits_zero(store, capsys):
-    code, out, _ = _run(["verify", str(store), "--json"], capsys)
+    code, out, _ = run_cli(["verify", str(store), "--json"], capsys)
     assert code == 0 and json.loads(out)["ok"] is True
 
 
@@ -58,17 +51,17 @@ def test_verify_corrupt_exits_nonzero_and_repair_removes_markers(store, capsys):
     data = bytearray(shard.read_bytes())
     data[64] ^= 0x10
     shard.write_bytes(bytes(data))
-    code, out, err = _run(["verify", str(store), "--json"], capsys)
+    code, out, err = run_cli(["verify", str(store), "--json"], capsys)
     assert code == StoreCorruptError.exit_code
     report = json.loads(out)
     assert report["bad_shards"] == [1] and report["problems"][0]["kind"] == "checksum"
     assert "problem" in err and "Traceback" not in err
-    code, out, err = _run(["verify", str(store), "--repair"], capsys)
+    code, out, err = run_cli(["verify", str(store), "--repair"], capsys)
     assert code == StoreCorruptError.exit_code and "re-run" in err
     assert not (store / "progress" / "shard-00001.json").exists()
     assert (store / "progress" / "shard-00000.json").exists()
 
 
 def test_verify_missing_store(tmp_path, capsys):
-    code, _, err = _run(["verify", str(tmp_path / "nope.zarr")], capsys)
+    code, _, err = run_cli(["verify", str(tmp_path / "nope.zarr")], capsys)
     assert code == StoreCorruptError.exit_code and "nope.zarr" in err
