@@ -35,6 +35,7 @@ from lplkit.errors import StoreCorruptError, StoreError, StoreMismatchError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store.lock import StoreLock
+from lplkit.store.ownership import check_out_dir
 from lplkit.store.sidecar import read_json, remove_if_exists, url_to_fs, write_json_atomic
 
 
@@ -115,6 +116,8 @@ class StoreWriter:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         requested = fmt.complete_manifest(manifest)
         fs, root = url_to_fs(str(url))
+        if rank == 0:  # before the lock file: a folder that is not ours is left untouched
+            check_out_dir(fs, root, str(url))
         lock = StoreLock(fs, root) if rank == 0 and take_lock else None
         if lock is not None:
             lock.acquire()
