@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stats",
     "train",
     "sample",
+    "export",
     "info",
     "verify",
     "demo",
