@@ -25,15 +25,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from lplkit.autoencoder_choice import (
+    COMMON_AUTOENCODERS,
+    DEFAULT_AUTOENCODER_DATASET,
+    autoencoder_choices,
+    default_autoencoder,
+    missing_vae_message,
+)
 from lplkit.errors import AutoencoderError
 
 __all__ = [
     "BUNDLED_AUTOENCODERS",
+    "COMMON_AUTOENCODERS",
+    "DEFAULT_AUTOENCODER_DATASET",
+    "HUB_REVISION_ATTR",
     "SUPPORTED_CLASSES",
+    "autoencoder_choices",
     "autoencoder_info",
     "default_autoencoder",
     "encode_moments",
     "load_autoencoder",
+    "missing_vae_message",
     "resolve_spec",
 ]
 
@@ -49,11 +61,8 @@ SUPPORTED_CLASSES: dict[str, str] = {
 }
 
 _CONFIG_FILE = "config.json"
-
-
-def default_autoencoder() -> str | None:
-    """The bundled autoencoder used when `--vae` is omitted (None: `--vae` is required)."""
-    return "tiny-openmoji"
+#: attribute `load_autoencoder` sets on the module: the hub commit it was loaded at (None if local)
+HUB_REVISION_ATTR = "lplkit_hub_revision"
 
 
 def resolve_spec(spec: str) -> str:
@@ -68,23 +77,57 @@ def resolve_spec(spec: str) -> str:
     return spec
 
 
-def _read_config(spec: str, subfolder: str | None) -> dict[str, Any]:
-    """The checkpoint's config.json (local directory or hub id) without loading weights."""
+def _hub_config(repo: str, subfolder: str | None, revision: str | None) -> tuple[Path, str | None]:
+    """Download (or find in the hub cache) `repo`'s config.json: (local path, resolved commit).
+
+    `huggingface_hub` honours HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN; the commit is the
+    snapshot folder the file lives in (`models--org--name/snapshots/<commit>/...`)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HFValidationError
+
+    from lplkit.hub import hub_failure
+
+    try:
+        path = Path(
+            hf_hub_download(repo, _CONFIG_FILE, subfolder=subfolder or None, revision=revision)
+        )
+    except HFValidationError:
+        raise AutoencoderError(
+            f"--vae {repo!r} is neither a bundled name ({', '.join(BUNDLED_AUTOENCODERS)}), an "
+            "existing local directory, nor a hub id 'org/name'"
+        ) from None
+    except Exception as exc:  # every hub failure becomes one actionable line
+        sub = f" (subfolder {subfolder!r})" if subfolder else ""
+        raise AutoencoderError(
+            f"cannot read the autoencoder config of {repo!r}{sub}: "
+            + hub_failure(exc, repo=repo, kind="model", revision=revision)
+        ) from None
+    parts = path.parts
+    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+    return path, commit
+
+
+def _read_config(
+    spec: str, subfolder: str | None, revision: str | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """The checkpoint's config.json (local directory or hub id) without loading weights, and the hub
+    commit it was read at (None for a local directory)."""
     local = Path(spec).expanduser()
     if local.exists():
         cfg_path = local / (subfolder or "") / _CONFIG_FILE
         if not cfg_path.is_file():
             hint = "" if subfolder else " (a full pipeline? pass --vae-subfolder vae)"
             raise AutoencoderError(f"{cfg_path} not found: not a diffusers autoencoder dir{hint}")
-        return json.loads(cfg_path.read_text())
-    from diffusers import ConfigMixin
-
+        commit = None
+    else:
+        cfg_path, commit = _hub_config(spec, subfolder, revision)
     try:
-        return dict(ConfigMixin.load_config(spec, subfolder=subfolder))
+        config = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as exc:
-        raise AutoencoderError(
-            f"cannot read the autoencoder config of {spec!r} (subfolder={subfolder!r}): {exc}"
-        ) from None
+        raise AutoencoderError(f"{cfg_path} is not a readable JSON config: {exc}") from None
+    if not isinstance(config, dict):
+        raise AutoencoderError(f"{cfg_path} is not a JSON object")
+    return config, commit
 
 
 def load_autoencoder(
@@ -93,6 +136,7 @@ def load_autoencoder(
     subfolder: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
 ) -> nn.Module:
     """Load a diffusers autoencoder in eval mode with `requires_grad_(False)`.
 
@@ -100,9 +144,16 @@ def load_autoencoder(
         spec: local `save_pretrained` directory, hub id (`stabilityai/sd-vae-ft-ema`) or a bundled
             short name (`BUNDLED_AUTOENCODERS`).
         subfolder: e.g. "vae" for a full pipeline repo.
+        revision: hub branch, tag or commit (hub ids only; default: the repo's main branch).
+
+    A hub id is resolved to one commit first (config and weights come from that same snapshot); the
+    commit is kept on the module as `HUB_REVISION_ATTR` for `autoencoder_info`.
     """
     path = resolve_spec(spec)
-    config = _read_config(path, subfolder)
+    local = Path(path).expanduser().exists()
+    if revision is not None and local:
+        raise AutoencoderError(f"--vae-revision applies to hub ids; {spec!r} is a local directory")
+    config, commit = _read_config(path, subfolder, revision)
     name = config.get("_class_name")
     if name not in SUPPORTED_CLASSES:
         raise AutoencoderError(
@@ -118,12 +169,15 @@ def load_autoencoder(
         vae = cls.from_pretrained(
             path,
             subfolder=subfolder,
+            revision=commit,
             torch_dtype=dtype,
             # diffusers warns on every load when it would like accelerate and it is absent
             low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
         )
     except (OSError, ValueError) as exc:
-        raise AutoencoderError(f"cannot load {name} from {spec!r}: {exc}") from None
+        msg = " ".join(str(exc).split())[:400]
+        raise AutoencoderError(f"cannot load {name} from {spec!r}: {msg}") from None
+    setattr(vae, HUB_REVISION_ATTR, commit)
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -166,8 +220,9 @@ def downsample_factor(vae: nn.Module) -> int:
 def autoencoder_info(vae: nn.Module, spec: str, subfolder: str | None = None) -> dict[str, Any]:
     """The autoencoder's identity, stored in the manifest (JSON-serializable).
 
-    Keys: id (hub id, bundled name, or absolute local path), subfolder, class, config_hash, weights_hash, scaling_factor, shift_factor (None -> 0.0),
-    latent_channels, downsample_factor.
+    Keys: id (hub id, bundled name, or absolute local path), subfolder, revision (the hub commit it
+    was loaded at; None for a local or bundled one), class, config_hash, weights_hash,
+    scaling_factor, shift_factor (None -> 0.0), latent_channels, downsample_factor.
     """
     name = type(vae).__name__
     if name not in SUPPORTED_CLASSES:
@@ -180,6 +235,7 @@ def autoencoder_info(vae: nn.Module, spec: str, subfolder: str | None = None) ->
     return {
         "id": spec,
         "subfolder": subfolder,
+        "revision": getattr(vae, HUB_REVISION_ATTR, None),
         "class": name,
         "config_hash": config_hash(vae),
         "weights_hash": weights_hash(vae),

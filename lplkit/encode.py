@@ -37,6 +37,7 @@ from lplkit.autoencoder import (
     default_autoencoder,
     encode_moments,
     load_autoencoder,
+    missing_vae_message,
 )
 from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
@@ -71,8 +72,9 @@ class EncodeConfig:
     dataset: str
     out: str
     res: int = 256
-    vae: str | None = None  # None -> the bundled default, if any
+    vae: str | None = None  # None -> tiny-openmoji for --dataset openmoji, else an error
     vae_subfolder: str | None = None
+    vae_revision: str | None = None  # hub branch/tag/commit of a hub-id --vae
     split: str | None = None
     flip: bool = False
     batch_size: int = 32
@@ -199,9 +201,9 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
     """
     t0 = time.perf_counter()
     cfg.validate()
-    vae_spec = cfg.vae or default_autoencoder()
+    vae_spec = cfg.vae or default_autoencoder(cfg.dataset)
     if vae_spec is None:
-        raise ConfigError("no autoencoder: pass --vae (a diffusers autoencoder dir or hub id)")
+        raise ConfigError(missing_vae_message(cfg.dataset))
     with DistContext.from_env(cfg.device) as ctx:
         device = resolve_device(cfg.device, ctx.local_rank)
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
@@ -256,7 +258,9 @@ def _load(cfg: EncodeConfig, vae_spec: str, device: torch.device) -> tuple[Image
     )
     if cfg.limit is not None and cfg.limit < len(source):
         source = LimitedSource(source, cfg.limit)
-    vae = load_autoencoder(vae_spec, subfolder=cfg.vae_subfolder, device=device)
+    vae = load_autoencoder(
+        vae_spec, subfolder=cfg.vae_subfolder, device=device, revision=cfg.vae_revision
+    )
     return source, vae, autoencoder_info(vae, vae_spec, cfg.vae_subfolder)
 
 

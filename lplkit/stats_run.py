@@ -126,7 +126,8 @@ def run_stats(
 
         spec = vae if vae is not None else str(info.get("id"))
         sub = subfolder if vae is not None else info.get("subfolder")
-        model = load_autoencoder(spec, subfolder=sub, device=device)
+        rev = None if vae is not None else info.get("revision")  # the commit that encoded it
+        model = load_autoencoder(spec, subfolder=sub, device=device, revision=rev)
         info = autoencoder_info(model, spec, sub)
         check_autoencoder(manifest, info, url)
         taps = DecoderTaps(model, depth).to(device)

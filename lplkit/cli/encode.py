@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from lplkit.autoencoder_choice import autoencoder_choices
 from lplkit.cli import output
 
 
@@ -20,10 +21,18 @@ def register(app: typer.Typer) -> None:
         res: int = typer.Option(..., "--res", help="Image resolution (ADM center crop)."),
         out: str = typer.Option(..., "--out", help="Store path or URL (s3://... via fsspec)."),
         vae: str | None = typer.Option(
-            None, "--vae", help="Autoencoder: diffusers dir, hub id, or bundled name."
+            None,
+            "--vae",
+            help="Autoencoder: hub id, local diffusers dir, or bundled name. Required unless "
+            f"--dataset openmoji (default tiny-openmoji). Common: {autoencoder_choices()}.",
         ),
         vae_subfolder: str | None = typer.Option(
             None, "--vae-subfolder", help="Subfolder of the autoencoder (e.g. vae)."
+        ),
+        vae_revision: str | None = typer.Option(
+            None,
+            "--vae-revision",
+            help="Hub branch, tag or commit of a hub-id --vae (the resolved commit is recorded).",
         ),
         split: str | None = typer.Option(None, "--split", help="Dataset split (default train)."),
         flip: bool = typer.Option(False, "--flip", help="Also store the flipped image's moments."),
@@ -64,6 +73,11 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
+        from lplkit.autoencoder_choice import default_autoencoder, missing_vae_message
+        from lplkit.errors import ConfigError
+
+        if vae is None and default_autoencoder(dataset) is None:  # before the heavy imports
+            raise ConfigError(missing_vae_message(dataset))
         from lplkit.encode import EncodeConfig, encode_dataset
 
         cfg = EncodeConfig(
@@ -72,6 +86,7 @@ def register(app: typer.Typer) -> None:
             res=res,
             vae=vae,
             vae_subfolder=vae_subfolder,
+            vae_revision=vae_revision,
             split=split,
             flip=flip,
             batch_size=batch_size,

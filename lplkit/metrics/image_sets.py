@@ -134,7 +134,9 @@ def open_store_images(spec: str, *, device: str = "cpu") -> StoreImages:
     ae = store.manifest.get("autoencoder", {})
     if not ae.get("id"):
         raise EvaluationError(f"{spec}: the store manifest names no autoencoder to decode with")
-    vae = load_autoencoder(ae["id"], subfolder=ae.get("subfolder"), device=device)
+    vae = load_autoencoder(
+        ae["id"], subfolder=ae.get("subfolder"), device=device, revision=ae.get("revision")
+    )
     if ae.get("config_hash") not in (None, "0"):  # synthetic stores record no real autoencoder
         check_store_autoencoder(
             store.manifest, autoencoder_info(vae, ae["id"], ae.get("subfolder")), spec,

@@ -67,7 +67,9 @@ def load_decoder_vae(cfg: TrainConfig, manifest: dict[str, Any], device: torch.d
     from lplkit.errors import StoreMismatchError
 
     spec, sub = autoencoder_spec(cfg, manifest)
-    vae = load_autoencoder(spec, subfolder=sub, device=device)
+    # the store's own hub autoencoder is loaded at the commit that encoded it
+    rev = None if cfg.lpl.vae else (manifest.get("autoencoder") or {}).get("revision")
+    vae = load_autoencoder(spec, subfolder=sub, device=device, revision=rev)
     if manifest.get("autoencoder", {}).get("config_hash") in (None, "0"):
         return vae  # synthetic stores record no real autoencoder
     try:

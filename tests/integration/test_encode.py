@@ -195,14 +195,11 @@ def test_fsspec_url_store_equals_local(image_folder, tiny_vae_dir, tmp_path):
     assert remote.labels.tolist() == local["labels"].tolist()
 
 
-def test_missing_vae_and_bad_res_are_config_errors(
-    image_folder, tiny_vae_dir, tmp_path, monkeypatch
-):
-    import lplkit.encode
+def test_missing_vae_and_bad_res_are_config_errors(image_folder, tiny_vae_dir, tmp_path):
     from lplkit.errors import ConfigError
 
-    monkeypatch.setattr(lplkit.encode, "default_autoencoder", lambda: None)  # no bundled default
-    with pytest.raises(ConfigError, match="pass --vae"):
+    # the bundled emoji autoencoder is the default for --dataset openmoji only
+    with pytest.raises(ConfigError, match="--vae is required for --dataset"):
         encode_dataset(EncodeConfig(dataset=str(image_folder), out=str(tmp_path / "a.zarr")))
     with pytest.raises(ConfigError, match="not a multiple of the autoencoder's factor 4"):
         encode_dataset(_cfg(image_folder, tmp_path / "b.zarr", tiny_vae_dir, res=30))

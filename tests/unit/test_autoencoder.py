@@ -54,6 +54,7 @@ def test_info(tiny_vae_dir, other_vae_dir):
     assert info == {
         "id": str(tiny_vae_dir.resolve()),
         "subfolder": None,
+        "revision": None,  # a local directory has no hub commit
         "class": "AutoencoderKL",
         "config_hash": expected_hash,
         "weights_hash": info["weights_hash"],
