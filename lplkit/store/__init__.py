@@ -4,8 +4,16 @@ Public API: `StoreWriter` (encode side), `LatentStore` (read side, training load
 `new_manifest`. Layout and guarantees: docs/store-format.md.
 """
 
+from lplkit.store.dataset import LatentBatches, LatentDataset
 from lplkit.store.format import FORMAT_VERSION, new_manifest
 from lplkit.store.reader import LatentStore
 from lplkit.store.writer import StoreWriter
 
-__all__ = ["FORMAT_VERSION", "LatentStore", "StoreWriter", "new_manifest"]
+__all__ = [
+    "FORMAT_VERSION",
+    "LatentBatches",
+    "LatentDataset",
+    "LatentStore",
+    "StoreWriter",
+    "new_manifest",
+]

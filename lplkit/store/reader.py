@@ -296,12 +296,15 @@ class LatentStore:
         rank: int | None = None,
         world_size: int | None = None,
         drop_last: bool = True,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        with_index: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Yield `(latents (B, C, h, w) float32, labels (B,) int64)` for one epoch of one rank.
 
         `latents = mean + std * eps` (raw, unscaled; normalise downstream). Every ok sample is used
         once per epoch across ranks (`drop_last` drops the last partial global batch). rank and
-        world_size default to torch.distributed's when it is initialised.
+        world_size default to torch.distributed's when it is initialised. `with_index=True` adds
+        the batch's store positions `(B,)` int64 as a third element: `rows(positions)` gives their
+        `index.parquet` rows (keys, captions).
         """
         rank, world_size = self._split(rank, world_size)
         plan = self.epoch_order(seed, epoch, shuffle)
@@ -313,11 +316,30 @@ class LatentStore:
         if ram is not None:
             for j in range(start_batch, total):
                 span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
-                yield self._make_batch([ram], plan.order[span], span, seed, epoch)
+                batch = self._make_batch([ram], plan.order[span], span, seed, epoch)
+                yield (*batch, torch.from_numpy(plan.order[span])) if with_index else batch
             return
-        yield from self._stream(
+        for batch, positions in self._stream(
             plan, batch_size, seed, epoch, start_batch, total, rank, world_size, drop_last
-        )
+        ):
+            yield (*batch, torch.from_numpy(positions)) if with_index else batch
+
+    def rows(self, positions: Any) -> pa.Table:
+        """The `index.parquet` rows (key, label, caption, ...) of store `positions`, in that order."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        column = self.index.column("position").to_numpy()
+        order = np.argsort(column)
+        found = np.searchsorted(column[order], pos)
+        found = np.minimum(found, len(column) - 1) if len(column) else found
+        if len(pos) and (not len(column) or (column[order][found] != pos).any()):
+            raise IndexError(f"positions without an index row in {self.url}")
+        return self.index.take(order[found])
+
+    def as_dataset(self, *, seed: int = 0, flip: bool = True) -> Any:
+        """A map-style `torch.utils.data.Dataset` over the ok samples (`LatentDataset`)."""
+        from lplkit.store.dataset import LatentDataset
+
+        return LatentDataset(self, seed=seed, flip=flip)
 
     def _stream(
         self,
@@ -330,8 +352,8 @@ class LatentStore:
         rank: int,
         world_size: int,
         drop_last: bool,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches from windows read one ahead in a background thread."""
+    ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]]:
+        """(batch, its positions) from windows read one ahead in a background thread."""
         n = len(plan.order)
         n_windows = len(plan.window_chunks)
         loaded: dict[int, _Block] = {}
@@ -360,7 +382,7 @@ class LatentStore:
                         free.append(loaded.pop(k).raw)
                 request(windows[-1] + 1)
                 blocks = [get(k) for k in windows]
-                yield self._make_batch(blocks, positions, span, seed, epoch)
+                yield self._make_batch(blocks, positions, span, seed, epoch), positions
 
     def _make_batch(
         self,

@@ -1,0 +1,123 @@
+"""The store as ``torch.utils.data`` datasets, for users who bring their own loop (accelerate,
+Lightning, a plain ``DataLoader``).
+
+- :class:`LatentDataset` (map-style): ``ds[i]`` -> ``{"latent", "label", "key", "caption",
+  "position"}`` for the i-th ok sample. The latent is drawn ``z = mean + std * eps`` (with flips: the
+  flipped image's moments with probability 1/2) from a generator seeded by ``(seed, epoch,
+  position)``, so an item is the same in any worker, any order, any process; ``set_epoch`` gives new
+  draws. Raw latents, like ``LatentStore.batches``: normalize downstream.
+- :class:`LatentBatches` (iterable): ``LatentStore.batches`` as a dataset of whole batches, bitwise the
+  same batches at the same speed (``DataLoader(ds, batch_size=None)``). ``with_index=True`` adds each
+  batch's store positions, joined to ``index.parquet`` rows by ``LatentStore.rows(positions)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from lplkit.errors import ConfigError
+
+__all__ = ["LatentBatches", "LatentDataset"]
+
+
+def _item_generator(seed: int, epoch: int, position: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, epoch, position]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class LatentDataset(Dataset):
+    """Map-style dataset over a store's ok samples (see the module docstring).
+
+    Args:
+        store: an open :class:`lplkit.store.LatentStore`.
+        seed: seeds the per-item draws (eps, flip).
+        flip: draw flips when the store has flipped moments.
+    """
+
+    def __init__(self, store: Any, *, seed: int = 0, flip: bool = True) -> None:
+        self.store = store
+        self.seed = int(seed)
+        self.epoch = 0
+        self.flip = bool(flip) and store.has_flips
+        self.positions = np.asarray(store.ok_positions, dtype=np.int64)
+        index = store.index
+        pos = index.column("position").to_numpy()
+        order = np.argsort(pos)
+        rows = order[np.searchsorted(pos[order], self.positions)]
+        self._keys = index.column("key").take(rows).to_pylist()
+        self._captions = [c or "" for c in index.column("caption").take(rows).to_pylist()]
+
+    def set_epoch(self, epoch: int) -> None:
+        """New draws for a new epoch (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        position = int(self.positions[i])
+        gen = _item_generator(self.seed, self.epoch, position)
+        flipped = self.flip and bool(torch.rand((), generator=gen) < 0.5)
+        self.store._ram_block()  # whole store in RAM when it fits the budget (read once)
+        mean, std = self.store.read([position], flip=flipped)
+        eps = torch.randn(mean.shape[1:], generator=gen)
+        latent = torch.from_numpy(mean[0]) + torch.from_numpy(std[0]) * eps
+        return {
+            "latent": latent,
+            "label": int(self.store.labels[position]),
+            "key": self._keys[i],
+            "caption": self._captions[i],  # "" when the source has no captions
+            "position": position,
+        }
+
+
+class LatentBatches(IterableDataset):
+    """``LatentStore.batches`` as an iterable dataset of whole batches (``batch_size=None`` in the
+    ``DataLoader``). Yields ``(latents, labels)``, plus ``positions`` with ``with_index=True``.
+
+    Use ``num_workers=0``: the store already reads the next window in a background thread and
+    samples each batch on several threads; worker processes would each repeat the whole epoch.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        with_index: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.store = store
+        self.kwargs = dict(seed=seed, shuffle=shuffle, drop_last=drop_last, with_index=with_index,
+                           rank=rank, world_size=world_size)  # fmt: skip
+        self.batch_size = int(batch_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration yields (its shuffle and draws)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        kw = self.kwargs
+        return self.store.num_batches(self.batch_size, kw["rank"], kw["world_size"],
+                                      kw["drop_last"])  # fmt: skip
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise ConfigError(
+                "LatentBatches reads ahead and samples on threads itself; use num_workers=0 "
+                f"(got {info.num_workers} workers, each would repeat the epoch)"
+            )
+        return self.store.batches(self.batch_size, epoch=self.epoch, **self.kwargs)
