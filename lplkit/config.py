@@ -21,6 +21,11 @@ from lplkit.errors import ConfigError
 T = TypeVar("T")
 
 
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """`value` (from TOML, JSON or a `--set` string) as type `tp`; `ConfigError` naming `key`."""
+    return _coerce(value, tp, key)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -101,7 +106,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from a plain dict, validating keys and types."""
+    """Build dataclass `cls` from a plain dict, validating keys and types.
+
+    A class with a `from_table(data, prefix)` classmethod builds itself (e.g. `lpl`, whose loss
+    options are resolved against its preset); it may call `fields_from_dict` for the plain part.
+    """
+    hook = getattr(cls, "from_table", None)
+    if callable(hook):
+        return hook(data, prefix)
+    return fields_from_dict(cls, data, prefix)
+
+
+def fields_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """`from_dict` without the `from_table` hook: every key a field, each value coerced."""
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ConfigError(
             f"{prefix or cls.__name__}: expected a table of key = value, got {data!r}"
@@ -159,8 +176,12 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
 ) -> T:
-    """Defaults <- `base` <- TOML file at `path` <- dotted `overrides`."""
+    """Defaults <- `base` <- TOML file at `path` <- dotted `overrides` <- `flags`.
+
+    `flags` is a nested dict of already-typed values (CLI flags), merged last.
+    """
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         p = Path(path)
@@ -171,4 +192,5 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
     data = merge(data, parse_overrides(overrides))
+    data = merge(data, flags or {})
     return from_dict(cls, data)

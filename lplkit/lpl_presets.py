@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from lplkit.errors import ConfigError
 
-__all__ = ["LPL_PRESETS", "LPLConfig", "resolve_lpl_config"]
+__all__ = ["LPL_PRESETS", "LPLConfig", "lpl_options", "parse_outliers", "resolve_lpl_config"]
 
 Norm = Literal["l2", "l2-shared", "standardize-shared", "dataset", "none"]
 NORMS: tuple[str, ...] = ("l2", "l2-shared", "standardize-shared", "dataset", "none")
@@ -127,6 +127,58 @@ def validate(cfg: LPLConfig) -> LPLConfig:
     if cfg.outlier_std_mult < 0 or cfg.eps <= 0:
         raise ConfigError("LPL options outlier_std_mult must be >= 0 and eps > 0")
     return cfg
+
+
+def parse_outliers(value: object, key: str = "outliers") -> Outliers:
+    """An `outliers` value from TOML, JSON or a CLI string.
+
+    `true`/`false`; a list of layer indices (`[2, 3]`, `"2,3"`); a {layer: down factor} table
+    (`{2 = 2, 3 = 1}` in TOML, JSON's string keys, or `"2:2,3:1"`).
+    """
+    if isinstance(value, bool):
+        return value
+    try:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return text in ("true", "1", "yes", "on")
+            if text in ("", "none", "[]"):
+                return ()
+            items = [x.strip() for x in text.strip("[]").split(",") if x.strip()]
+            if all(":" in x for x in items):
+                return {int(k): int(v) for k, v in (x.split(":", 1) for x in items)}
+            return tuple(int(x) for x in items)
+        if isinstance(value, Mapping):
+            return {int(k): int(v) for k, v in value.items()}
+        if isinstance(value, Sequence):
+            return tuple(int(x) for x in value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(
+        f"{key}: {value!r} is not true/false, a list of layer indices (2,3) "
+        "or a layer:down_factor list (2:2,3:1)"
+    )
+
+
+def lpl_options(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Typed `LPLConfig` keyword options from a TOML/JSON/`--set` table (unknown key: ConfigError)."""
+    import typing
+
+    from lplkit.config import coerce
+
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'lpl.loss'}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(LPLConfig)
+    unknown = sorted(set(table) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"unknown LPL option(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known: {', '.join(f.name for f in fields(LPLConfig))}"
+        )
+    return {
+        k: parse_outliers(v, prefix + k) if k == "outliers" else coerce(v, hints[k], prefix + k)
+        for k, v in table.items()
+    }
 
 
 def resolve_lpl_config(preset: str = "paper", **overrides: Any) -> LPLConfig:

@@ -2,54 +2,96 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.options import ConfigFlag, flags_table, with_config_flags
+from lplkit.train.config import TrainConfig
 
-# flag name -> dotted TrainConfig key (flags override --config and --set)
-_FLAG_KEYS = {
-    "store": "store",
-    "out": "out",
-    "lpl": "lpl.enabled",
-    "objective": "objective.kind",
-    "model": "model.name",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "lr": "optim.lr",
-    "warmup": "optim.warmup_steps",
-    "seed": "seed",
-    "lpl_preset": "lpl.preset",
-    "lpl_weight": "lpl.weight",
-    "lpl_snr_min": "lpl.snr_min",
-    "lpl_max_timestep": "lpl.max_timestep",
-    "lpl_start": "lpl.start_step",
-    "lpl_depth": "lpl.depth",
-    "vae": "lpl.vae",
-    "vae_subfolder": "lpl.vae_subfolder",
-    "grad_accum": "grad_accum",
-    "bf16": "bf16",
-    "compile": "compile",
-    "ema_decay": "ema_decay",
-    "ckpt_every": "ckpt.every",
-    "keep_last": "ckpt.keep_last",
-    "log_every": "log.every",
-    "sample_every": "log.sample_every",
-    "device": "device",
-    "verify_store": "verify_store",
-}
+# Every `lplkit train` flag that sets a TrainConfig field, declared once: the typer signature,
+# the overrides table and the docs' flag list all come from these rows (lplkit.cli.options).
+TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
+    ConfigFlag("store", "--store", "Latent store (lplkit encode)."),
+    ConfigFlag("out", "--out", "Run directory (re-run = resume)."),
+    ConfigFlag("lpl.enabled", "--lpl/--no-lpl", "Add the gated LPL term."),
+    ConfigFlag("objective.kind", "--objective", "eps, v or flow."),
+    ConfigFlag("model.name", "--model", "Denoiser, e.g. DiT-S/2."),
+    ConfigFlag("steps", "--steps", "Total optimizer steps."),
+    ConfigFlag("batch_size", "--batch-size", "Global batch (all ranks and accumulation steps)."),
+    ConfigFlag("optim.lr", "--lr", "AdamW learning rate."),
+    ConfigFlag("optim.warmup_steps", "--warmup", "Linear LR warmup steps."),
+    ConfigFlag("seed", "--seed", "Seed of every random draw."),
+    ConfigFlag("lpl.preset", "--lpl-preset", "LPL options preset: paper, diffusers-reference, ..."),
+    ConfigFlag("lpl.weight", "--lpl-weight", "w in L + w LPL."),
+    ConfigFlag("lpl.snr_min", "--lpl-snr-min", "Gate: LPL only where SNR(t) >= this."),
+    ConfigFlag(
+        "lpl.max_timestep",
+        "--lpl-max-timestep",
+        "DDPM gate t < T (replaces the SNR gate if alone).",
+    ),
+    ConfigFlag("lpl.start_step", "--lpl-start", "Step the LPL starts."),
+    ConfigFlag("lpl.loss.depth", "--lpl-depth", "Decoder up blocks tapped after the mid block."),
+    ConfigFlag(
+        "lpl.loss.norm",
+        "--lpl-norm",
+        "Feature normalization: l2, l2-shared, standardize-shared, dataset (lplkit stats), none.",
+    ),
+    ConfigFlag("lpl.loss.layer_weights", "--lpl-layer-weights", "uniform, pow2 or upsampling."),
+    ConfigFlag(
+        "lpl.loss.outliers",
+        "--lpl-outliers",
+        "Outlier mask: true, false, layers (2,3) or layer:down_factor (2:2,3:1).",
+    ),
+    ConfigFlag("lpl.vae", "--vae", "Override the store's autoencoder."),
+    ConfigFlag("lpl.vae_subfolder", "--vae-subfolder", "e.g. vae."),
+    ConfigFlag("grad_accum", "--grad-accum", "Micro-steps per step."),
+    ConfigFlag("bf16", "--bf16/--no-bf16", "bf16 autocast."),
+    ConfigFlag("compile", "--compile/--no-compile", "torch.compile."),
+    ConfigFlag("ema_decay", "--ema-decay", "EMA decay."),
+    ConfigFlag("ckpt.every", "--ckpt-every", "Checkpoint period."),
+    ConfigFlag("ckpt.keep_last", "--keep-last", "Checkpoints kept."),
+    ConfigFlag("log.every", "--log-every", "metrics.jsonl period."),
+    ConfigFlag("log.sample_every", "--sample-every", "PNG sample grid period (0 = never)."),
+    ConfigFlag("device", "--device", "auto, cpu, cuda, cuda:1 ..."),
+    ConfigFlag(
+        "verify_store",
+        "--verify-store/--no-verify-store",
+        "Fully verify the store first (checksums, NaN); a quick check always runs.",
+    ),
+)
+
+_EXTRA = (
+    inspect.Parameter(
+        "config", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+        default=typer.Option(None, "--config", help="TOML recipe (pipelines/)."),
+    ),
+    inspect.Parameter(
+        "set_", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
+        default=typer.Option(
+            None, "--set",
+            help="Dotted override, e.g. --set optim.grad_clip=0.5 or lpl.loss.norm=dataset "
+            "(repeatable).",
+        ),
+    ),
+    inspect.Parameter(
+        "json_out", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    ),
+)  # fmt: skip
 
 
-def flag_overrides(flags: dict[str, Any]) -> list[str]:
-    """Explicitly given flags as `key=value` overrides (None = not given)."""
-    out = [f"{_FLAG_KEYS[k]}={v}" for k, v in flags.items() if v is not None]
+def flags_overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    """The explicitly given flags (None = not given) as a nested table of typed values."""
+    table = flags_table(TRAIN_FLAGS, flags)
     # The reference code gates DDPM by t < max_timestep alone: a max timestep without an explicit
     # SNR threshold replaces the default SNR gate instead of AND-ing with it.
     if flags.get("lpl_max_timestep") is not None and flags.get("lpl_snr_min") is None:
-        out.append("lpl.snr_min=none")
-    return out
+        table.setdefault("lpl", {})["snr_min"] = None
+    return table
 
 
 def resolve_config(config: str | None, overrides: list[str], flags: dict[str, Any]):
@@ -57,67 +99,44 @@ def resolve_config(config: str | None, overrides: list[str], flags: dict[str, An
     from pathlib import Path
 
     from lplkit.config import load_config
-    from lplkit.train.config import TrainConfig
+    from lplkit.train.config import upgrade_layout
+    from lplkit.train.run import read_json_object
 
     out = flags.get("out")
     saved = Path(out) / "config.json" if out else None
-    from lplkit.train.run import read_json_object
+    base = upgrade_layout(read_json_object(saved)) if saved and saved.is_file() else None
+    return load_config(TrainConfig, config, overrides, base=base, flags=flags_overrides(flags))
 
-    base = read_json_object(saved) if saved is not None and saved.is_file() else None
-    return load_config(TrainConfig, config, [*overrides, *flag_overrides(flags)], base=base)
+
+def resolve_argv(args: list[str]):
+    """The `TrainConfig` that `lplkit train ARGS` would train with (parsed by this very command)."""
+    from typer.main import get_command
+
+    from lplkit.cli.app import app
+
+    group = get_command(app)
+    ctx = group.make_context("lplkit", ["train", *args])
+    command = group.get_command(ctx, "train")  # type: ignore[attr-defined]
+    params = command.make_context("train", list(args), parent=ctx).params
+    return resolve_config(params.get("config"), params.get("set_") or [], params)
+
+
+def lpl_summary(cfg: Any) -> str:
+    """One line with the resolved LPL options (shown at start, recorded in config.json)."""
+    from lplkit.config import to_dict
+
+    lpl = cfg.lpl
+    gate = f"snr_min={lpl.snr_min}, max_timestep={lpl.max_timestep}, start_step={lpl.start_step}"
+    loss = ", ".join(f"{k}={v}" for k, v in to_dict(lpl.loss).items())
+    return f"LPL: preset={lpl.preset}, weight={lpl.weight}, {gate}; loss: {loss}"
 
 
 def register(app: typer.Typer) -> None:
     """Add the `train` command to the app."""
 
     @app.command("train")
-    def train_command(
-        store: str | None = typer.Option(None, "--store", help="Latent store (lplkit encode)."),
-        out: str | None = typer.Option(None, "--out", help="Run directory (re-run = resume)."),
-        lpl: bool | None = typer.Option(None, "--lpl/--no-lpl", help="Add the gated LPL term."),
-        objective: str | None = typer.Option(None, "--objective", help="eps, v or flow."),
-        model: str | None = typer.Option(None, "--model", help="Denoiser, e.g. DiT-S/2."),
-        steps: int | None = typer.Option(None, "--steps", help="Total optimizer steps."),
-        batch_size: int | None = typer.Option(
-            None, "--batch-size", help="Global batch (all ranks and accumulation steps)."
-        ),
-        lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate."),
-        warmup: int | None = typer.Option(None, "--warmup", help="Linear LR warmup steps."),
-        seed: int | None = typer.Option(None, "--seed", help="Seed of every random draw."),
-        config: str | None = typer.Option(None, "--config", help="TOML recipe (pipelines/)."),
-        set_: list[str] | None = typer.Option(
-            None, "--set", help="Dotted override, e.g. --set optim.grad_clip=0.5 (repeatable)."
-        ),
-        lpl_preset: str | None = typer.Option(None, "--lpl-preset", help="paper, ..."),
-        lpl_weight: float | None = typer.Option(None, "--lpl-weight", help="w in L + w LPL."),
-        lpl_snr_min: float | None = typer.Option(
-            None, "--lpl-snr-min", help="Gate: LPL only where SNR(t) >= this."
-        ),
-        lpl_max_timestep: int | None = typer.Option(
-            None, "--lpl-max-timestep", help="DDPM gate t < T (replaces the SNR gate if alone)."
-        ),
-        lpl_start: int | None = typer.Option(None, "--lpl-start", help="Step the LPL starts."),
-        lpl_depth: int | None = typer.Option(None, "--lpl-depth", help="Decoder up blocks."),
-        vae: str | None = typer.Option(None, "--vae", help="Override the store's autoencoder."),
-        vae_subfolder: str | None = typer.Option(None, "--vae-subfolder", help="e.g. vae."),
-        grad_accum: int | None = typer.Option(None, "--grad-accum", help="Micro-steps per step."),
-        bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast."),
-        compile_: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile."),
-        ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay."),
-        ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Checkpoint period."),
-        keep_last: int | None = typer.Option(None, "--keep-last", help="Checkpoints kept."),
-        log_every: int | None = typer.Option(None, "--log-every", help="metrics.jsonl period."),
-        sample_every: int | None = typer.Option(
-            None, "--sample-every", help="PNG sample grid period (0 = never)."
-        ),
-        device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ..."),
-        verify_store: bool | None = typer.Option(
-            None,
-            "--verify-store/--no-verify-store",
-            help="Fully verify the store first (checksums, NaN); a quick check always runs.",
-        ),
-        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    ) -> None:
+    @with_config_flags(TrainConfig, TRAIN_FLAGS, _EXTRA)
+    def train_command(**params: Any) -> None:
         """Train a latent denoiser from STORE into RUN_DIR; re-running the same command resumes.
 
         Under `torchrun --nproc-per-node K -m lplkit train ...` it trains with DDP; the global
@@ -125,18 +144,11 @@ def register(app: typer.Typer) -> None:
         """
         from lplkit.train import train
 
-        flags = {
-            "store": store, "out": out, "lpl": lpl, "objective": objective, "model": model,
-            "steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "seed": seed,
-            "lpl_preset": lpl_preset, "lpl_weight": lpl_weight, "lpl_snr_min": lpl_snr_min,
-            "lpl_max_timestep": lpl_max_timestep, "lpl_start": lpl_start, "lpl_depth": lpl_depth,
-            "vae": vae, "vae_subfolder": vae_subfolder, "grad_accum": grad_accum, "bf16": bf16,
-            "compile": compile_, "ema_decay": ema_decay, "ckpt_every": ckpt_every,
-            "keep_last": keep_last, "log_every": log_every, "sample_every": sample_every,
-            "device": device, "verify_store": verify_store,
-        }  # fmt: skip
-        cfg = resolve_config(config, set_ or [], flags)
+        json_out = params.pop("json_out")
+        cfg = resolve_config(params.pop("config"), params.pop("set_") or [], params)
         is_main = int(os.environ.get("RANK", "0")) == 0
+        if is_main and cfg.lpl.enabled and not json_out:
+            output.console.print(lpl_summary(cfg), soft_wrap=True, markup=False)
         with _LiveLine(cfg.steps, enabled=is_main and not json_out) as live:
             result = train(cfg, on_log=live.on_log, on_step=live.on_step, on_start=live.on_start)
         if not is_main:

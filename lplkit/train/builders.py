@@ -85,12 +85,15 @@ def load_decoder_vae(cfg: TrainConfig, manifest: dict[str, Any], device: torch.d
 
 
 def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
+    """`LatentPerceptualLoss` with exactly the resolved options `cfg.lpl.loss`."""
+    from dataclasses import fields
+
     from lplkit.lpl import LatentPerceptualLoss
     from lplkit.stats_store import load_stats
 
-    kwargs: dict[str, Any] = {}
-    if cfg.lpl.depth is not None:
-        kwargs["depth"] = cfg.lpl.depth
+    loss = cfg.lpl.loss
+    assert loss is not None  # LplConfig.__post_init__ resolves it
+    kwargs: dict[str, Any] = {f.name: getattr(loss, f.name) for f in fields(loss)}
     stats = load_stats(store)
     if stats is not None and stats.layers:
         kwargs["feature_stats"] = stats.feature_stats

@@ -8,9 +8,10 @@ command resumes and refuses a config that changes anything but the run length an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lplkit.errors import ConfigError
+from lplkit.lpl_presets import LPLConfig, lpl_options, resolve_lpl_config
 
 Objective = Literal["eps", "v", "flow"]
 
@@ -51,6 +52,10 @@ class LplConfig:
 
     A sample is gated in when SNR(t) >= snr_min (if set) and, for DDPM, t < max_timestep (if set).
     Ungated samples contribute 0 and are never decoded; the mean divides by the full batch size.
+
+    `loss` holds the options of `LatentPerceptualLoss` (`lplkit.lpl_presets.LPLConfig`), resolved
+    as `preset` <- the explicit keys of the `[lpl.loss]` table (TOML, `--set lpl.loss.KEY=`,
+    `--lpl-norm`, ...). The legacy key `lpl.depth` is an alias of `lpl.loss.depth`.
     """
 
     enabled: bool = False
@@ -59,9 +64,40 @@ class LplConfig:
     snr_min: float | None = 3.0
     max_timestep: int | None = None
     start_step: int = 0
-    depth: int | None = None
     vae: str | None = None  # override the autoencoder recorded in the store manifest
     vae_subfolder: str | None = None
+    loss: LPLConfig | None = None  # None = the preset's options
+
+    def __post_init__(self) -> None:
+        if self.loss is None:
+            self.loss = resolve_lpl_config(self.preset)
+
+    @classmethod
+    def from_table(cls, data: dict[str, Any], prefix: str = "") -> LplConfig:
+        """Build from a TOML/JSON table: the gate/schedule keys as typed fields, then
+        `loss = resolve_lpl_config(preset, **explicit loss keys)` (preset first, keys override)."""
+        from lplkit.config import fields_from_dict
+
+        if not isinstance(data, dict):
+            raise ConfigError(f"{prefix.rstrip('.') or 'lpl'}: expected a table, got {data!r}")
+        data = dict(data)
+        loss = data.pop("loss", None) or {}
+        if isinstance(loss, LPLConfig):
+            loss = loss.to_dict()
+        if not isinstance(loss, dict):
+            raise ConfigError(f"{prefix}loss: expected a table of LPL options, got {loss!r}")
+        loss = dict(loss)
+        if "depth" in data:  # the layout before [lpl.loss] (old config.json, --set lpl.depth=)
+            depth = data.pop("depth")
+            if "depth" in loss and str(loss["depth"]).lower() != str(depth).lower():
+                raise ConfigError(
+                    f"{prefix}depth={depth!r} and {prefix}loss.depth={loss['depth']!r} disagree; "
+                    f"set only {prefix}loss.depth"
+                )
+            loss.setdefault("depth", depth)
+        out = fields_from_dict(cls, data, prefix)
+        out.loss = resolve_lpl_config(out.preset, **lpl_options(loss, f"{prefix}loss."))
+        return out
 
 
 @dataclass
@@ -134,6 +170,21 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not divisible by world_size*grad_accum = {denom}"
             )
         return self.batch_size // denom
+
+
+def upgrade_layout(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json of an older layout in today's: `lpl.depth` -> `lpl.loss.depth`.
+
+    Applied to the saved run config before newer layers (--config, --set, flags) merge over it,
+    so a new `lpl.loss.depth` overrides an old `lpl.depth` instead of conflicting with it.
+    """
+    lpl = data.get("lpl")
+    if not isinstance(lpl, dict) or "depth" not in lpl:
+        return data
+    lpl = dict(lpl)
+    loss = lpl.get("loss") if isinstance(lpl.get("loss"), dict) else {}
+    lpl["loss"] = {"depth": lpl.pop("depth"), **loss}
+    return {**data, "lpl": lpl}
 
 
 # Keys a resumed run may change (run length, cadence, device); anything else must match config.json.

@@ -57,7 +57,7 @@ def _train(store: str, recipe: Path, out: Path, seed: int, steps: int, extra: li
 
 
 def _fork(src: Path, dst: Path, lpl: dict | None) -> None:
-    """Copy a pre-training run; for the LPL fork, switch its recorded ``lpl`` config to `lpl`."""
+    """Copy a pre-training run; for the LPL fork, replace its recorded ``lpl`` section by `lpl`."""
     if dst.exists():
         return
     tmp = dst.with_name(dst.name + ".tmp")
@@ -66,7 +66,7 @@ def _fork(src: Path, dst: Path, lpl: dict | None) -> None:
     if lpl is not None:
         cfg_path = tmp / "config.json"
         cfg = json.loads(cfg_path.read_text())
-        cfg["lpl"].update(lpl)
+        cfg["lpl"] = lpl
         cfg_path.write_text(json.dumps(cfg, indent=2))
     tmp.rename(dst)
 
@@ -137,7 +137,7 @@ def main() -> None:
             if not (pre / "checkpoints" / f"step_{p:08d}").exists():
                 _train(args.store, recipe, pre, seed, p, [], log)
             lpl_flags = ["--lpl", "--lpl-start", str(p), *args.extra.split()]
-            arms = {"base": (None, []), args.tag: (_lpl_overrides(p, lpl_flags), lpl_flags)}
+            arms = {"base": (None, []), args.tag: (_lpl_overrides(recipe, lpl_flags), lpl_flags)}
             for arm, (lpl, flags) in arms.items():
                 run = base_dir / arm
                 done = run / "result.json"
@@ -157,20 +157,13 @@ def main() -> None:
                 print(json.dumps(result), flush=True)
 
 
-def _lpl_overrides(start: int, flags: list[str]) -> dict:
-    """The ``lpl`` config keys that the LPL fork's train flags set (mirrors the CLI's names)."""
-    out: dict = {"enabled": True, "start_step": start}
-    names = {
-        "--lpl-weight": ("weight", float),
-        "--lpl-snr-min": ("snr_min", float),
-        "--lpl-depth": ("depth", int),
-        "--lpl-preset": ("preset", str),
-    }
-    for flag, value in itertools.pairwise(flags):
-        if flag in names:
-            key, typ = names[flag]
-            out[key] = typ(value)
-    return out
+def _lpl_overrides(recipe: Path, flags: list[str]) -> dict:
+    """The LPL fork's whole ``lpl`` config section, resolved by ``lplkit train``'s own parser
+    (recipe <- fork flags), so every LPL flag and its preset resolve exactly as in training."""
+    from lplkit.cli.train import resolve_argv
+    from lplkit.config import to_dict
+
+    return to_dict(resolve_argv(["--config", str(recipe), *flags]))["lpl"]
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_train_with_lpl_then_sample(store, tmp_path, capsys):
     assert all(r["loss"] == pytest.approx(r["loss_diffusion"] + r["loss_lpl"]) for r in recs)
     assert any(r["loss_lpl"] > 0 for r in recs)
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["lpl"]["enabled"] and cfg["lpl"]["depth"] == 1 and cfg["optim"]["lr"] == 1e-3
+    assert cfg["lpl"]["enabled"] and cfg["lpl"]["loss"]["depth"] == 1 and cfg["optim"]["lr"] == 1e-3
     jsonschema.validate(json.loads((run / "run.json").read_text()),
                         json.loads((SCHEMAS / "run.schema.json").read_text()))  # fmt: skip
     meta = json.loads((run / "checkpoints" / "step_00000004" / "meta.json").read_text())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lplkit.cli.train import flag_overrides, resolve_config
+from lplkit.cli.train import flags_overrides, resolve_config
 from lplkit.errors import ConfigError
 from lplkit.train.config import TrainConfig
 from lplkit.train.run import check_resume_config
@@ -25,7 +25,10 @@ def test_precedence_file_set_flags(tmp_path):
 
 
 def test_max_timestep_alone_replaces_the_snr_gate():
-    assert "lpl.snr_min=none" in flag_overrides({"lpl_max_timestep": 200, "lpl_snr_min": None})
+    assert flags_overrides({"lpl_max_timestep": 200, "lpl_snr_min": None})["lpl"] == {
+        "max_timestep": 200,
+        "snr_min": None,
+    }
     cfg = resolve_config(None, [], {"objective": "eps", "lpl_max_timestep": 200})
     assert cfg.lpl.snr_min is None and cfg.lpl.max_timestep == 200
     both = resolve_config(

@@ -1,0 +1,119 @@
+"""CLI flags generated from typed config dataclasses: each option is declared once.
+
+A command lists its flags as `ConfigFlag(key, decl, help)` rows, `key` being the dotted field of
+the command's config dataclass (e.g. `lpl.loss.norm` of `TrainConfig`). `with_config_flags` gives the
+command function a typer signature built from those rows (the flag's type is the field's type), and
+`flags_table` turns the values the user gave into a nested table of typed values that
+`lplkit.config.load_config(..., flags=)` merges over `--config` and `--set`: no `"key=value"`
+string round trip, no second list of names. (torchtitan builds its CLI from its config sections
+the same way.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+
+__all__ = ["ConfigFlag", "field_type", "flags_table", "with_config_flags"]
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One CLI flag setting one config field.
+
+    Attributes:
+        key: dotted config field, e.g. ``lpl.loss.norm``.
+        decl: the flag, e.g. ``--lpl-norm``; a bool field takes ``--lpl/--no-lpl``.
+        help: one line for `--help`.
+    """
+
+    key: str
+    decl: str
+    help: str
+
+    @property
+    def param(self) -> str:
+        """The Python parameter name: ``--lpl-norm`` -> ``lpl_norm``."""
+        return self.decl.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def field_type(cls: type, key: str) -> Any:
+    """The type hint of dotted field `key` of dataclass `cls` (Optional stripped)."""
+    tp: Any = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            raise KeyError(f"{key}: {part} is below a non-table field")
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            raise KeyError(f"{key}: {tp.__name__} has no field {part!r}")
+        tp = _strip_optional(hints[part])
+    return tp
+
+
+def _cli_type(tp: Any) -> type:
+    """bool / int / float pass through; anything else (Literal, unions, lists) is parsed as a
+    string by the config loader, which names the key in its error."""
+    return tp if tp in (bool, int, float) else str
+
+
+def with_config_flags(
+    cls: type, flags: Iterable[ConfigFlag], extra: Iterable[inspect.Parameter] = ()
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: give a `**kwargs` command function the typer signature of `flags` + `extra`.
+
+    Every generated flag defaults to None (= not given). The function receives all parameters as
+    keyword arguments; pass them to `flags_table` to get the nested overrides.
+    """
+    flags = tuple(flags)
+    params = []
+    for f in flags:
+        tp = _cli_type(field_type(cls, f.key))
+        params.append(
+            inspect.Parameter(
+                f.param,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, f.decl, help=f.help),
+                annotation=tp | None,
+            )
+        )
+    params.extend(extra)
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate CLI parameter names in {names}")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        return fn
+
+    return decorate
+
+
+def flags_table(flags: Iterable[ConfigFlag], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested `{section: {field: value}}` of the flags given (value not None), typed as parsed."""
+    out: dict[str, Any] = {}
+    for f in flags:
+        value = values.get(f.param)
+        if value is None:
+            continue
+        *sections, last = f.key.split(".")
+        node = out
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[last] = value
+    return out
