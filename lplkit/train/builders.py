@@ -100,6 +100,40 @@ def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
     return LatentPerceptualLoss(vae, cfg.lpl.preset, **kwargs)
 
 
+def init_from_base(
+    cfg: TrainConfig, store: Any, num_classes: int | None
+) -> tuple[nn.Module, LatentNormalizer, dict[str, Any]]:
+    """The `--init` base's weights and its latent normalization, checked against this run: the same
+    architecture, latent shape, classes and objective, and a store of the same autoencoder."""
+    from lplkit.base_models import load_base
+
+    base = load_base(str(cfg.init))
+    info = base.info
+    problems = []
+    if info["model"]["name"] != cfg.model.name:
+        problems.append(f"model {info['model']['name']} (this run: --model {cfg.model.name})")
+    if list(info["latent_shape"]) != list(store.latent_shape):
+        problems.append(f"latents {info['latent_shape']} (store: {list(store.latent_shape)})")
+    if info.get("num_classes") != num_classes:
+        problems.append(f"{info.get('num_classes')} classes (store: {num_classes})")
+    if info["objective"].get("kind") != cfg.objective.kind:
+        problems.append(f"objective {info['objective'].get('kind')} (this run: {cfg.objective.kind})")
+    base_ae = (info.get("store") or {}).get("autoencoder") or {}
+    store_ae = store.manifest.get("autoencoder") or {}
+    if base_ae.get("weights_hash") and base_ae.get("weights_hash") != store_ae.get("weights_hash"):
+        problems.append("another autoencoder than this store's (weights hash differs)")
+    if problems:
+        raise ConfigError(f"--init {cfg.init}: the base was trained with " + "; ".join(problems))
+    norm = base.normalization
+    normalizer = LatentNormalizer(
+        shift=tuple(float(v) for v in norm["shift"]),
+        scale=tuple(float(v) for v in norm["scale"]),
+        source=str(norm["source"]),
+    )
+    record = {"spec": str(cfg.init), "source": base.source, "step": base.step}
+    return base.model.train(), normalizer, record
+
+
 def build_components(cfg: TrainConfig, device: torch.device) -> Components:
     """Open the store and build model, objective, normalizer, LPL and the sample-grid callback."""
     from lplkit.models import build_model
@@ -114,9 +148,13 @@ def build_components(cfg: TrainConfig, device: torch.device) -> Components:
         raise ConfigError(f"{cfg.store}: non-square latents {h}x{w} are not supported by DiT")
     num_classes = store_num_classes(store)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every re-run
-    model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
+    init = None
+    if cfg.init:
+        model, normalizer, init = init_from_base(cfg, store, num_classes)
+    else:
+        model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
+        normalizer = make_normalizer(store)
     objective = make_objective(cfg)
-    normalizer = make_normalizer(store)
     vae = None
     if cfg.lpl.enabled or cfg.log.sample_every > 0:
         vae = load_decoder_vae(cfg, store.manifest, device)
@@ -136,5 +174,10 @@ def build_components(cfg: TrainConfig, device: torch.device) -> Components:
         conditional=num_classes is not None,
         lpl=lpl.forward_gathered if lpl is not None else None,
         sample_grid=grid,
-        extra={"num_classes": num_classes, "model_spec": model.spec, "lpl_module": lpl},
+        extra={
+            "num_classes": num_classes,
+            "model_spec": model.spec,
+            "lpl_module": lpl,
+            "init": init,
+        },
     )

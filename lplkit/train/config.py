@@ -132,6 +132,9 @@ class TrainConfig:
     device: str = "auto"
     # Full store verification (checksums, NaN) at start; the quick structural check always runs.
     verify_store: bool = False
+    # Start from pre-trained weights (bundled base such as "openmoji-base", or a run directory's
+    # newest EMA weights) instead of a random init; the run keeps the base's latent normalization.
+    init: str | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

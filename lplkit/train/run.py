@@ -121,6 +121,7 @@ def train(
                 },
                 "store": {"url": cfg.store, "autoencoder": parts.store.manifest.get("autoencoder")},
                 "world_size": dist.world_size,
+                "init": parts.extra.get("init"),
             }
             (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
         barrier(dist)
