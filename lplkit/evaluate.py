@@ -94,9 +94,16 @@ def evaluate(
     ref: str | Path | ImageSet,
     options: EvalOptions | None = None,
     *,
+    floor: str | Path | ImageSet | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Metrics of `samples` against `ref` as a JSON-serializable dict (see docs/evaluation.md)."""
+    """Metrics of `samples` against `ref` as a JSON-serializable dict (see docs/evaluation.md).
+
+    With `floor` (held-out real images, e.g. the test split's store, decoded by the same
+    autoencoder), the same metrics of `floor` against `ref` are added as `result["floor"]`, over the
+    same number of images as the samples (SWD depends on the set size), and `result["vs_floor"]`
+    holds samples / floor per SWD level: 1.0 is as close to the references as real held-out data.
+    """
     opts = options or EvalOptions()
     metrics = parse_metrics(opts.metrics)
     inception, inception_path = None, None
@@ -105,11 +112,15 @@ def evaluate(
 
         inception_path = find_inception(opts.inception)
         inception = load_inception(inception_path, opts.device)
+    named = [("samples", samples), ("ref", ref)] + ([("floor", floor)] if floor is not None else [])
     sets = {
         role: s if not isinstance(s, str | Path) else open_image_set(s, device=opts.device)
-        for role, s in (("samples", samples), ("ref", ref))
+        for role, s in named
     }
     ref_stats = sets["ref"].fid_stats if isinstance(sets["ref"], NpzImages) else None
+    n = opts.n
+    if "floor" in sets:  # compare sets of one size: the smaller of samples and held-out images
+        n = min(x for x in (n, len(sets["samples"]), len(sets["floor"])) if x is not None)
     result: dict[str, Any] = {"metrics": list(metrics), "seed": opts.seed}
     accs = {}
     for role, images in sets.items():
@@ -117,27 +128,49 @@ def evaluate(
         role_metrics = tuple(m for m in metrics if m != "fid" or use_inception is not None)
         if len(images) == 0 and (role_metrics != () or use_inception is not None):
             raise EvaluationError(f"{images.name}: no images to compute {', '.join(metrics)} from")
-        idx = select(len(images), opts.n, opts.seed) if len(images) else np.arange(0)
+        role_n = opts.n if role == "ref" else n
+        idx = select(len(images), role_n, opts.seed) if len(images) else np.arange(0)
         accs[role] = _SetAccumulator(opts, role_metrics, use_inception)
         _stream(images, idx, accs[role], opts.batch_size, role, progress)
         result[role] = {"path": images.name, "n": len(idx)}
-    s, r = accs["samples"], accs["ref"]
+    result.update(_compare(accs["samples"], accs["ref"], metrics, opts, ref_stats, inception_path))
+    if "floor" in accs:
+        floor_res = _compare(accs["floor"], accs["ref"], metrics, opts, ref_stats, inception_path)
+        result["floor"].update(floor_res)
+        if "swd" in floor_res:
+            result["vs_floor"] = {
+                level: result["swd"]["levels"][level] / value if value > 0 else None
+                for level, value in floor_res["swd"]["levels"].items()
+            }
+    result["options"] = {k: v for k, v in asdict(opts).items() if k not in ("swd", "inception")}
+    return result
+
+
+def _compare(
+    s: _SetAccumulator,
+    r: _SetAccumulator,
+    metrics: tuple[str, ...],
+    opts: EvalOptions,
+    ref_stats: Any,
+    inception_path: Path | None,
+) -> dict[str, Any]:
+    """The requested metrics of one accumulated set against the references."""
     if r.size is not None and s.size != r.size and {"swd", "spectrum"} & set(metrics):
         raise EvaluationError(
             f"samples are {s.size[1]}x{s.size[0]} but references {r.size[1]}x{r.size[0]}: "
             "SWD and spectra need one resolution"
         )
+    out: dict[str, Any] = {}
     if s.swd is not None:
         res = swd_between(
             s.swd.finalize(), r.swd.finalize(), s.swd.resolutions, opts.swd, seed=opts.seed
         )
-        result["swd"] = res.as_dict()
+        out["swd"] = res.as_dict()
     if s.spectrum is not None:
-        result["spectrum"] = spectrum_distance(s.spectrum, r.spectrum).as_dict()
-    if "fid" in metrics:
-        result["fid"] = _fid(s, r, ref_stats, inception_path)
-    result["options"] = {k: v for k, v in asdict(opts).items() if k not in ("swd", "inception")}
-    return result
+        out["spectrum"] = spectrum_distance(s.spectrum, r.spectrum).as_dict()
+    if "fid" in metrics and inception_path is not None:
+        out["fid"] = _fid(s, r, ref_stats, inception_path)
+    return out
 
 
 def _fid(s: _SetAccumulator, r: _SetAccumulator, ref_stats, inception_path: Path) -> dict:

@@ -22,6 +22,12 @@ def register(app: typer.Typer) -> None:
             "--ref",
             help="Reference: latent store, image folder, or .npz (images and/or mu/sigma).",
         ),
+        floor: str | None = typer.Option(
+            None,
+            "--floor",
+            help="Held-out real images (e.g. the test split's store): also report their metrics "
+            "against --ref, the floor a perfect model reaches, and samples/floor per SWD level.",
+        ),
         metrics: str = typer.Option(
             "swd,spectrum", "--metrics", help="Comma list of swd, spectrum, fid."
         ),
@@ -66,7 +72,7 @@ def register(app: typer.Typer) -> None:
                     tasks[role] = bar.add_task(f"{role} images", total=total)
                 bar.update(tasks[role], completed=done)
 
-            result = evaluate(samples, ref, opts, progress=on_batch)
+            result = evaluate(samples, ref, opts, floor=floor, progress=on_batch)
         if json_out:
             output.emit_json(result)
         else:
@@ -79,14 +85,35 @@ def _print_table(result: dict) -> None:
     table = Table(title=f"{result['samples']['path']} vs {result['ref']['path']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    floor = result.get("floor")
+    if floor is not None:
+        table.add_column("floor", justify="right")
+        table.add_column("/ floor", justify="right")
+
+    def row(name: str, value: float, floor_value: float | None, digits: int) -> None:
+        cells = [name, f"{value:.{digits}f}"]
+        if floor is not None:
+            ratio = value / floor_value if floor_value else float("nan")
+            cells += [
+                f"{floor_value:.{digits}f}" if floor_value is not None else "-",
+                f"{ratio:.2f}",
+            ]
+        table.add_row(*cells)
+
     if "swd" in result:
+        fl = floor["swd"]["levels"] if floor is not None else {}
         for level, value in result["swd"]["levels"].items():
-            table.add_row(f"SWD x1e3 {level}", f"{value:.3f}")
-        table.add_row("SWD x1e3 avg", f"{result['swd']['avg']:.3f}")
+            row(f"SWD x1e3 {level}", value, fl.get(level), 3)
+        row("SWD x1e3 avg", result["swd"]["avg"], floor["swd"]["avg"] if floor else None, 3)
     if "spectrum" in result:
-        table.add_row("spectrum |dlog10 P| all", f"{result['spectrum']['distance']:.4f}")
-        table.add_row("spectrum |dlog10 P| high half", f"{result['spectrum']['distance_high']:.4f}")
+        fs = floor["spectrum"] if floor is not None else {}
+        row("spectrum |dlog10 P| all", result["spectrum"]["distance"], fs.get("distance"), 4)
+        row("spectrum |dlog10 P| high half", result["spectrum"]["distance_high"],
+            fs.get("distance_high"), 4)  # fmt: skip
     if "fid" in result:
-        table.add_row(f"FID (ref: {result['fid']['ref_stats']})", f"{result['fid']['value']:.3f}")
+        ff = floor.get("fid", {}).get("value") if floor is not None else None
+        row(f"FID (ref: {result['fid']['ref_stats']})", result["fid"]["value"], ff, 3)
     table.caption = f"n = {result['samples']['n']} samples, {result['ref']['n']} references"
+    if floor is not None:
+        table.caption += f", floor: {floor['n']} held-out images from {floor['path']}"
     output.console.print(table)

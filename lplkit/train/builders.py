@@ -117,7 +117,9 @@ def init_from_base(
     if info.get("num_classes") != num_classes:
         problems.append(f"{info.get('num_classes')} classes (store: {num_classes})")
     if info["objective"].get("kind") != cfg.objective.kind:
-        problems.append(f"objective {info['objective'].get('kind')} (this run: {cfg.objective.kind})")
+        problems.append(
+            f"objective {info['objective'].get('kind')} (this run: {cfg.objective.kind})"
+        )
     base_ae = (info.get("store") or {}).get("autoencoder") or {}
     store_ae = store.manifest.get("autoencoder") or {}
     if base_ae.get("weights_hash") and base_ae.get("weights_hash") != store_ae.get("weights_hash"):

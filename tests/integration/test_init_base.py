@@ -40,7 +40,9 @@ def test_init_loads_the_base_ema_weights_and_normalization(base_run, tmp_path):
     store, base = base_run
     ckpt = sorted((base / "checkpoints").iterdir())[-1]
     ema = load_file(str(ckpt / "ema.safetensors"))  # oracle: the checkpoint file itself
-    parts = build_components(_cfg(store, tmp_path / "post", init=str(base), seed=7), torch.device("cpu"))
+    parts = build_components(
+        _cfg(store, tmp_path / "post", init=str(base), seed=7), torch.device("cpu")
+    )
     got = parts.model.state_dict()
     assert set(got) == set(ema)
     for k, v in ema.items():
