@@ -25,6 +25,11 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("optim.lr", "--lr", "AdamW learning rate."),
     ConfigFlag("optim.warmup_steps", "--warmup", "Linear LR warmup steps."),
     ConfigFlag("seed", "--seed", "Seed of every random draw."),
+    ConfigFlag(
+        "init",
+        "--init",
+        "Start from pre-trained weights: a bundled base (openmoji-base) or a run directory.",
+    ),
     ConfigFlag("lpl.preset", "--lpl-preset", "LPL options preset: paper, diffusers-reference, ..."),
     ConfigFlag("lpl.weight", "--lpl-weight", "w in L + w LPL."),
     ConfigFlag("lpl.snr_min", "--lpl-snr-min", "Gate: LPL only where SNR(t) >= this."),
