@@ -74,14 +74,18 @@ def store_content_hash(url: str, manifest: dict[str, Any]) -> str:
 def _open_root(url: str, mode: str) -> Any:
     import zarr
 
-    return zarr.open_group(str(url), mode=mode)
+    # never from consolidated metadata: it may lag a crashed writer (lplkit.store.tooling)
+    return zarr.open_group(str(url), mode=mode, use_consolidated=False)
 
 
 def _array(group: Any, name: str, values: np.ndarray) -> None:
     """Write a small whole array (one chunk, default codec)."""
+    from lplkit.store.tooling import stats_dimension_names
+
     arr = group.create_array(
-        name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,)
-    )
+        name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
+        dimension_names=stats_dimension_names(name, values.ndim),
+    )  # fmt: skip
     arr[...] = values
 
 
@@ -128,6 +132,9 @@ def write_stats(url: str, stats: StoreStats, meta: dict[str, Any]) -> str:
     group.attrs[STATS_KEY] = {"format": STATS_FORMAT, "current": name}
     for old in [k for k in group.group_keys() if k != name]:
         del group[old]
+    from lplkit.store.tooling import consolidate
+
+    consolidate(url)  # zarr/xarray/dask list the new stats/ from the consolidated metadata
     return name
 
 

@@ -64,7 +64,9 @@ def _print(info: dict) -> None:
         ("samples", ", ".join(f"{k} {v}" for k, v in counts.items())),
         ("shard / chunk", f"{m['shard_size']} / {m['chunk_size']} samples"),
         ("lplkit version", m["lplkit_version"]),
-    ]
+        ("layout", str(info["layout_version"]) + (
+            f" (xarray/dask need layout 2: run `{info['upgrade']}`)" if info["upgrade"] else "")),
+    ]  # fmt: skip
     for row in rows:
         summary.add_row(*row)
     output.console.print(summary)

@@ -7,6 +7,7 @@ A store is a Zarr v3 group (see docs/store-format.md and schemas/store.schema.js
       moments/                  (N, 2, C, h, w): [:, 0] = posterior mean, [:, 1] = std (raw, unscaled)
       moments_flip/             optional, same shape: moments of the horizontally flipped image
       labels/                   (N,) int32, -1 = no label
+                                (dimension_names on every array; consolidated metadata when finished)
       index.parquet             one row per position (written by finalize)
       index_parts/shard-XXXXX.parquet   per-shard index rows (written with the shard)
       progress/shard-XXXXX.json         per-shard completion marker with checksums
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 
 FORMAT_VERSION = 1
+# 2: dimension_names on every array + consolidated metadata (lplkit.store.tooling); absent = 1
+LAYOUT_VERSION = 2
 MANIFEST_KEY = "lplkit"
 
 MOMENTS = "moments"
@@ -196,6 +199,7 @@ def new_manifest(
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
     return {
         "format_version": FORMAT_VERSION,
+        "layout_version": LAYOUT_VERSION,
         "autoencoder": dict(autoencoder),
         "resolution": int(resolution),
         "crop": crop,
@@ -321,7 +325,8 @@ def open_manifest(url: str) -> tuple[Any, dict[str, Any]]:
     from lplkit.errors import StoreError
 
     try:
-        group = zarr.open_group(url, mode="r")
+        # never from consolidated metadata: it may lag a crashed writer (lplkit.store.tooling)
+        group = zarr.open_group(url, mode="r", use_consolidated=False)
         return group, dict(group.attrs[MANIFEST_KEY])
     except (FileNotFoundError, KeyError):
         raise StoreError(

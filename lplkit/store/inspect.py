@@ -55,9 +55,15 @@ def store_info(url: str) -> dict[str, Any]:
         }
     logical = sum(a["logical_bytes"] for a in arrays.values())
     stored = sum(a["stored_bytes"] for a in arrays.values())
+    from lplkit.store.tooling import LAYOUT_VERSION, layout_version
+
+    layout = layout_version(manifest)
     return {
         "url": url,
         "manifest": manifest,
+        "layout_version": layout,
+        # zarr/xarray/dask tooling metadata (lplkit.store.tooling); lplkit reads either layout
+        "upgrade": f"lplkit upgrade {url}" if layout < LAYOUT_VERSION else None,
         "counts": counts,
         "shards": {"total": n_shards, "complete": len(done)},
         "arrays": arrays,

@@ -108,7 +108,7 @@ def verify_store(
     url = str(url)
     report = VerifyReport(url)
     try:
-        group = zarr.open_group(url, mode="r")
+        group = zarr.open_group(url, mode="r", use_consolidated=False)
     except FileNotFoundError:
         report.add(
             "missing_store",
@@ -380,7 +380,7 @@ def repair_store(url: str, report: VerifyReport) -> list[int]:
         for s in report.bad_shards:
             remove_if_exists(fs, fmt.marker_path(root, s))
         if not report.ok:
-            group = zarr.open_group(str(url), mode="r+")
+            group = zarr.open_group(str(url), mode="r+", use_consolidated=False)
             manifest = group.attrs.get(fmt.MANIFEST_KEY)
             if isinstance(manifest, dict) and manifest.get("completed"):
                 group.attrs[fmt.MANIFEST_KEY] = dict(manifest, completed=False)

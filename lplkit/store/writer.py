@@ -37,6 +37,7 @@ from lplkit.store import index as idx
 from lplkit.store.lock import StoreLock
 from lplkit.store.ownership import check_out_dir
 from lplkit.store.sidecar import read_json, remove_if_exists, url_to_fs, write_json_atomic
+from lplkit.store.tooling import DIMENSION_NAMES, consolidate
 
 
 def compressors_for(codec: str) -> Any:
@@ -52,7 +53,7 @@ def compressors_for(codec: str) -> Any:
 
 def open_group(url: str, mode: str = "r") -> zarr.Group:
     """Open the store's zarr group (raises FileNotFoundError when absent)."""
-    return zarr.open_group(str(url), mode=mode)
+    return zarr.open_group(str(url), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
 
 
 def read_marker(fs: Any, root: str, shard: int, start: int, stop: int) -> dict[str, Any] | None:
@@ -156,7 +157,7 @@ class StoreWriter:
             )
         if group is None and fs.exists(root) and fs.isfile(root):
             raise StoreError(f"{url} is a file, not a store directory; choose another --out")
-        group = zarr.open_group(url, mode="a")
+        group = zarr.open_group(url, mode="a", use_consolidated=False)
         count = manifest["source"]["count"]
         latent = tuple(manifest["latent_shape"])
         shard, chunk = manifest["shard_size"], manifest["chunk_size"]
@@ -173,6 +174,7 @@ class StoreWriter:
                     fill_value=-1,
                     compressors=comp,
                     overwrite=True,
+                    dimension_names=DIMENSION_NAMES[name],
                 )
             else:
                 group.create_array(
@@ -184,6 +186,7 @@ class StoreWriter:
                     fill_value=0,
                     compressors=comp,
                     overwrite=True,
+                    dimension_names=DIMENSION_NAMES[name],
                 )
         # The manifest goes last: its presence tells other ranks the arrays exist.
         group.attrs[fmt.MANIFEST_KEY] = manifest
@@ -391,6 +394,7 @@ class StoreWriter:
         try:
             write_bytes_atomic(self.fs, f"{self.root}/{fmt.INDEX_FILE}", idx.table_to_bytes(table))
             self.group.attrs[fmt.MANIFEST_KEY] = manifest
+            consolidate(self.url)  # zarr/xarray/dask then open the store without listing sidecars
         except OSError as exc:
             raise StoreError(
                 f"finalizing {self.url} failed writing {fmt.INDEX_FILE} or the manifest: "

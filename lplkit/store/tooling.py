@@ -1,0 +1,121 @@
+"""What makes a store open cleanly in zarr-python, xarray and dask, and the upgrade of older stores.
+
+Layout version 2 (``manifest["layout_version"]``; absent = 1, stores written before it):
+
+- every array carries ``dimension_names`` (``DIMENSION_NAMES``; the statistics arrays theirs), which
+  ``xarray.open_zarr`` requires;
+- a finished store holds **consolidated metadata** in its root ``zarr.json`` (written by
+  ``finalize``, ``lplkit stats`` and ``lplkit upgrade``). zarr-python, xarray and dask then list the
+  hierarchy from it instead of listing the directory, where the sidecars (``index.parquet``,
+  ``index_parts/``, ``progress/``), which are not zarr nodes, would each raise a ``ZarrUserWarning``.
+
+lplkit itself always opens with ``use_consolidated=False`` (``open_root``): a consolidated view can
+lag a crashed writer, the directory cannot. The array data and the Parquet index are unchanged from
+layout 1, which lplkit reads as before; ``lplkit upgrade STORE`` adds the metadata in place.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from lplkit.store import format as fmt
+from lplkit.store.sidecar import read_json, url_to_fs, write_json_atomic
+
+__all__ = [
+    "DIMENSION_NAMES",
+    "LAYOUT_VERSION",
+    "consolidate",
+    "layout_version",
+    "open_root",
+    "stats_dimension_names",
+    "upgrade_store",
+]
+
+LAYOUT_VERSION = fmt.LAYOUT_VERSION
+_MOMENT_DIMS = ("sample", "moment", "channel", "y", "x")
+#: dimension names of the store's arrays (statistics arrays: `lplkit.stats_store`).
+DIMENSION_NAMES: dict[str, tuple[str, ...]] = {
+    fmt.MOMENTS: _MOMENT_DIMS,
+    fmt.MOMENTS_FLIP: _MOMENT_DIMS,
+    fmt.LABELS: ("sample",),
+}
+# zarr warns once per non-zarr object when it lists a directory; lplkit's own listings expect them.
+_SIDECAR_WARNING = r"Object at .* is not recognized as a component of a Zarr hierarchy"
+
+
+def open_root(url: str, mode: str = "r") -> Any:
+    """The store group as lplkit opens it: from the directory, never from consolidated metadata."""
+    import zarr
+
+    return zarr.open_group(str(url), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+
+
+def layout_version(manifest: dict[str, Any]) -> int:
+    """1 for stores written before dimension names and consolidated metadata, else the recorded one."""
+    return int(manifest.get("layout_version", 1))
+
+
+def consolidate(url: str) -> None:
+    """(Re)write the consolidated metadata of the store at ``url`` (after any hierarchy change)."""
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SIDECAR_WARNING)
+        # zarr notes that consolidated metadata is not (yet) in the v3 spec; zarr-python, xarray
+        # and dask read it, and lplkit never depends on it (open_root)
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(url))
+
+
+def stats_dimension_names(name: str, ndim: int) -> tuple[str, ...]:
+    """Dimension names of a statistics array (``stats/run-*/...``, see ``lplkit.stats_store``):
+    ``items`` (item, field), per-channel vectors (channel,), ``hist_counts`` (channel, bin)."""
+    if name == "items":
+        return ("item", "field")
+    if name == "hist_counts":
+        return ("channel", "bin")
+    return ("channel",) if ndim == 1 else tuple(f"{name}_dim{i}" for i in range(ndim))
+
+
+def _array_dims(path: str, shape: list[int]) -> tuple[str, ...]:
+    name = path.rsplit("/", 1)[-1]
+    if name in DIMENSION_NAMES and "/" not in path:
+        return DIMENSION_NAMES[name]
+    return stats_dimension_names(name, len(shape))
+
+
+def upgrade_store(url: str) -> dict[str, Any]:
+    """Bring a finished store to the current layout in place: ``dimension_names`` on every array
+    that lacks them, ``layout_version`` in the manifest, consolidated metadata. Array data and the
+    index are untouched. Idempotent; returns what was done (JSON-able)."""
+    from lplkit.errors import StoreError
+
+    url = str(url)
+    group, manifest = fmt.open_manifest(url)
+    if not manifest.get("completed"):
+        raise StoreError(f"{url} is not finished; re-run its encode command (it writes layout 2)")
+    fs, root = url_to_fs(url)
+    named = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SIDECAR_WARNING)
+        arrays = [(p, a) for p, a in group.members(max_depth=None) if hasattr(a, "shape")]
+    for path, arr in sorted(arrays, key=lambda pa: pa[0]):
+        meta_path = f"{root}/{path}/zarr.json"
+        meta = read_json(fs, meta_path)
+        if meta.get("dimension_names") is None:
+            meta["dimension_names"] = list(_array_dims(path, list(arr.shape)))
+            write_json_atomic(fs, meta_path, meta)
+            named.append(path)
+    before = layout_version(manifest)
+    if before < LAYOUT_VERSION:
+        rw = open_root(url, "r+")
+        rw.attrs[fmt.MANIFEST_KEY] = {**manifest, "layout_version": LAYOUT_VERSION}
+    consolidate(url)
+    return {
+        "url": url,
+        "layout_version_before": before,
+        "layout_version": LAYOUT_VERSION,
+        "named_arrays": named,
+        "consolidated": True,
+    }
