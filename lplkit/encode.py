@@ -220,6 +220,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             dtype=cfg.dtype,
             flips=cfg.flip,
             shard_size=cfg.shard_size,
+            classes=source.class_names,
         )
         writer = ctx.rank0_first(
             lambda: StoreWriter.create_or_resume(

@@ -31,6 +31,19 @@ def _local_hint(kind: str) -> str:
     )
 
 
+def _is_network_error(exc: BaseException) -> bool:
+    """No answer from the hub: DNS, refused or reset connections, timeouts (httpx or requests)."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    for cls in type(exc).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root.startswith(("httpx", "httpcore", "requests", "urllib3")) and (
+            "Connect" in cls.__name__ or "Timeout" in cls.__name__ or "Network" in cls.__name__
+        ):
+            return True
+    return False
+
+
 def hub_failure(exc: BaseException, *, repo: str, kind: str, revision: str | None = None) -> str:
     """One line saying why `repo` (a `kind` = "model" or "dataset" repo) could not be read and what to
     do; `exc` is the exception `huggingface_hub` or `datasets` raised."""
@@ -54,13 +67,18 @@ def hub_failure(exc: BaseException, *, repo: str, kind: str, revision: str | Non
     offline = is_offline() or isinstance(
         exc, errors.OfflineModeIsEnabled | errors.LocalEntryNotFoundError
     )
-    if offline or isinstance(exc, ConnectionError | TimeoutError) or "reach" in text.lower():
-        why = "HF_HUB_OFFLINE=1" if is_offline() else "the hub cannot be reached"
-        rev = f" at revision {revision!r}" if revision else ""
+    rev = f" at revision {revision!r}" if revision else ""
+    get = f"`hf download {'--repo-type dataset ' if kind == 'dataset' else ''}{repo}`"
+    if _is_network_error(exc) and not is_offline():
         return (
-            f"{repo}{rev} is not in the local hub cache ({hub_cache_dir()}) and {why}: download it "
-            f"once with network access (`hf download {'--repo-type dataset ' if kind == 'dataset' else ''}"
-            f"{repo}`), set HF_HOME to the cache that holds it, {local}"
+            f"the hub cannot be reached for {repo}{rev} ({text[:120]}): set HF_HUB_OFFLINE=1 to "
+            f"use a copy in the local hub cache ({hub_cache_dir()}), {local}"
+        )
+    if offline or "couldn't reach" in text.lower():
+        why = "HF_HUB_OFFLINE=1" if is_offline() else "the hub cannot be reached"
+        return (
+            f"{repo}{rev} is not in the local hub cache ({hub_cache_dir()}) and {why}: download "
+            f"it once with network access ({get}), set HF_HOME to the cache that holds it, {local}"
         )
     if isinstance(exc, errors.EntryNotFoundError):
         return f"{repo}: {text}"

@@ -78,6 +78,10 @@ def register(app: typer.Typer) -> None:
 
         if vae is None and default_autoencoder(dataset) is None:  # before the heavy imports
             raise ConfigError(missing_vae_message(dataset))
+        if int(os.environ.get("RANK", "0")) == 0:
+            from lplkit.data.hf import preflight
+
+            preflight(dataset, revision)  # an unreachable/uncached hub dataset: one line at once
         from lplkit.encode import EncodeConfig, encode_dataset
 
         cfg = EncodeConfig(

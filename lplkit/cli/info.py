@@ -35,6 +35,13 @@ def register(app: typer.Typer) -> None:
             _print(info)
 
 
+def _classes(classes: list[str] | None) -> str:
+    if not classes:
+        return "none (unlabeled or unnamed labels)"
+    shown = ", ".join(f"{k}={name}" for k, name in enumerate(classes[:20]))
+    return f"{len(classes)}: {shown}{', ...' if len(classes) > 20 else ''}"
+
+
 def _print(info: dict) -> None:
     from rich.table import Table
 
@@ -57,6 +64,7 @@ def _print(info: dict) -> None:
         ),
         ("scaling / shift", f"{ae.get('scaling_factor')} / {ae.get('shift_factor')}"),
         ("source", f"{src['id']} split={src['split']} revision={src['revision']}"),
+        ("classes", _classes(m.get("classes"))),
         ("resolution / crop", f"{m['resolution']} / {m['crop']}"),
         ("latent shape", " x ".join(map(str, m["latent_shape"]))),
         ("dtype / codec", f"{m['dtype']} / {m['codec']}"),

@@ -1,23 +1,38 @@
-"""`ImageFolderSource`: a local directory of images, with or without class sub-folders."""
+"""`ImageFolderSource`: a local directory of images, with or without class sub-folders.
+
+A folder in `datasets`' imagefolder layout (a metadata.jsonl/.csv with `file_name`, or split folders
+`train/`, `validation/`, ...) is read by `datasets` instead (`DatasetsImageFolder`: captions kept,
+split folders are splits, not classes).
+
+Odd entries never stop the listing: a dangling symlink, a symlink loop, a FIFO or a device named
+`x.jpg` is listed and becomes a skipped row with its reason when opened (a FIFO is never opened for
+reading, so it cannot hang the encode). A name that is not valid UTF-8 gets a percent-encoded key
+(`key_of`, reversed by `path_bytes_of_key`): index.parquet holds UTF-8 text only.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
+from lplkit.data.hf import DatasetsImageFolder
+from lplkit.data.layout import directory_kind
 from lplkit.data.sources import (
     ImageSource,
     Record,
     SourceOptions,
     content_fingerprint,
     register_source,
+    safe_text,
 )
 from lplkit.errors import SourceError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource", "key_of", "path_bytes_of_key"]
 
 #: File extensions an image folder source picks up (case-insensitive), as torchvision's ImageFolder.
 IMAGE_EXTENSIONS = (
@@ -54,8 +69,51 @@ def _walk_images(root: Path) -> list[Path]:
     return found
 
 
+def key_of(rel: str) -> str:
+    """The record key of a relative posix path: the path itself when it is valid UTF-8, else its
+    file-system bytes percent-encoded (`urllib.parse.quote`, `/` kept), so the key is ASCII text and
+    the name can be recovered (`path_bytes_of_key`)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, held by Python as lone surrogates
+        return urllib.parse.quote(os.fsencode(rel), safe="/")
+    return rel
+
+
+def path_bytes_of_key(key: str) -> bytes:
+    """The file-system bytes of the relative path a key names (inverse of `key_of`): a key whose
+    percent-decoding is not valid UTF-8 was percent-encoded, any other key is the path as text."""
+    raw = urllib.parse.unquote_to_bytes(key)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    return key.encode("utf-8")
+
+
+def _size(path: Path) -> int:
+    """File size for the content fingerprint; -1 for an entry that cannot be stat'ed (a dangling
+    symlink, a loop): it is still listed, and its open fails with the reason."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
 def _open_path(path: str) -> Callable[[], Image.Image]:
-    return lambda: Image.open(path)
+    def _open() -> Image.Image:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused right after
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise OSError(f"not a regular file ({kind})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return Image.open(os.fdopen(fd, "rb"))
+
+    return _open
 
 
 @register_source
@@ -89,7 +147,7 @@ class ImageFolderSource(ImageSource):
         self.paths: list[Path] = []
         self.labels: list[int] = []
         if per_class:
-            self.class_names = [name for name, _ in per_class]
+            self.class_names = [safe_text(name) for name, _ in per_class]
             for label, (_, files) in enumerate(per_class):
                 self.paths.extend(files)
                 self.labels.extend([label] * len(files))
@@ -99,24 +157,26 @@ class ImageFolderSource(ImageSource):
             self.labels = [-1] * len(self.paths)
         if not self.paths:
             raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}")
-        self.keys = [p.relative_to(self.root).as_posix() for p in self.paths]
+        self.keys = [key_of(p.relative_to(self.root).as_posix()) for p in self.paths]
         self.source_id = str(self.root)
         self.split = None
         self.revision = content_fingerprint(
-            [(k, p.stat().st_size) for k, p in zip(self.keys, self.paths, strict=True)]
+            [(k, _size(p)) for k, p in zip(self.keys, self.paths, strict=True)]
         )
 
     @classmethod
     def matches(cls, spec: str) -> bool:
-        path = Path(spec).expanduser()
-        if not path.is_dir():
-            return False
-        return not any(path.glob("*.parquet"))
+        return directory_kind(spec) in ("folder", "imagefolder")
 
     @classmethod
-    def from_spec(
-        cls, spec: str, *, split: str | None, options: SourceOptions
-    ) -> ImageFolderSource:
+    def from_spec(cls, spec: str, *, split: str | None, options: SourceOptions) -> ImageSource:
+        if directory_kind(spec) == "imagefolder":
+            return DatasetsImageFolder.from_spec(spec, split=split, options=options)
+        if split is not None:
+            raise SourceError(
+                f"{spec} is a folder of class sub-folders without splits; drop --split (split "
+                "folders train/, validation/, ... or a metadata.jsonl make --split apply)"
+            )
         return cls(spec)
 
     def __len__(self) -> int:
@@ -124,4 +184,4 @@ class ImageFolderSource(ImageSource):
 
     def __getitem__(self, i: int) -> Record:
         path = str(self.paths[i])
-        return Record(self.keys[i], _open_path(path), self.labels[i], None, path)
+        return Record(self.keys[i], _open_path(path), self.labels[i], None, safe_text(path))

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lplkit.data.sources import ImageSource, open_image
+from lplkit.data.sources import ImageSource, open_image, safe_text
 from lplkit.data.transforms import MIN_IMAGE_SIDE, prepare_image
 from lplkit.errors import BadImageError
 
@@ -63,7 +63,8 @@ class PreparedSource(Dataset):
             record = self.source[pos]
         except Exception as exc:
             where = f"{self.source.source_id} position {pos}"
-            row = skipped_row(f"#{pos}", -1, None, f"unreadable: {type(exc).__name__}: {exc}")
+            reason = safe_text(f"unreadable: {type(exc).__name__}: {exc}")
+            row = skipped_row(f"#{pos}", -1, None, reason)
             return PreparedSample(pos, None, row, where)
         try:
             prepared = prepare_image(open_image(record), self.res, min_side=self.min_side)

@@ -6,12 +6,16 @@ first class (by `priority`, then registration order) whose `prefix` is the spec'
 
 | spec | source |
 | --- | --- |
-| `imagenet`, `cifar10`, ... (see `PRESETS`) | the hub dataset it maps to |
-| an existing directory of images | `ImageFolderSource` (class sub-folders -> labels) |
-| `*.parquet` files, globs or a directory of them | `ParquetSource` (datasets' parquet builder) |
+| `imagenet`, `cifar10`, ... (see `PRESETS`), `openmoji` | the hub dataset it maps to / the OpenMoji renderer |
+| a `save_to_disk` directory (`Dataset` or `DatasetDict`) | `DiskSource` (`datasets.load_from_disk`) |
+| a directory of images (class sub-folders) | `ImageFolderSource` (class sub-folders -> labels) |
+| a directory in `datasets`' imagefolder layout (metadata.jsonl/.csv, split folders) | `DatasetsImageFolder` |
+| `*.parquet` files, globs, or a directory (hub layout `data/{split}-*.parquet`) | `ParquetSource` |
+| `*.tar` shards, brace patterns `shards/{00000..00099}.tar`, a directory of them | `WebDatasetSource` |
 | `org/name` (anything else with a slash) | `HubSource` (`datasets.load_dataset`, non-streaming) |
 
-Prefixes force a kind: `folder:PATH`, `parquet:GLOB`, `hub:ORG/NAME`, `preset:NAME`.
+Directories are told apart by `lplkit.data.layout.directory_kind`. Prefixes force a kind:
+`folder:PATH`, `parquet:GLOB`, `disk:PATH`, `wds:PATTERN`, `hub:ORG/NAME`, `preset:NAME`.
 
 The built-in kinds live in `lplkit.data.folder` and `lplkit.data.hf`; they, and optional source
 modules such as `lplkit.data.openmoji`, are imported by `registered_sources()`. A new kind is one
@@ -47,6 +51,7 @@ __all__ = [
     "register_source",
     "registered_sources",
     "resolve_source",
+    "safe_text",
 ]
 
 
@@ -81,6 +86,12 @@ class SourceOptions:
     res: int | None = None  # target resolution, for sources that render their images
 
 
+def safe_text(text: str) -> str:
+    """`text` with undecodable file-name bytes (lone surrogates) as `\\xNN`: printable, and
+    storable in index.parquet (UTF-8 only)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def open_image(record: Record) -> Image.Image:
     """Open a record's image, turning every open-time failure into `BadImageError(reason)`."""
     try:
@@ -89,11 +100,11 @@ def open_image(record: Record) -> Image.Image:
             image = record.image
             return image() if callable(image) else image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImageError(f"decompression bomb: {exc}") from None
+        raise BadImageError(safe_text(f"decompression bomb: {exc}")) from None
     except FileNotFoundError as exc:
-        raise BadImageError(f"missing file: {exc}") from None
+        raise BadImageError(safe_text(f"missing file: {exc}")) from None
     except (OSError, SyntaxError, ValueError, TypeError) as exc:
-        raise BadImageError(f"unreadable: {exc}") from None
+        raise BadImageError(safe_text(f"unreadable: {exc}")) from None
 
 
 class ImageSource(ABC):
@@ -147,7 +158,12 @@ class ImageSource(ABC):
 
 _REGISTRY: list[type[ImageSource]] = []
 # Sources living in optional modules; imported (if present) before resolving a spec.
-_PLUGIN_MODULES = ("lplkit.data.folder", "lplkit.data.hf", "lplkit.data.openmoji")
+_PLUGIN_MODULES = (
+    "lplkit.data.folder",
+    "lplkit.data.hf",
+    "lplkit.data.wds",
+    "lplkit.data.openmoji",
+)
 
 
 class LimitedSource(ImageSource):
@@ -211,8 +227,8 @@ def resolve_source(spec: str, split: str | None = None, **options: Any) -> Image
             return cls.from_spec(spec, split=split, options=opts)
     raise SourceError(
         f"cannot resolve dataset {spec!r}: not a preset ({', '.join(sorted(_preset_names()))}), an "
-        "existing "
-        "image folder, parquet files, or a hub id 'org/name'"
+        "existing image folder, parquet file/glob/directory, save_to_disk directory, WebDataset "
+        "tar shards, or a hub id 'org/name' (force a kind with folder:, parquet:, disk:, wds:, hub:)"
     )
 
 
@@ -227,4 +243,4 @@ def content_fingerprint(entries: list[tuple[str, int]]) -> str:
 def _preset_names() -> list[str]:
     from lplkit.data.hf import PRESETS
 
-    return list(PRESETS)
+    return [*PRESETS, "openmoji"]

@@ -189,8 +189,10 @@ def new_manifest(
     shard_size: int = DEFAULT_SHARD_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     codec: str = DEFAULT_CODEC,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A complete manifest for `StoreWriter.create_or_resume` (source = {id, split, revision, count})."""
+    """A complete manifest for `StoreWriter.create_or_resume` (source = {id, split, revision, count};
+    classes = the names of labels 0..K-1, or None when the source has none)."""
     from lplkit import __version__
 
     if dtype not in DTYPES:
@@ -213,6 +215,7 @@ def new_manifest(
             "revision": source.get("revision"),
             "count": int(source["count"]),
         },
+        "classes": None if classes is None else [str(c) for c in classes],
         "shard_size": int(shard_size),
         "chunk_size": chunk_size_for(int(shard_size), int(chunk_size)),
         "codec": codec,
@@ -249,6 +252,7 @@ def complete_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
         "revision": src.get("revision"),
         "count": int(src["count"]),
     }
+    m.setdefault("classes", None)
     m.setdefault("completed", False)
     m.setdefault("counts", None)
     return m
@@ -307,6 +311,11 @@ def manifest_problems(m: Any) -> list[str]:
         problems.append("shard_size must be a positive multiple of chunk_size")
     if not isinstance(m["source"].get("count"), int) or m["source"]["count"] < 0:
         problems.append("source.count must be a non-negative integer")
+    classes = m.get("classes")
+    if classes is not None and (
+        not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+    ):
+        problems.append("classes must be a list of names or null")
     if m["completed"] and not isinstance(m.get("counts"), dict):
         problems.append("a completed manifest must have counts {total, ok, skipped}")
     if problems:

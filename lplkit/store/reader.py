@@ -172,6 +172,13 @@ class LatentStore:
         return self._count
 
     @property
+    def classes(self) -> list[str] | None:
+        """Class names (label k is `classes[k]`) recorded by the encode, or None (no named classes,
+        or a store written before the manifest had them)."""
+        classes = self.manifest.get("classes")
+        return list(classes) if isinstance(classes, list) else None
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         c, h, w = self.manifest["latent_shape"]
         return int(c), int(h), int(w)

@@ -139,6 +139,8 @@ def test_preset_maps_to_hub_dataset(monkeypatch):
         return ds
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    # the offline "not in the cache" check is tested in test_dataset_layouts
+    monkeypatch.setattr("lplkit.data.hf._check_hub_reachable", lambda repo, revision: None)
     src = resolve_source("imagenet", revision="abc123")
     assert calls == [("ILSVRC/imagenet-1k", {"name": None, "split": "train", "revision": "abc123"})]
     assert isinstance(src, HubSource)
