@@ -178,8 +178,10 @@ class DecoderTaps(nn.Module):
     """The frozen decoder run up to depth `k`, returning the feature of every tapped stage.
 
     Args:
-        vae: a diffusers AutoencoderKL or AutoencoderDC. It is frozen in place (`eval()`,
-            `requires_grad_(False)`); only its decoder modules are held.
+        vae: a diffusers AutoencoderKL or AutoencoderDC. The modules the taps run (post_quant_conv
+            when applied, the decoder entry and the tapped stages) are frozen in place (`eval()`,
+            `requires_grad_(False)`); the rest of the autoencoder (encoder, deeper stages, output
+            layers) is left as it was, so a caller may still train it.
         depth: number of stages tapped after the first one (`mid_block` for KL), 0..max_depth.
             `None` taps every stage.
         apply_post_quant_conv: run the AE's post_quant_conv first when it has one (the decoder's
@@ -214,8 +216,10 @@ class DecoderTaps(nn.Module):
         #: spatial factor of the full decoder output vs the latent (for outlier-kernel scaling)
         self.decoder_upsample_factor = infos[-1].upsample_factor * _final_upsample(vae)
         self.grad_checkpointing = grad_checkpointing
-        vae.requires_grad_(False)
-        vae.eval()
+        for module in (self.post_quant_conv, self.entry, self.stages):
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
         super().train(False)
 
     @property

@@ -79,6 +79,13 @@ def _lookup_stats(
     )
 
 
+def _connected_zeros(pred_z0: Tensor) -> Tensor:
+    """Zeros (B,) in the loss dtype (>= fp32) that are part of `pred_z0`'s autograd graph (a sum
+    over an empty slice: exactly 0 with zero gradient, even where pred_z0 is inf or NaN)."""
+    dt = torch.promote_types(pred_z0.dtype, torch.float32)
+    return pred_z0.flatten(1)[:, :0].to(dt).sum(dim=1)
+
+
 def _channel_view(v: float | Tensor, like: Tensor) -> float | Tensor:
     """A scalar stays scalar; a (C,) tensor becomes (1, C, 1, 1) on `like`'s device, >= fp32."""
     if not isinstance(v, Tensor):
@@ -220,9 +227,8 @@ class LatentPerceptualLoss(nn.Module):
             raise ValueError(
                 f"pred {tuple(pred_z0.shape)} and target {tuple(target_z0.shape)} differ"
             )
-        dt = torch.promote_types(pred_z0.dtype, torch.float32)
         if pred_z0.shape[0] == 0:
-            return pred_z0.new_zeros(0, dtype=dt)
+            return _connected_zeros(pred_z0)
         terms = self.layer_terms(pred_z0, target_z0)
         # a plain weighted sum (a matmul would be cast to bf16 under autocast)
         w = self.layer_weight.to(terms.device, terms.dtype)
@@ -232,9 +238,13 @@ class LatentPerceptualLoss(nn.Module):
         """Per-sample LPL of raw latents (B, C, h, w) -> (B,).
 
         `select` limits the decoder to some rows; the other rows get 0 (and zero gradient):
-        - an int64 index tensor (n,): no host sync, n = 0 does no decoder work;
+        - an int64 index tensor (n,): no host sync, n = 0 does no decoder work. A row listed k
+          times counts once, in value and in gradient (each copy contributes 1/k), but is decoded
+          k times: pass unique indices;
         - a bool mask (B,): needs `nonzero()`, which syncs host and device on GPU. To avoid the
           sync, pass indices or call `forward_gathered` on pre-gathered rows.
+        The result is connected to `pred_z0`'s graph even when no row is selected (zeros whose
+        `.backward()` gives a zero gradient).
         """
         if select is None:
             return self.forward_gathered(pred_z0, target_z0)
@@ -245,12 +255,16 @@ class LatentPerceptualLoss(nn.Module):
             idx = select.nonzero().squeeze(1)
         else:
             idx = select.reshape(-1).to(torch.long)
-        dt = torch.promote_types(pred_z0.dtype, torch.float32)
-        out = pred_z0.new_zeros(b, dtype=dt)
+        out = _connected_zeros(pred_z0)
         if idx.numel() == 0:
             return out
         vals = self.forward_gathered(pred_z0.index_select(0, idx), target_z0.index_select(0, idx))
-        return out.index_copy(0, idx, vals)
+        # Duplicates without a host sync: each copy of a row listed k times adds vals / k, so
+        # the row counts once in the value and its gradient is not multiplied by k.
+        copies = torch.zeros(b, dtype=vals.dtype, device=vals.device).index_add_(
+            0, idx, torch.ones_like(vals)
+        )
+        return out.index_add(0, idx, vals / copies.index_select(0, idx))
 
     def from_normalized(
         self,

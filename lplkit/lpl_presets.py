@@ -1,4 +1,4 @@
-"""The LPL's typed options and its two presets (`paper`, `diffusers-reference`).
+"""The LPL's typed options and its presets (`paper`, `paper-dataset`, `diffusers-reference`).
 
 Every option is documented against the paper and the public reference code in docs/lpl.md.
 `resolve_lpl_config(preset, **overrides)` returns a validated `LPLConfig`; a bad value raises
@@ -73,6 +73,9 @@ class LPLConfig:
 LPL_PRESETS: dict[str, LPLConfig] = {
     # lplkit's default, option by option against the paper's description (docs/lpl.md).
     "paper": LPLConfig(),
+    # `paper` with the per-layer normalization and the outlier quantiles taken from the dataset's
+    # decoder-feature statistics cached by `lplkit stats` (docs/lpl.md, "paper-dataset").
+    "paper-dataset": LPLConfig(norm="dataset", outlier_source="dataset"),
     # huggingface/diffusers examples/research_projects/lpl README "recommended" recipe:
     # --lpl_norm_type shared --lpl_pow_law --lpl_num_blocks 4 --lpl_remove_outliers, mse,
     # grad checkpointing on, and its omission of post_quant_conv.

@@ -158,6 +158,13 @@ class Objective:
         """The timestep value the denoiser is conditioned on."""
         raise NotImplementedError
 
+    def min_snr_weight(self, t: Tensor, gamma: float) -> Tensor:
+        """Min-SNR-gamma weight of this objective's own MSE, ``(B,)`` float32 (Hang et al. 2023,
+        arXiv 2303.09556): ``min(SNR, gamma)`` on a z0 error, divided by what turns a z0 error into
+        this objective's error: eps ``/ SNR``, DDPM v ``/ (SNR + 1)``, flow velocity ``* t^2``.
+        The eps/v forms are diffusers' ``--snr_gamma`` weights (its LPL trainer's ``--lpl_scale``)."""
+        raise NotImplementedError
+
     def gate(
         self, t: Tensor, *, snr_min: float | None = None, max_timestep: int | None = None
     ) -> Tensor:
@@ -283,6 +290,12 @@ class DDPMObjective(Objective):
         """The integer timestep itself (int64), as DiT / diffusers UNets expect."""
         return t.long()
 
+    def min_snr_weight(self, t: Tensor, gamma: float) -> Tensor:
+        """eps: ``min(SNR, gamma) / SNR``; v: ``min(SNR, gamma) / (SNR + 1)``."""
+        snr = self.snr(t).float()
+        clipped = snr.clamp(max=gamma)
+        return clipped / snr if self.prediction == "eps" else clipped / (snr + 1.0)
+
     def _timestep_gate(self, t: Tensor, max_timestep: int) -> Tensor:
         """``t < max_timestep`` (the reference code's ``t < 200``)."""
         return t < max_timestep
@@ -359,6 +372,11 @@ class FlowMatchingObjective(Objective):
     def model_timestep(self, t: Tensor) -> Tensor:
         """``1000 t`` (float), the scale DiT's sinusoidal timestep embedding was designed for."""
         return t.float() * 1000.0
+
+    def min_snr_weight(self, t: Tensor, gamma: float) -> Tensor:
+        """``min(SNR, gamma) t^2``: the velocity error is the z0 error / t (``z0 = z_t - t v``)."""
+        t = t.float()
+        return self.snr(t).clamp(max=gamma) * t.square()
 
 
 def build_objective(name: ObjectiveName, **kwargs: object) -> Objective:

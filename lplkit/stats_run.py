@@ -90,6 +90,7 @@ def run_stats(
     bins: int = DEFAULT_BINS,
     pilot: int = DEFAULT_PILOT,
     features: bool = True,
+    apply_post_quant_conv: bool = True,
     write: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[StoreStats, dict[str, Any]]:
@@ -102,6 +103,8 @@ def run_stats(
         depth: decoder stages tapped after the first (None = all of them: stats for depth K serve
             every LPL depth <= K).
         features: False skips the decoder (latent statistics only).
+        apply_post_quant_conv: tap the decoder after the AE's post_quant_conv (the true decoder);
+            False matches an LPL that skips it (`diffusers-reference`).
         write: store the result in the store's `stats/` group (rank 0 only).
 
     Returns:
@@ -130,7 +133,7 @@ def run_stats(
         model = load_autoencoder(spec, subfolder=sub, device=device, revision=rev)
         info = autoencoder_info(model, spec, sub)
         check_autoencoder(manifest, info, url)
-        taps = DecoderTaps(model, depth).to(device)
+        taps = DecoderTaps(model, depth, apply_post_quant_conv=apply_post_quant_conv).to(device)
     stats = compute_stats(
         store,
         taps,
@@ -154,7 +157,7 @@ def run_stats(
             k: info.get(k) for k in ("id", "subfolder", "class", "config_hash", "weights_hash")
         },
         "depth": None if taps is None else taps.depth,
-        "apply_post_quant_conv": True,
+        "apply_post_quant_conv": apply_post_quant_conv,
         "sampling": {
             "items": len(stats.items) if stats.items is not None else 0,
             "requested": samples,

@@ -52,6 +52,12 @@ def register(app: typer.Typer) -> None:
             "auto", "--device", help="torch device; auto = CUDA if present."
         ),
         bins: int = typer.Option(2048, "--bins", help="Histogram bins per channel (quantiles)."),
+        post_quant_conv: bool = typer.Option(
+            True,
+            "--post-quant-conv/--no-post-quant-conv",
+            help="Tap after the AE's post_quant_conv (the true decoder); --no-... matches an LPL "
+            "with apply_post_quant_conv=false (diffusers-reference).",
+        ),
         latents_only: bool = typer.Option(
             False, "--latents-only", help="Skip the decoder: latent statistics only."
         ),
@@ -93,6 +99,7 @@ def register(app: typer.Typer) -> None:
                 device=dev,
                 bins=bins,
                 features=not latents_only,
+                apply_post_quant_conv=post_quant_conv,
                 on_progress=on_progress,
             )
         if rank != 0:

@@ -39,6 +39,12 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
         "DDPM gate t < T (replaces the SNR gate if alone).",
     ),
     ConfigFlag("lpl.start_step", "--lpl-start", "Step the LPL starts."),
+    ConfigFlag(
+        "lpl.snr_weighting",
+        "--lpl-snr-weighting",
+        "Per-sample LPL weight: none or min-snr (diffusers' --lpl_scale with --snr_gamma).",
+    ),
+    ConfigFlag("lpl.snr_gamma", "--lpl-snr-gamma", "gamma of --lpl-snr-weighting min-snr."),
     ConfigFlag("lpl.loss.depth", "--lpl-depth", "Decoder up blocks tapped after the mid block."),
     ConfigFlag(
         "lpl.loss.norm",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lplkit.errors import ConfigError
+from lplkit.lpl_presets import LPLConfig
 from lplkit.objectives import Objective, build_objective
 from lplkit.train.config import TrainConfig
 from lplkit.train.loop import Components
@@ -84,19 +85,74 @@ def load_decoder_vae(cfg: TrainConfig, manifest: dict[str, Any], device: torch.d
     return vae
 
 
+def uses_feature_stats(loss: LPLConfig) -> bool:
+    """Whether the loss reads the store's cached decoder-feature statistics (`lplkit stats`)."""
+    return loss.norm == "dataset" or (loss.outlier_source == "dataset" and bool(loss.outliers))
+
+
+def lpl_feature_stats(loss: LPLConfig, vae: nn.Module, store: Any) -> dict[str, Any]:
+    """The store's cached decoder-feature statistics, checked against what the loss will tap.
+
+    Refuses (one line each) statistics that are missing, computed to a smaller depth, computed with
+    the other `apply_post_quant_conv`, or computed with another autoencoder (config/weights hash):
+    each would silently normalize the features with numbers that describe different features.
+    """
+    from lplkit.autoencoder import config_hash, weights_hash
+    from lplkit.decoder_features import DecoderTaps
+    from lplkit.errors import StoreMismatchError
+    from lplkit.stats_store import load_stats
+
+    url = str(getattr(store, "url", store))
+    what = f"lpl.loss.norm={loss.norm}, outlier_source={loss.outlier_source}"
+    stats = load_stats(store)
+    if stats is None or not stats.layers:
+        how = "has no statistics" if stats is None else "has latent statistics only"
+        raise ConfigError(
+            f"{what} needs the store's decoder-feature statistics, but {url} {how}: "
+            f"run `lplkit stats {url}` first"
+        )
+    meta = stats.meta or {}
+    taps = DecoderTaps(vae, loss.depth, apply_post_quant_conv=loss.apply_post_quant_conv)
+    have = len(stats.layers) - 1
+    if have < taps.depth:
+        raise ConfigError(
+            f"the statistics in {url} cover decoder depth {have}, but the LPL taps depth "
+            f"{taps.depth}; re-run `lplkit stats {url}` (all layers) or lower lpl.loss.depth"
+        )
+    stored_pqc = bool(meta.get("apply_post_quant_conv", True)) and taps.has_post_quant_conv
+    used_pqc = taps.post_quant_conv is not None
+    if stored_pqc != used_pqc:
+        flag = "" if used_pqc else " --no-post-quant-conv"
+        raise ConfigError(
+            f"the statistics in {url} were computed {'with' if stored_pqc else 'without'} "
+            f"post_quant_conv, but the LPL runs the decoder {'with' if used_pqc else 'without'} it "
+            f"(lpl.loss.apply_post_quant_conv={loss.apply_post_quant_conv}); "
+            f"re-run `lplkit stats {url}{flag}`"
+        )
+    ae = meta.get("autoencoder") or {}
+    now = {"config_hash": config_hash(vae), "weights_hash": weights_hash(vae)}
+    for key, value in now.items():
+        if ae.get(key) and ae[key] != value:
+            raise StoreMismatchError(
+                f"the statistics in {url} were computed with autoencoder {ae.get('id')!r} ({key} "
+                f"{str(ae[key])[:12]}), but the LPL decodes with one whose {key} is {value[:12]}; "
+                f"re-run `lplkit stats {url}` with the store's autoencoder, or use another norm"
+            )
+    return stats.feature_stats
+
+
 def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
-    """`LatentPerceptualLoss` with exactly the resolved options `cfg.lpl.loss`."""
+    """`LatentPerceptualLoss` with exactly the resolved options `cfg.lpl.loss` (and the store's
+    checked feature statistics when they are used)."""
     from dataclasses import fields
 
     from lplkit.lpl import LatentPerceptualLoss
-    from lplkit.stats_store import load_stats
 
     loss = cfg.lpl.loss
     assert loss is not None  # LplConfig.__post_init__ resolves it
     kwargs: dict[str, Any] = {f.name: getattr(loss, f.name) for f in fields(loss)}
-    stats = load_stats(store)
-    if stats is not None and stats.layers:
-        kwargs["feature_stats"] = stats.feature_stats
+    if uses_feature_stats(loss):
+        kwargs["feature_stats"] = lpl_feature_stats(loss, vae, store)
     return LatentPerceptualLoss(vae, cfg.lpl.preset, **kwargs)
 
 

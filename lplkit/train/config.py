@@ -64,6 +64,10 @@ class LplConfig:
     snr_min: float | None = 3.0
     max_timestep: int | None = None
     start_step: int = 0
+    # Per-sample weight of the LPL by an SNR function: "min-snr" = the Min-SNR-gamma weight of the
+    # objective's own MSE (diffusers' LPL trainer: --lpl_scale with --snr_gamma); "none" = 1.
+    snr_weighting: Literal["none", "min-snr"] = "none"
+    snr_gamma: float = 5.0
     vae: str | None = None  # override the autoencoder recorded in the store manifest
     vae_subfolder: str | None = None
     loss: LPLConfig | None = None  # None = the preset's options
@@ -160,6 +164,8 @@ class TrainConfig:
             )
         if self.ckpt.keep_last < 1 or self.ckpt.every < 1 or self.log.every < 1:
             raise ConfigError("ckpt.keep_last, ckpt.every and log.every must be >= 1")
+        if not self.lpl.snr_gamma > 0:
+            raise ConfigError(f"lpl.snr_gamma must be > 0, got {self.lpl.snr_gamma}")
         if self.lpl.max_timestep is not None and self.objective.kind == "flow":
             raise ConfigError(
                 "lpl.max_timestep is a DDPM gate; use lpl.snr_min with --objective flow"

@@ -245,11 +245,13 @@ class Trainer:
         for m, (latents, labels, t, eps, drop) in enumerate(batches):
             z0 = self.parts.normalizer.normalize(latents)
             y = self._labels(labels, drop)
-            gate = None
+            gate = weight = None
             if lpl_on:
                 gate = self.parts.objective.gate(
                     t, snr_min=cfg.lpl.snr_min, max_timestep=cfg.lpl.max_timestep
                 )
+                if cfg.lpl.snr_weighting == "min-snr":
+                    weight = self.parts.objective.min_snr_weight(t, cfg.lpl.snr_gamma)
             last = m == cfg.grad_accum - 1
             sync = nullcontext() if (last or not dist.enabled) else self.fwd.no_sync()  # type: ignore[operator]
             with sync:
@@ -264,6 +266,7 @@ class Trainer:
                     lpl=self.parts.lpl if lpl_on else None,
                     lpl_weight=cfg.lpl.weight,
                     gate=gate,
+                    lpl_sample_weight=weight,
                     bf16=cfg.bf16,
                 )
                 (parts.total / cfg.grad_accum).backward()

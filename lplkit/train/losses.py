@@ -58,6 +58,7 @@ def micro_batch_loss(
     lpl: LplFn | None = None,
     lpl_weight: float = 1.0,
     gate: Tensor | None = None,
+    lpl_sample_weight: Tensor | None = None,
     batch_total: int | None = None,
     bf16: bool = False,
 ) -> LossParts:
@@ -65,6 +66,7 @@ def micro_batch_loss(
 
     Args:
         gate: bool (B,) samples that get the LPL; None or `lpl=None` disables the term.
+        lpl_sample_weight: (B,) per-sample LPL weight (e.g. `Objective.min_snr_weight`); None = 1.
         batch_total: the B the LPL sum is divided by for this micro-batch (defaults to len(z0)).
     """
     B = z0.shape[0]
@@ -85,6 +87,8 @@ def micro_batch_loss(
             target_raw = normalizer.unnormalize(z0[idx])
             with ctx:
                 per = lpl(pred_raw, target_raw).float()
+            if lpl_sample_weight is not None:
+                per = per * lpl_sample_weight[idx].float()
             lpl_B = lpl_B.index_put((idx,), per.detach())
             total = total + lpl_weight * per.sum() / float(batch_total or B)
     return LossParts(total=total, diffusion=diff.detach(), lpl=lpl_B, gated=gated)

@@ -185,14 +185,22 @@ def test_gradient_checkpointing_gives_same_features_and_grads(vae, z):
     assert grads[0].abs().sum() > 0
 
 
-def test_decoder_is_frozen(z):
+@pytest.mark.parametrize("depth,pqc", [(3, True), (1, False)])
+def test_tapped_modules_are_frozen_and_the_rest_untouched(z, depth, pqc):
     vae = make_tiny_vae(0)
     vae.train()
     before = {k: v.clone() for k, v in vae.state_dict().items()}
-    taps = DecoderTaps(vae, 3)
+    taps = DecoderTaps(vae, depth, apply_post_quant_conv=pqc)
     taps.train()
-    assert all(not p.requires_grad for p in vae.parameters())
+    used = [vae.decoder.conv_in, vae.decoder.mid_block, *vae.decoder.up_blocks[:depth]]
+    used += [vae.post_quant_conv] if pqc else []
+    used_ids = {id(p) for m in used for p in m.parameters()}
+    assert all(not p.requires_grad for m in used for p in m.parameters())
     assert not any(m.training for m in taps.modules())
+    # what the loss never runs keeps its state: the encoder, unused stages, the output layers
+    rest = [p for p in vae.parameters() if id(p) not in used_ids]
+    assert rest and all(p.requires_grad for p in rest)
+    assert vae.encoder.training and vae.decoder.conv_out.training
     zz = z.clone().requires_grad_()
     sum(f.sum() for f in taps(zz)).backward()
     assert all(p.grad is None for p in vae.parameters())

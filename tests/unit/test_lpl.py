@@ -61,7 +61,7 @@ def test_lpl_of_equal_latents_is_zero(vae, opts):
 @pytest.mark.parametrize("preset", list(LPL_PRESETS))
 def test_gradients_reach_prediction_only_and_decoder_is_untouched(vae, preset):
     before = {k: v.clone() for k, v in vae.state_dict().items()}
-    lpl = LatentPerceptualLoss(vae, preset)
+    lpl = LatentPerceptualLoss(vae, preset, feature_stats=STATS)  # paper-dataset reads them
     pred, target = latents(size=16)
     pred.requires_grad_()
     target.requires_grad_()
@@ -70,7 +70,8 @@ def test_gradients_reach_prediction_only_and_decoder_is_untouched(vae, preset):
     loss.sum().backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     assert target.grad is None
-    assert all(p.grad is None and not p.requires_grad for p in vae.parameters())
+    assert all(p.grad is None for p in vae.parameters())
+    assert all(not p.requires_grad for p in lpl.parameters())  # every module the loss runs
     assert not any(m.training for m in lpl.modules())
     for k, v in vae.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -206,6 +207,44 @@ def test_empty_selection_does_no_decoder_work(vae, sel):
         counter.handle.remove()
     assert counter.calls == 0
     assert torch.equal(out, torch.zeros(4)) and gathered.shape == (0,)
+
+
+def test_duplicate_indices_count_once_in_value_and_gradient(vae):
+    """Against an independent loop: each distinct selected row once, a weighted sum of the rows."""
+    lpl = LatentPerceptualLoss(vae)
+    pred, target = latents(b=4, size=16)
+    w = torch.tensor([0.3, 1.7, -0.6, 2.2])  # distinct per-row weights expose a doubled gradient
+    p = pred.clone().requires_grad_()
+    out = lpl(p, target, select=torch.tensor([1, 3, 1, 1]))
+    (out * w).sum().backward()
+    q = pred.clone().requires_grad_()
+    want = torch.zeros(4)
+    total = 0.0
+    for r in (1, 3):
+        v = lpl.forward_gathered(q[r : r + 1], target[r : r + 1])[0]
+        want[r] = v.detach()
+        total = total + w[r] * v
+    total.backward()
+    torch.testing.assert_close(out.detach(), want, rtol=1e-5, atol=1e-8)
+    # batched vs one-row convolutions differ by float rounding (~1e-8); a doubled gradient by 100%
+    torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4 * q.grad.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "sel", [torch.zeros(4, dtype=torch.bool), torch.zeros(0, dtype=torch.long)]
+)
+def test_empty_selection_is_a_zero_connected_to_the_prediction(vae, sel):
+    lpl = LatentPerceptualLoss(vae)
+    pred, target = latents(b=4)
+    p = pred.clone().requires_grad_()
+    out = lpl(p, target, select=sel)
+    assert out.grad_fn is not None and torch.equal(out.detach(), torch.zeros(4))
+    out.sum().backward()  # a standalone backward works (the trainer's total may be only this)
+    assert torch.equal(p.grad, torch.zeros_like(p))
+    q = pred[:0].clone().requires_grad_()
+    gathered = lpl.forward_gathered(q, target[:0])
+    gathered.sum().backward()
+    assert gathered.shape == (0,) and q.grad is not None
 
 
 def test_forward_gathered_equals_selected_rows(vae):
