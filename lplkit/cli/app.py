@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from lplkit import __version__
 from lplkit.cli import output
@@ -29,7 +31,35 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
 )
 
-app = typer.Typer(
+
+def _hide_flag_types(params: list[Any]) -> None:
+    """On/off flags take no value: show no `<bool>` type next to them in --help."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class _Command(TyperCommand):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _hide_flag_types(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class _Group(TyperGroup):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _hide_flag_types(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class _App(typer.Typer):
+    """Every command of the app gets the --help rendering of `_Command`."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _App(
+    cls=_Group,
     name="lplkit",
     help="Latent diffusion with a Latent Perceptual Loss: encode -> stats -> train -> sample -> eval.",
     no_args_is_help=True,

@@ -6,6 +6,7 @@ import typer
 
 from lplkit.autoencoder_choice import autoencoder_choices
 from lplkit.cli import output
+from lplkit.cli.progress import LiveProgress
 
 
 def register(app: typer.Typer) -> None:
@@ -107,60 +108,14 @@ def register(app: typer.Typer) -> None:
             device=device,
         )
         is_main = int(os.environ.get("RANK", "0")) == 0
-        with _progress(enabled=is_main) as on_batch:
-            summary = encode_dataset(cfg, progress=on_batch)
+        with LiveProgress("encoding", enabled=is_main, rate_unit="img", transient=True) as bar:
+            summary = encode_dataset(cfg, progress=bar.update)
         if not is_main:
             return
         if json_out:
             output.emit_json(summary.to_dict())
         else:
             _print_summary(summary)
-
-
-class _progress:
-    """A rich progress bar (images/s, ETA) fed by `encode_dataset`'s progress callback."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-        self.task = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("encoding"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=output.console,
-            transient=True,
-        )
-        self.bar.__enter__()
-        return self.update
-
-    def update(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task("encode", total=total, rate="")
-        task = self.bar.tasks[self.task]
-        speed = task.speed
-        rate = f"{speed:.1f} img/s" if speed else ""
-        self.bar.update(self.task, completed=done, rate=rate)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 def _print_summary(summary) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import typer
 
-__all__ = ["ConfigFlag", "field_type", "flags_table", "with_config_flags"]
+__all__ = ["ConfigFlag", "field_default", "field_type", "flags_table", "with_config_flags"]
 
 
 @dataclass(frozen=True)
@@ -71,23 +71,48 @@ def _cli_type(tp: Any) -> type:
     return tp if tp in (bool, int, float) else str
 
 
+def field_default(cls: type, key: str) -> Any:
+    """The default value of dotted field `key` of dataclass `cls` (from a default instance)."""
+    node: Any = cls()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _default_text(flag: ConfigFlag, value: Any) -> str | None:
+    """How --help shows a default: the flag spelling for a bool flag, the value otherwise;
+    None when there is nothing to show (unset, empty)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        on, _, off = flag.decl.partition("/")
+        return (on if value else off or on).lstrip("-") if off else str(value).lower()
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def with_config_flags(
     cls: type, flags: Iterable[ConfigFlag], extra: Iterable[inspect.Parameter] = ()
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: give a `**kwargs` command function the typer signature of `flags` + `extra`.
 
-    Every generated flag defaults to None (= not given). The function receives all parameters as
+    Every generated flag defaults to None (= not given), so that --config and --set stay visible
+    under it; --help shows the dataclass default instead. The function receives all parameters as
     keyword arguments; pass them to `flags_table` to get the nested overrides.
     """
     flags = tuple(flags)
     params = []
     for f in flags:
         tp = _cli_type(field_type(cls, f.key))
+        shown = _default_text(f, field_default(cls, f.key))
+        # `\[` keeps rich markup from eating the bracket; the text matches typer's own defaults.
+        help_text = f.help if shown is None else f"{f.help} \\[default: {shown}]"
         params.append(
             inspect.Parameter(
                 f.param,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(None, f.decl, help=f.help),
+                default=typer.Option(None, f.decl, help=help_text),
                 annotation=tp | None,
             )
         )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any
 
-import click
+import typer
 from rich.console import Console
+
+try:  # typer >= 0.22 vendors click and raises its own copies of click's exceptions
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 console = Console(stderr=True, highlight=False)
 
@@ -32,14 +38,16 @@ def handle_exception(exc: BaseException) -> int:
     """Print one line for expected errors (full traceback with --debug); return the exit code."""
     from lplkit.errors import LplkitError
 
-    if isinstance(exc, click.exceptions.Exit):
-        return exc.exit_code
-    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
+    if isinstance(exc, typer.Exit):
+        return int(exc.exit_code)
+    if isinstance(exc, typer.Abort | KeyboardInterrupt):
         console.print("[red]aborted[/red]")
         return 130
-    if isinstance(exc, click.ClickException):
+    if isinstance(exc, click_exceptions.NoSuchOption):
+        return _no_such_option(exc)
+    if isinstance(exc, click_exceptions.ClickException):
         exc.show()
-        return exc.exit_code
+        return int(exc.exit_code)
     if state.debug:
         traceback.print_exception(exc)
     if isinstance(exc, LplkitError):
@@ -50,3 +58,29 @@ def handle_exception(exc: BaseException) -> int:
         soft_wrap=True,
     )
     return 70
+
+
+def closest_option(name: str, ctx: Any) -> str | None:
+    """The valid option of `ctx`'s command spelled closest to `name` (None if nothing is close)."""
+    if ctx is None:
+        return None
+    names = [o for p in ctx.command.get_params(ctx) for o in (*p.opts, *p.secondary_opts)]
+    names = [o for o in names if o.startswith("-")]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _no_such_option(exc: Any) -> int:
+    """A mistyped flag: the usage line, the closest valid flag, exit 2 (a usage error)."""
+    ctx = exc.ctx
+    if ctx is not None:
+        console.print(ctx.get_usage(), markup=False, highlight=False)
+        console.print(f"Try '{ctx.command_path} --help' for help.", markup=False)
+    hint = closest_option(exc.option_name, ctx)
+    suggestion = f" (did you mean {hint}?)" if hint else ""
+    console.print(
+        f"[bold red]error:[/bold red] no such option: {exc.option_name}{suggestion}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return 2

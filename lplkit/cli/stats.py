@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.progress import LiveProgress
 
 
 def _init_distributed(device: str) -> tuple[str, int]:
@@ -39,12 +40,17 @@ def register(app: typer.Typer) -> None:
         vae: str | None = typer.Option(
             None, "--vae", help="Autoencoder (default: the store's own; another one is refused)."
         ),
-        subfolder: str | None = typer.Option(None, "--subfolder", help="Subfolder of --vae."),
+        subfolder: str | None = typer.Option(
+            None, "--vae-subfolder", "--subfolder", help="Subfolder of --vae (as in encode/train)."
+        ),
         samples: int = typer.Option(
             1024, "--samples", help="Items (position, flip) to use; 0 = all of them."
         ),
         depth: int | None = typer.Option(
-            None, "--depth", help="Decoder up blocks tapped after the mid block (default: all)."
+            None,
+            "--lpl-depth",
+            "--depth",
+            help="Decoder up blocks tapped after the mid block, as train --lpl-depth (default: all).",
         ),
         batch_size: int = typer.Option(16, "--batch-size", help="Items per decoder call."),
         seed: int = typer.Option(0, "--seed", help="Seed of the item subset and latent noise."),
@@ -65,29 +71,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-channel latent mean/std (+ suggested scale/shift) and decoder-feature mean, std and
         2%/98% quantiles per tapped layer, for the LPL's `dataset` norm and outlier mask."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
         from lplkit.stats_run import run_stats
 
         dev, rank = _init_distributed(device)
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=output.console, transient=True, disable=rank != 0) as bar:
-            task = bar.add_task("items (this rank)", total=None)
-
-            def on_progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
+        with LiveProgress("items (this rank)", enabled=rank == 0, transient=True) as bar:
             _, meta = run_stats(
                 store,
                 vae=vae,
@@ -100,7 +87,7 @@ def register(app: typer.Typer) -> None:
                 bins=bins,
                 features=not latents_only,
                 apply_post_quant_conv=post_quant_conv,
-                on_progress=on_progress,
+                on_progress=bar.update,
             )
         if rank != 0:
             return

@@ -10,6 +10,7 @@ import typer
 
 from lplkit.cli import output
 from lplkit.cli.options import ConfigFlag, flags_table, with_config_flags
+from lplkit.cli.progress import LiveProgress
 from lplkit.train.config import TrainConfig
 
 # Every `lplkit train` flag that sets a TrainConfig field, declared once: the typer signature,
@@ -160,8 +161,13 @@ def register(app: typer.Typer) -> None:
         is_main = int(os.environ.get("RANK", "0")) == 0
         if is_main and cfg.lpl.enabled and not json_out:
             output.console.print(lpl_summary(cfg), soft_wrap=True, markup=False)
-        with _LiveLine(cfg.steps, enabled=is_main and not json_out) as live:
-            result = train(cfg, on_log=live.on_log, on_step=live.on_step, on_start=live.on_start)
+        with LiveProgress("train", total=cfg.steps, enabled=is_main and not json_out) as bar:
+            result = train(
+                cfg,
+                on_log=lambda rec: bar.update(rec["step"], info=log_line(rec)),
+                on_step=bar.update,
+                on_start=lambda info: bar.update(0, info="starting"),
+            )
         if not is_main:
             return
         summary = {
@@ -178,56 +184,13 @@ def register(app: typer.Typer) -> None:
             _print_summary(summary)
 
 
-class _LiveLine:
-    """A rich progress line: step, img/s, losses, gate fraction, ETA."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __enter__(self) -> _LiveLine:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=output.console,
-            )
-            self.bar.__enter__()
-        return self
-
-    def on_start(self, info: dict[str, Any]) -> None:
-        if self.bar is not None:
-            self.task = self.bar.add_task("train", total=self.total, info="starting")
-
-    def on_step(self, step: int) -> None:
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, completed=step)
-
-    def on_log(self, rec: dict[str, Any]) -> None:
-        if self.bar is not None and self.task is not None:
-            info = (
-                f"{rec['img_per_s']:.0f} img/s  loss {rec['loss']:.4f}  "
-                f"diff {rec['loss_diffusion']:.4f}  lpl {rec['loss_lpl']:.4f}  "
-                f"gate {rec['gate_frac']:.0%}  skips {rec['nan_skips']}"
-            )
-            self.bar.update(self.task, completed=rec["step"], info=info)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+def log_line(rec: dict[str, Any]) -> str:
+    """The live line's text for one metrics.jsonl record: img/s, losses, gate fraction, skips."""
+    return (
+        f"{rec['img_per_s']:.0f} img/s  loss {rec['loss']:.4f}  "
+        f"diff {rec['loss_diffusion']:.4f}  lpl {rec['loss_lpl']:.4f}  "
+        f"gate {rec['gate_frac']:.0%}  skips {rec['nan_skips']}"
+    )
 
 
 def _print_summary(s: dict[str, Any]) -> None:
