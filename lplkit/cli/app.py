@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -92,8 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app and turns LplkitError into one line + exit code."""
     args = sys.argv[1:] if argv is None else argv
     output.state.debug = "--debug" in args
+    shown = warnings.showwarning
+    warnings.showwarning = output.show_warning  # notices as one line, not Python's two
     try:
         app(args=args, prog_name="lplkit", standalone_mode=False)
     except Exception as exc:
         sys.exit(output.handle_exception(exc))
+    finally:
+        warnings.showwarning = shown
     sys.exit(0)

@@ -65,6 +65,12 @@ def register(app: typer.Typer) -> None:
         ),
         revision: str | None = typer.Option(None, "--revision", help="Hub dataset revision."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+        log_every: float = typer.Option(
+            30.0,
+            "--log-every",
+            help="When stderr is not a terminal (a SLURM log, a pipe): one progress line (count, "
+            "rate, ETA) every this many seconds instead of a progress bar.",
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ) -> None:
         """Encode images into posterior moments (mean, std) in a sharded Zarr v3 store.
@@ -108,7 +114,16 @@ def register(app: typer.Typer) -> None:
             device=device,
         )
         is_main = int(os.environ.get("RANK", "0")) == 0
-        with LiveProgress("encoding", enabled=is_main, rate_unit="img", transient=True) as bar:
+        if log_every < 0:
+            raise ConfigError(f"--log-every must be >= 0 seconds, got {log_every}")
+        with LiveProgress(
+            "encode",
+            enabled=is_main,
+            rate_unit="img",
+            transient=True,
+            log_every=log_every,
+            log_unit="samples",
+        ) as bar:
             summary = encode_dataset(cfg, progress=bar.update)
         if not is_main:
             return

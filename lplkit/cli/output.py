@@ -6,6 +6,7 @@ import difflib
 import json
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,19 @@ class _State:
 
 
 state = _State()
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` for the CLI: a library notice (a recovered stale lock, an explicit
+    --vae that differs, ...) as one line `warning: ...` on stderr; the Python form with --debug."""
+    if state.debug:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    from rich.markup import escape
+
+    console.print(
+        f"[yellow]warning:[/yellow] {escape(' '.join(str(message).split()))}", soft_wrap=True
+    )
 
 
 def emit_json(data: Any) -> None:

@@ -2,15 +2,25 @@
 
 Commands pass `bar.update` (or a lambda around it) as the library's progress callback; the library
 never imports rich. A disabled bar (non-zero ranks, `--json`) renders nothing and costs nothing.
+When stderr is not a terminal (a SLURM or CI log file, a pipe) the bar becomes plain lines, one every
+`log_every` seconds and one at the end: `label: done/total unit (pct%), rate, ETA ...`.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from lplkit.cli import output
 
 __all__ = ["LiveProgress"]
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class LiveProgress:
@@ -22,6 +32,9 @@ class LiveProgress:
         total: the count at 100%; None = given by the first `update`.
         rate_unit: when set, the info field starts with the measured rate, e.g. ``12.5 img/s``.
         transient: remove the line when done (the command prints its own summary).
+        log_every: when stderr is not a terminal, a plain line every this many seconds (and one at
+            the end) instead of the bar; None = the bar only (rich draws nothing into a file).
+        log_unit: what `done` counts, in those lines (e.g. ``samples``).
     """
 
     def __init__(
@@ -32,8 +45,13 @@ class LiveProgress:
         total: int | None = None,
         rate_unit: str | None = None,
         transient: bool = False,
+        log_every: float | None = None,
+        log_unit: str = "",
     ) -> None:
         self.label = label
+        self.log_every, self.log_unit = log_every, log_unit
+        self._log_t0: float | None = None  # set when logging plain lines instead of a bar
+        self._log_last = 0.0
         self.enabled = enabled
         self.total = total
         self.rate_unit = rate_unit
@@ -43,7 +61,9 @@ class LiveProgress:
         self._info = ""
 
     def __enter__(self) -> LiveProgress:
-        if self.enabled:
+        if self.enabled and self.log_every is not None and not output.console.is_terminal:
+            self._log_t0 = self._log_last = time.monotonic()
+        elif self.enabled:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -66,6 +86,9 @@ class LiveProgress:
 
     def update(self, done: int, total: int | None = None, info: str | None = None) -> None:
         """`done` of `total` (kept from before when None); `info` replaces the free text."""
+        if self._log_t0 is not None:
+            self._log_line(done, total, info)
+            return
         if self._bar is None:
             return
         if total is not None:
@@ -75,6 +98,32 @@ class LiveProgress:
         if self._task is None:
             self._task = self._bar.add_task(self.label, total=self.total, info=self._info)
         self._bar.update(self._task, completed=done, total=self.total, info=self._text())
+
+    def _log_line(self, done: int, total: int | None, info: str | None) -> None:
+        if total is not None:
+            self.total = total
+        if info is not None:
+            self._info = info
+        now = time.monotonic()
+        last = self.total is not None and done >= self.total
+        if now - self._log_last < self.log_every and not last:
+            return
+        self._log_last = now
+        elapsed = now - self._log_t0 if self._log_t0 is not None else 0.0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.label}: {done}/{self.total if self.total is not None else '?'}"]
+        if self.log_unit:
+            parts[0] += f" {self.log_unit}"
+        if self.total:
+            parts[0] += f" ({100.0 * done / self.total:.1f}%)"
+        if self.rate_unit is not None:
+            parts.append(f"{rate:.1f} {self.rate_unit}/s")
+        if self.total is not None and rate > 0:
+            parts.append(f"ETA {_duration((self.total - done) / rate)}")
+        if self._info:
+            parts.append(self._info)
+        output.console.file.write(", ".join(parts) + "\n")
+        output.console.file.flush()
 
     def _text(self) -> str:
         if self.rate_unit is None:

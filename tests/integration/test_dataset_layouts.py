@@ -77,6 +77,14 @@ def _check_against(store: dict, split: str, *, classes=CLASSES) -> None:
     assert m["classes"] == classes and m["source"]["split"] == split
 
 
+def test_split_keywords_are_datasets_own():
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    from lplkit.data.layout import SPLIT_KEYWORDS as ours
+
+    assert {str(k): tuple(v) for k, v in SPLIT_KEYWORDS.items()} == ours
+
+
 # -- parquet in the hub layout ------------------------------------------------------------------
 
 

@@ -205,3 +205,20 @@ def test_missing_vae_and_bad_res_are_config_errors(image_folder, tiny_vae_dir, t
         encode_dataset(_cfg(image_folder, tmp_path / "b.zarr", tiny_vae_dir, res=30))
     with pytest.raises(ConfigError, match="--dtype must be one of"):
         encode_dataset(_cfg(image_folder, tmp_path / "c.zarr", tiny_vae_dir, dtype="int8"))
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(image_folder, tiny_vae_dir, tmp_path, capsys):
+    import re
+
+    from conftest import run_cli
+
+    args = ["encode", "--dataset", str(image_folder), "--res", "32", "--vae", str(tiny_vae_dir),
+            "--out", str(tmp_path / "s.zarr"), "--batch-size", "4", "--workers", "0",
+            "--log-every", "0"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    pattern = r"encode: (\d+)/12 samples \((\d+\.\d)%\), (\d+\.\d) img/s, ETA (\S+)"
+    lines = [m for m in (re.fullmatch(pattern, ln) for ln in err.splitlines()) if m]
+    assert [int(m.group(1)) for m in lines] == [4, 8, 12]  # every batch with --log-every 0
+    assert lines[-1].group(2) == "100.0" and lines[-1].group(4) == "0s"
+    assert "\x1b[" not in err  # no terminal control sequences in a log
