@@ -17,7 +17,11 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option(
             ...,
             "--dataset",
-            help="Preset (imagenet, cifar10, ...), image folder, parquet file/glob, or hub id.",
+            help="Preset (imagenet, cifar10, cifar100, mnist, openmoji), image folder (class "
+            "folders, or datasets imagefolder with metadata.jsonl/split folders), parquet "
+            "file/glob/directory (hub layout), save_to_disk directory, WebDataset shards "
+            "(shards/{00000..00099}.tar), or hub id org/name. Prefixes folder:, parquet:, disk:, "
+            "wds:, hub:, preset: force a kind. See docs/data-sources.md.",
         ),
         res: int = typer.Option(..., "--res", help="Image resolution (ADM center crop)."),
         out: str = typer.Option(..., "--out", help="Store path or URL (s3://... via fsspec)."),
@@ -35,7 +39,11 @@ def register(app: typer.Typer) -> None:
             "--vae-revision",
             help="Hub branch, tag or commit of a hub-id --vae (the resolved commit is recorded).",
         ),
-        split: str | None = typer.Option(None, "--split", help="Dataset split (default train)."),
+        split: str | None = typer.Option(
+            None,
+            "--split",
+            help="Dataset split (default train); a split that does not exist lists those that do.",
+        ),
         flip: bool = typer.Option(False, "--flip", help="Also store the flipped image's moments."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per autoencoder call."),
         workers: int | None = typer.Option(

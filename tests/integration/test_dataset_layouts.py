@@ -351,3 +351,22 @@ def test_class_names_in_manifest_reader_and_info(image_folder, tiny_vae_dir, tmp
     assert code == 0 and "3: 0=ant, 1=bee, 2=cat" in " ".join(err.split())
     code, out, _ = run_cli(["info", str(tmp_path / "s.zarr"), "--json"], capsys)
     assert code == 0 and json.loads(out)["manifest"]["classes"] == names
+
+
+def test_webdataset_shards_through_fsspec(tmp_path):
+    """Remote shards (any fsspec URL; here fsspec's in-memory file system) list and read alike."""
+    import fsspec
+
+    from lplkit.data.sources import open_image
+
+    samples = _write_shards(tmp_path / "shards")
+    fs = fsspec.filesystem("memory")
+    for p in sorted((tmp_path / "shards").glob("*.tar")):
+        fs.pipe(f"/lplkit-test/{p.name}", p.read_bytes())
+    try:
+        src = resolve_source("wds:memory://lplkit-test/shard-{00000..00001}.tar")
+        assert [src[i].key for i in range(len(src))] == [s["key"] for s in samples]
+        assert [src[i].caption for i in range(len(src))] == [s["caption"] for s in samples]
+        assert [open_image(src[i]).size for i in range(len(src))] == [s["size"] for s in samples]
+    finally:
+        fs.rm("/lplkit-test", recursive=True)

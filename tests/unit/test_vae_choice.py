@@ -39,3 +39,5 @@ def test_help_lists_vae_choices():
     assert "--vae-revision" in text and "Required unless --dataset openmoji" in text
     for repo, _, _ in COMMON_AUTOENCODERS:
         assert repo in text
+    for prefix in ("folder:", "parquet:", "disk:", "wds:", "hub:", "openmoji"):
+        assert prefix in text  # every dataset kind is named in --help
