@@ -192,8 +192,14 @@ def init_from_base(
     return base.model.train(), normalizer, record
 
 
-def build_components(cfg: TrainConfig, device: torch.device) -> Components:
-    """Open the store and build model, objective, normalizer, LPL and the sample-grid callback."""
+def build_components(
+    cfg: TrainConfig, device: torch.device, normalization: dict[str, Any] | None = None
+) -> Components:
+    """Open the store and build model, objective, normalizer, LPL and the sample-grid callback.
+
+    `normalization` (a resumed run's `run.json` record) keeps the latent normalization the run
+    started with: running `lplkit stats` on the store later must not change a run's latent space.
+    """
     from lplkit.models import build_model
     from lplkit.store.reader import LatentStore
     from lplkit.store.verify import require_sound_store
@@ -212,6 +218,12 @@ def build_components(cfg: TrainConfig, device: torch.device) -> Components:
     else:
         model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
         normalizer = make_normalizer(store)
+    if normalization is not None:
+        normalizer = LatentNormalizer(
+            shift=tuple(float(v) for v in normalization["shift"]),
+            scale=tuple(float(v) for v in normalization["scale"]),
+            source=str(normalization["source"]),
+        )
     objective = make_objective(cfg)
     vae = None
     if cfg.lpl.enabled or cfg.log.sample_every > 0:

@@ -102,8 +102,17 @@ def train(
     dist = init_distributed(cfg.device)
     try:
         run_dir = Path(cfg.out)
-        check_resume_config(run_dir, cfg)
-        parts = build_components(cfg, dist.device)
+        resuming = check_resume_config(run_dir, cfg)
+        saved = run_dir / "run.json"
+        # A resumed run keeps its latent normalization even if `lplkit stats` ran on the store since.
+        norm = None
+        if resuming and saved.is_file():
+            from lplkit.validation import require_valid
+
+            info = require_valid(read_json_object(saved), "run", what=str(saved), error=ConfigError,
+                                 fix="restore it, or use a new --out")  # fmt: skip
+            norm = info["normalization"]
+        parts = build_components(cfg, dist.device, normalization=norm)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))

@@ -163,3 +163,32 @@ def test_refuses_stats_of_another_autoencoder(store, other_vae_dir, tmp_path, ca
     args = _args(store, tmp_path / "r", "--lpl-norm", "dataset", "--vae", str(other_vae_dir))
     with pytest.warns(UserWarning, match="given explicitly"):
         _refused(args, capsys, "weights_hash")
+
+
+def test_stats_computed_mid_run_do_not_change_a_resumed_runs_normalization(tiny_vae_dir, tmp_path):
+    """`lplkit stats` between two legs of a run (e.g. before a dataset-norm LPL fork) must not move
+    the run's latent space: the resumed run equals one trained straight through without stats."""
+    from safetensors.torch import load_file
+
+    store = _store(tmp_path, tiny_vae_dir, stats=False)
+    base = ["--model", "DiT-T/2", "--batch-size", "4", "--device", "cpu", "--ckpt-every", "2"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert (
+        run_cli(["train", "--store", str(store), "--out", str(straight), *base, "--steps", "4"])[0]
+        == 0
+    )
+    assert (
+        run_cli(["train", "--store", str(store), "--out", str(split), *base, "--steps", "2"])[0]
+        == 0
+    )
+    before = json.loads((split / "run.json").read_text())["normalization"]
+    assert before["source"] == "autoencoder"
+    assert run_cli(["stats", str(store), "--samples", "8", "--batch-size", "4"])[0] == 0
+    assert (
+        run_cli(["train", "--store", str(store), "--out", str(split), *base, "--steps", "4"])[0]
+        == 0
+    )
+    assert json.loads((split / "run.json").read_text())["normalization"] == before
+    ckpt = "checkpoints/step_00000004/model.safetensors"
+    a, b = load_file(straight / ckpt), load_file(split / ckpt)
+    assert all(torch.equal(a[k], b[k]) for k in a)
