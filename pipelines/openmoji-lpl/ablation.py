@@ -19,6 +19,14 @@ Every stage is skipped when its output exists, so re-running continues an interr
 
     python pipelines/openmoji-lpl/ablation.py --store STORE --runs runs/openmoji-lpl \
         --pretrain 1500 --post 300 --seeds 0,1,2
+
+An LPL variant is a fork tag plus train flags, resolved by ``lplkit train``'s own parser. The
+dataset-normalization arm needs the store's decoder-feature statistics first (training refuses
+without them); compute them before any pre-training you want to compare, since a run started after
+``lplkit stats`` normalizes its latents with them (a resumed run keeps its own normalization):
+
+    lplkit stats STORE
+    python pipelines/openmoji-lpl/ablation.py --store STORE --tag lpl-dsnorm --extra "--lpl-norm dataset"
 """
 
 from __future__ import annotations
