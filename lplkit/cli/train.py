@@ -11,6 +11,7 @@ import typer
 from lplkit.cli import output
 from lplkit.cli.options import ConfigFlag, flags_table, with_config_flags
 from lplkit.cli.progress import LiveProgress
+from lplkit.lpl_presets import LPL_PRESETS
 from lplkit.train.config import TrainConfig
 
 # Every `lplkit train` flag that sets a TrainConfig field, declared once: the typer signature,
@@ -31,7 +32,7 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
         "--init",
         "Start from pre-trained weights: a bundled base (openmoji-base) or a run directory.",
     ),
-    ConfigFlag("lpl.preset", "--lpl-preset", "LPL options preset: paper, diffusers-reference, ..."),
+    ConfigFlag("lpl.preset", "--lpl-preset", f"LPL options preset: {', '.join(LPL_PRESETS)}."),
     ConfigFlag("lpl.weight", "--lpl-weight", "w in L + w LPL."),
     ConfigFlag("lpl.snr_min", "--lpl-snr-min", "Gate: LPL only where SNR(t) >= this."),
     ConfigFlag(
