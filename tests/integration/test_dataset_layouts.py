@@ -96,10 +96,11 @@ def test_hub_parquet_layout_selects_the_split(layout, tmp_path, tiny_vae_dir):
         path.parent.mkdir(parents=True, exist_ok=True)
         _dataset(split, n).to_parquet(str(path))
     (root / "README.md").write_text("---\nlicense: mit\n---\n")
-    summary, store = _encode(str(root), tmp_path / "v.zarr", tiny_vae_dir, split="validation")
+    spec = f"parquet:{root}"
+    summary, store = _encode(spec, tmp_path / "v.zarr", tiny_vae_dir, split="validation")
     assert summary.total == SPLITS["validation"]  # not every split: no train/validation mix
     _check_against(store, "validation")
-    _, store = _encode(f"parquet:{root}", tmp_path / "t.zarr", tiny_vae_dir)  # default: train
+    _, store = _encode(str(root), tmp_path / "t.zarr", tiny_vae_dir)  # detected; default train
     _check_against(store, "train")
     with pytest.raises(SourceError, match=r"no split 'test'; its splits: train, validation"):
         resolve_source(str(root), "test")
