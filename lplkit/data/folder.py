@@ -27,6 +27,7 @@ from lplkit.data.sources import (
     Record,
     SourceOptions,
     content_fingerprint,
+    file_size,
     register_source,
     safe_text,
 )
@@ -91,15 +92,6 @@ def path_bytes_of_key(key: str) -> bytes:
     return key.encode("utf-8")
 
 
-def _size(path: Path) -> int:
-    """File size for the content fingerprint; -1 for an entry that cannot be stat'ed (a dangling
-    symlink, a loop): it is still listed, and its open fails with the reason."""
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return -1
-
-
 def _open_path(path: str) -> Callable[[], Image.Image]:
     def _open() -> Image.Image:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused right after
@@ -161,7 +153,7 @@ class ImageFolderSource(ImageSource):
         self.source_id = str(self.root)
         self.split = None
         self.revision = content_fingerprint(
-            [(k, _size(p)) for k, p in zip(self.keys, self.paths, strict=True)]
+            [(k, file_size(p)) for k, p in zip(self.keys, self.paths, strict=True)]
         )
 
     @classmethod

@@ -22,6 +22,7 @@ from lplkit.data.sources import (
     Record,
     SourceOptions,
     content_fingerprint,
+    file_size,
     register_source,
 )
 from lplkit.errors import SourceError
@@ -458,9 +459,7 @@ class DatasetsImageFolder(DatasetsSource):
         split = _pick_split(str(root), splits, split)
         ds = _load_dataset("imagefolder", data_dir=str(root), split=split)
         files = sorted(str(f) for f in splits[split])
-        revision = content_fingerprint(
-            [(os.path.relpath(f, root), os.path.getsize(f)) for f in files]
-        )
+        revision = content_fingerprint([(os.path.relpath(f, root), file_size(f)) for f in files])
         return cls(
             ds,
             source_id=str(root),

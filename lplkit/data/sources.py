@@ -47,6 +47,7 @@ __all__ = [
     "Record",
     "SourceOptions",
     "content_fingerprint",
+    "file_size",
     "open_image",
     "register_source",
     "registered_sources",
@@ -230,6 +231,15 @@ def resolve_source(spec: str, split: str | None = None, **options: Any) -> Image
         "existing image folder, parquet file/glob/directory, save_to_disk directory, WebDataset "
         "tar shards, or a hub id 'org/name' (force a kind with folder:, parquet:, disk:, wds:, hub:)"
     )
+
+
+def file_size(path: str | os.PathLike[str]) -> int:
+    """Size for a content fingerprint; -1 for an entry that cannot be stat'ed (a dangling symlink,
+    a loop): it stays listed, and opening it gives the skip reason."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def content_fingerprint(entries: list[tuple[str, int]]) -> str:

@@ -160,9 +160,7 @@ class WebDatasetSource(ImageSource):
     def matches(cls, spec: str) -> bool:
         if Path(spec).expanduser().is_dir():
             return directory_kind(spec) == "wds"
-        return spec.endswith(".tar") and (
-            _is_remote(spec) or "{" in spec or bool(glob.glob(str(Path(spec).expanduser())))
-        )
+        return spec.endswith(".tar")  # a missing shard is this source's error, not a hub lookup
 
     @classmethod
     def from_spec(cls, spec: str, *, split: str | None, options: SourceOptions) -> WebDatasetSource:
