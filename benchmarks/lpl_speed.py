@@ -9,8 +9,16 @@ Memory: on CUDA the peak of `torch.cuda.max_memory_allocated` above the pre-step
 the bytes of the tensors autograd saves for backward (unique storages, via
 `torch.autograd.graph.saved_tensors_hooks`) - a proxy for the activation memory.
 
+Arms (issue #15): `--compile both` adds the `torch.compile`d loss (taps + loss math), `--crop 16`
+the LPL on 16x16 latent crops, `--channels-last both` the channels-last decoder; every arm of a
+case is timed round-robin in the same loop (so machine load hits them alike) and its row gives
+`x eager` = time of the eager full-latent arm / time of this arm. The compile time (first call)
+is reported separately and excluded from the step times.
+
     python benchmarks/lpl_speed.py --quick                       # CPU subset, a few minutes
     python benchmarks/lpl_speed.py --device cuda --dtype bf16 --ae sd --latent 32 --batch 32
+    python benchmarks/lpl_speed.py --device cuda --dtype bf16 --ae sd --latent 32 --batch 32 \
+        --depth 4 --ckpt off --compile both --crop 16 --no-naive
 """
 
 from __future__ import annotations
@@ -57,36 +65,71 @@ def saved_bytes_counter(exclude: set[int]) -> Iterator[list[int]]:
         yield total
 
 
-def measure(
-    step: Callable[[], torch.Tensor], device: torch.device, repeats: int, weights: set[int]
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_step(
+    step: Callable[[], torch.Tensor], device: torch.device, weights: set[int]
 ) -> tuple[float, float]:
-    """(median seconds of forward+backward, memory MiB) of `step` (which returns the loss)."""
+    """(seconds of one forward+backward, memory MiB) of `step` (which returns the loss)."""
     cuda = device.type == "cuda"
-    step().backward()  # warm-up (allocator, kernels)
-    times, mem = [], 0.0
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    t0 = time.perf_counter()
+    counter = contextlib.nullcontext([0]) if cuda else saved_bytes_counter(weights)
+    with counter as saved:
+        loss = step()
+    loss.backward()
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated(device) - base) if cuda else saved[0]
+    return elapsed, peak / 2**20
+
+
+def measure(
+    steps: dict[str, Callable[[], torch.Tensor]],
+    device: torch.device,
+    repeats: int,
+    weights: set[int],
+) -> dict[str, tuple[float, float, float]]:
+    """{arm: (median s, memory MiB, first-call s)}: a warm-up call per arm (compiles), then
+    `repeats` rounds that run every arm once each, in turn."""
+    first = {}
+    for name, step in steps.items():
+        _sync(device)
         t0 = time.perf_counter()
-        counter = contextlib.nullcontext([0]) if cuda else saved_bytes_counter(weights)
-        with counter as saved:
-            loss = step()
-        loss.backward()
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-        peak = (torch.cuda.max_memory_allocated(device) - base) if cuda else saved[0]
-        mem = max(mem, peak / 2**20)
-    return statistics.median(times), mem
+        step().backward()  # warm-up (allocator, kernels, torch.compile)
+        _sync(device)
+        first[name] = time.perf_counter() - t0
+        step().backward()  # a compiled arm's second call may still specialize
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    mem = dict.fromkeys(steps, 0.0)
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t, m = timed_step(step, device, weights)
+            times[name].append(t)
+            mem[name] = max(mem[name], m)
+    return {k: (statistics.median(times[k]), mem[k], first[k]) for k in steps}
 
 
-def run_case(vae, args, device, latent: int, batch: int, depth: int, ckpt: bool) -> dict:
-    lpl = LatentPerceptualLoss(vae, args.preset, depth=depth, grad_checkpointing=ckpt)
+def arms(args) -> list[tuple[bool, int | None, bool]]:
+    """(compile, crop, channels_last) of every arm; the first is eager, full latent."""
+    compiles = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    layouts = {"off": (False,), "on": (True,), "both": (False, True)}[args.channels_last]
+    crops = (None, *args.crop)
+    out = [(c, k, cl) for c in compiles for cl in layouts for k in crops]
+    return sorted(out, key=lambda a: (a[0], a[2], a[1] or 0))
+
+
+def run_case(vae, args, device, latent: int, batch: int, depth: int, ckpt: bool) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     target = torch.randn(batch, 4, latent, latent, generator=g).to(device)
     pred = (target + 0.3 * torch.randn(target.shape, generator=g).to(device)).requires_grad_()
+    crop_u = torch.rand(batch, 2, generator=g)  # fixed windows: every repeat decodes the same
     n_sel = math.ceil(args.gate * batch)
     idx = torch.arange(n_sel, device=device)
     gate = torch.zeros(batch, device=device)
@@ -97,30 +140,65 @@ def run_case(vae, args, device, latent: int, batch: int, depth: int, ckpt: bool)
         else contextlib.nullcontext()
     )
 
-    def gated() -> torch.Tensor:
-        with amp:
-            return lpl(pred, target, select=idx).sum()
+    def gated(lpl) -> Callable[[], torch.Tensor]:
+        def step() -> torch.Tensor:
+            with amp:
+                return lpl(pred, target, select=idx, crop_u=crop_u).sum()
 
-    def naive() -> torch.Tensor:  # decodes every sample, then ignores the gated-out ones
-        with amp:
-            return (lpl(pred, target) * gate).sum()
+        return step
 
+    def naive(lpl) -> Callable[[], torch.Tensor]:  # decodes every sample, ignores the gated-out
+        def step() -> torch.Tensor:
+            with amp:
+                return (lpl(pred, target, crop_u=crop_u) * gate).sum()
+
+        return step
+
+    steps: dict[str, Callable[[], torch.Tensor]] = {}
+    for comp, crop, cl in arms(args):
+        if crop is not None and crop > latent:
+            continue
+        lpl = LatentPerceptualLoss(
+            vae,
+            args.preset,
+            depth=depth,
+            grad_checkpointing=ckpt,
+            compile=comp,
+            crop=crop,
+            channels_last=cl,
+        )
+        steps[repr((comp, crop, cl))] = gated(lpl)
+        if not args.no_naive and not comp and crop is None and not cl:
+            steps["naive"] = naive(lpl)
     weights = {p.untyped_storage().data_ptr() for p in vae.parameters()}
-    t_g, m_g = measure(gated, device, args.repeats, weights)
-    row = {
-        "ae": args.current_ae,
-        "latent": latent,
-        "batch": batch,
-        "depth": depth,
-        "ckpt": ckpt,
-        "selected": n_sel,
-        "gated_s": t_g,
-        "gated_mib": m_g,
-    }
-    if not args.no_naive:
-        t_n, m_n = measure(naive, device, args.repeats, weights)
-        row.update(naive_s=t_n, naive_mib=m_n, time_ratio=t_n / t_g, mem_ratio=m_n / max(m_g, 1e-9))
-    return row
+    res = measure(steps, device, args.repeats, weights)
+    base_s = next(iter(res.values()))[0]
+    rows = []
+    for comp, crop, cl in arms(args):
+        key = repr((comp, crop, cl))
+        if key not in res:
+            continue
+        t, m, first = res[key]
+        row = {
+            "ae": args.current_ae,
+            "latent": latent,
+            "batch": batch,
+            "depth": depth,
+            "ckpt": ckpt,
+            "compile": comp,
+            "crop": crop,
+            "channels_last": cl,
+            "selected": n_sel,
+            "gated_s": t,
+            "gated_mib": m,
+            "first_call_s": first,
+            "speedup_vs_eager": base_s / t,
+        }
+        if key == next(iter(res)) and "naive" in res:
+            t_n, m_n, _ = res["naive"]
+            row.update(naive_s=t_n, naive_mib=m_n, time_ratio=t_n / t, mem_ratio=m_n / max(m, 1e-9))
+        rows.append(row)
+    return rows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,6 +222,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="paper")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-naive", action="store_true", help="skip the decode-everything baseline")
+    p.add_argument(
+        "--compile", choices=("off", "on", "both"), default="off", help="torch.compile arms"
+    )
+    p.add_argument("--crop", type=int, nargs="*", default=[], help="latent crop sizes (arms)")
+    p.add_argument(
+        "--channels-last", choices=("off", "on", "both"), default="off", help="decoder layout"
+    )
     p.add_argument("--quick", action="store_true", help="CPU subset that runs in a few minutes")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     args = p.parse_args(argv)
@@ -182,12 +267,15 @@ def main(argv: list[str] | None = None) -> None:
         if depth > max_depth:
             continue
         args.current_ae = ae
-        row = run_case(vaes[ae], args, device, latent, batch, depth, ckpt)
-        rows.append(row)
-        ratio = f", naive/gated time {row['time_ratio']:.2f}x" if "time_ratio" in row else ""
-        console.log(
-            f"{ae} {latent}^2 B={batch} depth={depth} ckpt={ckpt}: {row['gated_s']:.3f}s{ratio}"
-        )
+        for row in run_case(vaes[ae], args, device, latent, batch, depth, ckpt):
+            rows.append(row)
+            ratio = f", naive/gated time {row['time_ratio']:.2f}x" if "time_ratio" in row else ""
+            console.log(
+                f"{ae} {latent}^2 B={batch} depth={depth} ckpt={ckpt} compile={row['compile']} "
+                f"crop={row['crop']} cl={row['channels_last']}: {row['gated_s']:.3f}s "
+                f"(x eager {row['speedup_vs_eager']:.2f}, first call {row['first_call_s']:.1f}s)"
+                f"{ratio}"
+            )
     render(rows, args)
     if args.json:
         meta = {
@@ -209,17 +297,23 @@ def render(rows: list[dict], args) -> None:
     table = Table(
         title=f"LPL fwd+bwd ({args.device}, {args.dtype}, gate {args.gate:.0%}, {args.preset})"
     )
-    for col in ("ae", "latent", "B", "sel", "depth", "ckpt", "gated s", f"gated {mem}"):
+    cols = ("ae", "latent", "B", "sel", "depth", "ckpt", "compile", "crop", "ch-last")
+    for col in (*cols, "gated s", f"gated {mem}", "x eager", "1st call s"):
         table.add_column(col, justify="right")
     if not args.no_naive:
         for col in ("naive s", f"naive {mem}", "time x", "mem x"):
             table.add_column(col, justify="right")
     for r in rows:
         cells = [r["ae"], str(r["latent"]), str(r["batch"]), str(r["selected"]), str(r["depth"])]
-        cells += ["on" if r["ckpt"] else "off", f"{r['gated_s']:.3f}", f"{r['gated_mib']:.1f}"]
+        cells += ["on" if r["ckpt"] else "off", "on" if r["compile"] else "off"]
+        cells += [str(r["crop"] or "-"), "on" if r["channels_last"] else "off"]
+        cells += [f"{r['gated_s']:.3f}", f"{r['gated_mib']:.1f}", f"{r['speedup_vs_eager']:.2f}"]
+        cells += [f"{r['first_call_s']:.1f}"]
         if "naive_s" in r:
             cells += [f"{r['naive_s']:.3f}", f"{r['naive_mib']:.1f}"]
             cells += [f"{r['time_ratio']:.2f}", f"{r['mem_ratio']:.2f}"]
+        elif not args.no_naive:
+            cells += ["-"] * 4
         table.add_row(*cells)
     console.print(table)
 

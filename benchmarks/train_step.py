@@ -10,9 +10,17 @@ Part 2 (`loop`): images/s of `Trainer.run` (store loader from a real on-disk sto
 per-step seeded draws, NaN guard, metric accumulation, logging) vs a bare loop over the same model
 and in-memory latents doing the same math (noise, loss, backward, clip, AdamW, EMA).
 
+Arms (issue #15): `--compile both` runs every configuration also with the denoiser and the LPL
+under `torch.compile` (ratios `x no-LPL` are within the same compile mode, `x eager` against the
+same configuration eager); `--crop N` adds LPL arms on N x N latent crops. Compilation happens in
+the warm-up steps and is excluded from the step times.
+
 CPU:  python benchmarks/train_step.py --size tiny && python benchmarks/train_step.py --size small
 GPU:  python benchmarks/train_step.py --device cuda --bf16 --model DiT-B/2 --ae sd --latent 32 \
           --batch 64 --gate 0.2
+The user configuration (DiT-XL/2, SD-sized decoder, 32x32x4 latents, paper preset, gate 20%,
+per-GPU batch 32), eager vs compiled, no-LPL vs LPL:
+      python benchmarks/train_step.py --size xl --device cuda --bf16 --gate 0.2 --compile both
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from random_autoencoders import random_autoencoder
 SIZES = {  # model, autoencoder, latent size, batch
     "tiny": ("DiT-T/2", "tiny", 8, 16),
     "small": ("DiT-S/2", "small", 16, 8),
+    "xl": ("DiT-XL/2", "sd", 32, 32),  # the user configuration of issue #15 (one GPU's share)
 }
 
 
@@ -54,8 +63,9 @@ def _median_time(fn, dev, warmup: int, reps: int) -> float:
     return statistics.median(times)
 
 
-def step_fn(args, gate_frac: float | None):
-    """A closure running one full optimizer step; gate_frac None = no LPL."""
+def step_fn(args, gate_frac: float | None, compiled: bool = False, crop: int | None = None):
+    """A closure running one full optimizer step; gate_frac None = no LPL; `compiled`: the
+    denoiser and the LPL under torch.compile (as `lplkit train --compile --lpl-compile`)."""
     from lplkit.lpl import LatentPerceptualLoss
     from lplkit.models import build_model
     from lplkit.objectives import build_objective
@@ -79,12 +89,15 @@ def step_fn(args, gate_frac: float | None):
     lpl, gate = None, None
     if gate_frac is not None:
         vae = random_autoencoder(args.ae).to(dev)
-        lpl = LatentPerceptualLoss(vae, "paper", depth=args.depth).to(dev).forward_gathered
+        loss = LatentPerceptualLoss(vae, "paper", depth=args.depth, compile=compiled, crop=crop)
+        lpl = loss.to(dev).forward_gathered
         gate = torch.zeros(B, dtype=torch.bool, device=dev)
         gate[: round(gate_frac * B)] = True
 
+    fwd = torch.compile(model) if compiled else model
+
     def run() -> None:
-        parts = micro_batch_loss(model, obj, z0, y, eps, t, normalizer=norm, lpl=lpl, gate=gate,
+        parts = micro_batch_loss(fwd, obj, z0, y, eps, t, normalizer=norm, lpl=lpl, gate=gate,
                                  bf16=args.bf16)  # fmt: skip
         parts.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -95,16 +108,27 @@ def step_fn(args, gate_frac: float | None):
     return run, dev
 
 
+def configurations(args) -> list[tuple[bool, float | None, int | None]]:
+    """(compiled, gate fraction or None = no LPL, crop) of every timed configuration."""
+    compiles = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    out = []
+    for c in compiles:
+        out.append((c, None, None))
+        out += [(c, g, None) for g in args.gates]
+        out += [(c, g, args.crop) for g in args.gates if args.crop and g > 0]
+    return out
+
+
 def bench_steps(args) -> list[dict]:
     """Round-robin over the configurations (one step each per round) so that load changes on a
     shared machine hit all of them alike; median per configuration."""
-    gates = [None, *args.gates]
-    runs = [step_fn(args, f) for f in gates]
+    confs = configurations(args)
+    runs = [step_fn(args, g, c, k) for c, g, k in confs]
     dev = runs[0][1]
     for run, _ in runs:
         for _ in range(args.warmup):
             run()
-    times: list[list[float]] = [[] for _ in gates]
+    times: list[list[float]] = [[] for _ in confs]
     for _ in range(args.reps):
         for i, (run, _) in enumerate(runs):
             _sync(dev)
@@ -113,7 +137,8 @@ def bench_steps(args) -> list[dict]:
             _sync(dev)
             times[i].append(time.perf_counter() - t0)
     rows = [
-        {"lpl_gate": f, "step_s": statistics.median(ts)} for f, ts in zip(gates, times, strict=True)
+        {"compiled": c, "lpl_gate": g, "crop": k, "step_s": statistics.median(ts)}
+        for (c, g, k), ts in zip(confs, times, strict=True)
     ]
     if dev.type == "cuda":
         # All configurations stay resident, so report each step's working memory: the peak above
@@ -125,15 +150,22 @@ def bench_steps(args) -> list[dict]:
             run()
             torch.cuda.synchronize()
             row["peak_mem_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-    base = rows[0]["step_s"]
+    by_key = {(r["compiled"], r["lpl_gate"], r["crop"]): r["step_s"] for r in rows}
     for r in rows:
-        r["vs_no_lpl"] = r["step_s"] / base
+        r["vs_no_lpl"] = r["step_s"] / by_key[(r["compiled"], None, None)]
+        eager = by_key.get((False, r["lpl_gate"], r["crop"]))
+        if eager is not None:
+            r["speedup_vs_eager"] = eager / r["step_s"]
     return rows
 
 
-def child_peak_rss(args, gate: float | None) -> float:
+def child_peak_rss(args, gate: float | None, compiled: bool, crop: int | None) -> float:
     """Peak RSS (MiB) of a fresh process running a few steps of one configuration."""
     cmd = [sys.executable, __file__, "--child", "none" if gate is None else str(gate)]
+    if compiled:
+        cmd += ["--compile", "on"]
+    if crop:
+        cmd += ["--crop", str(crop)]
     for k in ("device", "model", "ae", "latent", "batch", "depth"):
         v = getattr(args, k)
         if v is not None:
@@ -238,6 +270,9 @@ def main() -> None:
     p.add_argument("--batch", type=int)
     p.add_argument("--depth", type=int, default=None, help="LPL depth (default: preset's)")
     p.add_argument("--gate", type=float, help="one gate fraction instead of 0, .1, .25, 1")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                   help="torch.compile of the denoiser and the LPL (arms)")  # fmt: skip
+    p.add_argument("--crop", type=int, help="add LPL arms on CROP x CROP latent crops")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--loop-steps", type=int, default=30)
@@ -250,7 +285,8 @@ def main() -> None:
     args.latent, args.batch = args.latent or latent, args.batch or batch
     args.gates = [args.gate] if args.gate is not None else [0.0, 0.1, 0.25, 1.0]
     if args.child is not None:
-        run, _dev = step_fn(args, None if args.child == "none" else float(args.child))
+        gate = None if args.child == "none" else float(args.child)
+        run, _dev = step_fn(args, gate, args.compile == "on", args.crop)
         for _ in range(3):
             run()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -259,17 +295,19 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     print(f"# {args.model}, AE {args.ae}, latent 4x{args.latent}x{args.latent}, batch "
           f"{args.batch}, {args.device}{' bf16' if args.bf16 else ''}, LPL depth "
-          f"{args.depth if args.depth is not None else 'preset'}, threads {torch.get_num_threads()}")  # fmt: skip
+          f"{args.depth if args.depth is not None else 'preset'}, threads {torch.get_num_threads()}, "
+          f"torch {torch.__version__}")  # fmt: skip
     rows = bench_steps(args)
     if args.memory and args.device == "cpu":
         for r in rows:
-            r["peak_rss_mib"] = child_peak_rss(args, r["lpl_gate"])
-    print("| LPL gate | step s | x no-LPL | peak mem MiB |")
-    print("|---|---|---|---|")
+            r["peak_rss_mib"] = child_peak_rss(args, r["lpl_gate"], r["compiled"], r["crop"])
+    print("| compiled | LPL gate | crop | step s | x no-LPL | x eager | peak mem MiB |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         mem = r.get("peak_mem_mib", r.get("peak_rss_mib"))
         gate = "off" if r["lpl_gate"] is None else f"{r['lpl_gate']:.0%}"
-        print(f"| {gate} | {r['step_s']:.4f} | {r['vs_no_lpl']:.2f} | "
+        print(f"| {'on' if r['compiled'] else 'off'} | {gate} | {r['crop'] or '-'} | "
+              f"{r['step_s']:.4f} | {r['vs_no_lpl']:.2f} | {r.get('speedup_vs_eager', 1.0):.2f} | "
               f"{'-' if mem is None else f'{mem:.0f}'} |")  # fmt: skip
     result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "steps": rows}
     if not args.no_loop:

@@ -188,6 +188,8 @@ class DecoderTaps(nn.Module):
             true input). False reproduces the public reference code, which skips it.
         grad_checkpointing: recompute each stage in backward (torch.utils.checkpoint,
             use_reentrant=False) instead of storing its activations; used only when grad is on.
+        channels_last: convert the decoder's weights (in place: the AE is shared) and the input to
+            the channels-last memory format; the features then come out channels-last.
     """
 
     def __init__(
@@ -197,6 +199,7 @@ class DecoderTaps(nn.Module):
         *,
         apply_post_quant_conv: bool = True,
         grad_checkpointing: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         pqc, entry, stages, infos = decoder_layout(vae)
@@ -216,6 +219,9 @@ class DecoderTaps(nn.Module):
         #: spatial factor of the full decoder output vs the latent (for outlier-kernel scaling)
         self.decoder_upsample_factor = infos[-1].upsample_factor * _final_upsample(vae)
         self.grad_checkpointing = grad_checkpointing
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
         for module in (self.post_quant_conv, self.entry, self.stages):
             if module is not None:
                 module.requires_grad_(False)
@@ -245,6 +251,8 @@ class DecoderTaps(nn.Module):
         """Features `[stage_0, ..., stage_depth]` of raw (unscaled) latents `z_BCHW`."""
         ckpt = self.grad_checkpointing and torch.is_grad_enabled() and z_BCHW.requires_grad
         h = z_BCHW
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         if self.post_quant_conv is not None:
             h = self._run(self.post_quant_conv, h, False)
         h = self._run(self.entry, h, False)

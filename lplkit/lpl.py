@@ -15,6 +15,11 @@ features are computed under no_grad; only z0_hat receives gradients; decoder par
     per_sample = lpl(pred_z0, target_z0)                      # (B,)
     per_sample = lpl(pred_z0, target_z0, select=idx)          # decoder runs on rows idx only
     per_sample = lpl.from_normalized(pred_n, target_n, scale, shift, select=idx)
+
+With ``crop=c`` the decoder sees one c x c window per sample (`lplkit.lpl_crops`), placed by the
+uniform draws ``crop_u`` (n, 2) the caller passes (else drawn from `generator` / torch's global RNG).
+With ``compile=True`` the decoder taps and the fp32 loss math run as one `torch.compile` graph whose
+batch dimension is dynamic: a gated batch of 13 rows reuses the graph compiled for 12.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lplkit.decoder_features import DecoderTaps, FeatureStats, LayerInfo
 from lplkit.errors import ConfigError
+from lplkit.lpl_crops import crop_offsets, crop_windows
 from lplkit.lpl_presets import LPLConfig, resolve_lpl_config
 from lplkit.lpl_terms import (
     inlier_mask,
@@ -103,7 +109,8 @@ class LatentPerceptualLoss(nn.Module):
         feature_stats: cached per-layer statistics (`lplkit stats`), keyed by layer index or layer
             name; required by ``norm="dataset"`` and ``outlier_source="dataset"``.
         **overrides: any `LPLConfig` field (depth, norm, standardize_stats, outliers, layer_weights,
-            distance, apply_post_quant_conv, grad_checkpointing, eps, ...).
+            distance, apply_post_quant_conv, grad_checkpointing, eps, crop, crop_mode, compile,
+            channels_last).
 
     Raises:
         ConfigError: an unknown preset/option, a bad value, or missing/mis-shaped feature_stats.
@@ -127,6 +134,7 @@ class LatentPerceptualLoss(nn.Module):
             cfg.depth,
             apply_post_quant_conv=cfg.apply_post_quant_conv,
             grad_checkpointing=cfg.grad_checkpointing,
+            channels_last=cfg.channels_last,
         )
         self.layers: list[LayerInfo] = self.taps.layers
         self.outlier_sizes = _outlier_layers(cfg, self.taps)
@@ -150,6 +158,9 @@ class LatentPerceptualLoss(nn.Module):
                     t = getattr(st, f).detach().to(device=device, dtype=torch.float32)
                     self.register_buffer(f"stats_{f}_{i}", t, persistent=False)
 
+        # Dynamo traces the taps and the loss math into one graph (the backward is compiled too);
+        # the batch dimension is marked dynamic at each call (`layer_terms`).
+        self._compiled = torch.compile(self._layer_terms) if cfg.compile else None
         super().train(False)
 
     def train(self, mode: bool = True) -> LatentPerceptualLoss:
@@ -203,6 +214,14 @@ class LatentPerceptualLoss(nn.Module):
 
     def layer_terms(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
         """Unweighted per-layer distances d_l, shape (n, L), on already-selected rows."""
+        if self._compiled is None:
+            return self._layer_terms(pred_z0, target_z0)
+        # one graph for every n >= 2 (torch specializes n = 1: at most one more graph)
+        torch._dynamo.maybe_mark_dynamic(pred_z0, 0)
+        torch._dynamo.maybe_mark_dynamic(target_z0, 0)
+        return self._compiled(pred_z0, target_z0)
+
+    def _layer_terms(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
         with torch.no_grad():
             target_feats = self.taps(target_z0.detach())
         pred_feats = self.taps(pred_z0)
@@ -221,20 +240,60 @@ class LatentPerceptualLoss(nn.Module):
                 cols.append(col)
         return torch.stack(cols, dim=1)
 
-    def forward_gathered(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
-        """LPL of every row of already-gathered raw latents, shape (n,); n = 0 costs nothing."""
+    def _crop(
+        self,
+        pred_z0: Tensor,
+        target_z0: Tensor,
+        crop_u: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The same `crop` x `crop` window of prediction and target, per sample."""
+        n, crop = pred_z0.shape[0], self.config.crop
+        assert crop is not None
+        if crop_u is None:
+            dev = generator.device if generator is not None else torch.device("cpu")
+            crop_u = torch.rand(n, 2, generator=generator, device=dev)
+        if tuple(crop_u.shape) != (n, 2):
+            raise ValueError(f"crop_u has shape {tuple(crop_u.shape)}, expected ({n}, 2)")
+        size = (pred_z0.shape[2], pred_z0.shape[3])
+        offsets = crop_offsets(crop_u, size, crop, self.config.crop_mode).to(pred_z0.device)
+        return crop_windows(pred_z0, offsets, crop), crop_windows(target_z0, offsets, crop)
+
+    def forward_gathered(
+        self,
+        pred_z0: Tensor,
+        target_z0: Tensor,
+        *,
+        crop_u: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """LPL of every row of already-gathered raw latents, shape (n,); n = 0 costs nothing.
+
+        `crop_u` (n, 2) in [0, 1): where each row's crop window goes (only with the `crop`
+        option); None draws it from `generator` (torch's global RNG when None too).
+        """
         if pred_z0.shape != target_z0.shape:
             raise ValueError(
                 f"pred {tuple(pred_z0.shape)} and target {tuple(target_z0.shape)} differ"
             )
         if pred_z0.shape[0] == 0:
             return _connected_zeros(pred_z0)
+        if self.config.crop is not None:
+            pred_z0, target_z0 = self._crop(pred_z0, target_z0, crop_u, generator)
         terms = self.layer_terms(pred_z0, target_z0)
         # a plain weighted sum (a matmul would be cast to bf16 under autocast)
         w = self.layer_weight.to(terms.device, terms.dtype)
         return (terms * w).sum(dim=1) / len(self.layers)
 
-    def forward(self, pred_z0: Tensor, target_z0: Tensor, select: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        pred_z0: Tensor,
+        target_z0: Tensor,
+        select: Tensor | None = None,
+        *,
+        crop_u: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Per-sample LPL of raw latents (B, C, h, w) -> (B,).
 
         `select` limits the decoder to some rows; the other rows get 0 (and zero gradient):
@@ -245,9 +304,11 @@ class LatentPerceptualLoss(nn.Module):
           sync, pass indices or call `forward_gathered` on pre-gathered rows.
         The result is connected to `pred_z0`'s graph even when no row is selected (zeros whose
         `.backward()` gives a zero gradient).
+        `crop_u` (B, 2): the crop draws of every row (the selected rows' are used).
         """
+        crop = {"crop_u": crop_u, "generator": generator}
         if select is None:
-            return self.forward_gathered(pred_z0, target_z0)
+            return self.forward_gathered(pred_z0, target_z0, **crop)
         b = pred_z0.shape[0]
         if select.dtype == torch.bool:
             if select.shape != (b,):
@@ -258,7 +319,11 @@ class LatentPerceptualLoss(nn.Module):
         out = _connected_zeros(pred_z0)
         if idx.numel() == 0:
             return out
-        vals = self.forward_gathered(pred_z0.index_select(0, idx), target_z0.index_select(0, idx))
+        if crop_u is not None:
+            crop["crop_u"] = crop_u.index_select(0, idx.to(crop_u.device))
+        vals = self.forward_gathered(
+            pred_z0.index_select(0, idx), target_z0.index_select(0, idx), **crop
+        )
         # Duplicates without a host sync: each copy of a row listed k times adds vals / k, so
         # the row counts once in the value and its gradient is not multiplied by k.
         copies = torch.zeros(b, dtype=vals.dtype, device=vals.device).index_add_(
@@ -273,6 +338,9 @@ class LatentPerceptualLoss(nn.Module):
         scale: float | Tensor,
         shift: float | Tensor = 0.0,
         select: Tensor | None = None,
+        *,
+        crop_u: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """LPL of latents in the diffusion model's normalized space.
 
@@ -285,4 +353,6 @@ class LatentPerceptualLoss(nn.Module):
         per-channel statistics (z_n = (z_raw - mean) / std) pass scale = 1 / std, shift = mean.
         """
         s, t = _channel_view(scale, pred_n), _channel_view(shift, pred_n)
-        return self.forward(pred_n / s + t, target_n / s + t, select=select)
+        return self.forward(
+            pred_n / s + t, target_n / s + t, select=select, crop_u=crop_u, generator=generator
+        )

@@ -21,6 +21,7 @@ LAYER_WEIGHTS: tuple[str, ...] = ("uniform", "pow2", "upsampling")
 DISTANCES: tuple[str, ...] = ("mse", "l1")
 STATS_SOURCES: tuple[str, ...] = ("pred", "target")
 OUTLIER_SOURCES: tuple[str, ...] = ("sample", "dataset")
+CROP_MODES: tuple[str, ...] = ("random", "grid")
 
 #: `outliers` value: False (off), True (the reference code's layers and kernel sizes), a sequence
 #: of layer indices (kernel sizes scaled by each layer's resolution), or {layer index: down_f}.
@@ -45,6 +46,12 @@ class LPLConfig:
         apply_post_quant_conv: run the AE's post_quant_conv before the decoder (True = correct).
         grad_checkpointing: recompute each decoder stage in backward.
         eps: stabilizer of every normalization denominator.
+        crop: decode only a crop x crop window of each latent (`lplkit.lpl_crops`); None = the
+            whole latent. Changes the loss (a window's features, not the whole image's).
+        crop_mode: `random` (any position) or `grid` (one of the non-overlapping tiles).
+        compile: run the decoder taps and the loss math through `torch.compile` (same values
+            within float tolerance; one graph for every gated-batch size >= 2).
+        channels_last: run the decoder in the channels-last memory format.
     """
 
     depth: int | None = None
@@ -59,6 +66,10 @@ class LPLConfig:
     apply_post_quant_conv: bool = True
     grad_checkpointing: bool = False
     eps: float = 1e-6
+    crop: int | None = None
+    crop_mode: str = "random"
+    compile: bool = False
+    channels_last: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (for logs and run configs)."""
@@ -124,7 +135,12 @@ def validate(cfg: LPLConfig) -> LPLConfig:
     _choice("outlier_source", cfg.outlier_source, OUTLIER_SOURCES)
     _choice("layer_weights", cfg.layer_weights, LAYER_WEIGHTS)
     _choice("distance", cfg.distance, DISTANCES)
+    _choice("crop_mode", cfg.crop_mode, CROP_MODES)
     _check_outliers(cfg.outliers)
+    if cfg.crop is not None and (
+        isinstance(cfg.crop, bool) or not isinstance(cfg.crop, int) or cfg.crop < 1
+    ):
+        raise ConfigError(f"LPL option crop={cfg.crop!r} must be None or an int >= 1")
     if not 0.0 < cfg.outlier_quantile < 0.5:
         raise ConfigError(f"LPL option outlier_quantile={cfg.outlier_quantile} must be in (0, 0.5)")
     if cfg.outlier_std_mult < 0 or cfg.eps <= 0:
