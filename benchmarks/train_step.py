@@ -74,10 +74,16 @@ def step_fn(args, gate_frac: float | None, compiled: bool = False, crop: int | N
     from lplkit.train.normalization import LatentNormalizer
 
     dev = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build_model(args.model, in_channels=4, sample_size=args.latent, num_classes=10).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ema = EMA(model, 0.9999)
+    # One denoiser / optimizer / EMA / autoencoder shared by every configuration of the process
+    # (DiT-XL/2 with AdamW and EMA is ~14 GB: one copy per configuration would not fit a GPU).
+    shared = args.__dict__.setdefault("_shared", {})
+    if "model" not in shared:
+        torch.manual_seed(0)
+        model = build_model(args.model, in_channels=4, sample_size=args.latent, num_classes=10)
+        model = model.to(dev)
+        shared.update(model=model, opt=torch.optim.AdamW(model.parameters(), lr=1e-4))
+        shared["ema"] = EMA(model, 0.9999)
+    model, opt, ema = shared["model"], shared["opt"], shared["ema"]
     obj = build_objective("flow")
     norm = LatentNormalizer((0.0,) * 4, (0.18215,) * 4, "autoencoder")
     B = args.batch
@@ -88,13 +94,17 @@ def step_fn(args, gate_frac: float | None, compiled: bool = False, crop: int | N
     y = torch.randint(0, 10, (B,), generator=g).to(dev)
     lpl, gate = None, None
     if gate_frac is not None:
-        vae = random_autoencoder(args.ae).to(dev)
-        loss = LatentPerceptualLoss(vae, "paper", depth=args.depth, compile=compiled, crop=crop)
+        if "vae" not in shared:
+            shared["vae"] = random_autoencoder(args.ae).to(dev)
+        loss = LatentPerceptualLoss(
+            shared["vae"], "paper", depth=args.depth, compile=compiled, crop=crop
+        )
         lpl = loss.to(dev).forward_gathered
         gate = torch.zeros(B, dtype=torch.bool, device=dev)
         gate[: round(gate_frac * B)] = True
-
-    fwd = torch.compile(model) if compiled else model
+    if compiled and "compiled_model" not in shared:
+        shared["compiled_model"] = torch.compile(model)
+    fwd = shared["compiled_model"] if compiled else model
 
     def run() -> None:
         parts = micro_batch_loss(fwd, obj, z0, y, eps, t, normalizer=norm, lpl=lpl, gate=gate,
@@ -277,6 +287,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--loop-steps", type=int, default=30)
     p.add_argument("--no-loop", action="store_true")
+    p.add_argument("--no-steps", action="store_true", help="only part 2 (trainer vs bare loop)")
     p.add_argument("--memory", action="store_true", help="CPU: peak RSS per config (subprocess)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -297,7 +308,7 @@ def main() -> None:
           f"{args.batch}, {args.device}{' bf16' if args.bf16 else ''}, LPL depth "
           f"{args.depth if args.depth is not None else 'preset'}, threads {torch.get_num_threads()}, "
           f"torch {torch.__version__}")  # fmt: skip
-    rows = bench_steps(args)
+    rows = [] if args.no_steps else bench_steps(args)
     if args.memory and args.device == "cpu":
         for r in rows:
             r["peak_rss_mib"] = child_peak_rss(args, r["lpl_gate"], r["compiled"], r["crop"])
@@ -309,7 +320,8 @@ def main() -> None:
         print(f"| {'on' if r['compiled'] else 'off'} | {gate} | {r['crop'] or '-'} | "
               f"{r['step_s']:.4f} | {r['vs_no_lpl']:.2f} | {r.get('speedup_vs_eager', 1.0):.2f} | "
               f"{'-' if mem is None else f'{mem:.0f}'} |")  # fmt: skip
-    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "steps": rows}
+    skip = ("child", "_shared")
+    result = {"args": {k: v for k, v in vars(args).items() if k not in skip}, "steps": rows}
     if not args.no_loop:
         loop = bench_loop(args)
         result["loop"] = loop

@@ -59,6 +59,16 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
         "--lpl-outliers",
         "Outlier mask: true, false, layers (2,3) or layer:down_factor (2:2,3:1).",
     ),
+    ConfigFlag(
+        "lpl.loss.compile",
+        "--lpl-compile/--no-lpl-compile",
+        "torch.compile the LPL's decoder taps and loss math (default off: docs/benchmarks.md).",
+    ),
+    ConfigFlag(
+        "lpl.loss.crop",
+        "--lpl-crop",
+        "Decode a CROP x CROP window of each gated latent instead of the whole latent.",
+    ),
     ConfigFlag("lpl.vae", "--vae", "Override the store's autoencoder."),
     ConfigFlag("lpl.vae_subfolder", "--vae-subfolder", "e.g. vae."),
     ConfigFlag("grad_accum", "--grad-accum", "Micro-steps per step."),

@@ -196,7 +196,9 @@ def upgrade_layout(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "lpl": lpl}
 
 
-# Keys a resumed run may change (run length, cadence, device); anything else must match config.json.
+# Keys a resumed run may change (run length, cadence, device, how the same math runs); anything
+# else must match config.json. Dotted keys name one nested field.
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
     {"steps", "device", "compile", "ckpt", "log", "out", "store", "verify_store"}
+    | {"lpl.loss.compile", "lpl.loss.channels_last"}
 )

@@ -184,15 +184,17 @@ class Trainer:
         return self.step
 
     # ----------------------------------------------------------------------------- step
-    def _global_draws(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """t (B,), eps (B, C, h, w), label-drop mask (B,) for the global batch of `step`."""
+    def _global_draws(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """t (B,), eps (B, C, h, w), label-drop mask (B,), LPL crop draws (B, 2) for the global
+        batch of `step` (the crop draws are used only with `lpl.loss.crop`)."""
         B, seed = self.cfg.batch_size, self.cfg.seed
         t = self.parts.objective.sample_timesteps(B, step_generator(seed, step, Stream.TIMESTEP))
         eps = torch.randn(
             (B, *self.parts.latent_shape), generator=step_generator(seed, step, Stream.NOISE)
         )
         drop = torch.rand(B, generator=step_generator(seed, step, Stream.LABEL_DROP))
-        return t, eps, drop < self.cfg.model.label_dropout
+        crop_u = torch.rand(B, 2, generator=step_generator(seed, step, Stream.LPL_CROP))
+        return t, eps, drop < self.cfg.model.label_dropout, crop_u
 
     def _lpl_active(self) -> bool:
         return (
@@ -201,11 +203,11 @@ class Trainer:
             and self.step >= self.cfg.lpl.start_step
         )
 
-    def _prepare(self, step: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    def _prepare(self, step: int) -> list[tuple[Tensor, ...]]:
         """Host work of step `step`: loader batches and this rank's slices of the global draws,
-        copied to the device. Returns [(latents, labels, t, eps, drop)] per micro-step."""
+        copied to the device. Returns [(latents, labels, t, eps, drop, crop_u)] per micro-step."""
         dist, dev = self.dist, self.device
-        t_all, eps_all, drop_all = self._global_draws(step)
+        t_all, eps_all, drop_all, crop_all = self._global_draws(step)
         out = []
         for m in range(self.cfg.grad_accum):
             latents, labels = self.cursor.next()
@@ -219,6 +221,7 @@ class Trainer:
                     t_all[sl].to(dev, non_blocking=nb),
                     eps_all[sl].to(dev, non_blocking=nb),
                     drop_all[sl].to(dev, non_blocking=nb),
+                    crop_all[sl],  # stays on the host: the crop offsets are computed there
                 )
             )
         return out
@@ -242,7 +245,8 @@ class Trainer:
         self._prefetched = None
         lpl_on = self._lpl_active()
         step_acc = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in _ACC}
-        for m, (latents, labels, t, eps, drop) in enumerate(batches):
+        crops = cfg.lpl.loss is not None and cfg.lpl.loss.crop is not None
+        for m, (latents, labels, t, eps, drop, crop_u) in enumerate(batches):
             z0 = self.parts.normalizer.normalize(latents)
             y = self._labels(labels, drop)
             gate = weight = None
@@ -267,6 +271,7 @@ class Trainer:
                     lpl_weight=cfg.lpl.weight,
                     gate=gate,
                     lpl_sample_weight=weight,
+                    lpl_crop_u=crop_u if crops else None,
                     bf16=cfg.bf16,
                 )
                 (parts.total / cfg.grad_accum).backward()

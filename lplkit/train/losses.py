@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from lplkit.objectives import Objective
 from lplkit.train.normalization import LatentNormalizer
 
-# pred_raw (n, C, h, w), target_raw (n, C, h, w) -> (n,) per-sample LPL
-LplFn = Callable[[Tensor, Tensor], Tensor]
+# pred_raw (n, C, h, w), target_raw (n, C, h, w) -> (n,) per-sample LPL; with `lpl.loss.crop` it
+# is also given the keyword `crop_u` (n, 2) (`LatentPerceptualLoss.forward_gathered`)
+LplFn = Callable[..., Tensor]
 
 
 @dataclass
@@ -59,6 +60,7 @@ def micro_batch_loss(
     lpl_weight: float = 1.0,
     gate: Tensor | None = None,
     lpl_sample_weight: Tensor | None = None,
+    lpl_crop_u: Tensor | None = None,
     batch_total: int | None = None,
     bf16: bool = False,
 ) -> LossParts:
@@ -67,6 +69,8 @@ def micro_batch_loss(
     Args:
         gate: bool (B,) samples that get the LPL; None or `lpl=None` disables the term.
         lpl_sample_weight: (B,) per-sample LPL weight (e.g. `Objective.min_snr_weight`); None = 1.
+        lpl_crop_u: (B, 2) uniform draws placing each sample's LPL crop window (`lpl.loss.crop`);
+            the gated rows' are passed to `lpl` as `crop_u`. None = `lpl` gets no crop draws.
         batch_total: the B the LPL sum is divided by for this micro-batch (defaults to len(z0)).
     """
     B = z0.shape[0]
@@ -86,7 +90,11 @@ def micro_batch_loss(
             pred_raw = normalizer.unnormalize(z0_hat)
             target_raw = normalizer.unnormalize(z0[idx])
             with ctx:
-                per = lpl(pred_raw, target_raw).float()
+                if lpl_crop_u is None:
+                    per = lpl(pred_raw, target_raw).float()
+                else:
+                    crop_u = lpl_crop_u.index_select(0, idx.to(lpl_crop_u.device))
+                    per = lpl(pred_raw, target_raw, crop_u=crop_u).float()
             if lpl_sample_weight is not None:
                 per = per * lpl_sample_weight[idx].float()
             lpl_B = lpl_B.index_put((idx,), per.detach())

@@ -22,6 +22,7 @@ class Stream(IntEnum):
     NOISE = 1
     LABEL_DROP = 2
     GLOBAL = 3  # seeds torch's global RNG (dropout layers, anything we do not control)
+    LPL_CROP = 4  # where each sample's LPL crop window goes (lpl.loss.crop)
 
 
 def derive_seed(seed: int, step: int, stream: int, rank: int = 0) -> int:

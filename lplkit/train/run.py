@@ -28,7 +28,7 @@ RUN_FORMAT = 1
 def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     keys = []
     for k in sorted(set(a) | set(b)):
-        if not prefix and k in RESUMABLE_CHANGES:
+        if f"{prefix}{k}" in RESUMABLE_CHANGES:
             continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):

@@ -32,6 +32,10 @@ CASES = {
     "apply_post_quant_conv": ("false", "false", False),
     "grad_checkpointing": ("true", "true", True),
     "eps": ("1e-4", "1e-4", 1e-4),
+    "crop": ("4", "4", 4),
+    "crop_mode": ('"grid"', "grid", "grid"),
+    "compile": ("true", "true", True),
+    "channels_last": ("true", "true", True),
 }
 EXTRA = {  # more spellings of the same options
     "outliers-table": ("outliers", '{"2" = 2, "3" = 1}', "2:2,3:1", {2: 2, 3: 1}),
@@ -145,3 +149,21 @@ def test_resolved_options_are_in_the_dumped_config():
     want = dataclasses.replace(resolve_lpl_config("diffusers-reference"), norm="l2")
     assert dumped == json.loads(json.dumps(want.to_dict()))
     assert set(dumped) == {f.name for f in dataclasses.fields(LPLConfig)}
+
+
+def test_compile_and_crop_flags_reach_the_loss_and_resume_rules(store, tmp_path):
+    args = ["--store", str(store), "--out", str(tmp_path / "r"), "--lpl", "--model", "DiT-T/2"]
+    cfg = resolve_argv([*args, "--lpl-compile", "--lpl-crop", "4"])
+    want = resolve_lpl_config("paper", compile=True, crop=4)
+    assert cfg.lpl.loss == want and _built_loss(cfg).config == want
+    assert resolve_argv([*args, "--no-lpl-compile"]).lpl.loss.compile is False
+    # compile / channels_last change how the same math runs: a resumed run may switch them;
+    # the crop changes the loss: refused
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(to_dict(cfg)))
+    assert check_resume_config(run, resolve_argv([*args, "--lpl-crop", "4"]))
+    switched = resolve_argv([*args, "--lpl-crop", "4", "--set", "lpl.loss.channels_last=true"])
+    assert check_resume_config(run, switched)
+    with pytest.raises(ConfigError, match=r"lpl\.loss\.crop"):
+        check_resume_config(run, resolve_argv([*args, "--lpl-compile", "--lpl-crop", "2"]))
