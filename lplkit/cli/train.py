@@ -26,6 +26,9 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("batch_size", "--batch-size", "Global batch (all ranks and accumulation steps)."),
     ConfigFlag("optim.lr", "--lr", "AdamW learning rate."),
     ConfigFlag("optim.warmup_steps", "--warmup", "Linear LR warmup steps."),
+    ConfigFlag(
+        "optim.schedule", "--lr-schedule", "After warm-up: constant, cosine or linear decay."
+    ),
     ConfigFlag("seed", "--seed", "Seed of every random draw."),
     ConfigFlag(
         "init",
@@ -73,12 +76,18 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("lpl.vae_subfolder", "--vae-subfolder", "e.g. vae."),
     ConfigFlag("grad_accum", "--grad-accum", "Micro-steps per step."),
     ConfigFlag("bf16", "--bf16/--no-bf16", "bf16 autocast."),
+    ConfigFlag("fp16", "--fp16/--no-fp16", "fp16 autocast with a gradient scaler."),
     ConfigFlag("compile", "--compile/--no-compile", "torch.compile."),
     ConfigFlag("ema_decay", "--ema-decay", "EMA decay."),
     ConfigFlag("ckpt.every", "--ckpt-every", "Checkpoint period."),
     ConfigFlag("ckpt.keep_last", "--keep-last", "Checkpoints kept."),
     ConfigFlag("log.every", "--log-every", "metrics.jsonl period."),
     ConfigFlag("log.sample_every", "--sample-every", "PNG sample grid period (0 = never)."),
+    ConfigFlag(
+        "log.wandb",
+        "--wandb/--no-wandb",
+        "Log to Weights & Biases (pip install 'lplkit[wandb]'; WANDB_MODE=offline: no network).",
+    ),
     ConfigFlag("device", "--device", "auto, cpu, cuda, cuda:1 ..."),
     ConfigFlag(
         "verify_store",

@@ -36,7 +36,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup to a constant LR, global-norm gradient clipping."""
+    """AdamW, linear warm-up then a constant, cosine or linear-decay LR (`lplkit.train.lr_schedule`),
+    global-norm gradient clipping."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -44,6 +45,9 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     grad_clip: float = 1.0  # <= 0 disables clipping
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.0  # cosine / linear: the final LR as a fraction of lr
+    decay_steps: int | None = None  # step the decay ends; None = the run's `steps`
 
 
 @dataclass
@@ -116,7 +120,9 @@ class LogConfig:
     sample_every: int = 0  # 0 = never; else PNG grids decoded with the AE
     sample_n: int = 16
     sample_steps: int = 32
-    tensorboard: bool = True
+    tensorboard: bool = True  # RUN_DIR/tb/ when tensorboard is installed (a notice when not)
+    wandb: bool = False  # Weights & Biases (`pip install 'lplkit[wandb]'`; WANDB_MODE=offline)
+    wandb_project: str = "lplkit"
 
 
 @dataclass
@@ -132,6 +138,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay_k = min(decay, (1 + k) / (10 + k))
     bf16: bool = False
+    fp16: bool = False  # fp16 autocast with a gradient scaler (GPUs without bf16)
     compile: bool = False
     device: str = "auto"
     # Full store verification (checksums, NaN) at start; the quick structural check always runs.
@@ -166,6 +173,12 @@ class TrainConfig:
             raise ConfigError("ckpt.keep_last, ckpt.every and log.every must be >= 1")
         if not self.lpl.snr_gamma > 0:
             raise ConfigError(f"lpl.snr_gamma must be > 0, got {self.lpl.snr_gamma}")
+        if self.bf16 and self.fp16:
+            raise ConfigError("bf16 and fp16 are exclusive; choose one mixed precision")
+        if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
+            raise ConfigError(
+                f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio}"
+            )
         if self.lpl.max_timestep is not None and self.objective.kind == "flow":
             raise ConfigError(
                 "lpl.max_timestep is a DDPM gate; use lpl.snr_min with --objective flow"

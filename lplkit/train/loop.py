@@ -6,14 +6,17 @@ Step k (k = optimizer steps done so far, skipped ones included):
   2. each rank runs `grad_accum` micro-batches of b = B / (world_size * grad_accum) samples from its
      loader share, taking slice (m * world_size + rank) of the global random draws;
      DDP averages gradients, so the update equals the 1-process update with the same global batch.
-  3. gradient norm (clipped when `grad_clip > 0`); a non-finite norm skips the update and counts it.
-  4. AdamW step, LR schedule (linear warmup), EMA update.
+  3. gradient norm (clipped when `grad_clip > 0`); a non-finite norm skips the update and counts it
+     (with fp16 the loss is scaled by a `GradScaler`, unscaled before the norm; an overflow skips
+     the step the same way and lowers the scale).
+  4. AdamW step, LR schedule (`lplkit.train.lr_schedule`: warm-up, constant/cosine/linear), EMA.
 Rank 0 writes `metrics.jsonl` every `log.every` steps and checkpoints every `ckpt.every` steps.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lplkit.config import to_dict
 from lplkit.objectives import Objective
 from lplkit.train import checkpoint as ckpt
 from lplkit.train.config import TrainConfig
@@ -31,6 +35,7 @@ from lplkit.train.distributed import DistInfo, all_reduce_sum
 from lplkit.train.ema import EMA
 from lplkit.train.loader import LoaderCursor
 from lplkit.train.losses import LplFn, micro_batch_loss
+from lplkit.train.lr_schedule import lr_lambda
 from lplkit.train.metrics import MetricsLog
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.rng import (
@@ -72,12 +77,9 @@ class TrainResult:
 
 
 def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup (k + 1) / warmup over the first `warmup_steps`, then 1."""
-
-    def f(k: int) -> float:
-        return 1.0 if warmup_steps <= 0 else min(1.0, (k + 1) / warmup_steps)
-
-    return f
+    """LR multiplier: linear warmup (k + 1) / warmup over the first `warmup_steps`, then 1
+    (= `lr_lambda("constant", warmup_steps, ...)`)."""
+    return lr_lambda("constant", warmup_steps, warmup_steps)
 
 
 class Trainer:
@@ -109,7 +111,12 @@ class Trainer:
             weight_decay=o.weight_decay,
             eps=o.eps,
         )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_lambda(o.warmup_steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt,
+            lr_lambda(o.schedule, o.warmup_steps, o.decay_steps or cfg.steps, o.min_lr_ratio),
+        )
+        # fp16 gradients underflow without loss scaling; disabled it is a no-op pass-through
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.step = 0
         self.nan_skips = 0
@@ -143,6 +150,7 @@ class Trainer:
             "nan_skips": self.nan_skips,
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict(),
             "rng": capture_rng_state(),
             "loader": self._pos_before_prefetch if self._prefetched else self.cursor.position,
@@ -173,6 +181,8 @@ class Trainer:
         self.ema.load_state_dict(s["ema"], found.ema)
         self.opt.load_state_dict(s["optimizer"])
         self.sched.load_state_dict(s["scheduler"])
+        if s.get("scaler"):  # checkpoints before fp16 support have none
+            self.scaler.load_state_dict(s["scaler"])
         restore_rng_state(s["rng"])
         self.step = int(s["step"])
         self.nan_skips = int(s["nan_skips"])
@@ -273,8 +283,9 @@ class Trainer:
                     lpl_sample_weight=weight,
                     lpl_crop_u=crop_u if crops else None,
                     bf16=cfg.bf16,
+                    fp16=cfg.fp16,
                 )
-                (parts.total / cfg.grad_accum).backward()
+                self.scaler.scale(parts.total / cfg.grad_accum).backward()
             step_acc["diff_sum"] += parts.diffusion.double().sum()
             step_acc["lpl_sum"] += parts.lpl.double().sum()
             step_acc["gated"] += parts.gated.double().sum()
@@ -282,16 +293,22 @@ class Trainer:
         self._prefetch_next()
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        self.scaler.unscale_(self.opt)  # no-op unless fp16
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if torch.isfinite(norm):  # identical on all ranks: DDP already averaged the gradients
-            self.opt.step()
+            self.scaler.step(self.opt)  # = opt.step() (the norm is finite, so no inf was found)
             self.ema.update(self.model)
             for k in _ACC:
                 self.acc[k] += step_acc[k]
         else:
             self.nan_skips += 1
+        self.scaler.update()  # fp16: halve the scale after an overflow, grow it after a streak
         self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
+        with warnings.catch_warnings():
+            # The LR is a function of the step count, skipped steps included (a skipped first
+            # step, e.g. an fp16 overflow, makes torch warn about the call order; nothing is lost).
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.sched.step()
         self.step += 1
 
     def _labels(self, labels: Tensor, drop: Tensor) -> Tensor | None:
@@ -334,6 +351,8 @@ class Trainer:
                 self.run_dir / "metrics.jsonl",
                 resume_step=self.step,
                 tensorboard=cfg.log.tensorboard,
+                wandb_project=cfg.log.wandb_project if cfg.log.wandb else None,
+                config=to_dict(cfg),
             )
             if self.dist.is_main
             else None

@@ -63,6 +63,7 @@ def micro_batch_loss(
     lpl_crop_u: Tensor | None = None,
     batch_total: int | None = None,
     bf16: bool = False,
+    fp16: bool = False,
 ) -> LossParts:
     """Loss of one micro-batch of normalized latents `z0` (B, C, h, w).
 
@@ -72,10 +73,13 @@ def micro_batch_loss(
         lpl_crop_u: (B, 2) uniform draws placing each sample's LPL crop window (`lpl.loss.crop`);
             the gated rows' are passed to `lpl` as `crop_u`. None = `lpl` gets no crop draws.
         batch_total: the B the LPL sum is divided by for this micro-batch (defaults to len(z0)).
+        bf16, fp16: autocast the denoiser and LPL forward to that dtype (losses stay float32; fp16
+            needs the caller's gradient scaler).
     """
     B = z0.shape[0]
     sample = objective.compute(z0, eps, t)
-    ctx = torch.autocast(z0.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    amp = torch.bfloat16 if bf16 else torch.float16 if fp16 else None
+    ctx = torch.autocast(z0.device.type, dtype=amp) if amp is not None else nullcontext()
     with ctx:
         out = denoise(model, sample.z_t, sample.model_t, labels)
     out = out.float()
