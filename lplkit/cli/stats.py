@@ -74,7 +74,9 @@ def register(app: typer.Typer) -> None:
         from lplkit.stats_run import run_stats
 
         dev, rank = _init_distributed(device)
-        with LiveProgress("items (this rank)", enabled=rank == 0, transient=True) as bar:
+        with LiveProgress(
+            "items (this rank)", enabled=rank == 0, transient=True, log_every=30.0
+        ) as bar:
             _, meta = run_stats(
                 store,
                 vae=vae,

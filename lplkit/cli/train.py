@@ -181,7 +181,13 @@ def register(app: typer.Typer) -> None:
         is_main = int(os.environ.get("RANK", "0")) == 0
         if is_main and cfg.lpl.enabled and not json_out:
             output.console.print(lpl_summary(cfg), soft_wrap=True, markup=False)
-        with LiveProgress("train", total=cfg.steps, enabled=is_main and not json_out) as bar:
+        with LiveProgress(
+            "train",
+            total=cfg.steps,
+            enabled=is_main and not json_out,
+            log_every=30.0,  # stderr in a log file: a plain line every 30 s
+            log_unit="steps",
+        ) as bar:
             result = train(
                 cfg,
                 on_log=lambda rec: bar.update(rec["step"], info=log_line(rec)),
