@@ -32,7 +32,8 @@ def store(tmp_path_factory, tiny_vae_dir) -> Path:
     ae = autoencoder_info(load_autoencoder(str(tiny_vae_dir)), str(tiny_vae_dir))
     manifest = new_manifest(autoencoder=ae, resolution=32, latent_shape=(4, 8, 8),
                             source={"id": "export", "split": "train", "revision": None, "count": n},
-                            dtype="float32", shard_size=16, chunk_size=8, codec="none")  # fmt: skip
+                            dtype="float32", shard_size=16, chunk_size=8, codec="none",
+                            classes=["ant", "bee, wasp", "cat"])  # fmt: skip
     labels = (np.arange(n) % 3).astype(np.int32)
     with StoreWriter.create_or_resume(str(path), manifest) as w:
         rows = [{"key": f"k{p}", "status": "ok", "reason": None} for p in range(n)]
@@ -56,7 +57,9 @@ def _pipeline_images(pipe_dir: Path, labels: list[int], flow: bool) -> np.ndarra
     from lplkit.export import flow_scheduler_shim
 
     pipe = DiTPipeline.from_pretrained(str(pipe_dir))
-    assert pipe.labels == {"0": 0, "1": 1, "2": 2}  # id2label came back from model_index.json
+    # id2label (the store's class names) came back from model_index.json; DiT splits synonyms at ","
+    assert pipe.labels == {"ant": 0, "bee": 1, "cat": 2, "wasp": 1}
+    assert pipe.get_label_ids(["cat", "wasp"]) == [2, 1]
     if flow and not hasattr(pipe.scheduler, "scale_model_input"):
         exec(flow_scheduler_shim, {"pipe": pipe})  # the documented one-line shim
     out = pipe(class_labels=labels, guidance_scale=CFG, num_inference_steps=STEPS,
@@ -81,6 +84,7 @@ def test_exported_pipeline_matches_lplkit_sample(objective, store, tmp_path, cap
                                     else "DDIMScheduler")  # fmt: skip
     assert "model_index.json" in summary["files"]
     assert any("scale_model_input" in n for n in summary["notes"]) == (objective == "flow")
+    assert not any("id2label" in n for n in summary["notes"])  # the store has class names
 
     got = _pipeline_images(tmp_path / "pipe", [0, 1, 2], objective == "flow")
     assert got.shape == ref.shape == (N, 32, 32, 3)

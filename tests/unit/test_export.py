@@ -61,3 +61,15 @@ def test_more_than_1000_classes_is_refused():
         model = build_model("DiT-T/2", in_channels=4, sample_size=8, num_classes=1001)
     with pytest.raises(ConfigError, match="at most 1000"):
         _export_transformer(model)
+
+
+def test_id2label_falls_back_to_numbers_with_a_note(tmp_path):
+    from lplkit.export import _class_names
+    from lplkit.store.synthetic import write_synthetic_store
+
+    write_synthetic_store(tmp_path / "s.zarr", count=8, latent_shape=(4, 4, 4), num_classes=3)
+    labels, notes = _class_names({"store": {"url": str(tmp_path / "s.zarr")}}, 3)
+    assert labels == {"0": "0", "1": "1", "2": "2"} and "records no class names" in notes[0]
+    labels, notes = _class_names({"store": {"url": str(tmp_path / "gone.zarr")}}, 2)
+    assert labels == {"0": "0", "1": "1"} and "could not be opened" in notes[0]
+    assert _class_names({"store": {"url": "x"}}, None) == ({}, [])
