@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
             return
         output.console.print(
             f"wrote {summary['pipeline']} ({summary['scheduler']}, step "
-            f"{summary['checkpoint_step']}, {summary['weights']} weights) to {summary['out']}"
+            f"{summary['checkpoint_step']}, {summary['weights']} weights) to {summary['out']}",
+            soft_wrap=True,
         )
         for note in summary["notes"]:
             output.console.print(f"note: {note}", soft_wrap=True)
