@@ -31,7 +31,7 @@ if [ "${TINY:-0}" = 1 ]; then
   echo "TINY=1: CPU dry run (plumbing only)" | tee "$OUT/gpu.txt"
 else
   DEV="--device cuda"; AMP="--dtype bf16"; BF16="--bf16"
-  LPL_SIZE="--ae sd --latent 32 --batch 32 --depth 4 --crop 16 --repeats 5 --compile both"
+  LPL_SIZE="--ae sd --latent 32 --batch 32 --depth 4 --crop 16 --repeats 5 --compile both --check"
   TRAIN_SIZE="--size xl --gate 0.2 --compile both --crop 16 --reps 5 --warmup 3"
   LOOP_SIZE="--model DiT-B/2 --ae sd --latent 32 --batch 64 --loop-steps 60"
   ENC_SIZE="--ae sd --res 256 --n ${ENC_N:-4096} --batch-size 64 --workers 12 --shard-size 512 --autocast bfloat16"

@@ -154,7 +154,21 @@ def run_case(vae, args, device, latent: int, batch: int, depth: int, ckpt: bool)
 
         return step
 
+    def compare(eager, compiled) -> dict[str, float]:
+        """Max |compiled - eager| of the loss value and of d loss / d pred, relative to eager's."""
+        out = []
+        for lpl in (eager, compiled):
+            loss = gated(lpl)()
+            (grad,) = torch.autograd.grad(loss, pred)
+            out.append((loss.detach().float(), grad.float()))
+        (v0, g0), (v1, g1) = out
+        return {
+            "value_rel_err": float((v1 - v0).abs() / v0.abs().clamp_min(1e-30)),
+            "grad_rel_err": float((g1 - g0).abs().max() / g0.abs().max().clamp_min(1e-30)),
+        }
+
     steps: dict[str, Callable[[], torch.Tensor]] = {}
+    losses: dict[str, LatentPerceptualLoss] = {}
     for comp, crop, cl in arms(args):
         if crop is not None and crop > latent:
             continue
@@ -167,7 +181,11 @@ def run_case(vae, args, device, latent: int, batch: int, depth: int, ckpt: bool)
             crop=crop,
             channels_last=cl,
         )
+        # time the compiled path even where its one-time check against eager would refuse it
+        # (the CPU inductor backend; `--check` reports the error instead)
+        lpl._verified.update((True, False))
         steps[repr((comp, crop, cl))] = gated(lpl)
+        losses[repr((comp, crop, cl))] = lpl
         if not args.no_naive and not comp and crop is None and not cl:
             steps["naive"] = naive(lpl)
     weights = {p.untyped_storage().data_ptr() for p in vae.parameters()}
@@ -194,6 +212,9 @@ def run_case(vae, args, device, latent: int, batch: int, depth: int, ckpt: bool)
             "first_call_s": first,
             "speedup_vs_eager": base_s / t,
         }
+        twin = repr((False, crop, cl))
+        if args.check and comp and twin in losses:  # against the eager twin, same inputs
+            row.update(compare(losses[twin], losses[key]))
         if key == next(iter(res)) and "naive" in res:
             t_n, m_n, _ = res["naive"]
             row.update(naive_s=t_n, naive_mib=m_n, time_ratio=t_n / t, mem_ratio=m_n / max(m, 1e-9))
@@ -231,6 +252,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="CPU subset that runs in a few minutes")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compiled arms: relative error of value and gradient against the eager arm",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.repeats = 1
@@ -275,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"crop={row['crop']} cl={row['channels_last']}: {row['gated_s']:.3f}s "
                 f"(x eager {row['speedup_vs_eager']:.2f}, first call {row['first_call_s']:.1f}s)"
                 f"{ratio}"
+                + (f", grad rel err {row['grad_rel_err']:.1e}" if "grad_rel_err" in row else "")
             )
     render(rows, args)
     if args.json:
@@ -283,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
             "dtype": args.dtype,
             "gate": args.gate,
             "preset": args.preset,
+            "torch": torch.__version__,
         }
         if device.type == "cuda":
             meta["gpu"] = torch.cuda.get_device_name(device)

@@ -161,6 +161,7 @@ class LatentPerceptualLoss(nn.Module):
         # Dynamo traces the taps and the loss math into one graph (the backward is compiled too);
         # the batch dimension is marked dynamic at each call (`layer_terms`).
         self._compiled = torch.compile(self._layer_terms) if cfg.compile else None
+        self._verified: set[bool] = set()  # graphs checked against eager (key: n == 1)
         super().train(False)
 
     def train(self, mode: bool = True) -> LatentPerceptualLoss:
@@ -219,7 +220,36 @@ class LatentPerceptualLoss(nn.Module):
         # one graph for every n >= 2 (torch specializes n = 1: at most one more graph)
         torch._dynamo.maybe_mark_dynamic(pred_z0, 0)
         torch._dynamo.maybe_mark_dynamic(target_z0, 0)
+        graph = pred_z0.shape[0] == 1
+        if graph not in self._verified and torch.is_grad_enabled() and pred_z0.requires_grad:
+            self._verify_compiled(pred_z0, target_z0)
+            self._verified.add(graph)
         return self._compiled(pred_z0, target_z0)
+
+    def _verify_compiled(self, pred_z0: Tensor, target_z0: Tensor) -> None:
+        """Once per compiled graph, on its first training batch: the compiled terms and their
+        gradient against eager's. Raises ConfigError instead of training on a wrong gradient
+        (torch 2.13's CPU inductor backend computes a wrong one for the full tiny test decoder).
+
+        Tolerances allow bf16 rounding: values within 5% of eager's largest term, gradient within
+        10% of eager's (||g - g_eager|| / ||g_eager||).
+        """
+        p = pred_z0.detach().requires_grad_()
+        torch._dynamo.maybe_mark_dynamic(p, 0)
+        got = []
+        for fn in (self._layer_terms, self._compiled):
+            terms = fn(p, target_z0)
+            (grad,) = torch.autograd.grad(terms.sum(), p)
+            got.append((terms.detach().double(), grad.detach().double().flatten()))
+        (v0, g0), (v1, g1) = got
+        value_err = float((v1 - v0).abs().max() / v0.abs().max().clamp_min(1e-30))
+        grad_err = float((g1 - g0).norm() / g0.norm().clamp_min(1e-30))
+        if not (value_err <= 0.05 and grad_err <= 0.1):
+            raise ConfigError(
+                f"the compiled LPL differs from eager on this batch (value error {value_err:.1e}, "
+                f"gradient error {grad_err:.1e}) with torch {torch.__version__} on "
+                f"{pred_z0.device.type}: train without compile (--no-lpl-compile)"
+            )
 
     def _layer_terms(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
         with torch.no_grad():

@@ -105,6 +105,37 @@ def test_channels_last_equals_contiguous(vae):
 
 
 @pytest.mark.slow
+def test_a_compiled_gradient_that_differs_from_eager_is_refused(vae, monkeypatch):
+    """A backend whose backward halves every gradient (as a miscompiled kernel might): the
+    one-time check against eager raises instead of training on it; values alone still pass."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    from lplkit.errors import ConfigError
+
+    def halved_backward(gm, example_inputs):
+        def run(*args):
+            return [o * 0.5 if isinstance(o, torch.Tensor) else o for o in gm(*args)]
+
+        return make_boxed_func(run)
+
+    bad = aot_autograd(fw_compiler=lambda gm, ex: make_boxed_func(gm.forward),
+                       bw_compiler=halved_backward)  # fmt: skip
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(real, backend=bad))
+    torch._dynamo.reset()
+    lpl = LatentPerceptualLoss(vae, depth=0, compile=True)
+    pred, target = latents(4)
+    with torch.no_grad():  # no gradient asked: no check, and the values agree
+        torch.testing.assert_close(
+            lpl(pred, target), LatentPerceptualLoss(vae, depth=0)(pred, target)
+        )
+    with pytest.raises(ConfigError, match=r"gradient error 5\.0e-01"):
+        value_and_grad(lpl, pred, target)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
 def test_inductor_compiled_equals_eager(vae):
     """The real backend (inductor C++ kernels on CPU): minutes of compilation on a 2-core box."""
     torch._dynamo.reset()
