@@ -183,7 +183,10 @@ def load_autoencoder(
 
 def _config_dict(vae: nn.Module) -> dict[str, Any]:
     # Private keys (`_name_or_path`, `_diffusers_version`, ...) do not change the model.
-    return {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    config: Any = (
+        vae.config
+    )  # a diffusers FrozenDict (nn.Module.__getattr__ types it Tensor | Module)
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
 
 def config_hash(vae: nn.Module) -> str:
@@ -210,7 +213,7 @@ def downsample_factor(vae: nn.Module) -> int:
     ratio = getattr(vae, "spatial_compression_ratio", None)
     if ratio:
         return int(ratio)
-    cfg = vae.config
+    cfg: Any = vae.config
     blocks = cfg.get("block_out_channels") or cfg.get("encoder_block_out_channels")
     if not blocks:
         raise AutoencoderError(f"cannot infer the downsampling factor of {type(vae).__name__}")
@@ -227,7 +230,7 @@ def autoencoder_info(vae: nn.Module, spec: str, subfolder: str | None = None) ->
     name = type(vae).__name__
     if name not in SUPPORTED_CLASSES:
         raise AutoencoderError(f"autoencoder class {name!r} is not supported")
-    cfg = vae.config
+    cfg: Any = vae.config
     shift = cfg.get("shift_factor")
     local = Path(spec).expanduser()
     if spec not in BUNDLED_AUTOENCODERS and local.exists():
@@ -261,7 +264,7 @@ def encode_moments(vae: nn.Module, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, 
     x = x_BCHW.to(param.device, non_blocking=True)
     if not torch.is_autocast_enabled(x.device.type):
         x = x.to(param.dtype)
-    out = vae.encode(x)
+    out: Any = vae.encode(x)  # type: ignore[operator]  # diffusers' encode, not a Tensor
     if kind == "gaussian":
         dist = out.latent_dist
         return dist.mean.float(), dist.std.float()

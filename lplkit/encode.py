@@ -142,7 +142,7 @@ WORKER_CHUNK = 16
 
 def shard_batches(writer: StoreWriter, shards: list[int], batch_size: int) -> list[list[int]]:
     """Batches of positions, `batch_size` at a time from each shard's start; none crosses shards."""
-    batches = []
+    batches: list[list[int]] = []
     for s in shards:
         start, stop = writer.shard_range(s)
         batches.extend(
@@ -326,7 +326,7 @@ def _encode_shards(
                 k = -1 if moments is None else int(moments.index_of[j])
                 buffers[shard].put(
                     s,
-                    None if k < 0 else moments.values[k],
+                    None if moments is None or k < 0 else moments.values[k],
                     None if k < 0 or moments_flip is None else moments_flip[k],
                 )
                 if buffers[shard].missing == 0:
@@ -354,7 +354,9 @@ def _wait(write: Future, summary: EncodeSummary) -> None:
 
 
 def _write(writer: StoreWriter, buf: _ShardBuffer) -> None:
-    writer.write_shard(buf.shard, buf.moments, buf.moments_flip, buf.labels, buf.rows)
+    rows = [r for r in buf.rows if r is not None]
+    assert len(rows) == len(buf.rows), "a shard is written only once every position is in"
+    writer.write_shard(buf.shard, buf.moments, buf.moments_flip, buf.labels, rows)
 
 
 @dataclass
@@ -374,7 +376,7 @@ def _encoded_batches(
     pending: deque[tuple[list[PreparedSample], Any]] = deque()
     amp = _AUTOCAST[cfg.autocast]
     for samples, x in batches:
-        launched = None
+        launched: Any = None
         if x is not None:
             device = x.device
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):

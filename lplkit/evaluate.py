@@ -65,7 +65,7 @@ class _SetAccumulator:
         from lplkit.metrics.inception import inception_features
 
         x = torch.from_numpy(np.ascontiguousarray(images_NHWC)).permute(0, 3, 1, 2)
-        self.size = tuple(x.shape[-2:])
+        self.size = (int(x.shape[-2]), int(x.shape[-1]))
         x = x.to(self.device)
         if self.swd is not None:
             self.swd.update(x)
@@ -155,18 +155,23 @@ def _compare(
     inception_path: Path | None,
 ) -> dict[str, Any]:
     """The requested metrics of one accumulated set against the references."""
-    if r.size is not None and s.size != r.size and {"swd", "spectrum"} & set(metrics):
+    if (
+        r.size is not None
+        and s.size is not None
+        and s.size != r.size
+        and {"swd", "spectrum"} & set(metrics)
+    ):
         raise EvaluationError(
             f"samples are {s.size[1]}x{s.size[0]} but references {r.size[1]}x{r.size[0]}: "
             "SWD and spectra need one resolution"
         )
     out: dict[str, Any] = {}
-    if s.swd is not None:
+    if s.swd is not None and r.swd is not None:
         res = swd_between(
             s.swd.finalize(), r.swd.finalize(), s.swd.resolutions, opts.swd, seed=opts.seed
         )
         out["swd"] = res.as_dict()
-    if s.spectrum is not None:
+    if s.spectrum is not None and r.spectrum is not None:
         out["spectrum"] = spectrum_distance(s.spectrum, r.spectrum).as_dict()
     if "fid" in metrics and inception_path is not None:
         out["fid"] = _fid(s, r, ref_stats, inception_path)

@@ -59,7 +59,7 @@ def _conv_or_identity(conv: nn.Conv2d | None, channels: int) -> tuple[torch.Tens
     return w, b.to(torch.float64)
 
 
-def fold_normalization(vae: nn.Module, shift: list[float], scale: list[float]) -> nn.Module:
+def fold_normalization(vae: Any, shift: list[float], scale: list[float]) -> nn.Module:
     """A copy of ``vae`` whose latent space is lplkit's normalized one (see the module docstring).
 
     ``decode(z)`` of the copy equals ``decode(z / scale + shift)`` of ``vae``; ``encode`` returns the
@@ -97,7 +97,7 @@ def fold_normalization(vae: nn.Module, shift: list[float], scale: list[float]) -
     return out.eval()
 
 
-def _export_transformer(model: nn.Module) -> nn.Module:
+def _export_transformer(model: Any) -> nn.Module:
     """The run's DiT with its label table laid out for DiTPipeline (null class at row 1000)."""
     from diffusers import DiTTransformer2DModel
 

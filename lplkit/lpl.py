@@ -117,6 +117,8 @@ class LatentPerceptualLoss(nn.Module):
         AutoencoderError: an unsupported autoencoder class.
     """
 
+    layer_weight: Tensor  # buffer (register_buffer), per-layer weights
+
     def __init__(
         self,
         vae: nn.Module,

@@ -27,6 +27,7 @@ falls inside the range, and at most the tail's extent when it falls in an under/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -268,9 +269,10 @@ class ChannelHistogram:
 
 
 Accumulator = ChannelMoments | ChannelHistogram
+_A = TypeVar("_A", ChannelMoments, ChannelHistogram)
 
 
-def gather_merge(acc: Accumulator) -> Accumulator:
+def gather_merge(acc: _A) -> _A:
     """Merge one accumulator across all torch.distributed ranks (identity when not initialized).
 
     Every rank all-gathers the others' flat states and merges them in rank order, so all ranks end

@@ -29,13 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lplkit.running_stats import ChannelHistogram, ChannelMoments, gather_merge
+
+if TYPE_CHECKING:
+    from lplkit.decoder_features import DecoderTaps
 
 __all__ = [
     "Q_HIGH",
@@ -204,7 +207,7 @@ def _world() -> tuple[int, int]:
 @torch.no_grad()
 def compute_stats(
     store: Any,
-    taps: torch.nn.Module | None,
+    taps: DecoderTaps | None,
     *,
     samples: int | None = None,
     seed: int = 0,

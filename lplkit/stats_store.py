@@ -24,7 +24,7 @@ import hashlib
 import json
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ def store_content_hash(url: str, manifest: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _open_root(url: str, mode: str) -> Any:
+def _open_root(url: str, mode: Literal["r", "r+", "a", "w", "w-"]) -> Any:
     import zarr
 
     # never from consolidated metadata: it may lag a crashed writer (lplkit.store.tooling)

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     ) -> None:
         """Compare generated samples with references (SWD x1e3 per level, spectra, FID)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
         from lplkit.evaluate import EvalOptions, evaluate, parse_metrics
         from lplkit.metrics.swd import SWDConfig
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         )
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, console=output.console, transient=True) as bar:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def on_batch(role: str, done: int, total: int) -> None:
                 if role not in tasks:

@@ -60,7 +60,7 @@ def field_type(cls: type, key: str) -> Any:
             raise KeyError(f"{key}: {part} is below a non-table field")
         hints = typing.get_type_hints(tp)
         if part not in hints:
-            raise KeyError(f"{key}: {tp.__name__} has no field {part!r}")
+            raise KeyError(f"{key}: {getattr(tp, '__name__', tp)} has no field {part!r}")
         tp = _strip_optional(hints[part])
     return tp
 

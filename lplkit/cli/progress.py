@@ -106,7 +106,7 @@ class LiveProgress:
             self._info = info
         now = time.monotonic()
         last = self.total is not None and done >= self.total
-        if now - self._log_last < self.log_every and not last:
+        if now - self._log_last < (self.log_every or 0.0) and not last:
             return
         self._log_last = now
         elapsed = now - self._log_t0 if self._log_t0 is not None else 0.0

@@ -58,6 +58,6 @@ def background(it: Iterator[T], depth: int = 2, name: str = "lplkit-background")
                 raise exc
             if item is _END:
                 return
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         stop.set()

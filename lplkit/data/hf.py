@@ -301,7 +301,9 @@ class PresetSource(HubSource):
         return spec in PRESETS and not os.path.exists(spec)
 
     @classmethod
-    def from_spec(cls, spec: str, *, split: str | None, options: SourceOptions) -> HubSource:
+    def from_spec(
+        cls, spec: str, *, split: str | None, options: SourceOptions, config_name: str | None = None
+    ) -> HubSource:
         if spec not in PRESETS:
             raise SourceError(f"unknown preset {spec!r}; presets: {', '.join(sorted(PRESETS))}")
         p = PRESETS[spec]

@@ -118,9 +118,10 @@ def adm_center_crop(img: Image.Image, res: int) -> tuple[Image.Image, CropBox]:
     if res <= 0:
         raise ValueError(f"resolution must be positive, got {res}")
     while min(*img.size) >= 2 * res:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.Resampling.BOX)
     scale = res / min(*img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    size = (round(img.size[0] * scale), round(img.size[1] * scale))
+    img = img.resize(size, resample=Image.Resampling.BICUBIC)
     left = (img.size[0] - res) // 2
     top = (img.size[1] - res) // 2
     box = (left, top, left + res, top + res)

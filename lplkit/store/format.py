@@ -336,7 +336,7 @@ def open_manifest(url: str) -> tuple[Any, dict[str, Any]]:
     try:
         # never from consolidated metadata: it may lag a crashed writer (lplkit.store.tooling)
         group = zarr.open_group(url, mode="r", use_consolidated=False)
-        return group, dict(group.attrs[MANIFEST_KEY])
+        return group, dict(group.attrs[MANIFEST_KEY])  # type: ignore[arg-type]  # a JSON object
     except (FileNotFoundError, KeyError):
         raise StoreError(
             f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"

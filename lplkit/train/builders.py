@@ -213,6 +213,7 @@ def build_components(
     num_classes = store_num_classes(store)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every re-run
     init = None
+    model: Any  # a Denoiser (models.py)
     if cfg.init:
         model, normalizer, init = init_from_base(cfg, store, num_classes)
     else:
@@ -228,7 +229,7 @@ def build_components(
     vae = None
     if cfg.lpl.enabled or cfg.log.sample_every > 0:
         vae = load_decoder_vae(cfg, store.manifest, device)
-    lpl = make_lpl(cfg, vae, store).to(device) if cfg.lpl.enabled and vae is not None else None
+    lpl: Any = make_lpl(cfg, vae, store).to(device) if cfg.lpl.enabled and vae is not None else None
     grid = None
     if vae is not None and cfg.log.sample_every > 0:
         from lplkit.train.sampling import make_sample_grid
@@ -240,7 +241,9 @@ def build_components(
         normalizer=normalizer,
         store=store,
         latent_shape=(C, h, w),
-        null_label=model.null_class_id if num_classes and cfg.model.label_dropout > 0 else None,
+        null_label=int(model.null_class_id)
+        if num_classes and cfg.model.label_dropout > 0
+        else None,
         conditional=num_classes is not None,
         lpl=lpl.forward_gathered if lpl is not None else None,
         sample_grid=grid,

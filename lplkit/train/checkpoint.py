@@ -24,6 +24,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -103,7 +104,7 @@ def save_checkpoint(
         save_file(_plain(model), tmp / "model.safetensors", metadata={"step": str(step)})
         save_file(_plain(ema), tmp / "ema.safetensors", metadata={"step": str(step)})
         torch.save(state, tmp / "state.pt")
-        meta = {"format_version": FORMAT_VERSION, "step": step, "sha256": {}}
+        meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "step": step, "sha256": {}}
         for name in FILES:
             _fsync_file(tmp / name)
             meta["sha256"][name] = _sha256(tmp / name)

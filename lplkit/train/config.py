@@ -204,7 +204,7 @@ def upgrade_layout(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(lpl, dict) or "depth" not in lpl:
         return data
     lpl = dict(lpl)
-    loss = lpl.get("loss") if isinstance(lpl.get("loss"), dict) else {}
+    loss: dict[str, Any] = lpl["loss"] if isinstance(lpl.get("loss"), dict) else {}
     lpl["loss"] = {"depth": lpl.pop("depth"), **loss}
     return {**data, "lpl": lpl}
 

@@ -107,7 +107,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=o.lr,
-            betas=tuple(o.betas),
+            betas=(o.betas[0], o.betas[1]),
             weight_decay=o.weight_decay,
             eps=o.eps,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def step_generator(seed: int, step: int, stream: Stream, device: str | torch.dev
 
 def capture_rng_state() -> dict:
     """torch (CPU, CUDA), numpy and python RNG states as tensors / plain values (weights_only safe)."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state()  # type: ignore[assignment]  # legacy tuple
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {

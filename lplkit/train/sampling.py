@@ -28,7 +28,7 @@ def make_sample_grid(
     cfg: TrainConfig,
     objective: Objective,
     normalizer: LatentNormalizer,
-    vae: nn.Module,
+    vae: Any,  # a diffusers autoencoder (its decode() returns an output with .sample)
     shape: tuple[int, int, int],
     num_classes: int | None,
 ) -> Callable[[nn.Module, int, Path], Path]:
@@ -89,7 +89,7 @@ def sample_run(
     normalizer = LatentNormalizer(tuple(nrm["shift"]), tuple(nrm["scale"]), nrm["source"])
     if vae is not None:
         tcfg.lpl.vae = vae
-    ae = load_decoder_vae(tcfg, {"autoencoder": info["store"]["autoencoder"]}, dev)
+    ae: Any = load_decoder_vae(tcfg, {"autoencoder": info["store"]["autoencoder"]}, dev)
 
     num_classes = info["num_classes"]
     if labels is not None and len(labels) != n:
