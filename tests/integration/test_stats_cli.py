@@ -9,9 +9,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
-
-from tests.integration.test_stats_store import _write_store
+from conftest import run_cli, write_stats_store
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "stats.schema.json"
 
@@ -23,7 +21,7 @@ def _run(args: list[str]) -> int:
 @pytest.fixture(scope="module")
 def cli_store(tmp_path_factory, tiny_vae_dir) -> Path:
     url = tmp_path_factory.mktemp("stats_cli") / "latents.zarr"
-    _write_store(url, tiny_vae_dir)
+    write_stats_store(url, tiny_vae_dir)
     return url
 
 

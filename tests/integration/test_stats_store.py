@@ -4,51 +4,22 @@ another autoencoder, and feeds the LPL's `dataset` norm."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    STATS_STORE_N as N_POS,
+)
+from conftest import (
+    STATS_STORE_SKIPPED as SKIPPED,
+)
+from conftest import (
+    make_tiny_vae,
+    write_stats_store,
+)
 
-from tests.conftest import make_tiny_vae
-
-N_POS, SHARD, SEED = 12, 8, 3
-SKIPPED = {2, 9}  # skipped rows: zeros in the arrays, never used by stats
-
-
-def _write_store(url: Path, vae_dir: Path) -> dict[str, np.ndarray]:
-    """A finalized store with flips from random moments; returns the moments it wrote."""
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
-    from lplkit.store import StoreWriter, new_manifest
-
-    info = autoencoder_info(load_autoencoder(str(vae_dir)), str(vae_dir))
-    manifest = new_manifest(
-        autoencoder=info,
-        resolution=16,
-        latent_shape=(4, 4, 4),
-        source={"id": "random-moments", "count": N_POS},
-        dtype="float32",
-        flips=True,
-        shard_size=SHARD,
-    )
-    rng = np.random.default_rng(0)
-    data = {}
-    for name in ("moments", "moments_flip"):
-        m = rng.standard_normal((N_POS, 2, 4, 4, 4)).astype(np.float32) * 2 + 0.5
-        m[:, 1] = rng.uniform(0.05, 0.6, (N_POS, 4, 4, 4))
-        m[sorted(SKIPPED)] = 0.0
-        data[name] = m
-    with StoreWriter.create_or_resume(str(url), manifest) as w:
-        for s in w.pending_shards():
-            lo, hi = w.shard_range(s)
-            rows = [
-                {"key": f"k{p}", "status": "skipped" if p in SKIPPED else "ok", "label": 0}
-                for p in range(lo, hi)
-            ]
-            labels = np.zeros(hi - lo, np.int32)
-            w.write_shard(s, data["moments"][lo:hi], data["moments_flip"][lo:hi], labels, rows)
-        w.finalize()
-    return data
+SEED = 3
 
 
 def _hand_features(vae: torch.nn.Module, z: torch.Tensor) -> list[torch.Tensor]:
@@ -83,7 +54,7 @@ def _two_pass(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_vae_dir):
     url = tmp_path_factory.mktemp("stats") / "latents.zarr"
-    data = _write_store(url, tiny_vae_dir)
+    data = write_stats_store(url, tiny_vae_dir)
     return url, data
 
 
@@ -177,7 +148,7 @@ def test_rerun_replaces_atomically_and_crash_keeps_old(tmp_path, tiny_vae_dir, m
     from lplkit.stats_run import run_stats
 
     url = tmp_path / "own.zarr"  # its own store: the module's store keeps its full-depth stats
-    _write_store(url, tiny_vae_dir)
+    write_stats_store(url, tiny_vae_dir)
     assert ss.load_stats(str(url)) is None
     run_stats(str(url), samples=4, seed=10, batch_size=4, pilot=2, depth=0)
     _, first = run_stats(str(url), samples=6, seed=11, batch_size=4, pilot=2, depth=1)
