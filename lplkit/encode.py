@@ -43,7 +43,8 @@ from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
 from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip, to_unit_range
-from lplkit.encode_ranks import DistContext, resolve_device
+from lplkit.distributed import resolve_device
+from lplkit.encode_ranks import DistContext
 from lplkit.errors import AutoencoderError, BadImageError, ConfigError, StoreError
 from lplkit.store import format as fmt
 from lplkit.store.writer import StoreWriter

@@ -1,33 +1,24 @@
-"""The process group of an encode job: the same code runs as one process or under torchrun.
+"""The process group of an encode job, on `lplkit.distributed`: one process or torchrun ranks.
 
-Under torchrun (`WORLD_SIZE` > 1) the group uses gloo on CPU and NCCL on CUDA. Collectives happen only
-at phase boundaries (load, create the store, sum the counts, finalize). `rank0_first` runs a phase on
-rank 0 before the others (one download, one store creation), and a phase that fails on one rank
-makes every rank stop with an error instead of leaving the others blocked in the next collective.
+Collectives happen only at phase boundaries (load, create the store, sum the counts, finalize).
+`rank0_first` runs a phase on rank 0 before the others (one download, one store creation), and a
+phase that fails on one rank makes every rank stop with an error instead of leaving the others
+blocked in the next collective. Setup, device resolution and rank-0-first live in
+`lplkit.distributed`; this module adds the encode job's collectives.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from lplkit.distributed import DistInfo, init_distributed, rank0_first, resolve_device, shutdown
 from lplkit.errors import StoreError
 
 __all__ = ["DistContext", "resolve_device"]
-
-
-def resolve_device(spec: str, local_rank: int) -> torch.device:
-    """`auto` = CUDA when available; a bare `cuda` becomes `cuda:LOCAL_RANK` under torchrun."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 class DistContext:
@@ -40,54 +31,35 @@ class DistContext:
     def __init__(self, rank: int, world_size: int, local_rank: int, owns_group: bool) -> None:
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.owns_group = owns_group
-        self.device = torch.device("cpu")
+        self.device = torch.device("cpu")  # where collective tensors live
 
     @classmethod
     def from_env(cls, device: str) -> DistContext:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls(0, 1, 0, False)
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        dev = resolve_device(device, local)
-        owns = not dist.is_initialized()
-        if owns:
-            if dev.type == "cuda":
-                torch.cuda.set_device(dev)
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        ctx = cls(rank, world, local, owns)
-        ctx.device = dev if dev.type == "cuda" else torch.device("cpu")  # collective tensors
+        info = init_distributed(device)
+        ctx = cls(info.rank, info.world_size, info.local_rank, info.owns_group)
+        ctx.device = info.collective_device
         return ctx
+
+    @property
+    def info(self) -> DistInfo:
+        return DistInfo(
+            rank=self.rank,
+            world_size=self.world_size,
+            local_rank=self.local_rank,
+            device=self.device,
+            owns_group=self.owns_group,
+        )
 
     def __enter__(self) -> DistContext:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-    def _all_ok(self, ok: bool) -> bool:
-        flag = torch.tensor([1 if ok else 0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
+        if self.owns_group:
+            shutdown(self.info)
 
     def rank0_first(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on rank 0, then on the other ranks (downloads, store creation happen once)."""
-        if self.world_size == 1:
-            return fn()
-        result, error = None, None
-        for phase in (0, 1):
-            if (self.rank == 0) == (phase == 0):
-                try:
-                    result = fn()
-                except Exception as exc:
-                    error = exc
-            if not self._all_ok(error is None):
-                if error is not None:
-                    raise error
-                raise StoreError(
-                    f"rank {self.rank}: another rank failed (see its message); stopping"
-                )
-        return result
+        return rank0_first(fn, self.info, error=StoreError)
 
     def sum_ints(self, values: list[int]) -> list[int]:
         if self.world_size == 1:

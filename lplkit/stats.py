@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lplkit.distributed import group_rank_world
 from lplkit.running_stats import ChannelHistogram, ChannelMoments, gather_merge
 
 if TYPE_CHECKING:
@@ -195,15 +196,6 @@ def _layer_stats(
     )
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) when not distributed."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def compute_stats(
     store: Any,
@@ -240,7 +232,7 @@ def compute_stats(
     )
     if len(items) == 0:
         raise StoreError("the store has no `ok` samples: nothing to compute statistics from")
-    rank, world = _world()
+    rank, world = group_rank_world()
     mine = items[rank::world]
     channels = int(manifest["latent_shape"][0])
     latent = ChannelMoments.empty(channels, device)

@@ -1,7 +1,8 @@
 """`run_stats`: open a store, check and load its autoencoder, compute, record provenance, write.
 
-The one library call behind `lplkit stats` (the CLI only renders). Works single-process or under
-torchrun with an initialized default process group: every rank computes its slice, all ranks get
+The one library call behind `lplkit stats` (the CLI joins the process group with
+`lplkit.distributed.init_distributed` and renders). Works single-process or under torchrun with an
+initialized default process group: every rank computes its slice, all ranks get
 the merged result, and rank 0 alone writes the `stats/` group.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from lplkit.distributed import group_rank_world
 from lplkit.stats import (
     DEFAULT_BINS,
     DEFAULT_PILOT,
@@ -145,9 +147,7 @@ def run_stats(
         pilot=pilot,
         on_progress=on_progress,
     )
-    import torch.distributed as dist
-
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank, world = group_rank_world()
     meta: dict[str, Any] = {
         "format": 1,
         "lplkit_version": __version__,
@@ -177,7 +177,6 @@ def run_stats(
         **stats_summary(stats),
     }
     stats.meta = meta
-    rank = dist.get_rank() if world > 1 else 0
     if write and rank == 0:
         meta["run"] = write_stats(url, stats, meta)
     return stats, meta

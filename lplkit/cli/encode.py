@@ -86,14 +86,13 @@ def register(app: typer.Typer) -> None:
         Re-running the same command resumes; a different autoencoder/res/dtype is refused.
         Under `torchrun --nproc-per-node K -m lplkit encode ...` each rank writes its own shards.
         """
-        import os
-
         from lplkit.autoencoder_choice import default_autoencoder, missing_vae_message
+        from lplkit.distributed import env_rank
         from lplkit.errors import ConfigError
 
         if vae is None and default_autoencoder(dataset) is None:  # before the heavy imports
             raise ConfigError(missing_vae_message(dataset))
-        if int(os.environ.get("RANK", "0")) == 0:
+        if env_rank() == 0:
             from lplkit.data.hf import preflight
 
             preflight(dataset, revision)  # an unreachable/uncached hub dataset: one line at once
@@ -121,7 +120,7 @@ def register(app: typer.Typer) -> None:
             revision=revision,
             device=device,
         )
-        is_main = int(os.environ.get("RANK", "0")) == 0
+        is_main = env_rank() == 0
         if log_every < 0:
             raise ConfigError(f"--log-every must be >= 0 seconds, got {log_every}")
         with LiveProgress(

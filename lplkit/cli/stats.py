@@ -8,27 +8,6 @@ from lplkit.cli import output
 from lplkit.cli.progress import LiveProgress
 
 
-def _init_distributed(device: str) -> tuple[str, int]:
-    """(device, rank): under torchrun (WORLD_SIZE > 1) join the process group (NCCL on CUDA,
-    gloo on CPU) and pin this rank's GPU; `auto` = CUDA when available."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device, 0
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{local}"
-        torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return device, dist.get_rank()
-
-
 def register(app: typer.Typer) -> None:
     """Add the `stats` command to the app."""
 
@@ -71,9 +50,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-channel latent mean/std (+ suggested scale/shift) and decoder-feature mean, std and
         2%/98% quantiles per tapped layer, for the LPL's `dataset` norm and outlier mask."""
+        from lplkit.distributed import init_distributed
         from lplkit.stats_run import run_stats
 
-        dev, rank = _init_distributed(device)
+        dist = init_distributed(device)  # under torchrun: join the group, pin this rank's GPU
+        rank = dist.rank
         with LiveProgress(
             "items (this rank)", enabled=rank == 0, transient=True, log_every=30.0
         ) as bar:
@@ -85,7 +66,7 @@ def register(app: typer.Typer) -> None:
                 depth=depth,
                 batch_size=batch_size,
                 seed=seed,
-                device=dev,
+                device=str(dist.device),
                 bins=bins,
                 features=not latents_only,
                 apply_post_quant_conv=post_quant_conv,

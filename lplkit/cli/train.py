@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any
 
 import typer
@@ -174,11 +173,12 @@ def register(app: typer.Typer) -> None:
         Under `torchrun --nproc-per-node K -m lplkit train ...` it trains with DDP; the global
         batch stays --batch-size. The resolved config is saved as RUN_DIR/config.json.
         """
+        from lplkit.distributed import env_rank
         from lplkit.train import train
 
         json_out = params.pop("json_out")
         cfg = resolve_config(params.pop("config"), params.pop("set_") or [], params)
-        is_main = int(os.environ.get("RANK", "0")) == 0
+        is_main = env_rank() == 0
         if is_main and cfg.lpl.enabled and not json_out:
             output.console.print(lpl_summary(cfg), soft_wrap=True, markup=False)
         with LiveProgress(

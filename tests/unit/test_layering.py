@@ -10,7 +10,7 @@ import lplkit
 
 # Top-level module/package of lplkit -> layer (lower layers never import higher ones).
 LAYERS = {
-    "errors": 0, "config": 0, "validation": 0, "running_stats": 0, "hub": 0,
+    "errors": 0, "config": 0, "validation": 0, "running_stats": 0, "hub": 0, "distributed": 0,
     "autoencoder_choice": 1,
     "data": 1, "autoencoder": 1, "store": 1, "objectives": 1, "decoder_features": 1, "models": 1,
     "encode": 2, "encode_ranks": 2, "lpl": 2, "lpl_presets": 2, "lpl_terms": 2, "stats": 2,
