@@ -7,6 +7,7 @@ Public API: `StoreWriter` (encode side), `LatentStore` (read side, training load
 from lplkit.store.dataset import LatentBatches, LatentDataset
 from lplkit.store.format import FORMAT_VERSION, new_manifest
 from lplkit.store.reader import LatentStore
+from lplkit.store.verify import verify_store
 from lplkit.store.writer import StoreWriter
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "LatentStore",
     "StoreWriter",
     "new_manifest",
+    "verify_store",
 ]
