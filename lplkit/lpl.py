@@ -338,7 +338,7 @@ class LatentPerceptualLoss(nn.Module):
         `.backward()` gives a zero gradient).
         `crop_u` (B, 2): the crop draws of every row (the selected rows' are used).
         """
-        crop = {"crop_u": crop_u, "generator": generator}
+        crop: dict[str, Any] = {"crop_u": crop_u, "generator": generator}
         if select is None:
             return self.forward_gathered(pred_z0, target_z0, **crop)
         b = pred_z0.shape[0]

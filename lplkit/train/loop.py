@@ -218,7 +218,7 @@ class Trainer:
         copied to the device. Returns [(latents, labels, t, eps, drop, crop_u)] per micro-step."""
         dist, dev = self.dist, self.device
         t_all, eps_all, drop_all, crop_all = self._global_draws(step)
-        out = []
+        out: list[tuple[torch.Tensor, ...]] = []
         for m in range(self.cfg.grad_accum):
             latents, labels = self.cursor.next()
             lo = (m * dist.world_size + dist.rank) * self.micro
