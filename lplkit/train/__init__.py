@@ -6,7 +6,8 @@ Public API::
     result = train(TrainConfig(store="data.zarr", out="runs/a", steps=1000))  # re-run = resume
 
 Submodules: `config` (TrainConfig), `loop` (Trainer, Components), `losses` (objective + gated LPL),
-`checkpoint`, `ema`, `rng`, `loader`, `metrics`, `distributed` (re-exports `lplkit.distributed`),
+`checkpoint`, `ema`, `rng`, `loader`, `metrics`, `lr_schedule`, `distributed` (re-exports
+`lplkit.distributed`),
 `normalization`, `builders`, `run`, `sampling` (the run-directory sample grids and `sample_run`).
 Importing this package does not import torch (the CLI's `--help` relies on it).
 """

@@ -83,12 +83,12 @@ def test_train_help_shows_config_defaults(capsys, monkeypatch):
         "--objective": cfg.objective.kind,
         "--batch-size": cfg.batch_size,
         "--lr": cfg.optim.lr,
-        "--lpl ": "no-lpl",
-        "--bf16 ": "no-bf16",
+        "--lpl": "no-lpl",
+        "--bf16": "no-bf16",
     }
     lines = text.splitlines()
     for flag, value in expected.items():
-        (line,) = [ln for ln in lines if re.search(rf"│ {re.escape(flag)}", ln)]
+        (line,) = [ln for ln in lines if re.search(rf"│ {re.escape(flag)} ", ln)]
         assert f"[default: {value}]" in line, line
 
 
