@@ -236,6 +236,7 @@ class LatentPerceptualLoss(nn.Module):
         Tolerances allow bf16 rounding: values within 5% of eager's largest term, gradient within
         10% of eager's (||g - g_eager|| / ||g_eager||).
         """
+        assert self._compiled is not None  # only called with compile on
         p = pred_z0.detach().requires_grad_()
         torch._dynamo.maybe_mark_dynamic(p, 0)
         got = []
