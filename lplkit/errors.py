@@ -58,7 +58,17 @@ class CheckpointError(LplkitError, OSError):
     exit_code = 6
 
 
+class RunLockedError(CheckpointError):
+    """Another live process trains into the same run directory."""
+
+
 class EvaluationError(LplkitError, RuntimeError):
     """A metric that cannot be computed (e.g. FID without Inception weights)."""
 
     exit_code = 7
+
+
+class TrainingError(LplkitError, RuntimeError):
+    """Training cannot make progress (e.g. every step of a logging window was skipped)."""
+
+    exit_code = 8

@@ -77,13 +77,21 @@ class NpzImages:
     def __init__(self, path: str | Path) -> None:
         self.name = str(path)
         try:
-            data = np.load(path)
-        except (OSError, ValueError) as exc:
-            raise EvaluationError(f"{path}: not a readable .npz ({exc})") from exc
-        self.images = _as_rgb_nhwc(data["arr_0"], self.name) if "arr_0" in data.files else None
+            data = np.load(path)  # allow_pickle=False: object arrays raise ValueError on access
+            files = set(data.files)
+            arr_0 = data["arr_0"] if "arr_0" in files else None
+            mu_sigma = (data["mu"], data["sigma"]) if {"mu", "sigma"} <= files else None
+        except (OSError, ValueError, EOFError) as exc:
+            detail = " ".join(str(exc).split())
+            raise EvaluationError(
+                f"{path}: not a readable .npz of numeric arrays ({type(exc).__name__}: {detail})"
+            ) from None
+        self.images = _as_rgb_nhwc(arr_0, self.name) if arr_0 is not None else None
         self.fid_stats: tuple[np.ndarray, np.ndarray] | None = None
-        if "mu" in data.files and "sigma" in data.files:
-            self.fid_stats = (data["mu"].astype(np.float64), data["sigma"].astype(np.float64))
+        if mu_sigma is not None:
+            if any(not np.issubdtype(a.dtype, np.number) for a in mu_sigma):
+                raise EvaluationError(f"{path}: 'mu'/'sigma' are not numeric arrays")
+            self.fid_stats = (mu_sigma[0].astype(np.float64), mu_sigma[1].astype(np.float64))
         if self.images is None and self.fid_stats is None:
             raise EvaluationError(f"{path}: has neither 'arr_0' images nor 'mu'/'sigma' statistics")
 

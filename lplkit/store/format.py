@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import math
 import posixpath
 from typing import Any
 
@@ -49,6 +51,12 @@ DEFAULT_SHARD_SIZE = 1024
 # Lossless fp16 latents compress ~1.1x at best, and decompression costs read throughput: no codec.
 DEFAULT_CODEC = "none"
 CODECS = ("none", "zstd", "blosc-zstd")
+
+# Bounds on sizes read from a store's files (a damaged manifest must not make lplkit loop or
+# allocate without end): 2**40 positions, latent sides up to 65536, metadata files up to 16 MiB.
+MAX_COUNT = 1 << 40
+MAX_DIM = 1 << 16
+MAX_METADATA_BYTES = 16 << 20
 
 # Fields that must agree between an existing store and a new request (the stale-cache guard).
 IDENTITY_FIELDS = (
@@ -309,8 +317,13 @@ def manifest_problems(m: Any) -> list[str]:
         problems.append(f"latent_shape {m['latent_shape']} is not [C, h, w]")
     if m["shard_size"] < 1 or m["chunk_size"] < 1 or m["shard_size"] % m["chunk_size"]:
         problems.append("shard_size must be a positive multiple of chunk_size")
-    if not isinstance(m["source"].get("count"), int) or m["source"]["count"] < 0:
-        problems.append("source.count must be a non-negative integer")
+    if not isinstance(m["source"].get("count"), int) or not 0 <= m["source"]["count"] <= MAX_COUNT:
+        problems.append(f"source.count must be an integer in [0, {MAX_COUNT}]")
+    if not all(isinstance(v, int) and 1 <= v <= MAX_DIM for v in m["latent_shape"]):
+        problems.append(f"latent_shape entries must be integers in [1, {MAX_DIM}]")
+    if m["shard_size"] > MAX_COUNT:
+        problems.append(f"shard_size must be at most {MAX_COUNT}")
+    problems += _autoencoder_factor_problems(m["autoencoder"])
     classes = m.get("classes")
     if classes is not None and (
         not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
@@ -326,18 +339,101 @@ def manifest_problems(m: Any) -> list[str]:
     return [f"manifest {p}" for p in schema_problems(m, "store")]
 
 
+def _autoencoder_factor_problems(ae: dict[str, Any]) -> list[str]:
+    """The latent normalization comes from these: NaN, Inf or a zero scale trains on garbage."""
+    out = []
+    for key in ("scaling_factor", "shift_factor"):
+        v = ae.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            out.append(f"autoencoder.{key} {v!r} is not a finite number")
+        elif key == "scaling_factor" and v == 0:
+            out.append("autoencoder.scaling_factor is 0 (every latent would normalize to 0)")
+    return out
+
+
+def layout_problem(array_metadata: dict[str, Any]) -> str | None:
+    """What in a zarr array's metadata (`Array.metadata.to_dict()`) lplkit never writes and that
+    changes how its bytes decode: a byte order other than little-endian in any codec (the data,
+    or a shard index). Such an array passes every structural check but reads as garbage."""
+
+    def walk(codecs: Any) -> str | None:
+        for c in codecs if isinstance(codecs, list | tuple) else ():
+            if not isinstance(c, dict):
+                continue
+            conf = c.get("configuration") or {}
+            if c.get("name") == "bytes" and conf.get("endian", "little") != "little":
+                return f"its data is stored with endian {conf.get('endian')!r}"
+            found = walk(conf.get("codecs")) or walk(conf.get("index_codecs"))
+            if found:
+                return found
+        return None
+
+    return walk(array_metadata.get("codecs"))
+
+
+def read_json_bounded(fs: Any, path: str, what: str, limit: int = MAX_METADATA_BYTES) -> Any:
+    """Parse a JSON file read from a store, or raise ValueError saying what is wrong with it (too
+    big, not UTF-8 JSON, nested too deep); FileNotFoundError propagates."""
+    with fs.open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"{what} is larger than {limit} bytes")
+    try:
+        return json.loads(raw.decode())
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to be lplkit's") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} is not valid JSON ({exc})") from None
+
+
+def read_manifest(url: str) -> Any:
+    """The manifest stored in `url`'s root zarr.json, read and parsed by lplkit with bounds before
+    zarr touches it (zarr would raise RecursionError/JSONDecodeError on a damaged file).
+
+    Raises FileNotFoundError when there is no zarr.json, ValueError naming what is wrong when it
+    is not a readable zarr group document; returns None when the group has no manifest.
+    """
+    from lplkit.store.sidecar import url_to_fs
+
+    fs, root = url_to_fs(str(url))
+    doc = read_json_bounded(fs, f"{root}/zarr.json", "zarr.json")
+    if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        raise ValueError("zarr.json is not a zarr group document")
+    attrs = doc.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise ValueError("zarr.json attributes are not a JSON object")
+    return attrs.get(MANIFEST_KEY)
+
+
 def open_manifest(url: str) -> tuple[Any, dict[str, Any]]:
-    """Open the store group read-only: `(zarr group, manifest dict)`, or StoreError when `url` is
-    not an lplkit latent store. zarr is imported here so importing this module stays light."""
+    """Open the store group read-only: `(zarr group, manifest dict)`. Raises StoreError when `url`
+    is not an lplkit latent store, StoreCorruptError when its metadata is damaged or the manifest
+    invalid. zarr is imported here so importing this module stays light."""
     import zarr
 
-    from lplkit.errors import StoreError
+    from lplkit.errors import StoreCorruptError, StoreError
 
+    not_store = f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
+    try:
+        manifest = read_manifest(url)
+    except FileNotFoundError:
+        raise StoreError(not_store) from None
+    except (ValueError, OSError) as exc:
+        raise StoreCorruptError(
+            f"{url}: the store metadata is damaged ({exc}); run `lplkit verify {url}`"
+        ) from None
+    if manifest is None:
+        raise StoreError(not_store)
+    problems = manifest_problems(manifest)
+    if problems:
+        raise StoreCorruptError(
+            f"{url}: invalid manifest ({'; '.join(problems[:3])}); run `lplkit verify {url}`"
+        )
     try:
         # never from consolidated metadata: it may lag a crashed writer (lplkit.store.tooling)
         group = zarr.open_group(url, mode="r", use_consolidated=False)
-        return group, dict(group.attrs[MANIFEST_KEY])  # type: ignore[arg-type]  # a JSON object
-    except (FileNotFoundError, KeyError):
-        raise StoreError(
-            f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
-        ) from None
+    except FileNotFoundError:
+        raise StoreError(not_store) from None
+    return group, dict(manifest)

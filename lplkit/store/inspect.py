@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lplkit.errors import StoreCorruptError
 from lplkit.store import format as fmt
 from lplkit.store.sidecar import url_to_fs
-from lplkit.store.writer import read_marker
+from lplkit.store.writer import marker_shards, read_marker
 
 
 def _du(fs: Any, path: str) -> int:
@@ -22,11 +23,13 @@ def store_info(url: str) -> dict[str, Any]:
     Counts come from the manifest of a finalized store, otherwise from the completion markers.
     """
     url = str(url)
-    group, manifest = fmt.open_manifest(url)
+    group, manifest = fmt.open_manifest(url)  # validated: counts and sizes are bounded
     fs, root = url_to_fs(url)
     count, size = int(manifest["source"]["count"]), int(manifest["shard_size"])
     n_shards = fmt.n_shards(count, size)
-    markers = [read_marker(fs, root, s, *fmt.shard_range(s, count, size)) for s in range(n_shards)]
+    # Markers are found by one listing, so the work is bounded by the files, not by the count.
+    present = sorted(marker_shards(fs, root, n_shards))
+    markers = [read_marker(fs, root, s, *fmt.shard_range(s, count, size)) for s in present]
     done = [m for m in markers if m is not None]
     if manifest.get("completed") and isinstance(manifest.get("counts"), dict):
         counts = dict(manifest["counts"])
@@ -41,7 +44,18 @@ def store_info(url: str) -> dict[str, Any]:
         }
     arrays: dict[str, Any] = {}
     for name in fmt.array_names(manifest):
-        arr = group[name]
+        try:
+            arr = group[name]
+        except Exception as exc:  # missing or damaged array metadata
+            raise StoreCorruptError(
+                f"{url}: array {name!r} is missing or has unreadable metadata ({type(exc).__name__}); run "
+                f"`lplkit verify {url}`"
+            ) from None
+        if arr.shape[:1] != (count,):
+            raise StoreCorruptError(
+                f"{url}: array {name!r} holds {arr.shape[0]} rows but the manifest says {count}; "
+                f"run `lplkit verify {url}`"
+            )
         stored = _du(fs, f"{root}/{name}")
         logical = int(arr.nbytes)
         arrays[name] = {

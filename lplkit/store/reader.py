@@ -159,11 +159,11 @@ class LatentStore:
 
     @staticmethod
     def _index_of_complete_shards(fs: Any, root: str, manifest: dict[str, Any]) -> pa.Table:
-        from lplkit.store.writer import read_marker
+        from lplkit.store.writer import marker_shards, read_marker
 
         count, size = manifest["source"]["count"], manifest["shard_size"]
         parts = []
-        for s in range(fmt.n_shards(count, size)):
+        for s in sorted(marker_shards(fs, root, fmt.n_shards(count, size))):
             if read_marker(fs, root, s, *fmt.shard_range(s, count, size)) is not None:
                 parts.append(idx.read_table(fs, fmt.index_part_path(root, s)))
         return pa.concat_tables(parts) if parts else idx.INDEX_SCHEMA.empty_table()

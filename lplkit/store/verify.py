@@ -38,9 +38,15 @@ from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store.lock import StoreLock
 from lplkit.store.sidecar import remove_if_exists, url_to_fs
-from lplkit.store.writer import read_marker
+from lplkit.store.writer import marker_shards, read_marker_checked
 
 RERUN = "re-run the same `lplkit encode` command (it resumes)"
+_MISSING_SHOWN = 20  # missing shards named one by one; the rest are counted
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}"
 
 
 @dataclass
@@ -107,7 +113,9 @@ def verify_store(
     """
     url = str(url)
     report = VerifyReport(url)
+    damaged = "the store's metadata is damaged: restore it, or re-encode into a new --out"
     try:
+        manifest = fmt.read_manifest(url)  # bounded and parsed by lplkit before zarr reads it
         group = zarr.open_group(url, mode="r", use_consolidated=False)
     except FileNotFoundError:
         report.add(
@@ -116,7 +124,9 @@ def verify_store(
             fix="check the path, or run `lplkit encode`",
         )
         return report
-    manifest = group.attrs.get(fmt.MANIFEST_KEY)
+    except Exception as exc:  # any parse/validation error of zarr.json: reported, never a crash
+        report.add("manifest", f"zarr.json is unreadable ({_one_line(exc)})", fix=damaged)
+        return report
     problems = fmt.manifest_problems(manifest)
     if problems:
         for p in problems:
@@ -132,26 +142,47 @@ def verify_store(
         return report
     fs, root = url_to_fs(url)
     stored = _stored_files(fs, root, arrays)
-    n_ok_markers = 0
-    for s in range(report.n_shards):
+    # Only shards with a marker file are visited one by one, so the work is bounded by what is on
+    # disk, not by a count read from a file; missing ones are named (the first few) and counted.
+    present = marker_shards(fs, root, report.n_shards)
+    missing = report.n_shards - len(present)
+    shown = [s for s in range(min(report.n_shards, len(present) + _MISSING_SHOWN))
+             if s not in present][:_MISSING_SHOWN]  # fmt: skip
+    for s in shown:
         start, stop = fmt.shard_range(s, count, size)
-        marker = read_marker(fs, root, s, start, stop)
+        report.add(
+            "missing_shard",
+            f"shard {s} (positions {start}..{stop - 1}) has no completion "
+            "marker: missing or partially written",
+            shard=s,
+            fix=f"{RERUN} to encode it",
+        )
+    if missing > len(shown):
+        report.add(
+            "missing_shard",
+            f"{missing - len(shown)} more shards have no completion marker",
+            fix=f"{RERUN} to encode them",
+        )
+    n_ok_markers = 0
+    for i, s in enumerate(sorted(present)):
+        start, stop = fmt.shard_range(s, count, size)
+        marker, problem = read_marker_checked(fs, root, s, start, stop)
         if marker is None:
             report.add(
-                "missing_shard",
-                f"shard {s} (positions {start}..{stop - 1}) has no completion "
-                "marker: missing or partially written",
+                "missing_shard" if problem is None else "marker",
+                f"shard {s} (positions {start}..{stop - 1}): "
+                + (problem or "no completion marker: missing or partially written"),
                 shard=s,
-                fix=f"{RERUN} to encode it",
+                fix=_bad_shard_fix(url, s) if problem else f"{RERUN} to encode it",
             )
         else:
             report.complete_shards += 1
-            n_ok_markers += int(marker.get("n_ok", 0))
+            n_ok_markers += marker["n_ok"]
             _check_shard_files(report, arrays, stored, s, marker)
             if read_data:
                 _check_shard(report, arrays, manifest, fs, root, s, start, stop, marker, checksums)
         if progress is not None:
-            progress(s + 1, report.n_shards)
+            progress(i + 1, len(present))
     _check_index(report, group, manifest, fs, root, n_ok_markers)
     return report
 
@@ -167,6 +198,21 @@ def _check_arrays(
             arr = group[name]
         except KeyError:
             report.add("array", f"array {name!r} is missing", fix="re-encode into a new --out")
+            continue
+        except Exception as exc:  # a damaged array zarr.json (cut, garbled): reported
+            report.add(
+                "array",
+                f"array {name!r} has unreadable metadata ({_one_line(exc)})",
+                fix="restore it, or re-encode into a new --out",
+            )
+            continue
+        layout = fmt.layout_problem(arr.metadata.to_dict())
+        if layout:
+            report.add(
+                "array",
+                f"array {name!r}: {layout}, which lplkit never writes (metadata edited?)",
+                fix="restore it, or re-encode into a new --out",
+            )
             continue
         want_dtype = (
             np.dtype("int32") if name == fmt.LABELS else fmt.storage_dtype(manifest["dtype"])
@@ -274,7 +320,7 @@ def _check_shard_files(
     marker: dict[str, Any],
 ) -> None:
     """A shard with ok samples must have its moments shard file stored (zarr would read zeros)."""
-    if int(marker.get("n_ok", 0)) == 0:
+    if marker["n_ok"] == 0:
         return
     _, root = url_to_fs(report.url)
     for name, arr in arrays.items():

@@ -204,9 +204,10 @@ def build_components(
     from lplkit.store.reader import LatentStore
     from lplkit.store.verify import require_sound_store
 
-    store = LatentStore.open(cfg.store)
-    # A damaged store must stop the run here, not train on zeros read from a missing shard file.
+    # A damaged store must stop the run here (before it is opened: damaged array metadata would
+    # crash the open), not train on zeros read from a missing shard file.
     require_sound_store(cfg.store, full=cfg.verify_store)
+    store = LatentStore.open(cfg.store)
     C, h, w = store.latent_shape
     if h != w:
         raise ConfigError(f"{cfg.store}: non-square latents {h}x{w} are not supported by DiT")

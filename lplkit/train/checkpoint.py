@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from lplkit.errors import CheckpointError
 FORMAT_VERSION = 1
 FILES = ("model.safetensors", "ema.safetensors", "state.pt")
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+_MAX_META_BYTES = 1 << 20  # a meta.json is ~400 bytes
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor]
     state: dict
+    run_id: str | None = None  # the run that wrote it (None: written before run ids)
 
 
 def _sha256(path: Path) -> str:
@@ -85,6 +88,43 @@ def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _recorded_run_id(path: Path) -> tuple[bool, str | None]:
+    """(readable, run id) of a checkpoint directory's meta.json: (False, None) when it has no
+    readable meta.json, (True, None) for a checkpoint written before run ids were recorded."""
+    try:
+        raw = (path / "meta.json").read_bytes()
+        if len(raw) > _MAX_META_BYTES:
+            return False, None
+        meta = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
+        return False, None
+    if not isinstance(meta, dict):
+        return False, None
+    run_id = meta.get("run_id")
+    return True, run_id if isinstance(run_id, str) else None
+
+
+def _is_ours(path: Path, run_id: str | None) -> bool:
+    """Whether `path` is a checkpoint this run wrote (meta.json records the same run id)."""
+    readable, recorded = _recorded_run_id(path)
+    return readable and recorded == run_id
+
+
+def _write_failed(final: Path, tmp: Path, exc: BaseException) -> CheckpointError:
+    """One line for a failed write (torch.save reports ENOSPC as a RuntimeError without errno)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        free = f"{shutil.disk_usage(final.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return CheckpointError(
+        f"could not write checkpoint {final} ({type(exc).__name__}: {detail}; {free}); the "
+        "partial checkpoint was removed: free disk space (or fix the storage) and re-run the "
+        "same command, which resumes from the last complete checkpoint"
+    )
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -93,32 +133,52 @@ def save_checkpoint(
     state: dict,
     *,
     keep_last: int,
+    run_id: str | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically under `root`, then delete all but the newest `keep_last`."""
+    """Write checkpoint `step` atomically under `root`, recording `run_id` in its meta.json, then
+    delete this run's older checkpoints beyond the newest `keep_last`.
+
+    Only checkpoints whose meta.json records the same `run_id` are ever deleted (`None` matches
+    checkpoints written without one); the checkpoint just written is always kept. A directory of
+    the same step that is not this run's is moved aside (`step_X.replaced-<ns>`), never deleted.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         save_file(_plain(model), tmp / "model.safetensors", metadata={"step": str(step)})
         save_file(_plain(ema), tmp / "ema.safetensors", metadata={"step": str(step)})
         torch.save(state, tmp / "state.pt")
         meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "step": step, "sha256": {}}
+        if run_id is not None:
+            meta["run_id"] = run_id
         for name in FILES:
             _fsync_file(tmp / name)
             meta["sha256"][name] = _sha256(tmp / name)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         _fsync_file(tmp / "meta.json")
         _fsync_dir(tmp)
-        if final.exists():  # same step saved again (e.g. final step == a periodic one)
-            shutil.rmtree(final)
+    except Exception as exc:  # OSError, and torch.save's RuntimeError on a full disk
+        raise _write_failed(final, tmp, exc) from exc
+    try:
+        if final.exists():  # same step saved again (e.g. after falling back past a damaged one)
+            if _is_ours(final, run_id):
+                shutil.rmtree(final)
+            else:
+                aside = root / f"{final.name}.replaced-{time.time_ns()}"
+                os.rename(final, aside)
+                warnings.warn(
+                    f"{final} was not written by this run (no matching run id); kept as {aside}",
+                    stacklevel=2,
+                )
         os.rename(tmp, final)
         _fsync_dir(root)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {final}: {exc}") from exc
-    for _, old in checkpoint_dirs(root)[:-keep_last]:
+        raise _write_failed(final, tmp, exc) from exc
+    ours = [p for _, p in checkpoint_dirs(root) if p != final and _is_ours(p, run_id)]
+    for old in ours[: max(0, len(ours) + 1 - keep_last)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -142,6 +202,8 @@ def load_checkpoint_dir(path: Path, *, map_location: str | torch.device = "cpu")
         text = meta_path.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"{meta_path}: missing or unreadable ({exc})") from None
+    if len(text) > _MAX_META_BYTES:
+        raise CheckpointError(f"{meta_path}: {len(text)} bytes, not a checkpoint's meta.json")
     meta = load_json_document(
         text, "checkpoint-state", what=str(meta_path), error=CheckpointError,
         fix="the checkpoint is damaged",
@@ -158,16 +220,35 @@ def load_checkpoint_dir(path: Path, *, map_location: str | torch.device = "cpu")
         state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot be decoded ({exc})") from None
-    return Checkpoint(path=path, step=int(meta["step"]), model=model, ema=ema, state=state)
+    return Checkpoint(
+        path=path, step=int(meta["step"]), model=model, ema=ema, state=state,
+        run_id=meta.get("run_id"),
+    )  # fmt: skip
 
 
-def load_latest(root: Path, *, map_location: str | torch.device = "cpu") -> Checkpoint | None:
-    """Newest valid checkpoint under `root` (warning for each invalid newer one), or None."""
+def load_latest(
+    root: Path, *, map_location: str | torch.device = "cpu", run_id: str | None = None
+) -> Checkpoint | None:
+    """Newest valid checkpoint under `root` (warning for each invalid newer one), or None.
+
+    With `run_id`, a checkpoint recording another run id is skipped with a warning (it belongs to
+    another run); one recording none (written before run ids) is accepted.
+    """
     for _, path in reversed(checkpoint_dirs(root)):
         try:
-            return load_checkpoint_dir(path, map_location=map_location)
+            found = load_checkpoint_dir(path, map_location=map_location)
         except CheckpointError as exc:
             warnings.warn(
                 f"skipping checkpoint: {exc}; falling back to the previous one", stacklevel=2
             )
+            continue
+        recorded = found.run_id
+        if run_id is not None and recorded is not None and recorded != run_id:
+            warnings.warn(
+                f"skipping checkpoint {path}: written by another run (run id {recorded}, this "
+                f"run is {run_id}); falling back to the previous one",
+                stacklevel=2,
+            )
+            continue
+        return found
     return None

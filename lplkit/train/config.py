@@ -7,6 +7,7 @@ command resumes and refuses a config that changes anything but the run length an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -169,6 +170,11 @@ class TrainConfig:
             raise ConfigError(
                 f"model.label_dropout must be in [0, 1), got {self.model.label_dropout}"
             )
+        o = self.optim  # checked here, before anything is written (AdamW raises ValueError later)
+        if not (math.isfinite(o.lr) and o.lr > 0) or not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"optim.lr must be > 0 and betas in [0, 1), got {o.lr}, {o.betas}")
+        if not (o.eps >= 0 and o.weight_decay >= 0 and math.isfinite(o.grad_clip)):
+            raise ConfigError("optim.eps and optim.weight_decay must be >= 0, grad_clip finite")
         if self.ckpt.keep_last < 1 or self.ckpt.every < 1 or self.log.every < 1:
             raise ConfigError("ckpt.keep_last, ckpt.every and log.every must be >= 1")
         if not self.lpl.snr_gamma > 0:

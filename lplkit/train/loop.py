@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lplkit.config import to_dict
+from lplkit.errors import TrainingError
 from lplkit.objectives import Objective
 from lplkit.train import checkpoint as ckpt
 from lplkit.train.config import TrainConfig
@@ -46,6 +47,10 @@ from lplkit.train.rng import (
     step_generator,
 )
 
+# A logging window whose steps were all skipped stops the run once this many steps in a row were
+# skipped (or when the run ends having skipped every step): an occasional non-finite step is
+# survivable, a streak means the run diverged or its inputs are broken.
+_MIN_SKIP_STREAK = 8
 # Window accumulators: sums over the samples of the steps since the last log line.
 _ACC = ("diff_sum", "lpl_sum", "gated", "samples")
 
@@ -93,8 +98,10 @@ class Trainer:
         dist: DistInfo | None = None,
         on_log: Callable[[dict[str, Any]], None] | None = None,
         on_step: Callable[[int], None] | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self.run_id = run_id  # recorded in every checkpoint; rotation deletes only this run's
         self.parts = parts
         self.run_dir = Path(run_dir)
         self.dist = dist or DistInfo()
@@ -167,13 +174,14 @@ class Trainer:
             self.ema.weights(),
             self.state_dict(),
             keep_last=self.cfg.ckpt.keep_last,
+            run_id=self.run_id,
         )
 
     def resume(self) -> int | None:
         """Load the newest valid checkpoint if any; returns its step."""
         if self.dist.is_main:
             ckpt.remove_partial(self.ckpt_root)
-        found = ckpt.load_latest(self.ckpt_root, map_location="cpu")
+        found = ckpt.load_latest(self.ckpt_root, map_location="cpu", run_id=self.run_id)
         if found is None:
             return None
         s = found.state
@@ -359,9 +367,13 @@ class Trainer:
         )
         last: dict[str, Any] | None = None
         t0, imgs = time.perf_counter(), 0
+        window_start, skips_at_start = self.step, self.nan_skips
+        first_step, skips_at_first, streak = self.step, self.nan_skips, 0
         try:
             while self.step < cfg.steps:
+                skips = self.nan_skips
                 self.train_step()
+                streak = streak + 1 if self.nan_skips > skips else 0
                 imgs += cfg.batch_size
                 done = self.step == cfg.steps
                 if self.step % cfg.log.every == 0 or done:
@@ -371,6 +383,16 @@ class Trainer:
                         log.write(last)
                     if self.on_log is not None and self.dist.is_main:
                         self.on_log(last)
+                    all_skipped = self.nan_skips - skips_at_start == self.step - window_start
+                    whole_run = self.nan_skips - skips_at_first == self.step - first_step
+                    if all_skipped and (streak >= _MIN_SKIP_STREAK or (done and whole_run)):
+                        raise TrainingError(
+                            f"every step of {window_start + 1}..{self.step} was skipped for a "
+                            "non-finite gradient norm: the run diverged or its inputs are broken "
+                            "(check `lplkit verify` on the store, the normalization in run.json, "
+                            "--lr); the last checkpoint is kept, nothing more is saved"
+                        )
+                    window_start, skips_at_start = self.step, self.nan_skips
                 if self.step % cfg.ckpt.every == 0 or done:
                     self.save()
                 if (
