@@ -18,7 +18,9 @@ from conftest import read_store, run_cli, subprocess_env, write_image_folder
 
 HERE = Path(__file__).resolve().parent
 # Some shards are encoded here (the reference, the re-run) and some in the subprocess.
-ENV = subprocess_env(LPLKIT_SLOW_SOURCE_S="0.1")
+# slow enough (20 images x 0.4 s) that the in-process second encoder meets the running first one even
+# on a loaded machine (at 0.1 s the first one could finish before the second reached the lock)
+ENV = subprocess_env(LPLKIT_SLOW_SOURCE_S="0.4")
 
 
 def _args(dataset: str, out: Path, vae: Path) -> list[str]:
