@@ -136,9 +136,13 @@ def bench_steps(args) -> list[dict]:
     confs = configurations(args)
     runs = [step_fn(args, g, c, k) for c, g, k in confs]
     dev = runs[0][1]
-    for run, _ in runs:
+    for (c, g, k), (run, _) in zip(confs, runs, strict=True):
+        t0 = time.perf_counter()
         for _ in range(args.warmup):
             run()
+        _sync(dev)
+        print(f"warm-up compiled={c} gate={g} crop={k}: {time.perf_counter() - t0:.1f}s",
+              file=sys.stderr, flush=True)  # fmt: skip
     times: list[list[float]] = [[] for _ in confs]
     for _ in range(args.reps):
         for i, (run, _) in enumerate(runs):
