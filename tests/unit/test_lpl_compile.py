@@ -136,11 +136,18 @@ def test_a_compiled_gradient_that_differs_from_eager_is_refused(vae, monkeypatch
 
 
 @pytest.mark.slow
-def test_inductor_compiled_equals_eager(vae):
-    """The real backend (inductor C++ kernels on CPU): minutes of compilation on a 2-core box."""
+def test_inductor_compiled_equals_eager_or_is_refused(vae):
+    """The real backend (inductor C++ kernels on CPU; minutes of compilation on a 2-core box):
+    equal to eager, or refused by the one-time check - never a silent wrong gradient. torch
+    2.13's CPU inductor gets the full tiny decoder's gradient wrong (docs/benchmarks.md): xfail."""
+    from lplkit.errors import ConfigError
+
     torch._dynamo.reset()
     pred, target = latents(4)
-    want = value_and_grad(LatentPerceptualLoss(vae, depth=1), pred, target)
-    got = value_and_grad(LatentPerceptualLoss(vae, depth=1, compile=True), pred, target)
+    want = value_and_grad(LatentPerceptualLoss(vae), pred, target)
+    try:
+        got = value_and_grad(LatentPerceptualLoss(vae, compile=True), pred, target)
+    except ConfigError as exc:
+        pytest.xfail(f"refused by the check: {exc}")
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-7)
