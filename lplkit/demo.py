@@ -1,18 +1,22 @@
-"""The offline end-to-end demo: OpenMoji -> bundled AE -> stats -> DiT + LPL -> samples -> eval.
+"""The offline end-to-end demo: the paper's protocol in miniature on OpenMoji.
 
 ``run_demo(DemoConfig(out=DIR))`` chains the library calls that the CLI commands make:
 
 1. ``encode``: OpenMoji glyphs rendered at ``res`` px, encoded by the bundled ``tiny-openmoji``
-   autoencoder (f = 4, so 4 x 16 x 16 latents at 64 px) into ``DIR/openmoji-<res>.zarr``;
-2. ``stats``: per-channel latent mean/std (the trainer normalizes ``z_n = (z - mean) / std``) and
-   the decoder-feature statistics;
-3. ``train``: a small DiT with the paper's protocol in miniature: the LPL term is switched on for
-   the last ``lpl_fraction`` of the steps (``lpl.start_step = steps - round(lpl_fraction * steps)``),
-   ``L = L_diff + w * (1/B) sum_{b in G} LPL(z0_hat_b, z0_b)`` with the SNR gate G;
-4. ``sample``: ``n_samples`` images from the EMA weights (Heun for flow, DDIM for eps) and a grid;
-5. ``eval``: SWD per Laplacian level and spectrum distance against the store's decoded latents.
+   autoencoder (f = 4: 4 x 16 x 16 latents at 64 px): the train split into
+   ``DIR/openmoji-<res>.zarr`` and the held-out test split into ``DIR/openmoji-<res>-test.zarr``;
+2. ``stats``: per-channel latent and decoder-feature statistics of the train store;
+3. ``train``: post-training of the pre-trained base (``openmoji-base``, a U-Net that already makes
+   emoji) in two arms that differ only by the LPL: the same seed, hence the same batches, timesteps,
+   noise and label drops at every step. ``baseline`` trains ``L_diff``; ``lpl`` trains
+   ``L_diff + w * (1/B) sum_{b in G} LPL(z0_hat_b, z0_b)`` with the SNR gate G (from step
+   ``steps - round(lpl_fraction * steps)``);
+4. ``sample``: ``n_samples`` images from each arm's EMA weights, from the same noise and labels;
+5. ``eval``: SWD per Laplacian level and spectrum distance of each arm against the train store,
+   next to the floor: held-out real glyphs (test split, decoded by the AE) against the same store;
+6. ``compare``: one picture, real | baseline | LPL, and one table.
 
-Every stage resumes: the store and the run directory are re-used when they already hold the same
+Every stage resumes: the stores and run directories are re-used when they already hold the same
 settings, so re-running the demo finishes an interrupted one. Nothing is downloaded.
 """
 
@@ -26,29 +30,36 @@ from typing import Any
 
 from lplkit.errors import ConfigError
 
-__all__ = ["DemoConfig", "run_demo", "train_config"]
+__all__ = ["ARMS", "DemoConfig", "run_demo", "train_config"]
 
 #: ``on_stage(name, info)``: called when a stage starts (info = {}) and ends (info = its summary).
 StageFn = Callable[[str, dict[str, Any]], None]
+#: ``on_train_log(arm, metrics row)``.
+TrainLogFn = Callable[[str, dict[str, Any]], None]
+ARMS = ("baseline", "lpl")
 
 
 @dataclass
 class DemoConfig:
-    """Settings of one demo run; the defaults fit ~10 minutes on 2 CPU cores."""
+    """Settings of one demo run; the defaults fit ~4 minutes on 2 CPU cores."""
 
     out: str
     res: int = 64
-    limit: int | None = None  # encode only the first N glyphs (CI); None = the 1,674 train glyphs
-    model: str = "DiT-T/2"
+    limit: int | None = None  # encode only the first N glyphs of each split (CI)
+    base: str | None = "openmoji-base"  # pre-trained weights; None = both arms from scratch
+    model: str = "UNet-S"
     objective: str = "flow"
-    steps: int = 800
-    lpl_fraction: float = 0.2  # the paper's post-training phase: the last 1/5 .. 1/3 of training
+    steps: int = 60  # post-training steps of each arm
+    lpl_fraction: float = 1.0  # the LPL arm adds the LPL in the last fraction of its steps
+    lpl_weight: float = 1.0
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-4
+    ema_decay: float = 0.99
     stats_samples: int = 256
     n_samples: int = 64
     sample_steps: int = 32
-    eval_n: int = 256
+    cfg_scale: float = 2.0
+    eval_n: int = 256  # reference (train store) images
     swd_dirs: int = 128
     seed: int = 0
     device: str = "cpu"
@@ -62,42 +73,56 @@ class DemoConfig:
             raise ConfigError(f"demo: lpl_fraction must be in [0, 1], got {self.lpl_fraction}")
         if self.objective not in ("flow", "eps", "v"):
             raise ConfigError(f"demo: objective must be flow, eps or v, got {self.objective!r}")
+        if self.base and self.res != 64:
+            raise ConfigError(
+                f"demo: the bundled base was trained at 64 px; --res {self.res} needs --base none"
+            )
 
     @property
     def lpl_start(self) -> int:
-        """First step with the LPL term."""
+        """First step of the LPL arm with the LPL term."""
         return self.steps - round(self.lpl_fraction * self.steps)
 
     @property
     def store(self) -> Path:
-        """The latent store the demo writes."""
+        """The train split's latent store."""
         return Path(self.out) / f"openmoji-{self.res}.zarr"
 
     @property
-    def run_dir(self) -> Path:
-        """The training run directory."""
-        return Path(self.out) / "run"
+    def test_store(self) -> Path:
+        """The held-out test split's latent store (the floor)."""
+        return Path(self.out) / f"openmoji-{self.res}-test.zarr"
+
+    def run_dir(self, arm: str) -> Path:
+        """The training run directory of ``arm`` (baseline or lpl)."""
+        return Path(self.out) / "runs" / arm
 
 
-def train_config(cfg: DemoConfig):
-    """The demo's `TrainConfig` (the same recipe as pipelines/openmoji-lpl/flow.toml, LPL on late)."""
+def train_config(cfg: DemoConfig, arm: str):
+    """The `TrainConfig` of one arm: the two differ only in ``lpl.enabled``."""
     from lplkit.config import from_dict
     from lplkit.train.config import TrainConfig
 
     data = {
         "store": str(cfg.store),
-        "out": str(cfg.run_dir),
+        "out": str(cfg.run_dir(arm)),
         "seed": cfg.seed,
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
-        "ema_decay": 0.99,  # EMA horizon ~100 steps: short runs need a short one
+        "ema_decay": cfg.ema_decay,
         "device": cfg.device,
+        "init": cfg.base or None,
         "objective": {"kind": cfg.objective},
         "model": {"name": cfg.model},
-        "optim": {"lr": cfg.lr, "warmup_steps": min(50, cfg.steps // 10)},
-        "lpl": {"enabled": cfg.lpl_fraction > 0, "start_step": cfg.lpl_start, "snr_min": 3.0},
+        "optim": {"lr": cfg.lr, "warmup_steps": min(10, cfg.steps // 10)},
+        "lpl": {
+            "enabled": arm == "lpl" and cfg.lpl_fraction > 0,
+            "start_step": cfg.lpl_start,
+            "weight": cfg.lpl_weight,
+            "snr_min": 3.0,
+        },
         "ckpt": {"every": cfg.steps, "keep_last": 1},
-        "log": {"every": max(1, min(25, cfg.steps // 4)), "tensorboard": False},
+        "log": {"every": max(1, min(10, cfg.steps // 4)), "tensorboard": False},
     }
     return from_dict(TrainConfig, data)
 
@@ -117,37 +142,47 @@ def run_demo(
     cfg: DemoConfig,
     *,
     on_stage: StageFn | None = None,
-    on_train_log: Callable[[dict[str, Any]], None] | None = None,
+    on_train_log: TrainLogFn | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the demo in ``cfg.out``; returns a JSON-serializable summary."""
     cfg.validate()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    stages: dict[str, dict[str, Any]] = {}
-    stages["encode"] = _timed("encode", on_stage, lambda: _encode(cfg))
-    stages["stats"] = _timed("stats", on_stage, lambda: _stats(cfg))
-    stages["train"] = _timed("train", on_stage, lambda: _train(cfg, on_train_log))
-    stages["sample"] = _timed("sample", on_stage, lambda: _sample(cfg))
-    stages["eval"] = _timed("eval", on_stage, lambda: _eval(cfg, stages["sample"]["npz"]))
+    st: dict[str, dict[str, Any]] = {}
+    st["encode"] = _timed("encode", on_stage, lambda: _encode(cfg))
+    st["stats"] = _timed("stats", on_stage, lambda: _stats(cfg))
+    st["train"] = _timed("train", on_stage, lambda: _train(cfg, on_train_log))
+    st["sample"] = _timed("sample", on_stage, lambda: _sample(cfg))
+    st["eval"] = _timed("eval", on_stage, lambda: _eval(cfg, st["sample"]))
+    st["compare"] = _timed("compare", on_stage, lambda: _compare(cfg, st["sample"]))
     return {
         "config": asdict(cfg),
         "store": str(cfg.store),
-        "run_dir": str(cfg.run_dir),
-        "grid": stages["sample"]["grid"],
-        "samples": stages["sample"]["out"],
-        "stages": stages,
-        "total_seconds": sum(s["seconds"] for s in stages.values()),
+        "test_store": str(cfg.test_store),
+        "runs": {arm: str(cfg.run_dir(arm)) for arm in ARMS},
+        "grid": st["compare"]["picture"],
+        "samples": st["sample"]["lpl"]["out"],
+        "stages": st,
+        "total_seconds": sum(s["seconds"] for s in st.values()),
     }
 
 
 def _encode(cfg: DemoConfig) -> dict[str, Any]:
     from lplkit.encode import EncodeConfig, encode_dataset
 
-    ecfg = EncodeConfig(
-        dataset="openmoji", out=str(cfg.store), res=cfg.res, limit=cfg.limit,
-        workers=2, device=cfg.device,
-    )  # fmt: skip
-    s = encode_dataset(ecfg)
-    return {"samples": s.total, "encoded": s.encoded, "skipped": s.skipped, "resumed": s.encoded == 0}  # fmt: skip
+    out = {}
+    for split, store in (("train", cfg.store), ("test", cfg.test_store)):
+        ecfg = EncodeConfig(
+            dataset="openmoji", out=str(store), res=cfg.res, limit=cfg.limit, split=split,
+            workers=2, device=cfg.device,
+        )  # fmt: skip
+        s = encode_dataset(ecfg)
+        out[split] = {"samples": s.total, "encoded": s.encoded, "skipped": s.skipped}
+    return {
+        "samples": out["train"]["samples"],
+        "encoded": out["train"]["encoded"] + out["test"]["encoded"],
+        "held_out": out["test"]["samples"],
+        "splits": out,
+    }
 
 
 def _stats(cfg: DemoConfig) -> dict[str, Any]:
@@ -158,21 +193,21 @@ def _stats(cfg: DemoConfig) -> dict[str, Any]:
     return {"latent_mean": lat["mean"], "latent_std": lat["std"], "layers": len(meta["layers"])}
 
 
-def _train(cfg: DemoConfig, on_log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+def _train(cfg: DemoConfig, on_log: TrainLogFn | None) -> dict[str, Any]:
     from lplkit.train import train
 
-    result = train(train_config(cfg), on_log=on_log)
-    rows = _metrics(cfg.run_dir)
-    pre = [r for r in rows if r["step"] <= cfg.lpl_start]
-    post = [r for r in rows if r["step"] > cfg.lpl_start]
-    return {
-        "step": result.step,
-        "lpl_start": cfg.lpl_start,
-        "last_metrics": result.last_metrics,
-        # seconds per optimizer step without / with the LPL term (log windows of this run)
-        "s_per_step_no_lpl": _per_step(pre),
-        "s_per_step_lpl": _per_step(post),
-    }
+    out: dict[str, Any] = {"lpl_start": cfg.lpl_start, "base": cfg.base}
+    for arm in ARMS:
+        log = (lambda rec, a=arm: on_log(a, rec)) if on_log is not None else None
+        result = train(train_config(cfg, arm), on_log=log)
+        rows = _metrics(cfg.run_dir(arm))
+        out[arm] = {
+            "step": result.step,
+            "last_metrics": result.last_metrics,
+            "s_per_step": _per_step(rows),
+        }
+    out["step"] = out["lpl"]["step"]
+    return out
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -193,13 +228,22 @@ def _per_step(rows: list[dict[str, Any]]) -> float | None:
 def _sample(cfg: DemoConfig) -> dict[str, Any]:
     from lplkit.train.sampling import sample_run
 
-    return sample_run(
-        cfg.run_dir, out=Path(cfg.out) / "samples", n=cfg.n_samples, steps=cfg.sample_steps,
-        seed=cfg.seed, device=cfg.device,
-    )  # fmt: skip
+    return {
+        arm: sample_run(
+            cfg.run_dir(arm),
+            out=Path(cfg.out) / "samples" / arm,
+            n=cfg.n_samples,
+            steps=cfg.sample_steps,
+            cfg_scale=cfg.cfg_scale,
+            seed=cfg.seed,
+            sampler="euler" if cfg.objective == "flow" else None,
+            device=cfg.device,
+        )
+        for arm in ARMS
+    }
 
 
-def _eval(cfg: DemoConfig, npz: str) -> dict[str, Any]:
+def _eval(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
     from lplkit.evaluate import EvalOptions, evaluate
     from lplkit.metrics.swd import SWDConfig
 
@@ -207,13 +251,58 @@ def _eval(cfg: DemoConfig, npz: str) -> dict[str, Any]:
         metrics=("swd", "spectrum"), n=cfg.eval_n, seed=cfg.seed, device=cfg.device,
         swd=SWDConfig(dirs_per_repeat=cfg.swd_dirs),
     )  # fmt: skip
-    res = evaluate(npz, str(cfg.store), opts)
-    spec = res["spectrum"]
+    out: dict[str, Any] = {}
+    for arm in ARMS:
+        res = evaluate(samples[arm]["npz"], str(cfg.store), opts, floor=str(cfg.test_store))
+        out[arm] = _eval_row(res)
+        out["floor"] = _eval_row(res["floor"])
+        out["n_ref"] = res["ref"]["n"]
+    return out
+
+
+def _eval_row(res: dict[str, Any]) -> dict[str, Any]:
     return {
-        "n_samples": res["samples"]["n"],
-        "n_ref": res["ref"]["n"],
+        "n": res["n"] if "n" in res else res["samples"]["n"],
         "swd": res["swd"]["levels"],
         "swd_avg": res["swd"]["avg"],
-        "spectrum_distance": spec["distance"],
-        "spectrum_distance_high": spec["distance_high"],
+        "spectrum_distance": res["spectrum"]["distance"],
+        "spectrum_distance_high": res["spectrum"]["distance_high"],
     }
+
+
+def _compare(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
+    """real | baseline | LPL as one PNG: held-out glyphs decoded by the AE, then both arms."""
+    import numpy as np
+
+    from lplkit.metrics.image_sets import open_image_set
+    from lplkit.sample import make_grid
+
+    real = open_image_set(str(cfg.test_store), device=cfg.device)
+    n = min(cfg.n_samples, len(real))
+    panels = {"real (held-out, AE)": make_grid(real.read(np.arange(n)))}
+    for arm in ARMS:
+        arr = np.load(samples[arm]["npz"])["arr_0"][:n]
+        panels["baseline" if arm == "baseline" else "LPL"] = make_grid(arr)
+    path = Path(cfg.out) / "compare.png"
+    _side_by_side(panels, path)
+    return {"picture": str(path), "n": n}
+
+
+def _side_by_side(panels: dict[str, Any], path: Path) -> None:
+    """Grids next to each other with a title above each (PIL's built-in font)."""
+    from PIL import Image, ImageDraw
+
+    grids = [Image.fromarray(g) for g in panels.values()]
+    gap, title_h = 12, 18
+    width = sum(g.width for g in grids) + gap * (len(grids) + 1)
+    height = max(g.height for g in grids) + title_h + 2 * gap
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for title, grid in zip(panels, grids, strict=True):
+        draw.text((x, gap // 2), title, fill="black")
+        canvas.paste(grid, (x, gap // 2 + title_h))
+        x += grid.width + gap
+    tmp = path.with_suffix(".tmp.png")
+    canvas.save(tmp)
+    tmp.replace(path)

@@ -9,11 +9,12 @@ import typer
 from lplkit.cli import output
 
 _STAGE_TEXT = {
-    "encode": "encoding OpenMoji with the bundled tiny-openmoji autoencoder",
+    "encode": "encoding OpenMoji (train + held-out test split) with the bundled tiny-openmoji AE",
     "stats": "latent + decoder-feature statistics",
-    "train": "training (LPL in the last phase)",
-    "sample": "sampling",
-    "eval": "evaluating against the store (SWD per level, spectrum)",
+    "train": "post-training the base twice: baseline, then with the LPL (same batches and noise)",
+    "sample": "sampling both arms from the same noise",
+    "eval": "evaluating both arms and the held-out floor against the store (SWD per level, spectrum)",
+    "compare": "side-by-side picture: real | baseline | LPL",
 }
 
 
@@ -25,17 +26,28 @@ def register(app: typer.Typer) -> None:
         out: str = typer.Option("demo-out", "--out", help="Output directory (re-run = resume)."),
         res: int = typer.Option(64, "--res", help="Image resolution."),
         limit: int | None = typer.Option(
-            None, "--limit", help="Encode only the first N glyphs (a quick check)."
+            None, "--limit", help="Encode only the first N glyphs of each split (a quick check)."
         ),
-        model: str = typer.Option("DiT-T/2", "--model", help="Denoiser (see lplkit.models)."),
+        base: str = typer.Option(
+            "openmoji-base",
+            "--base",
+            help="Pre-trained denoiser both arms start from: a bundled base, a run directory, "
+            "or none (from scratch).",
+        ),
+        model: str = typer.Option(
+            "UNet-S", "--model", help="Denoiser (see lplkit.models); must match --base."
+        ),
         objective: str = typer.Option("flow", "--objective", help="flow, eps or v."),
-        steps: int = typer.Option(800, "--steps", help="Training steps."),
+        steps: int = typer.Option(60, "--steps", help="Post-training steps of each arm."),
         lpl_fraction: float = typer.Option(
-            0.2, "--lpl-fraction", help="Last fraction of the steps trained with LPL (0 = off)."
+            1.0, "--lpl-fraction", help="LPL arm: last fraction of its steps trained with the LPL."
         ),
+        lpl_weight: float = typer.Option(1.0, "--lpl-weight", help="w in L + w LPL."),
         batch_size: int = typer.Option(32, "--batch-size", help="Training batch."),
-        n_samples: int = typer.Option(64, "--n", help="Images to sample (grid + eval)."),
+        lr: float = typer.Option(1e-4, "--lr", help="Post-training learning rate."),
+        n_samples: int = typer.Option(64, "--n", help="Images to sample per arm (grid + eval)."),
         sample_steps: int = typer.Option(32, "--sample-steps", help="Sampler steps."),
+        cfg_scale: float = typer.Option(2.0, "--cfg", help="Classifier-free guidance scale."),
         eval_n: int = typer.Option(256, "--eval-n", help="Reference images for eval."),
         swd_dirs: int = typer.Option(128, "--swd-dirs", help="SWD directions per repeat."),
         stats_samples: int = typer.Option(256, "--stats-samples", help="Items for `stats`."),
@@ -43,14 +55,16 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="cpu, cuda ..."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ) -> None:
-        """Run the whole pipeline offline on OpenMoji with the bundled autoencoder (~10 min on 2 CPU
-        cores with the defaults) and print a summary and where the pictures are."""
+        """The paper's protocol in miniature, offline on OpenMoji: post-train the bundled base
+        without and with the LPL, sample both from the same noise, evaluate both against the
+        held-out floor (~4 min on 2 CPU cores with the defaults), and print where the picture is."""
         from lplkit.demo import DemoConfig, run_demo
 
         cfg = DemoConfig(
-            out=out, res=res, limit=limit, model=model, objective=objective, steps=steps,
-            lpl_fraction=lpl_fraction, batch_size=batch_size, n_samples=n_samples,
-            sample_steps=sample_steps, eval_n=eval_n, swd_dirs=swd_dirs,
+            out=out, res=res, limit=limit, base=None if base.lower() == "none" else base,
+            model=model, objective=objective, steps=steps, lpl_fraction=lpl_fraction,
+            lpl_weight=lpl_weight, batch_size=batch_size, lr=lr, n_samples=n_samples,
+            sample_steps=sample_steps, cfg_scale=cfg_scale, eval_n=eval_n, swd_dirs=swd_dirs,
             stats_samples=stats_samples, seed=seed, device=device,
         )  # fmt: skip
         with _Progress(cfg.steps, enabled=not json_out) as prog:
@@ -62,13 +76,13 @@ def register(app: typer.Typer) -> None:
 
 
 class _Progress:
-    """One status line per stage, and a progress bar while training."""
+    """One status line per stage, and a progress bar per arm while training."""
 
     def __init__(self, total_steps: int, enabled: bool) -> None:
         self.total = total_steps
         self.enabled = enabled
         self.bar: Any = None
-        self.task: Any = None
+        self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -85,15 +99,16 @@ class _Progress:
             return
         if not info:
             self.bar.console.print(f"[bold]{name}[/]: {_STAGE_TEXT[name]} ...")
-            if name == "train":
-                self.task = self.bar.add_task("train", total=self.total, info="")
         else:
             self.bar.console.print(f"  {name} done in {info['seconds']:.1f} s")
 
-    def on_log(self, rec: dict[str, Any]) -> None:
-        if self.bar is not None and self.task is not None:
-            info = f"loss {rec['loss']:.4f}  lpl {rec['loss_lpl']:.4f}  gate {rec['gate_frac']:.0%}"
-            self.bar.update(self.task, completed=rec["step"], info=info)
+    def on_log(self, arm: str, rec: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        if arm not in self.tasks:
+            self.tasks[arm] = self.bar.add_task(f"train {arm}", total=self.total, info="")
+        info = f"loss {rec['loss']:.4f}  lpl {rec['loss_lpl']:.4f}  gate {rec['gate_frac']:.0%}"
+        self.bar.update(self.tasks[arm], completed=rec["step"], info=info)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
@@ -108,29 +123,39 @@ def _print_summary(s: dict[str, Any]) -> None:
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     table.add_column("result")
-    tr, ev = st["train"], st["eval"]
-    no_lpl, lpl = tr["s_per_step_no_lpl"], tr["s_per_step_lpl"]
-    step_times = f"; s/step {no_lpl:.3f} without LPL, {lpl:.3f} with" if no_lpl and lpl else ""
+    tr = st["train"]
+    times = ", ".join(
+        f"{arm} {tr[arm]['s_per_step']:.2f} s/step" for arm in ("baseline", "lpl")
+        if tr[arm]["s_per_step"]
+    )  # fmt: skip
+    base = s["config"]["base"] or "random init"
     rows = [
-        ("encode", f"{st['encode']['samples']} glyphs -> {s['store']}"),
+        ("encode", f"{st['encode']['samples']} train + {st['encode']['held_out']} held-out glyphs"),
         ("stats", f"latent std {', '.join(f'{v:.3f}' for v in st['stats']['latent_std'])}"),
-        ("train", f"{tr['step']} steps (LPL from {tr['lpl_start']}){step_times}"),
-        ("sample", f"{st['sample']['n']} images, {st['sample']['sampler']} {st['sample']['steps']} steps"),
-        ("eval", f"{ev['n_samples']} samples vs {ev['n_ref']} store images"),
+        ("train", f"2 x {tr['step']} steps from {base} (LPL from step {tr['lpl_start']}); {times}"),
+        ("sample", f"{st['sample']['lpl']['n']} images per arm, {st['sample']['lpl']['sampler']} "
+                   f"{st['sample']['lpl']['steps']} steps, CFG {st['sample']['lpl']['cfg']}"),
+        ("eval", f"vs {st['eval']['n_ref']} train-store images; floor: held-out glyphs"),
+        ("compare", s["grid"]),
     ]  # fmt: skip
     for name, text in rows:
         table.add_row(name, f"{st[name]['seconds']:.1f}", text)
     table.caption = f"total {s['total_seconds']:.0f} s"
     output.console.print(table)
-    metrics = Table(title="samples vs references")
+    ev = st["eval"]
+    metrics = Table(title=f"samples vs references (n = {ev['lpl']['n']} per set; lower is better)")
     metrics.add_column("metric")
-    metrics.add_column("value", justify="right")
-    for level, v in ev["swd"].items():
-        metrics.add_row(f"SWD x1e3 {level}", f"{v:.2f}")
-    metrics.add_row("SWD x1e3 avg", f"{ev['swd_avg']:.2f}")
-    metrics.add_row("spectrum |dlog10 P| all", f"{ev['spectrum_distance']:.4f}")
-    metrics.add_row("spectrum |dlog10 P| high half", f"{ev['spectrum_distance_high']:.4f}")
+    for col in ("floor (real)", "baseline", "LPL", "LPL - baseline"):
+        metrics.add_column(col, justify="right")
+    for level in ev["floor"]["swd"]:
+        f, b, lp = (ev[k]["swd"][level] for k in ("floor", "baseline", "lpl"))
+        metrics.add_row(f"SWD x1e3 {level}", f"{f:.2f}", f"{b:.2f}", f"{lp:.2f}", f"{lp - b:+.2f}")
+    for key, name in (("spectrum_distance", "all"), ("spectrum_distance_high", "high half")):
+        f, b, lp = (ev[k][key] for k in ("floor", "baseline", "lpl"))
+        metrics.add_row(f"spectrum |dlog10 P| {name}", f"{f:.4f}", f"{b:.4f}", f"{lp:.4f}",
+                        f"{lp - b:+.4f}")  # fmt: skip
     output.console.print(metrics)
     output.console.print(
-        f"sample grid: [bold]{s['grid']}[/]  (PNGs + samples.npz in {s['samples']})"
+        f"picture: [bold]{s['grid']}[/] (real | baseline | LPL); "
+        f"samples: {s['stages']['sample']['baseline']['out']}, {s['samples']}"
     )

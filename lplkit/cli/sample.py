@@ -14,7 +14,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sample")
     def sample_command(
-        run: str = typer.Option(..., "--run", help="Run directory written by `lplkit train`."),
+        run: str = typer.Option(
+            ...,
+            "--run",
+            help="Run directory written by `lplkit train`, or a base (bundled name such as openmoji-base, or an exported base directory).",
+        ),
         ema: bool = typer.Option(True, "--ema/--no-ema", help="EMA weights (default) or raw."),
         n: int = typer.Option(16, "--n", help="Number of images."),
         steps: int = typer.Option(50, "--steps", help="Sampler steps."),

@@ -161,7 +161,7 @@ def init_from_base(
 ) -> tuple[nn.Module, LatentNormalizer, dict[str, Any]]:
     """The `--init` base's weights and its latent normalization, checked against this run: the same
     architecture, latent shape, classes and objective, and a store of the same autoencoder."""
-    from lplkit.base_models import load_base
+    from lplkit.train.base import load_base
 
     base = load_base(str(cfg.init))
     info = base.info
@@ -170,8 +170,12 @@ def init_from_base(
         problems.append(f"model {info['model']['name']} (this run: --model {cfg.model.name})")
     if list(info["latent_shape"]) != list(store.latent_shape):
         problems.append(f"latents {info['latent_shape']} (store: {list(store.latent_shape)})")
-    if info.get("num_classes") != num_classes:
-        problems.append(f"{info.get('num_classes')} classes (store: {num_classes})")
+    base_classes = info.get("num_classes")
+    # a store holding a subset of the base's classes is fine (labels index the same table)
+    if (base_classes is None) != (num_classes is None) or (
+        num_classes is not None and base_classes is not None and num_classes > base_classes
+    ):
+        problems.append(f"{base_classes} classes (store: labels of {num_classes} classes)")
     if info["objective"].get("kind") != cfg.objective.kind:
         problems.append(
             f"objective {info['objective'].get('kind')} (this run: {cfg.objective.kind})"
@@ -217,6 +221,7 @@ def build_components(
     model: Any  # a Denoiser (models.py)
     if cfg.init:
         model, normalizer, init = init_from_base(cfg, store, num_classes)
+        num_classes = model.num_classes
     else:
         model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
         normalizer = make_normalizer(store)

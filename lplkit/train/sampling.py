@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lplkit.errors import CheckpointError
+from lplkit.errors import CheckpointError, ConfigError
 from lplkit.objectives import Objective
 from lplkit.train.config import TrainConfig
 from lplkit.train.normalization import LatentNormalizer
@@ -66,23 +66,38 @@ def sample_run(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Sample `n` images from the latest checkpoint of `run_dir`; returns a JSON-able summary."""
+    from lplkit.config import from_dict
     from lplkit.models import build_model
     from lplkit.sample import sample, save_grid, save_npz, to_uint8
+    from lplkit.train.base import BUNDLED_BASES, base_dir, load_base
     from lplkit.train.builders import load_decoder_vae, make_objective
     from lplkit.train.checkpoint import load_latest
     from lplkit.train.distributed import resolve_device
     from lplkit.train.run import load_run
 
-    run_dir = Path(run_dir)
-    tcfg, info = load_run(run_dir)
-    found = load_latest(run_dir / "checkpoints")
-    if found is None:
-        raise CheckpointError(f"{run_dir}/checkpoints holds no valid checkpoint; train first")
     dev = resolve_device(device)
-    spec = info["model"]
-    model = build_model(spec["name"], in_channels=spec["in_channels"],
-                        sample_size=spec["sample_size"], num_classes=spec["num_classes"])  # fmt: skip
-    model.load_state_dict(found.ema if ema else found.model)
+    if str(run_dir) in BUNDLED_BASES or (Path(run_dir) / "model.safetensors").is_file():
+        # a base (bundled name or exported directory): run.json + weights, no config.json
+        base = load_base(str(run_dir))
+        info, step = base.info, base.step
+        model = base.model
+        tcfg = from_dict(TrainConfig, {"objective": info["objective"]})
+        if str(run_dir) in BUNDLED_BASES:
+            if out is None:
+                raise ConfigError(f"sampling the bundled base {run_dir!r} needs --out DIR")
+            run_dir = base_dir(str(run_dir))
+        run_dir = Path(run_dir)
+    else:
+        run_dir = Path(run_dir)
+        tcfg, info = load_run(run_dir)
+        found = load_latest(run_dir / "checkpoints")
+        if found is None:
+            raise CheckpointError(f"{run_dir}/checkpoints holds no valid checkpoint; train first")
+        spec = info["model"]
+        model = build_model(spec["name"], in_channels=spec["in_channels"],
+                            sample_size=spec["sample_size"], num_classes=spec["num_classes"])  # fmt: skip
+        model.load_state_dict(found.ema if ema else found.model)
+        step = found.step
     model = model.to(dev).eval()
     objective = make_objective(tcfg)
     nrm = info["normalization"]
@@ -111,7 +126,7 @@ def sample_run(
         if progress is not None:
             progress(hi, n)
     imgs = torch.cat(images)
-    out_dir = Path(out) if out is not None else run_dir / "samples" / f"step_{found.step:08d}"
+    out_dir = Path(out) if out is not None else run_dir / "samples" / f"step_{step or 0:08d}"
     out_dir.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
@@ -124,7 +139,7 @@ def sample_run(
     npz = save_npz(imgs, out_dir / "samples.npz")
     return {
         "run_dir": str(run_dir),
-        "checkpoint_step": found.step,
+        "checkpoint_step": step,
         "weights": "ema" if ema else "model",
         "n": n,
         "sampler": sampler or ("heun" if tcfg.objective.kind == "flow" else "ddim"),

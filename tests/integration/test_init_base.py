@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lplkit.base_models import load_base
 from lplkit.config import from_dict
 from lplkit.errors import ConfigError
 from lplkit.store.synthetic import write_synthetic_store
+from lplkit.train.base import load_base
 from lplkit.train.builders import build_components
 from lplkit.train.config import TrainConfig
 from lplkit.train.run import train

@@ -15,7 +15,7 @@ LAYERS = {
     "data": 1, "autoencoder": 1, "store": 1, "objectives": 1, "decoder_features": 1, "models": 1,
     "encode": 2, "encode_ranks": 2, "lpl": 2, "lpl_presets": 2, "lpl_terms": 2, "stats": 2,
     "stats_store": 2, "stats_run": 2, "sample": 2, "lpl_crops": 2,
-    "train": 3, "base_models": 3,
+    "train": 3,
     "metrics": 4, "evaluate": 4, "export": 4,
     "demo": 5,
     "cli": 6, "__main__": 6,

@@ -130,6 +130,7 @@ def export_base(
     sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
           for k, v in base.model.state_dict().items()}  # fmt: skip
     save_file(sd, str(out / "model.safetensors"))
+    (out / "model.safetensors").chmod(0o644)  # a package file: readable by every user
     info = dict(base.info)
     info["step"] = base.step
     (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
