@@ -53,6 +53,7 @@ def value_and_grad(lpl, pred, target, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # compilation: minutes on a loaded 2-core box
 @pytest.mark.parametrize(
     "opts",
     [
@@ -78,6 +79,7 @@ def test_compiled_equals_eager_values_and_gradients(vae, backend, opts):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # compilation: minutes on a loaded 2-core box
 def test_gate_size_change_does_not_recompile(vae, backend):
     """12 then 13 gated rows (and 5): one graph. n = 1 is specialized by torch: one more, once."""
     backend("eager")
@@ -105,6 +107,7 @@ def test_channels_last_equals_contiguous(vae):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # compilation: minutes on a loaded 2-core box
 def test_a_compiled_gradient_that_differs_from_eager_is_refused(vae, monkeypatch):
     """A backend whose backward halves every gradient (as a miscompiled kernel might): the
     one-time check against eager raises instead of training on it; values alone still pass."""
@@ -136,6 +139,7 @@ def test_a_compiled_gradient_that_differs_from_eager_is_refused(vae, monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # compilation: minutes on a loaded 2-core box
 def test_inductor_compiled_equals_eager_or_is_refused(vae):
     """The real backend (inductor C++ kernels on CPU; minutes of compilation on a 2-core box):
     equal to eager, or refused by the one-time check - never a silent wrong gradient. torch
