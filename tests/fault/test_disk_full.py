@@ -21,6 +21,10 @@ import lplkit.store.sidecar
 
 ARRAYS = ("moments", "labels")
 
+# Recovering from a killed/damaged writer is the point here: lplkit's recovery notice is expected
+# (shown, as users see it; not an error).
+pytestmark = pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning")
+
 
 def _enospc() -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -26,6 +26,10 @@ ARRAYS = ("moments", "moments_flip", "labels")
 # Some shards are encoded here (the reference, the re-run) and some in the subprocess.
 ENV = subprocess_env()
 
+# Recovering from a killed/damaged writer is the point here: lplkit's recovery notice is expected
+# (shown, as users see it; not an error).
+pytestmark = pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning")
+
 
 def _args(dataset: str, out: Path, vae: Path) -> list[str]:
     return ["encode", "--dataset", dataset, "--res", "32", "--vae", str(vae), "--out", str(out),

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import read_store, run_cli
 
+# Recovering from a killed/damaged writer is the point here: lplkit's recovery notice is expected
+# (shown, as users see it; not an error).
+pytestmark = pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning")
+
 
 def _args(images: Path, out: Path, vae: Path) -> list[str]:
     return ["encode", "--dataset", str(images), "--res", "16", "--vae", str(vae), "--out", str(out),

@@ -29,6 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS, CKPT_EVERY = 16, 3
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
+# A checkpoint half-written by the kill is skipped with a notice, and the writer's lock is stale.
+pytestmark = [
+    pytest.mark.filterwarnings("default:skipping checkpoint:UserWarning"),
+    pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning"),
+]
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_vae_dir) -> Path:
