@@ -228,6 +228,8 @@ def test_lpl_crops_resume_exactly(tmp_path):
         assert torch.equal(model[k], ref_model[k]), k
 
 
+# opt.step is replaced below, which torch notices at the scheduler step
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step:UserWarning")
 def test_lpl_crops_do_not_depend_on_the_accumulation_split(tmp_path):
     """The draws are made for the global batch and sliced like t and eps: 2 micro-batches of 4
     get the same windows, hence the same gradients, as one batch of 8."""
@@ -249,6 +251,8 @@ def test_lpl_crops_do_not_depend_on_the_accumulation_split(tmp_path):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+# opt.step is replaced below, which torch notices at the scheduler step
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step:UserWarning")
 def test_grad_accumulation_matches_one_big_batch(tmp_path):
     # Compare the gradients handed to the optimizer (Adam's sign-like first steps would amplify
     # float-rounding differences of near-zero gradients in the weights).
