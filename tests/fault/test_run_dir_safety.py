@@ -22,6 +22,10 @@ from safetensors.torch import load_file
 
 from lplkit.store.synthetic import write_synthetic_store
 
+# Recovering from a killed/damaged writer is the point here: lplkit's recovery notice is expected
+# (shown, as users see it; not an error).
+pytestmark = pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning")
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
