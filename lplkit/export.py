@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lplkit.errors import CheckpointError, ConfigError
+from lplkit.errors import ConfigError
 
 __all__ = ["DIT_NULL_CLASS", "export_run", "flow_scheduler_shim", "fold_normalization"]
 
@@ -189,24 +189,15 @@ def export_run(
     """
     from diffusers import DiTPipeline
 
-    from lplkit.models import build_model
+    from lplkit.train.base import load_run_model
     from lplkit.train.builders import load_decoder_vae
-    from lplkit.train.checkpoint import load_latest
-    from lplkit.train.run import load_run
 
     run_dir, out = Path(run_dir), Path(out)
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     if out.exists() and any(out.iterdir()) and not (out / "model_index.json").is_file():
         raise ConfigError(f"{out} exists and is not a pipeline directory; choose an empty --out")
-    tcfg, info = load_run(run_dir)
-    found = load_latest(run_dir / "checkpoints")
-    if found is None:
-        raise CheckpointError(f"{run_dir}/checkpoints holds no valid checkpoint; train first")
-    spec = info["model"]
-    model = build_model(spec["name"], in_channels=spec["in_channels"],
-                        sample_size=spec["sample_size"], num_classes=spec["num_classes"])  # fmt: skip
-    model.load_state_dict(found.ema if ema else found.model)
+    tcfg, info, model, step = load_run_model(run_dir, ema=ema)
     transformer = _export_transformer(model)
 
     if vae is not None:
@@ -236,7 +227,7 @@ def export_run(
     return {
         "run_dir": str(run_dir),
         "out": str(out),
-        "checkpoint_step": found.step,
+        "checkpoint_step": step,
         "weights": "ema" if ema else "model",
         "pipeline": "DiTPipeline",
         "objective": tcfg.objective.kind,

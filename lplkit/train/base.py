@@ -81,6 +81,22 @@ def _build(info: dict[str, Any]) -> Denoiser:
     )
 
 
+def load_run_model(run_dir: Path, *, ema: bool = True) -> tuple[Any, dict[str, Any], Denoiser, int]:
+    """A run directory's config, its run.json and its newest valid checkpoint's weights (EMA unless
+    ``ema=False``) in a built model: ``(TrainConfig, info, model, step)``."""
+    from lplkit.errors import CheckpointError
+    from lplkit.train.checkpoint import load_latest
+    from lplkit.train.run import load_run
+
+    tcfg, info = load_run(run_dir)
+    found = load_latest(run_dir / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{run_dir}/checkpoints holds no valid checkpoint; train first")
+    model = _build(info)
+    model.load_state_dict(found.ema if ema else found.model)
+    return tcfg, info, model, found.step
+
+
 def load_base(spec: str, *, ema: bool = True) -> Base:
     """Load a bundled base, a base directory or a run directory's newest checkpoint (see module)."""
     from safetensors.torch import load_file

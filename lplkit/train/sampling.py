@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lplkit.errors import CheckpointError, ConfigError
+from lplkit.errors import ConfigError
 from lplkit.objectives import Objective
 from lplkit.train.config import TrainConfig
 from lplkit.train.normalization import LatentNormalizer
@@ -67,13 +67,10 @@ def sample_run(
 ) -> dict[str, Any]:
     """Sample `n` images from the latest checkpoint of `run_dir`; returns a JSON-able summary."""
     from lplkit.config import from_dict
-    from lplkit.models import build_model
     from lplkit.sample import sample, save_grid, save_npz, to_uint8
-    from lplkit.train.base import BUNDLED_BASES, base_dir, load_base
+    from lplkit.train.base import BUNDLED_BASES, base_dir, load_base, load_run_model
     from lplkit.train.builders import load_decoder_vae, make_objective
-    from lplkit.train.checkpoint import load_latest
     from lplkit.train.distributed import resolve_device
-    from lplkit.train.run import load_run
 
     dev = resolve_device(device)
     if str(run_dir) in BUNDLED_BASES or (Path(run_dir) / "model.safetensors").is_file():
@@ -89,15 +86,7 @@ def sample_run(
         run_dir = Path(run_dir)
     else:
         run_dir = Path(run_dir)
-        tcfg, info = load_run(run_dir)
-        found = load_latest(run_dir / "checkpoints")
-        if found is None:
-            raise CheckpointError(f"{run_dir}/checkpoints holds no valid checkpoint; train first")
-        spec = info["model"]
-        model = build_model(spec["name"], in_channels=spec["in_channels"],
-                            sample_size=spec["sample_size"], num_classes=spec["num_classes"])  # fmt: skip
-        model.load_state_dict(found.ema if ema else found.model)
-        step = found.step
+        tcfg, info, model, step = load_run_model(run_dir, ema=ema)
     model = model.to(dev).eval()
     objective = make_objective(tcfg)
     nrm = info["normalization"]

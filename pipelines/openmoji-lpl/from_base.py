@@ -25,27 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from ablation import _lplkit  # noqa: E402  (one runner for both drivers)
+
 ARMS = {"baseline": [], "lpl": ["--lpl"], "lpl-dataset": ["--lpl", "--lpl-preset", "paper-dataset"]}
-
-
-def _lplkit(*args: str, log: Path) -> str:
-    """Run one lplkit command; stdout returned, stderr appended to `log`; raises on failure."""
-    cmd = [sys.executable, "-m", "lplkit", *args]
-    with log.open("a") as err:
-        err.write(f"\n$ {shlex.join(cmd)}\n")
-        err.flush()
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-        err.write(f"# exit {proc.returncode} after {time.perf_counter() - t0:.1f} s\n")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed (exit {proc.returncode}); see {log}")
-    return proc.stdout
 
 
 def _base_steps(init: str) -> int:
