@@ -8,7 +8,8 @@ Public API::
 Submodules: `config` (TrainConfig), `loop` (Trainer, Components), `losses` (objective + gated LPL),
 `checkpoint`, `ema`, `rng`, `loader`, `metrics`, `lr_schedule`, `distributed` (re-exports
 `lplkit.distributed`),
-`normalization`, `builders`, `run`, `sampling` (the run-directory sample grids and `sample_run`).
+`normalization`, `builders`, `run`, `sampling` (the run-directory sample grids and `sample_run`),
+`base` (pre-trained bases: `load_base`, the weights behind `--init`).
 Importing this package does not import torch (the CLI's `--help` relies on it).
 """
 

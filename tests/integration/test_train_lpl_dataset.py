@@ -120,11 +120,19 @@ def test_stats_then_train_with_dataset_norm(tiny_vae_dir, tmp_path, capsys):
     assert loss["apply_post_quant_conv"] is True and loss["depth"] is None
 
 
-def _refused(args: list[str], capsys, match: str) -> str:
+def _refused(args: list[str], capsys, match: str, warning: str | None = None) -> str:
+    """One `error:` line matching `match`; besides it only the LPL summary and, when `warning` is
+    given, exactly one `warning:` line containing it (the CLI prints warnings as one line each)."""
     code, _, err = run_cli(["train", *args], capsys)
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith("LPL:")]
+    warnings = [x for x in lines if x.startswith("warning:")]
+    lines = [x for x in lines if not x.startswith("warning:")]
     assert code != 0 and len(lines) == 1, err
     assert match in lines[0], lines[0]
+    if warning is None:
+        assert not warnings, err
+    else:
+        assert len(warnings) == 1 and warning in warnings[0], err
     return lines[0]
 
 
@@ -159,10 +167,10 @@ def test_refuses_post_quant_conv_mismatch_the_other_way(store, tmp_path, capsys)
     _refused(args, capsys, "--no-post-quant-conv")
 
 
+@pytest.mark.filterwarnings("default::UserWarning")  # the explicit --vae notice, printed by the CLI
 def test_refuses_stats_of_another_autoencoder(store, other_vae_dir, tmp_path, capsys):
     args = _args(store, tmp_path / "r", "--lpl-norm", "dataset", "--vae", str(other_vae_dir))
-    with pytest.warns(UserWarning, match="given explicitly"):
-        _refused(args, capsys, "weights_hash")
+    _refused(args, capsys, "weights_hash", warning="given explicitly")
 
 
 def test_stats_computed_mid_run_do_not_change_a_resumed_runs_normalization(tiny_vae_dir, tmp_path):
