@@ -52,14 +52,16 @@ def test_closing_the_consumer_stops_the_producer():
             produced.append(i)
             yield i
 
-    before = threading.active_count()
+    before = set(threading.enumerate())
     it = background(source(), depth=2)
     next(it)
+    new = set(threading.enumerate()) - before  # the producer (other tests' threads may come and go)
+    assert new
     it.close()
-    deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # generous: a loaded box schedules the producer late
+    while any(t.is_alive() for t in new) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert threading.active_count() == before
+    assert not any(t.is_alive() for t in new)
     assert len(produced) < 10
 
 
