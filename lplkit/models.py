@@ -258,23 +258,13 @@ def _unet_small(*, in_channels: int, sample_size: int, num_classes: int | None) 
 @register_model("UNet-T")
 def _unet_tiny(*, in_channels: int, sample_size: int, num_classes: int | None) -> Denoiser:
     """A tiny class-conditional diffusers ``UNet2DModel`` (shows a non-DiT entry; tests only)."""
-    from diffusers import UNet2DModel
-
-    net = UNet2DModel(
-        sample_size=sample_size,
+    return _unet(
+        "UNet-T",
         in_channels=in_channels,
-        out_channels=in_channels,
+        sample_size=sample_size,
+        num_classes=num_classes,
         block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention=(False, True),
         layers_per_block=1,
         norm_num_groups=8,
-        num_class_embeds=(num_classes if num_classes is not None else 1) + 1,
     )
-    spec = {
-        "name": "UNet-T",
-        "in_channels": in_channels,
-        "sample_size": sample_size,
-        "num_classes": num_classes,
-    }
-    return Denoiser(net, spec=spec, num_classes=num_classes)
