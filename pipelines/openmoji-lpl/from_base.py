@@ -53,7 +53,7 @@ def _run_arm(args, run: Path, seed: int, steps: int, flags: list[str], log: Path
     _lplkit(
         "train", "--config", str(args.recipe), "--store", args.store, "--out", str(run),
         "--init", args.init, "--seed", str(seed), "--steps", str(steps), "--device", args.device,
-        *flags, log=log,
+        *shlex.split(args.train_args), *flags, log=log,
     )  # fmt: skip
     samples = run / "eval" / "samples"
     _lplkit(
@@ -69,7 +69,8 @@ def _run_arm(args, run: Path, seed: int, steps: int, flags: list[str], log: Path
     ev = json.loads(text)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
     result = {
-        "seed": seed, "steps": steps, "flags": flags, "init": args.init,
+        "seed": seed, "steps": steps, "flags": flags, "train_args": args.train_args,
+        "init": args.init,
         "s_per_step": sum(r["time_s"] for r in rows[1:]) / max(1, rows[-1]["step"] - rows[0]["step"]),
         "swd": ev["swd"]["levels"], "swd_avg": ev["swd"]["avg"],
         "floor": ev["floor"]["swd"]["levels"], "vs_floor": ev["vs_floor"],
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--post-fractions", default="0.2,0.333")
     ap.add_argument("--post-steps", default="", help="explicit lengths instead of fractions")
     ap.add_argument("--arms", default="baseline,lpl,lpl-dataset")
+    ap.add_argument("--train-args", default="", help="flags for every arm (e.g. '--batch-size 32')")
     ap.add_argument("--arm", action="append", default=[], help="NAME='train flags' (extra arm)")
     ap.add_argument("--n-eval", type=int, default=128)
     ap.add_argument("--sample-steps", type=int, default=32)
