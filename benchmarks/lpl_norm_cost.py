@@ -21,8 +21,8 @@ import time
 import torch
 from random_autoencoders import random_autoencoder
 
-from lplkit.decoder_features import FeatureStats
-from lplkit.lpl import LatentPerceptualLoss
+from lplkit.lpl.decoder_taps import FeatureStats
+from lplkit.lpl.loss import LatentPerceptualLoss
 
 
 def _unit_stats(lpl: LatentPerceptualLoss) -> dict[int, FeatureStats]:

@@ -37,7 +37,7 @@ from random_autoencoders import random_autoencoder
 from rich.console import Console
 from rich.table import Table
 
-from lplkit.lpl import LatentPerceptualLoss
+from lplkit.lpl.loss import LatentPerceptualLoss
 
 console = Console(stderr=True)
 if not console.is_terminal:  # logs/files: wide enough for the results table

@@ -55,7 +55,7 @@ def peak_gib(device: str) -> float:
 
 @torch.no_grad()
 def taps_only(store, taps, items: np.ndarray, batch: int, device: str) -> None:
-    from lplkit.stats import item_latents
+    from lplkit.stats.compute import item_latents
 
     for s in range(0, len(items), batch):
         taps(item_latents(store, items[s : s + batch], seed=0).to(device))
@@ -71,8 +71,8 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--check", action="store_true")
     a = p.parse_args()
-    from lplkit.decoder_features import DecoderTaps
-    from lplkit.stats import compute_stats, select_items
+    from lplkit.lpl.decoder_taps import DecoderTaps
+    from lplkit.stats.compute import compute_stats, select_items
 
     with tempfile.TemporaryDirectory() as tmp:
         vae = random_autoencoder(a.ae)
@@ -106,8 +106,8 @@ def main() -> None:
 
 def check(root: Path, device: str) -> None:
     """Small store: statistics on `device` vs on CPU (same items, same noise)."""
-    from lplkit.decoder_features import DecoderTaps
-    from lplkit.stats import compute_stats
+    from lplkit.lpl.decoder_taps import DecoderTaps
+    from lplkit.stats.compute import compute_stats
 
     vae = random_autoencoder("tiny")
     store = ArrayStore(40, 8)

@@ -66,7 +66,7 @@ def _median_time(fn, dev, warmup: int, reps: int) -> float:
 def step_fn(args, gate_frac: float | None, compiled: bool = False, crop: int | None = None):
     """A closure running one full optimizer step; gate_frac None = no LPL; `compiled`: the
     denoiser and the LPL under torch.compile (as `lplkit train --compile --lpl-compile`)."""
-    from lplkit.lpl import LatentPerceptualLoss
+    from lplkit.lpl.loss import LatentPerceptualLoss
     from lplkit.models import build_model
     from lplkit.objectives import build_objective
     from lplkit.train.ema import EMA

@@ -32,7 +32,8 @@ from lplkit.autoencoder_choice import (
     default_autoencoder,
     missing_vae_message,
 )
-from lplkit.errors import AutoencoderError
+from lplkit.errors import AutoencoderError, StoreMismatchError
+from lplkit.hub import hub_failure
 
 __all__ = [
     "BUNDLED_AUTOENCODERS",
@@ -84,8 +85,6 @@ def _hub_config(repo: str, subfolder: str | None, revision: str | None) -> tuple
     snapshot folder the file lives in (`models--org--name/snapshots/<commit>/...`)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HFValidationError
-
-    from lplkit.hub import hub_failure
 
     try:
         path = Path(
@@ -279,7 +278,6 @@ def check_store_autoencoder(
     the store: same config_hash, and same weights_hash when the manifest records one (a bundled or
     local autoencoder whose weights changed since the encode is caught here: no stale-cache mixing).
     `fix` ends the message (what the user should do)."""
-    from lplkit.errors import StoreMismatchError
 
     stored = manifest.get("autoencoder") or {}
     for key in ("config_hash", "weights_hash"):

@@ -28,7 +28,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lplkit.config import from_dict
+from lplkit.encode import EncodeConfig, encode_dataset
 from lplkit.errors import ConfigError
+from lplkit.evaluate import EvalOptions, evaluate
+from lplkit.generate import sample_run
+from lplkit.metrics.image_sets import open_image_set
+from lplkit.metrics.swd import SWDConfig
+from lplkit.samplers import make_grid
+from lplkit.stats.job import run_stats
+from lplkit.train import train
+from lplkit.train.config import TrainConfig
 
 __all__ = ["ARMS", "DemoConfig", "run_demo", "train_config"]
 
@@ -100,8 +110,6 @@ class DemoConfig:
 
 def train_config(cfg: DemoConfig, arm: str):
     """The `TrainConfig` of one arm: the two differ only in ``lpl.enabled``."""
-    from lplkit.config import from_dict
-    from lplkit.train.config import TrainConfig
 
     data = {
         "store": str(cfg.store),
@@ -167,7 +175,6 @@ def run_demo(
 
 
 def _encode(cfg: DemoConfig) -> dict[str, Any]:
-    from lplkit.encode import EncodeConfig, encode_dataset
 
     out = {}
     for split, store in (("train", cfg.store), ("test", cfg.test_store)):
@@ -186,7 +193,6 @@ def _encode(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _stats(cfg: DemoConfig) -> dict[str, Any]:
-    from lplkit.stats_run import run_stats
 
     _, meta = run_stats(str(cfg.store), samples=cfg.stats_samples, seed=cfg.seed, device=cfg.device)
     lat = meta["latent"]
@@ -194,7 +200,6 @@ def _stats(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DemoConfig, on_log: TrainLogFn | None) -> dict[str, Any]:
-    from lplkit.train import train
 
     out: dict[str, Any] = {"lpl_start": cfg.lpl_start, "base": cfg.base}
     for arm in ARMS:
@@ -226,7 +231,6 @@ def _per_step(rows: list[dict[str, Any]]) -> float | None:
 
 
 def _sample(cfg: DemoConfig) -> dict[str, Any]:
-    from lplkit.train.sampling import sample_run
 
     return {
         arm: sample_run(
@@ -244,9 +248,6 @@ def _sample(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _eval(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
-    from lplkit.evaluate import EvalOptions, evaluate
-    from lplkit.metrics.swd import SWDConfig
-
     opts = EvalOptions(
         metrics=("swd", "spectrum"), n=cfg.eval_n, seed=cfg.seed, device=cfg.device,
         swd=SWDConfig(dirs_per_repeat=cfg.swd_dirs),
@@ -273,9 +274,6 @@ def _eval_row(res: dict[str, Any]) -> dict[str, Any]:
 def _compare(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
     """real | baseline | LPL as one PNG: held-out glyphs decoded by the AE, then both arms."""
     import numpy as np
-
-    from lplkit.metrics.image_sets import open_image_set
-    from lplkit.sample import make_grid
 
     real = open_image_set(str(cfg.test_store), device=cfg.device)
     n = min(cfg.n_samples, len(real))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DistContext",
     "DistInfo",
     "all_ok",
     "all_reduce_mean",
@@ -201,3 +202,83 @@ def shutdown(info: DistInfo) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class DistContext:
+    """A job's process group as a context manager, with the object collectives a job needs.
+
+    One process: every collective is the identity. Under torchrun: the group from
+    `init_distributed` (gloo on CPU, NCCL on CUDA), shut down on exit when this context created it.
+    Collectives are used only at phase boundaries (encode: load, create the store, sum the counts,
+    finalize); a phase run through `rank0_first` that fails on one rank makes every rank raise
+    `error` instead of leaving the others blocked in the next collective.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        local_rank: int,
+        owns_group: bool,
+        error: type[LplkitError] = LplkitError,
+    ) -> None:
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.owns_group = owns_group
+        self.error = error
+        self.device = _cpu()  # where collective tensors live
+
+    @classmethod
+    def from_env(cls, device: str, error: type[LplkitError] = LplkitError) -> DistContext:
+        info = init_distributed(device)
+        ctx = cls(info.rank, info.world_size, info.local_rank, info.owns_group, error)
+        ctx.device = info.collective_device
+        return ctx
+
+    @property
+    def info(self) -> DistInfo:
+        return DistInfo(
+            rank=self.rank,
+            world_size=self.world_size,
+            local_rank=self.local_rank,
+            device=self.device,
+            owns_group=self.owns_group,
+        )
+
+    def __enter__(self) -> DistContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owns_group:
+            shutdown(self.info)
+
+    def rank0_first(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0, then on the other ranks (downloads, store creation happen once)."""
+        return rank0_first(fn, self.info, error=self.error)
+
+    def sum_ints(self, values: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.all_reduce(t)
+        return [int(v) for v in t.tolist()]
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world_size == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]

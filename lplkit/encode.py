@@ -43,8 +43,7 @@ from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
 from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip, to_unit_range
-from lplkit.distributed import resolve_device
-from lplkit.encode_ranks import DistContext
+from lplkit.distributed import DistContext, resolve_device
 from lplkit.errors import AutoencoderError, BadImageError, ConfigError, StoreError
 from lplkit.store import format as fmt
 from lplkit.store.writer import StoreWriter
@@ -205,7 +204,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
     vae_spec = cfg.vae or default_autoencoder(cfg.dataset)
     if vae_spec is None:
         raise ConfigError(missing_vae_message(cfg.dataset))
-    with DistContext.from_env(cfg.device) as ctx:
+    with DistContext.from_env(cfg.device, error=StoreError) as ctx:
         device = resolve_device(cfg.device, ctx.local_rank)
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
         f = info["downsample_factor"]

@@ -18,6 +18,7 @@ import torch
 from lplkit.errors import ConfigError, EvaluationError
 from lplkit.metrics.frechet import GaussianStats, frechet_distance
 from lplkit.metrics.image_sets import ImageSet, NpzImages, open_image_set, select
+from lplkit.metrics.inception import find_inception, inception_features, load_inception
 from lplkit.metrics.spectrum import PowerSpectrum, spectrum_distance
 from lplkit.metrics.swd import SWDConfig, SWDDescriptors, swd_between
 
@@ -62,7 +63,6 @@ class _SetAccumulator:
         self.size: tuple[int, int] | None = None
 
     def update(self, images_NHWC: np.ndarray) -> None:
-        from lplkit.metrics.inception import inception_features
 
         x = torch.from_numpy(np.ascontiguousarray(images_NHWC)).permute(0, 3, 1, 2)
         self.size = (int(x.shape[-2]), int(x.shape[-1]))
@@ -108,8 +108,6 @@ def evaluate(
     metrics = parse_metrics(opts.metrics)
     inception, inception_path = None, None
     if "fid" in metrics:  # fail before any decoding if the weights are missing
-        from lplkit.metrics.inception import find_inception, load_inception
-
         inception_path = find_inception(opts.inception)
         inception = load_inception(inception_path, opts.device)
     named = [("samples", samples), ("ref", ref)] + ([("floor", floor)] if floor is not None else [])

@@ -39,6 +39,9 @@ import torch
 from torch import nn
 
 from lplkit.errors import ConfigError
+from lplkit.store import LatentStore
+from lplkit.train.base import load_run_model
+from lplkit.train.builders import load_decoder_vae
 
 __all__ = ["DIT_NULL_CLASS", "export_run", "flow_scheduler_shim", "fold_normalization"]
 
@@ -160,8 +163,6 @@ def _class_names(info: dict[str, Any], num_classes: int | None) -> tuple[dict[st
     names = None
     url = (info.get("store") or {}).get("url")
     try:
-        from lplkit.store import LatentStore
-
         names = getattr(LatentStore.open(str(url)), "classes", None) if url else None
     except (OSError, ValueError) as exc:
         return {str(i): str(i) for i in range(num_classes)}, [
@@ -188,9 +189,6 @@ def export_run(
     ``steps`` only matters for flow runs (the exported Euler grid, see the module docstring).
     """
     from diffusers import DiTPipeline
-
-    from lplkit.train.base import load_run_model
-    from lplkit.train.builders import load_decoder_vae
 
     run_dir, out = Path(run_dir), Path(out)
     if steps < 1:

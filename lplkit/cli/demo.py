@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.progress import LiveProgress
 
 _STAGE_TEXT = {
     "encode": "encoding OpenMoji (train + held-out test split) with the bundled tiny-openmoji AE",
@@ -76,43 +77,45 @@ def register(app: typer.Typer) -> None:
 
 
 class _Progress:
-    """One status line per stage, and a progress bar per arm while training."""
+    """One status line per stage, and a `LiveProgress` line per arm while it trains."""
 
     def __init__(self, total_steps: int, enabled: bool) -> None:
         self.total = total_steps
         self.enabled = enabled
-        self.bar: Any = None
-        self.tasks: dict[str, Any] = {}
+        self.arm: str | None = None
+        self.bar: LiveProgress | None = None
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                console=output.console)  # fmt: skip
-            self.bar.__enter__()
         return self
 
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar, self.arm = None, None
+
     def on_stage(self, name: str, info: dict[str, Any]) -> None:
-        if self.bar is None:
+        if not self.enabled:
             return
+        self._close_bar()
         if not info:
-            self.bar.console.print(f"[bold]{name}[/]: {_STAGE_TEXT[name]} ...")
+            output.console.print(f"[bold]{name}[/]: {_STAGE_TEXT[name]} ...")
         else:
-            self.bar.console.print(f"  {name} done in {info['seconds']:.1f} s")
+            output.console.print(f"  {name} done in {info['seconds']:.1f} s")
 
     def on_log(self, arm: str, rec: dict[str, Any]) -> None:
-        if self.bar is None:
+        if not self.enabled:
             return
-        if arm not in self.tasks:
-            self.tasks[arm] = self.bar.add_task(f"train {arm}", total=self.total, info="")
+        if arm != self.arm:
+            self._close_bar()
+            self.bar = LiveProgress(f"train {arm}", total=self.total, log_every=10.0,
+                                    log_unit="steps").__enter__()  # fmt: skip
+            self.arm = arm
         info = f"loss {rec['loss']:.4f}  lpl {rec['loss_lpl']:.4f}  gate {rec['gate_frac']:.0%}"
-        self.bar.update(self.tasks[arm], completed=rec["step"], info=info)
+        assert self.bar is not None
+        self.bar.update(rec["step"], info=info)
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+        self._close_bar()
 
 
 def _print_summary(s: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.progress import LiveProgress
 
 
 def register(app: typer.Typer) -> None:
@@ -48,8 +49,6 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     ) -> None:
         """Compare generated samples with references (SWD x1e3 per level, spectra, FID)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-
         from lplkit.evaluate import EvalOptions, evaluate, parse_metrics
         from lplkit.metrics.swd import SWDConfig
 
@@ -63,14 +62,10 @@ def register(app: typer.Typer) -> None:
             swd=SWDConfig(dirs_per_repeat=swd_dirs, dir_repeats=swd_repeats),
             spectrum_mode=spectrum_mode,
         )
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=output.console, transient=True) as bar:
-            tasks: dict[str, TaskID] = {}
+        with LiveProgress("eval", enabled=not json_out, transient=True) as bar:
 
             def on_batch(role: str, done: int, total: int) -> None:
-                if role not in tasks:
-                    tasks[role] = bar.add_task(f"{role} images", total=total)
-                bar.update(tasks[role], completed=done)
+                bar.update(done, total, info=f"{role} images")
 
             result = evaluate(samples, ref, opts, floor=floor, progress=on_batch)
         if json_out:

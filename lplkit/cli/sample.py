@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.progress import LiveProgress
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +37,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Sample N images (deterministic for a seed), decode them with the run's autoencoder."""
         from lplkit.errors import ConfigError
-        from lplkit.train.sampling import sample_run
+        from lplkit.generate import sample_run
 
         try:
             label_list = [int(v) for v in labels.split(",") if v.strip()] if labels else None
@@ -46,10 +45,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 f"--labels expects comma-separated integers, got {labels!r}"
             ) from None
-        with _Bar(enabled=not json_out) as bar:
+        with LiveProgress("sampling", enabled=not json_out, transient=True) as bar:
             summary = sample_run(
                 run, out=out, ema=ema, n=n, steps=steps, cfg_scale=cfg, sampler=sampler, seed=seed,
-                labels=label_list, batch_size=batch_size, device=device, vae=vae, progress=bar,
+                labels=label_list, batch_size=batch_size, device=device, vae=vae, progress=bar.update,
             )  # fmt: skip
         if json_out:
             output.emit_json(summary)
@@ -73,30 +72,3 @@ def register(app: typer.Typer) -> None:
         ):
             table.add_row(k, str(summary[k]))
         output.console.print(table)
-
-
-class _Bar:
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __enter__(self) -> _Bar:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.bar = Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(),
-                                console=output.console, transient=True)  # fmt: skip
-            self.bar.__enter__()
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            return
-        if self.task is None:
-            self.task = self.bar.add_task("sample", total=total)
-        self.bar.update(self.task, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         """Per-channel latent mean/std (+ suggested scale/shift) and decoder-feature mean, std and
         2%/98% quantiles per tapped layer, for the LPL's `dataset` norm and outlier mask."""
         from lplkit.distributed import init_distributed
-        from lplkit.stats_run import run_stats
+        from lplkit.stats.job import run_stats
 
         dist = init_distributed(device)  # under torchrun: join the group, pin this rank's GPU
         rank = dist.rank

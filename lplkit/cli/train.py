@@ -10,7 +10,7 @@ import typer
 from lplkit.cli import output
 from lplkit.cli.options import ConfigFlag, flags_table, with_config_flags
 from lplkit.cli.progress import LiveProgress
-from lplkit.lpl_presets import LPL_PRESETS
+from lplkit.lpl.config import LPL_PRESETS
 from lplkit.train.config import TrainConfig
 
 # Every `lplkit train` flag that sets a TrainConfig field, declared once: the typer signature,
@@ -131,7 +131,7 @@ def resolve_config(config: str | None, overrides: list[str], flags: dict[str, An
 
     from lplkit.config import load_config
     from lplkit.train.config import upgrade_layout
-    from lplkit.train.run import read_json_object
+    from lplkit.train.run_dir import read_json_object
 
     out = flags.get("out")
     saved = Path(out) / "config.json" if out else None

@@ -10,13 +10,14 @@ import glob
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from lplkit.data.layout import directory_kind
+from lplkit.data.presets import PRESETS, Preset
 from lplkit.data.sources import (
     ImageSource,
     Record,
@@ -24,8 +25,10 @@ from lplkit.data.sources import (
     content_fingerprint,
     file_size,
     register_source,
+    registered_sources,
 )
 from lplkit.errors import SourceError
+from lplkit.hub import hub_cache_dir, hub_failure, is_offline
 
 __all__ = [
     "PRESETS",
@@ -151,8 +154,6 @@ def _load_dataset(path: str, *, hub: bool = False, **kwargs: Any) -> Any:
         return datasets.load_dataset(path, **kwargs)
     except Exception as exc:
         if hub:
-            from lplkit.hub import hub_failure
-
             msg = hub_failure(exc, repo=path, kind="dataset", revision=kwargs.get("revision"))
             raise SourceError(f"cannot load dataset {path!r}: {msg}") from None
         if isinstance(exc, FileNotFoundError | ValueError | ConnectionError | OSError):
@@ -177,7 +178,6 @@ def _check_hub_reachable(repo: str, revision: str | None) -> None:
     """Fail in one line, before `load_dataset` (which retries an unreachable hub for ~25 s), when the
     hub cannot serve `repo`: offline (HF_HUB_OFFLINE=1) with no copy in the hub or datasets cache, or
     online when one quick metadata request fails (no network, no such repo)."""
-    from lplkit.hub import hub_cache_dir, hub_failure, is_offline
 
     if is_offline():
         in_hub = (Path(hub_cache_dir()) / f"datasets--{repo.replace('/', '--')}").is_dir()
@@ -204,7 +204,6 @@ def _check_hub_reachable(repo: str, revision: str | None) -> None:
 def preflight(spec: str, revision: str | None = None) -> None:
     """The hub check of a preset or hub-id `spec`, without importing `datasets` or torch, so that
     `lplkit encode` reports an unreachable or uncached hub dataset at once; other specs: nothing."""
-    from lplkit.data.sources import registered_sources
 
     head, sep, rest = spec.partition(":")
     if sep and not os.path.exists(spec):
@@ -265,28 +264,6 @@ def _resolved_revision(ds: Any) -> str | None:
         parts = Path(files[0]["filename"]).parts
         return parts[-2] if len(parts) >= 2 else None
     return getattr(ds, "_fingerprint", None)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A short name for a hub dataset and the columns to read."""
-
-    hub_id: str
-    image_column: str
-    label_column: str | None
-    default_split: str = "train"
-    config_name: str | None = None
-    note: str = ""
-
-
-#: Preset names -> hub datasets (parquet-backed on the hub; ImageNet is gated: accept its terms and
-#: `hf auth login` first).
-PRESETS: dict[str, Preset] = {
-    "imagenet": Preset("ILSVRC/imagenet-1k", "image", "label", note="ILSVRC-2012, 1000 classes"),
-    "cifar10": Preset("uoft-cs/cifar10", "img", "label", note="32x32, 10 classes"),
-    "cifar100": Preset("uoft-cs/cifar100", "img", "fine_label", note="32x32, 100 fine classes"),
-    "mnist": Preset("ylecun/mnist", "image", "label", note="28x28 grayscale digits"),
-}
 
 
 @register_source

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from lplkit.data.presets import PRESETS
 from lplkit.errors import BadImageError, SourceError
 
 __all__ = [
@@ -251,6 +252,4 @@ def content_fingerprint(entries: list[tuple[str, int]]) -> str:
 
 
 def _preset_names() -> list[str]:
-    from lplkit.data.hf import PRESETS
-
     return [*PRESETS, "openmoji"]

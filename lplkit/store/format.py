@@ -28,6 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from lplkit import __version__
+from lplkit.errors import StoreCorruptError, StoreError
+from lplkit.store.sidecar import url_to_fs
+from lplkit.validation import schema_problems
+
 FORMAT_VERSION = 1
 # 2: dimension_names on every array + consolidated metadata (lplkit.store.tooling); absent = 1
 LAYOUT_VERSION = 2
@@ -201,7 +206,6 @@ def new_manifest(
 ) -> dict[str, Any]:
     """A complete manifest for `StoreWriter.create_or_resume` (source = {id, split, revision, count};
     classes = the names of labels 0..K-1, or None when the source has none)."""
-    from lplkit import __version__
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -235,7 +239,6 @@ def new_manifest(
 
 def complete_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     """Fill the fields a caller may leave out (format version, chunk size, ...) with defaults."""
-    from lplkit import __version__
 
     m = copy.deepcopy(manifest)
     missing = [k for k in ("autoencoder", "resolution", "latent_shape", "source") if k not in m]
@@ -333,7 +336,6 @@ def manifest_problems(m: Any) -> list[str]:
         problems.append("a completed manifest must have counts {total, ok, skipped}")
     if problems:
         return problems
-    from lplkit.validation import schema_problems
 
     # The full schema (nested fields, enums, ranges) after the readable checks above.
     return [f"manifest {p}" for p in schema_problems(m, "store")]
@@ -395,7 +397,6 @@ def read_manifest(url: str) -> Any:
     Raises FileNotFoundError when there is no zarr.json, ValueError naming what is wrong when it
     is not a readable zarr group document; returns None when the group has no manifest.
     """
-    from lplkit.store.sidecar import url_to_fs
 
     fs, root = url_to_fs(str(url))
     doc = read_json_bounded(fs, f"{root}/zarr.json", "zarr.json")
@@ -412,8 +413,6 @@ def open_manifest(url: str) -> tuple[Any, dict[str, Any]]:
     is not an lplkit latent store, StoreCorruptError when its metadata is damaged or the manifest
     invalid. zarr is imported here so importing this module stays light."""
     import zarr
-
-    from lplkit.errors import StoreCorruptError, StoreError
 
     not_store = f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
     try:

@@ -6,8 +6,9 @@ from typing import Any
 
 from lplkit.errors import StoreCorruptError
 from lplkit.store import format as fmt
+from lplkit.store.markers import marker_shards, read_marker
 from lplkit.store.sidecar import url_to_fs
-from lplkit.store.writer import marker_shards, read_marker
+from lplkit.store.tooling import LAYOUT_VERSION, layout_version
 
 
 def _du(fs: Any, path: str) -> int:
@@ -69,7 +70,6 @@ def store_info(url: str) -> dict[str, Any]:
         }
     logical = sum(a["logical_bytes"] for a in arrays.values())
     stored = sum(a["stored_bytes"] for a in arrays.values())
-    from lplkit.store.tooling import LAYOUT_VERSION, layout_version
 
     layout = layout_version(manifest)
     return {

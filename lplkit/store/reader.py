@@ -37,7 +37,10 @@ from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store import shuffle as shf
+from lplkit.store.dataset import LatentDataset
+from lplkit.store.markers import marker_shards, read_marker
 from lplkit.store.sidecar import url_to_fs
+from lplkit.store.tooling import array_of
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of stored moments (all arrays) the loader may hold
 DEFAULT_MAX_THREADS = 4  # sampling threads when `threads` is not given
@@ -112,8 +115,8 @@ class LatentStore:
         self.dtype = manifest["dtype"]
         self.has_flips = bool(manifest["flips"])
         self._count = int(manifest["source"]["count"])
-        self._arrays = {n: group[n] for n in fmt.array_names(manifest) if n != fmt.LABELS}
-        self.labels: np.ndarray = np.asarray(group[fmt.LABELS][:], dtype=np.int32)
+        self._arrays = {n: array_of(group, n) for n in fmt.array_names(manifest) if n != fmt.LABELS}
+        self.labels: np.ndarray = np.asarray(array_of(group, fmt.LABELS)[:], dtype=np.int32)
         pos = index.column("position").to_numpy() if len(index) else np.array([], np.int64)
         self.ok_positions: np.ndarray = np.sort(pos[idx.ok_mask(index)]).astype(np.int64)
         self._ram: _Block | None = None
@@ -159,8 +162,6 @@ class LatentStore:
 
     @staticmethod
     def _index_of_complete_shards(fs: Any, root: str, manifest: dict[str, Any]) -> pa.Table:
-        from lplkit.store.writer import marker_shards, read_marker
-
         count, size = manifest["source"]["count"], manifest["shard_size"]
         parts = []
         for s in sorted(marker_shards(fs, root, fmt.n_shards(count, size))):
@@ -344,7 +345,6 @@ class LatentStore:
 
     def as_dataset(self, *, seed: int = 0, flip: bool = True) -> Any:
         """A map-style `torch.utils.data.Dataset` over the ok samples (`LatentDataset`)."""
-        from lplkit.store.dataset import LatentDataset
 
         return LatentDataset(self, seed=seed, flip=flip)
 
@@ -382,8 +382,8 @@ class LatentStore:
             for j in range(start_batch, total):
                 span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
                 positions = plan.order[span]
-                windows = np.unique(np.searchsorted(plan.window_starts, span, side="right") - 1)
-                windows = [int(k) for k in windows]
+                found = np.unique(np.searchsorted(plan.window_starts, span, side="right") - 1)
+                windows = [int(k) for k in found]
                 for k in list(loaded):
                     if k not in windows:
                         free.append(loaded.pop(k).raw)

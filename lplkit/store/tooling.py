@@ -17,10 +17,14 @@ layout 1, which lplkit reads as before; ``lplkit upgrade STORE`` adds the metada
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
 from lplkit.store.sidecar import read_json, url_to_fs, write_json_atomic
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = [
     "DIMENSION_NAMES",
@@ -34,7 +38,7 @@ __all__ = [
 
 LAYOUT_VERSION = fmt.LAYOUT_VERSION
 _MOMENT_DIMS = ("sample", "moment", "channel", "y", "x")
-#: dimension names of the store's arrays (statistics arrays: `lplkit.stats_store`).
+#: dimension names of the store's arrays (statistics arrays: `lplkit.stats.storage`).
 DIMENSION_NAMES: dict[str, tuple[str, ...]] = {
     fmt.MOMENTS: _MOMENT_DIMS,
     fmt.MOMENTS_FLIP: _MOMENT_DIMS,
@@ -42,6 +46,19 @@ DIMENSION_NAMES: dict[str, tuple[str, ...]] = {
 }
 # zarr warns once per non-zarr object when it lists a directory; lplkit's own listings expect them.
 _SIDECAR_WARNING = r"Object at .* is not recognized as a component of a Zarr hierarchy"
+
+
+def array_of(group: Any, name: str) -> zarr.Array:
+    """`group[name]` as an array: anything else under that name means a damaged store."""
+    import zarr
+
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreCorruptError(
+            f"{name!r} in the store is a {type(node).__name__}, not an array; re-encode into a "
+            "new --out"
+        )
+    return node
 
 
 def open_root(url: str, mode: str = "r") -> Any:
@@ -69,7 +86,7 @@ def consolidate(url: str) -> None:
 
 
 def stats_dimension_names(name: str, ndim: int) -> tuple[str, ...]:
-    """Dimension names of a statistics array (``stats/run-*/...``, see ``lplkit.stats_store``):
+    """Dimension names of a statistics array (``stats/run-*/...``, see ``lplkit.stats.storage``):
     ``items`` (item, field), per-channel vectors (channel,), ``hist_counts`` (channel, bin)."""
     if name == "items":
         return ("item", "field")
@@ -89,7 +106,6 @@ def upgrade_store(url: str) -> dict[str, Any]:
     """Bring a finished store to the current layout in place: ``dimension_names`` on every array
     that lacks them, ``layout_version`` in the manifest, consolidated metadata. Array data and the
     index are untouched. Idempotent; returns what was done (JSON-able)."""
-    from lplkit.errors import StoreError
 
     url = str(url)
     group, manifest = fmt.open_manifest(url)

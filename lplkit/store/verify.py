@@ -37,8 +37,9 @@ from lplkit.errors import StoreCorruptError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store.lock import StoreLock
+from lplkit.store.markers import marker_shards, read_marker_checked
 from lplkit.store.sidecar import remove_if_exists, url_to_fs
-from lplkit.store.writer import marker_shards, read_marker_checked
+from lplkit.store.tooling import array_of
 
 RERUN = "re-run the same `lplkit encode` command (it resumes)"
 _MISSING_SHOWN = 20  # missing shards named one by one; the rest are counted
@@ -195,7 +196,7 @@ def _check_arrays(
     for name in names:
         expected = (count,) if name == fmt.LABELS else (count, 2, *latent)
         try:
-            arr = group[name]
+            arr = array_of(group, name)
         except KeyError:
             report.add("array", f"array {name!r} is missing", fix="re-encode into a new --out")
             continue
@@ -251,7 +252,7 @@ def _check_shard(
     fix = _bad_shard_fix(report.url, s)
     for name, arr in arrays.items():
         try:
-            data = arr[start:stop]
+            data = np.asarray(arr[start:stop])
         except Exception as exc:  # any decode failure means a damaged shard file
             report.add(
                 "unreadable",
@@ -387,7 +388,7 @@ def _check_index(
             fix=rebuild,
         )
     try:
-        labels = group[fmt.LABELS][:]
+        labels = array_of(group, fmt.LABELS)[:]
     except Exception:  # already reported per shard
         return
     diff = np.flatnonzero(labels != table.column("label").to_numpy())

@@ -23,7 +23,6 @@ Rules that make it correct:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -31,14 +30,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from lplkit.errors import StoreCorruptError, StoreError, StoreMismatchError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store.lock import StoreLock
+from lplkit.store.markers import read_marker
 from lplkit.store.ownership import check_out_dir
-from lplkit.store.sidecar import remove_if_exists, url_to_fs, write_json_atomic
-from lplkit.store.tooling import DIMENSION_NAMES, consolidate
+from lplkit.store.sidecar import remove_if_exists, url_to_fs, write_bytes_atomic, write_json_atomic
+from lplkit.store.tooling import DIMENSION_NAMES, array_of, consolidate
 
 
 def compressors_for(codec: str) -> Any:
@@ -46,67 +47,15 @@ def compressors_for(codec: str) -> Any:
     if codec == "none":
         return None
     if codec == "zstd":
-        return [zarr.codecs.ZstdCodec(level=3)]
+        return [ZstdCodec(level=3)]
     if codec == "blosc-zstd":
-        return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
+        return [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
     raise ValueError(f"codec must be one of {fmt.CODECS}, got {codec!r}")
 
 
 def open_group(url: str, mode: str = "r") -> zarr.Group:
     """Open the store's zarr group (raises FileNotFoundError when absent)."""
     return zarr.open_group(str(url), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
-
-
-def marker_problem(marker: Any, shard: int, start: int, stop: int) -> str | None:
-    """What is wrong with a parsed completion marker for `shard` = `[start, stop)`, or None."""
-    if not isinstance(marker, dict):
-        return "the completion marker is not a JSON object"
-    if (marker.get("shard"), marker.get("start"), marker.get("stop")) != (shard, start, stop):
-        return "the completion marker names another shard or range"
-    n_ok, n_skipped = marker.get("n_ok"), marker.get("n_skipped")
-    for key, v in (("n_ok", n_ok), ("n_skipped", n_skipped)):
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= stop - start:
-            return f"the completion marker's {key} {v!r} is not a count in [0, {stop - start}]"
-    if n_ok + n_skipped != stop - start:
-        return f"the completion marker's n_ok + n_skipped is not the shard's {stop - start} rows"
-    sums = marker.get("checksums")
-    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
-        return "the completion marker's checksums are not a mapping of sha256 strings"
-    return None
-
-
-def read_marker_checked(
-    fs: Any, root: str, shard: int, start: int, stop: int
-) -> tuple[dict[str, Any] | None, str | None]:
-    """(marker, None) when `shard`'s completion marker is present and sound, (None, None) when it
-    is absent, (None, problem) when it is damaged."""
-    try:
-        marker = fmt.read_json_bounded(fs, fmt.marker_path(root, shard), "marker", 1 << 20)
-    except FileNotFoundError:
-        return None, None
-    except ValueError as exc:
-        return None, f"the completion marker is damaged ({exc})"
-    problem = marker_problem(marker, shard, start, stop)
-    return (None, problem) if problem else (marker, None)
-
-
-def read_marker(fs: Any, root: str, shard: int, start: int, stop: int) -> dict[str, Any] | None:
-    """The shard's completion marker if present and consistent with its range, else None."""
-    return read_marker_checked(fs, root, shard, start, stop)[0]
-
-
-def marker_shards(fs: Any, root: str, n_shards: int) -> set[int]:
-    """Shard numbers < n_shards that have a marker file (one listing of progress/)."""
-    try:
-        names = fs.ls(f"{root}/{fmt.PROGRESS_DIR}", detail=False)
-    except FileNotFoundError:
-        return set()
-    found = set()
-    for name in names:
-        m = re.fullmatch(r"shard-(\d{5,})\.json", str(name).rstrip("/").rsplit("/", 1)[-1])
-        if m and int(m.group(1)) < n_shards:
-            found.add(int(m.group(1)))
-    return found
 
 
 def _checked_manifest(url: str, manifest: Any) -> dict[str, Any]:
@@ -367,7 +316,7 @@ class StoreWriter:
         for name, values in stored.items():
             # zarr merges a shard write into the existing shard file (read-modify-write); a damaged
             # old file (half-written, bit rot) would fail that read, so the whole shard starts fresh.
-            arr = self.group[name]
+            arr = array_of(self.group, name)
             key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
             remove_if_exists(self.fs, f"{self.root}/{name}/{key}")
             arr[start:stop] = values
@@ -425,7 +374,6 @@ class StoreWriter:
         positions = table.column("position").to_numpy()
         if not np.array_equal(positions, np.arange(self.count)):
             raise StoreError(f"{self.url}: index parts do not cover positions 0..{self.count - 1}")
-        from lplkit.store.sidecar import write_bytes_atomic
 
         n_ok = int(idx.ok_mask(table).sum())
         manifest = dict(self.manifest)

@@ -5,11 +5,12 @@ Public API::
     from lplkit.train import TrainConfig, train
     result = train(TrainConfig(store="data.zarr", out="runs/a", steps=1000))  # re-run = resume
 
-Submodules: `config` (TrainConfig), `loop` (Trainer, Components), `losses` (objective + gated LPL),
-`checkpoint`, `ema`, `rng`, `loader`, `metrics`, `lr_schedule`, `distributed` (re-exports
-`lplkit.distributed`),
-`normalization`, `builders`, `run`, `sampling` (the run-directory sample grids and `sample_run`),
-`base` (pre-trained bases: `load_base`, the weights behind `--init`).
+Submodules: `config` (TrainConfig), `builders` (config -> Components), `loop` (Trainer,
+Components), `losses` (objective + gated LPL), `checkpoint`, `ema`, `rng`, `loader`, `metrics_log`
+(metrics.jsonl, TensorBoard, W&B), `lr_schedule`, `normalization`, `previews` (the periodic sample
+grid), `base` (pre-trained bases: `load_base`, the weights behind `--init`), `run_dir` (config.json,
+run.json, the run lock), `run` (`train()`), `distributed` (re-exports `lplkit.distributed`).
+Sampling a finished run is `lplkit.generate.sample_run`.
 Importing this package does not import torch (the CLI's `--help` relies on it).
 """
 

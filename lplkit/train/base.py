@@ -22,8 +22,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lplkit.errors import ConfigError
+from lplkit.errors import CheckpointError, ConfigError
 from lplkit.models import Denoiser, build_model
+from lplkit.train.checkpoint import load_latest
+from lplkit.train.run_dir import load_run
+from lplkit.validation import require_valid
 
 __all__ = ["BUNDLED_BASES", "Base", "base_dir", "load_base"]
 
@@ -60,7 +63,6 @@ def base_dir(name: str) -> Path:
 
 
 def _read_info(path: Path) -> dict[str, Any]:
-    from lplkit.validation import require_valid
 
     try:
         info = json.loads((path / "run.json").read_bytes())
@@ -84,9 +86,6 @@ def _build(info: dict[str, Any]) -> Denoiser:
 def load_run_model(run_dir: Path, *, ema: bool = True) -> tuple[Any, dict[str, Any], Denoiser, int]:
     """A run directory's config, its run.json and its newest valid checkpoint's weights (EMA unless
     ``ema=False``) in a built model: ``(TrainConfig, info, model, step)``."""
-    from lplkit.errors import CheckpointError
-    from lplkit.train.checkpoint import load_latest
-    from lplkit.train.run import load_run
 
     tcfg, info = load_run(run_dir)
     found = load_latest(run_dir / "checkpoints")
@@ -117,8 +116,6 @@ def load_base(spec: str, *, ema: bool = True) -> Base:
         weights = load_file(str(path / "model.safetensors"))
         step = info.get("step")
     else:
-        from lplkit.train.checkpoint import load_latest
-
         found = load_latest(path / "checkpoints")
         if found is None:
             raise ConfigError(f"{path} holds no valid checkpoint to start from")

@@ -14,12 +14,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from lplkit.errors import ConfigError
-from lplkit.lpl_presets import LPLConfig
+from lplkit.autoencoder import (
+    autoencoder_info,
+    check_store_autoencoder,
+    config_hash,
+    load_autoencoder,
+    weights_hash,
+)
+from lplkit.errors import ConfigError, StoreMismatchError
+from lplkit.lpl.config import LPLConfig
+from lplkit.lpl.decoder_taps import DecoderTaps
+from lplkit.lpl.loss import LatentPerceptualLoss
+from lplkit.models import build_model
 from lplkit.objectives import Objective, build_objective
+from lplkit.stats.storage import load_stats
+from lplkit.store.reader import LatentStore
+from lplkit.store.verify import require_sound_store
+from lplkit.train.base import load_base
 from lplkit.train.config import TrainConfig
 from lplkit.train.loop import Components
 from lplkit.train.normalization import LatentNormalizer
+from lplkit.train.previews import make_sample_grid
 
 
 def make_objective(cfg: TrainConfig) -> Objective:
@@ -39,7 +54,6 @@ def store_num_classes(store: Any) -> int | None:
 
 def make_normalizer(store: Any) -> LatentNormalizer:
     """Store statistics when present, else the autoencoder's scaling/shift factors."""
-    from lplkit.stats_store import load_stats
 
     stats = load_stats(store)
     if stats is not None:
@@ -64,8 +78,6 @@ def load_decoder_vae(cfg: TrainConfig, manifest: dict[str, Any], device: torch.d
     """The frozen autoencoder (eval, no grad). The store's own AE must still be the one that encoded
     it (else `StoreMismatchError`); an explicit `--vae` that differs only warns (e.g. a fine-tuned
     decoder with the same latent space)."""
-    from lplkit.autoencoder import autoencoder_info, check_store_autoencoder, load_autoencoder
-    from lplkit.errors import StoreMismatchError
 
     spec, sub = autoencoder_spec(cfg, manifest)
     # the store's own hub autoencoder is loaded at the commit that encoded it
@@ -97,10 +109,6 @@ def lpl_feature_stats(loss: LPLConfig, vae: nn.Module, store: Any) -> dict[str, 
     the other `apply_post_quant_conv`, or computed with another autoencoder (config/weights hash):
     each would silently normalize the features with numbers that describe different features.
     """
-    from lplkit.autoencoder import config_hash, weights_hash
-    from lplkit.decoder_features import DecoderTaps
-    from lplkit.errors import StoreMismatchError
-    from lplkit.stats_store import load_stats
 
     url = str(getattr(store, "url", store))
     what = f"lpl.loss.norm={loss.norm}, outlier_source={loss.outlier_source}"
@@ -146,8 +154,6 @@ def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
     checked feature statistics when they are used)."""
     from dataclasses import fields
 
-    from lplkit.lpl import LatentPerceptualLoss
-
     loss = cfg.lpl.loss
     assert loss is not None  # LplConfig.__post_init__ resolves it
     kwargs: dict[str, Any] = {f.name: getattr(loss, f.name) for f in fields(loss)}
@@ -161,7 +167,6 @@ def init_from_base(
 ) -> tuple[nn.Module, LatentNormalizer, dict[str, Any]]:
     """The `--init` base's weights and its latent normalization, checked against this run: the same
     architecture, latent shape, classes and objective, and a store of the same autoencoder."""
-    from lplkit.train.base import load_base
 
     base = load_base(str(cfg.init))
     info = base.info
@@ -204,9 +209,6 @@ def build_components(
     `normalization` (a resumed run's `run.json` record) keeps the latent normalization the run
     started with: running `lplkit stats` on the store later must not change a run's latent space.
     """
-    from lplkit.models import build_model
-    from lplkit.store.reader import LatentStore
-    from lplkit.store.verify import require_sound_store
 
     # A damaged store must stop the run here (before it is opened: damaged array metadata would
     # crash the open), not train on zeros read from a missing shard file.
@@ -238,8 +240,6 @@ def build_components(
     lpl: Any = make_lpl(cfg, vae, store).to(device) if cfg.lpl.enabled and vae is not None else None
     grid = None
     if vae is not None and cfg.log.sample_every > 0:
-        from lplkit.train.sampling import make_sample_grid
-
         grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes)
     return Components(
         model=model,
@@ -253,10 +253,8 @@ def build_components(
         conditional=num_classes is not None,
         lpl=lpl.forward_gathered if lpl is not None else None,
         sample_grid=grid,
-        extra={
-            "num_classes": num_classes,
-            "model_spec": model.spec,
-            "lpl_module": lpl,
-            "init": init,
-        },
+        num_classes=num_classes,
+        model_spec=model.spec,
+        init=init,
+        lpl_module=lpl,
     )

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lplkit.errors import CheckpointError
+from lplkit.validation import load_json_document
 
 FORMAT_VERSION = 1
 FILES = ("model.safetensors", "ema.safetensors", "state.pt")
@@ -195,7 +196,6 @@ def remove_partial(root: Path) -> list[Path]:
 
 def load_checkpoint_dir(path: Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load and verify one checkpoint directory; raises `CheckpointError` naming what is wrong."""
-    from lplkit.validation import load_json_document
 
     meta_path = path / "meta.json"
     try:

@@ -11,17 +11,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lplkit.config import fields_from_dict
 from lplkit.errors import ConfigError
-from lplkit.lpl_presets import LPLConfig, lpl_options, resolve_lpl_config
+from lplkit.lpl.config import LPLConfig, lpl_options, resolve_lpl_config
 
-Objective = Literal["eps", "v", "flow"]
+ObjectiveKind = Literal["eps", "v", "flow"]  # the class is lplkit.objectives.Objective
 
 
 @dataclass
 class ObjectiveConfig:
     """Which diffusion objective; schedule options for DDPM, time sampling for flow matching."""
 
-    kind: Objective = "flow"
+    kind: ObjectiveKind = "flow"
     schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     num_train_timesteps: int = 1000
     time_sampling: Literal["uniform", "logit-normal"] = "logit-normal"
@@ -58,7 +59,7 @@ class LplConfig:
     A sample is gated in when SNR(t) >= snr_min (if set) and, for DDPM, t < max_timestep (if set).
     Ungated samples contribute 0 and are never decoded; the mean divides by the full batch size.
 
-    `loss` holds the options of `LatentPerceptualLoss` (`lplkit.lpl_presets.LPLConfig`), resolved
+    `loss` holds the options of `LatentPerceptualLoss` (`lplkit.lpl.config.LPLConfig`), resolved
     as `preset` <- the explicit keys of the `[lpl.loss]` table (TOML, `--set lpl.loss.KEY=`,
     `--lpl-norm`, ...). The legacy key `lpl.depth` is an alias of `lpl.loss.depth`.
     """
@@ -85,7 +86,6 @@ class LplConfig:
     def from_table(cls, data: dict[str, Any], prefix: str = "") -> LplConfig:
         """Build from a TOML/JSON table: the gate/schedule keys as typed fields, then
         `loss = resolve_lpl_config(preset, **explicit loss keys)` (preset first, keys override)."""
-        from lplkit.config import fields_from_dict
 
         if not isinstance(data, dict):
             raise ConfigError(f"{prefix.rstrip('.') or 'lpl'}: expected a table, got {data!r}")

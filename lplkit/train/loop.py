@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from lplkit.train.ema import EMA
 from lplkit.train.loader import LoaderCursor
 from lplkit.train.losses import LplFn, micro_batch_loss
 from lplkit.train.lr_schedule import lr_lambda
-from lplkit.train.metrics import MetricsLog
+from lplkit.train.metrics_log import MetricsLog
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.rng import (
     Stream,
@@ -68,7 +68,11 @@ class Components:
     conditional: bool = False
     lpl: LplFn | None = None
     sample_grid: Callable[[nn.Module, int, Path], Path] | None = None  # (ema model, step, dir)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # what run.json records (None when tests pass stand-ins)
+    num_classes: int | None = None
+    model_spec: dict[str, Any] | None = None  # kwargs that rebuild the model (models.build_model)
+    init: dict[str, Any] | None = None  # the --init base: {"spec", "source", "step"}
+    lpl_module: nn.Module | None = None  # the LatentPerceptualLoss behind `lpl` (its config, taps)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lplkit.train.metrics import TIMING_FIELDS, read_metrics
+from lplkit.train.metrics_log import TIMING_FIELDS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, CKPT_EVERY = 16, 3

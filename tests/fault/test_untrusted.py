@@ -220,7 +220,7 @@ def test_fuzzed_toml_and_overrides_only_raise_config_errors(tmp_path_factory, te
 @FUZZ
 @given(doc=json_values, m=mutations)
 def test_fuzzed_run_dir_files_only_raise_config_errors(tmp_path_factory, doc, m):
-    from lplkit.train.run import load_run
+    from lplkit.train.run_dir import load_run
 
     run = tmp_path_factory.mktemp("run")
     run_json = {"format": 1, "lplkit_version": "0", "model": {}, "num_classes": None,
@@ -239,7 +239,7 @@ def test_fuzzed_run_dir_files_only_raise_config_errors(tmp_path_factory, doc, m)
 def test_invalid_run_json_names_the_file_and_field(tmp_path):
     from lplkit.config import to_dict
     from lplkit.train.config import TrainConfig
-    from lplkit.train.run import load_run
+    from lplkit.train.run_dir import load_run
 
     (tmp_path / "config.json").write_text(json.dumps(to_dict(TrainConfig())))
     (tmp_path / "run.json").write_text(json.dumps({"format": 1, "latent_shape": "4x8x8"}))
@@ -291,7 +291,7 @@ def test_fuzzed_checkpoint_meta_only_raises_checkpoint_errors(
 @FUZZ
 @given(m=mutations)
 def test_fuzzed_stats_attrs_only_raise_lplkit_errors(tmp_path_factory, m):
-    from lplkit.stats_store import load_stats
+    from lplkit.stats.storage import load_stats
 
     path = tmp_path_factory.mktemp("st") / "s.zarr"
     zarr.open_group(str(path), mode="w")

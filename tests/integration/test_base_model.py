@@ -69,7 +69,7 @@ def test_bundled_base_denoises_real_glyphs():
 
 
 def test_bundled_base_samples_deterministically(tmp_path):
-    from lplkit.train.sampling import sample_run
+    from lplkit.generate import sample_run
 
     runs = [
         sample_run(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from lplkit.sample import to_uint8
+from lplkit.samplers import to_uint8
 
 N, STEPS, SEED, CFG = 3, 4, 3, 2.0
 

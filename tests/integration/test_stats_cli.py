@@ -76,7 +76,7 @@ def test_stats_under_torchrun_gloo_equals_single_process(cli_store, capsys, tmp_
     import subprocess
     import sys
 
-    from lplkit.stats_store import load_stats
+    from lplkit.stats.storage import load_stats
 
     args = ["stats", str(cli_store), "--samples", "10", "--depth", "1", "--batch-size", "2",
             "--seed", "5", "--device", "cpu", "--json"]  # fmt: skip

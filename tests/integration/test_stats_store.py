@@ -60,7 +60,7 @@ def store(tmp_path_factory, tiny_vae_dir):
 
 @pytest.fixture(scope="module")
 def computed(store, tiny_vae_dir):
-    from lplkit.stats_run import run_stats
+    from lplkit.stats.job import run_stats
 
     url, _ = store
     stats, meta = run_stats(str(url), samples=None, seed=SEED, batch_size=5, bins=2048, pilot=4)
@@ -113,7 +113,7 @@ def test_stats_equal_direct_two_pass(store, computed, tiny_vae_dir) -> None:
 
 
 def test_written_stats_load_back_with_provenance(store, computed) -> None:
-    from lplkit.stats_store import load_stats
+    from lplkit.stats.storage import load_stats
 
     url, _ = store
     stats, meta = computed
@@ -144,8 +144,8 @@ def make_tiny_vae_info_hash() -> str:
 def test_rerun_replaces_atomically_and_crash_keeps_old(tmp_path, tiny_vae_dir, monkeypatch) -> None:
     import zarr
 
-    import lplkit.stats_store as ss
-    from lplkit.stats_run import run_stats
+    import lplkit.stats.storage as ss
+    from lplkit.stats.job import run_stats
 
     url = tmp_path / "own.zarr"  # its own store: the module's store keeps its full-depth stats
     write_stats_store(url, tiny_vae_dir)
@@ -183,7 +183,7 @@ def test_rerun_replaces_atomically_and_crash_keeps_old(tmp_path, tiny_vae_dir, m
 
 def test_refuses_another_autoencoder(store, other_vae_dir, tmp_path) -> None:
     from lplkit.errors import StoreMismatchError
-    from lplkit.stats_run import run_stats
+    from lplkit.stats.job import run_stats
 
     url, _ = store
     with pytest.raises(StoreMismatchError, match="weights_hash"):  # same config, other weights
@@ -195,8 +195,8 @@ def test_refuses_another_autoencoder(store, other_vae_dir, tmp_path) -> None:
 
 
 def test_dataset_norm_of_lpl_uses_stored_stats(store, computed) -> None:
-    from lplkit.lpl import LatentPerceptualLoss
-    from lplkit.stats_store import load_stats
+    from lplkit.lpl.loss import LatentPerceptualLoss
+    from lplkit.stats.storage import load_stats
 
     url, _ = store
     loaded = load_stats(str(url))

@@ -17,7 +17,7 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file
 
-from lplkit.train.metrics import TIMING_FIELDS, read_metrics
+from lplkit.train.metrics_log import TIMING_FIELDS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"

@@ -18,7 +18,7 @@ STAT_FIELDS = ("mean", "std", "q_low", "q_high")
 def _store(root: Path, vae_dir: Path, **stats_kwargs) -> Path:
     """A synthetic store 'encoded with' the tiny VAE; `stats_kwargs` (None = no stats) for run_stats."""
     from lplkit.autoencoder import autoencoder_info, load_autoencoder
-    from lplkit.stats_run import run_stats
+    from lplkit.stats.job import run_stats
     from lplkit.store.synthetic import write_synthetic_store
 
     path = root / "s.zarr"
@@ -43,10 +43,10 @@ def shallow_store(tmp_path_factory, tiny_vae_dir) -> Path:
 
 
 def _zarr_feature_stats(store: Path) -> dict:
-    """{layer index: FeatureStats} read with zarr directly (not through lplkit.stats_store)."""
+    """{layer index: FeatureStats} read with zarr directly (not through lplkit.stats.storage)."""
     import zarr
 
-    from lplkit.decoder_features import FeatureStats
+    from lplkit.lpl.decoder_taps import FeatureStats
 
     group = zarr.open_group(str(store), mode="r")["stats"]
     layers = group[group.attrs["lplkit_stats"]["current"]]["layers"]
@@ -71,7 +71,7 @@ def test_trainer_lpl_equals_direct_call_with_store_stats(
 ):
     from lplkit.autoencoder import load_autoencoder
     from lplkit.cli.train import resolve_argv
-    from lplkit.lpl import LatentPerceptualLoss
+    from lplkit.lpl.loss import LatentPerceptualLoss
     from lplkit.train.builders import build_components
     from lplkit.train.losses import denoise, micro_batch_loss
 

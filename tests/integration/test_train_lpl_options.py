@@ -13,9 +13,9 @@ import torch
 from lplkit.cli.train import resolve_argv, resolve_config
 from lplkit.config import to_dict
 from lplkit.errors import ConfigError
-from lplkit.lpl_presets import LPLConfig, resolve_lpl_config
+from lplkit.lpl.config import LPLConfig, resolve_lpl_config
 from lplkit.train.config import TrainConfig
-from lplkit.train.run import check_resume_config
+from lplkit.train.run_dir import check_resume_config
 
 # field -> (TOML literal, --set string, the value the loss must end up with); none is the
 # `paper` preset's value, so an option that is dropped on the way shows as a mismatch.
@@ -54,7 +54,7 @@ def test_cases_cover_every_lplconfig_field():
 def store(tmp_path_factory, tiny_vae_dir) -> Path:
     """A synthetic store encoded 'with' the tiny VAE, with `lplkit stats` run on it."""
     from lplkit.autoencoder import autoencoder_info, load_autoencoder
-    from lplkit.stats_run import run_stats
+    from lplkit.stats.job import run_stats
     from lplkit.store.synthetic import write_synthetic_store
 
     path = tmp_path_factory.mktemp("store") / "s.zarr"
@@ -69,7 +69,7 @@ def _built_loss(cfg: TrainConfig):
     from lplkit.train.builders import build_components
 
     parts = build_components(cfg, torch.device("cpu"))
-    return parts.extra["lpl_module"]
+    return parts.lpl_module
 
 
 def _base(store: Path, tmp_path: Path) -> dict:

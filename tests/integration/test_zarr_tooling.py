@@ -71,7 +71,7 @@ def test_zarr_xarray_dask_open_a_store_cleanly_and_read_the_same_numbers(tmp_pat
         np.testing.assert_array_equal(got[name][:, 1].astype(np.float32), std)
     np.testing.assert_array_equal(got["dask_moments"], got["xr_moments"])
     np.testing.assert_array_equal(got["xr_labels"], store.labels)
-    from lplkit.stats_store import load_stats
+    from lplkit.stats.storage import load_stats
 
     np.testing.assert_array_equal(got["xr_stats"], load_stats(store).latent_mean.numpy())
 

@@ -7,8 +7,8 @@ import torch
 from conftest import make_tiny_vae
 from torch import nn
 
-from lplkit.decoder_features import DecoderTaps, FeatureStats, LayerInfo
 from lplkit.errors import AutoencoderError, ConfigError
+from lplkit.lpl.decoder_taps import DecoderTaps, FeatureStats, LayerInfo
 
 
 def make_tiny_dc(seed: int = 0):

@@ -51,7 +51,7 @@ def test_resolve_auto_follows_cuda_availability():
 
 
 def test_old_names_are_the_new_functions():
-    from lplkit import encode_ranks
+    from lplkit import encode_ranks  # the old module path, an alias of lplkit.distributed
     from lplkit.train import distributed as train_distributed
 
     assert train_distributed.init_distributed is init_distributed
@@ -76,7 +76,7 @@ def _free_port() -> int:
 def _worker(rank: int, port: int, marker: str, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
                       RANK=str(rank), LOCAL_RANK=str(rank))  # fmt: skip
-    from lplkit.encode_ranks import DistContext
+    from lplkit.distributed import DistContext
 
     info = init_distributed("cpu")
     path = Path(marker)
@@ -93,7 +93,7 @@ def _worker(rank: int, port: int, marker: str, results) -> None:
             raise ValueError("boom on rank 1")
 
     try:
-        DistContext.from_env("cpu").rank0_first(fail_on_rank_1)
+        DistContext.from_env("cpu", error=StoreError).rank0_first(fail_on_rank_1)
         outcome = "no error"
     except ValueError as exc:
         outcome = f"own: {exc}"

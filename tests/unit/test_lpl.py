@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import make_tiny_vae
 
-from lplkit.decoder_features import FeatureStats
 from lplkit.errors import ConfigError
-from lplkit.lpl import LatentPerceptualLoss
-from lplkit.lpl_presets import LPL_PRESETS, resolve_lpl_config
+from lplkit.lpl.config import LPL_PRESETS, resolve_lpl_config
+from lplkit.lpl.decoder_taps import FeatureStats
+from lplkit.lpl.loss import LatentPerceptualLoss
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 from conftest import make_tiny_vae
 from torch._dynamo.utils import counters
 
-from lplkit.lpl import LatentPerceptualLoss
+from lplkit.lpl.loss import LatentPerceptualLoss
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 from conftest import make_tiny_vae
 
 from lplkit.errors import ConfigError
-from lplkit.lpl import LatentPerceptualLoss
-from lplkit.lpl_crops import crop_offsets, crop_windows
-from lplkit.lpl_presets import resolve_lpl_config
+from lplkit.lpl.config import resolve_lpl_config
+from lplkit.lpl.crops import crop_offsets, crop_windows
+from lplkit.lpl.loss import LatentPerceptualLoss
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import make_tiny_vae
 
-from lplkit.lpl import LatentPerceptualLoss
+from lplkit.lpl.loss import LatentPerceptualLoss
 
 
 def oracle_mask(y: torch.Tensor, dilate: int, erode: int) -> torch.Tensor:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lplkit.decoder_features import FeatureStats, LayerInfo
-from lplkit.lpl_terms import (
+from lplkit.lpl.decoder_taps import FeatureStats, LayerInfo
+from lplkit.lpl.terms import (
     inlier_mask,
     layer_distance,
     layer_weights,

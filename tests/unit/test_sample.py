@@ -13,7 +13,7 @@ from PIL import Image
 from lplkit.errors import ConfigError
 from lplkit.models import build_model
 from lplkit.objectives import DDPMObjective, FlowMatchingObjective
-from lplkit.sample import ddim_timesteps, make_grid, sample, save_grid, save_npz, to_uint8
+from lplkit.samplers import ddim_timesteps, make_grid, sample, save_grid, save_npz, to_uint8
 
 SHAPE = (2, 3, 4, 4)
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lplkit.running_stats import ChannelHistogram, ChannelMoments, gather_merge
+from lplkit.stats.accumulators import ChannelHistogram, ChannelMoments, gather_merge
 
 
 def _numpy_two_pass(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

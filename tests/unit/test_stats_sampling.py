@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lplkit.stats import StoreStats, item_latents, select_items
+from lplkit.stats.compute import StoreStats, item_latents, select_items
 
 
 def test_population_includes_flipped_copies_and_sampling_is_seeded() -> None:

@@ -9,7 +9,7 @@ import pytest
 from lplkit.cli.train import flags_overrides, resolve_config
 from lplkit.errors import ConfigError
 from lplkit.train.config import TrainConfig
-from lplkit.train.run import check_resume_config
+from lplkit.train.run_dir import check_resume_config
 
 
 def test_precedence_file_set_flags(tmp_path):

@@ -12,7 +12,7 @@ from lplkit.errors import ConfigError
 from lplkit.train.config import TrainConfig
 from lplkit.train.loop import Trainer
 from lplkit.train.losses import micro_batch_loss
-from lplkit.train.metrics import TIMING_FIELDS, read_metrics
+from lplkit.train.metrics_log import TIMING_FIELDS, read_metrics
 from lplkit.train.normalization import LatentNormalizer
 
 
@@ -179,7 +179,7 @@ class CropRecorder:
     def __init__(self):
         from conftest import make_tiny_vae
 
-        from lplkit.lpl import LatentPerceptualLoss
+        from lplkit.lpl.loss import LatentPerceptualLoss
 
         self.lpl = LatentPerceptualLoss(make_tiny_vae(0), depth=1, crop=4)
         self.seen: list[torch.Tensor] = []
@@ -190,7 +190,7 @@ class CropRecorder:
 
 
 def _crop_cfg(**kw) -> TrainConfig:
-    from lplkit.lpl_presets import resolve_lpl_config
+    from lplkit.lpl.config import resolve_lpl_config
 
     c = _cfg(**kw)
     c.lpl.enabled, c.lpl.snr_min = True, 1.0

@@ -18,7 +18,7 @@ from lplkit.errors import ConfigError
 from lplkit.train.config import TrainConfig
 from lplkit.train.loop import Trainer
 from lplkit.train.lr_schedule import lr_lambda
-from lplkit.train.metrics import TIMING_FIELDS, MetricsLog, read_metrics
+from lplkit.train.metrics_log import TIMING_FIELDS, MetricsLog, read_metrics
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -1,12 +1,12 @@
-"""Sampling from a run directory: the run's config + latest checkpoint -> images, grid, `.npz`.
+"""Sampling from a run directory or a base: config + newest checkpoint -> images, grid, `.npz`.
 
-    z ~ sampler(denoiser, objective) in the normalized space   (lplkit.sample: DDIM / Euler / Heun)
+    z ~ sampler(denoiser, objective) in the normalized space   (lplkit.samplers: DDIM / Euler / Heun)
     z_raw = z / scale + shift                                  (run.json normalization)
     images = AE.decode(z_raw)                                  (clamped to [-1, 1])
 
 Deterministic for a seed: all initial noise is drawn up front from one generator, so the result
-does not depend on the batch size used to run the model. (Note: this module calls `lplkit.sample`
-lazily; it sits at the train/sample boundary of the import graph.)
+does not depend on the batch size used to run the model. This is the sampler layer of the data
+flow (above the trainer, below evaluation); `lplkit sample` renders it.
 """
 
 from __future__ import annotations
@@ -16,37 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from lplkit.config import from_dict
 from lplkit.errors import ConfigError
-from lplkit.objectives import Objective
+from lplkit.samplers import sample, save_grid, save_npz, to_uint8
+from lplkit.train.base import BUNDLED_BASES, base_dir, load_base, load_run_model
+from lplkit.train.builders import load_decoder_vae, make_objective
 from lplkit.train.config import TrainConfig
+from lplkit.train.distributed import resolve_device
 from lplkit.train.normalization import LatentNormalizer
 
-
-def make_sample_grid(
-    cfg: TrainConfig,
-    objective: Objective,
-    normalizer: LatentNormalizer,
-    vae: Any,  # a diffusers autoencoder (its decode() returns an output with .sample)
-    shape: tuple[int, int, int],
-    num_classes: int | None,
-) -> Callable[[nn.Module, int, Path], Path]:
-    """A callback writing `samples/step_XXXXXXXX.png` from the EMA model (fixed seed and labels)."""
-    from lplkit.sample import sample, save_grid
-
-    def grid(model: nn.Module, step: int, out_dir: Path) -> Path:
-        n = cfg.log.sample_n
-        gen = torch.Generator().manual_seed(cfg.seed)
-        labels = torch.arange(n) % num_classes if num_classes else None
-        dev = next(model.parameters()).device
-        z = sample(model, objective, (n, *shape), labels=labels, steps=cfg.log.sample_steps,
-                   generator=gen, device=dev)  # fmt: skip
-        with torch.no_grad():
-            images = vae.decode(normalizer.unnormalize(z).to(dev)).sample
-        return save_grid(images.clamp(-1, 1).cpu(), out_dir / f"step_{step:08d}.png")
-
-    return grid
+__all__ = ["sample_run"]
 
 
 def sample_run(
@@ -66,12 +46,6 @@ def sample_run(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Sample `n` images from the latest checkpoint of `run_dir`; returns a JSON-able summary."""
-    from lplkit.config import from_dict
-    from lplkit.sample import sample, save_grid, save_npz, to_uint8
-    from lplkit.train.base import BUNDLED_BASES, base_dir, load_base, load_run_model
-    from lplkit.train.builders import load_decoder_vae, make_objective
-    from lplkit.train.distributed import resolve_device
-
     dev = resolve_device(device)
     if str(run_dir) in BUNDLED_BASES or (Path(run_dir) / "model.safetensors").is_file():
         # a base (bundled name or exported directory): run.json + weights, no config.json
@@ -141,3 +115,6 @@ def sample_run(
         "grid": str(grid),
         "npz": str(npz),
     }
+
+
+from lplkit.train.previews import make_sample_grid  # noqa: E402,F401  (the old lplkit.train.sampling also had it)

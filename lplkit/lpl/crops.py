@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lplkit.errors import ConfigError
-from lplkit.lpl_presets import CROP_MODES
+from lplkit.lpl.config import CROP_MODES
 
 __all__ = ["crop_offsets", "crop_windows"]
 

@@ -20,6 +20,7 @@ the `dataset` normalization and the dataset outlier mask of the LPL read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -95,10 +96,10 @@ def _param_dtype(module: nn.Module) -> torch.dtype | None:
 class _DCEntry(nn.Module):
     """AutoencoderDC's decoder entry: conv_in plus the channel-repeat shortcut, as in its forward."""
 
-    def __init__(self, decoder: nn.Module) -> None:
+    def __init__(self, decoder: Any) -> None:  # diffusers' DC decoder (untyped for the checker)
         super().__init__()
-        self.conv_in = decoder.conv_in
-        self.repeats = decoder.in_shortcut_repeats if decoder.in_shortcut else 0
+        self.conv_in: nn.Module = decoder.conv_in
+        self.repeats: int = decoder.in_shortcut_repeats if decoder.in_shortcut else 0
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.conv_in(z)
@@ -119,7 +120,7 @@ class _KLStage(nn.Module):
 
 
 def _kl_layout(
-    vae: nn.Module,
+    vae: Any,  # a diffusers AutoencoderKL (untyped for the checker)
 ) -> tuple[nn.Module | None, nn.Module, list[nn.Module], list[LayerInfo]]:
     """(post_quant_conv, entry, stages in run order, layer infos) of an AutoencoderKL."""
     dec = vae.decoder
@@ -135,7 +136,7 @@ def _kl_layout(
     return getattr(vae, "post_quant_conv", None), dec.conv_in, stages, infos
 
 
-def _dc_layout(vae: nn.Module) -> tuple[None, nn.Module, list[nn.Module], list[LayerInfo]]:
+def _dc_layout(vae: Any) -> tuple[None, nn.Module, list[nn.Module], list[LayerInfo]]:
     """(None, entry, stages in run order, layer infos) of an AutoencoderDC; empty stages skipped."""
     from diffusers.models.autoencoders.autoencoder_dc import DCUpBlock2d
 
@@ -221,7 +222,7 @@ class DecoderTaps(nn.Module):
         self.grad_checkpointing = grad_checkpointing
         self.channels_last = channels_last
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         for module in (self.post_quant_conv, self.entry, self.stages):
             if module is not None:
                 module.requires_grad_(False)

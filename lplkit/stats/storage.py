@@ -29,8 +29,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from lplkit.running_stats import ChannelHistogram
-from lplkit.stats import LayerStats, StoreStats
+from lplkit.errors import LplkitError, StoreCorruptError, StoreError, StoreMismatchError
+from lplkit.stats.accumulators import ChannelHistogram
+from lplkit.stats.compute import LayerStats, StoreStats
+from lplkit.store import format as fmt
+from lplkit.store.format import MANIFEST_KEY
+from lplkit.store.sidecar import read_json, url_to_fs
+from lplkit.store.tooling import consolidate, stats_dimension_names
+from lplkit.validation import require_valid
 
 __all__ = ["STATS_FORMAT", "STATS_GROUP", "load_stats", "store_content_hash", "write_stats"]
 
@@ -48,9 +54,6 @@ def store_content_hash(url: str, manifest: dict[str, Any]) -> str:
     as canonical JSON: it changes when any stored byte or the index changes, not when a shard is
     merely rewritten with the same content. Raises `StoreError` if a shard has no marker.
     """
-    from lplkit.errors import StoreError
-    from lplkit.store import format as fmt
-    from lplkit.store.sidecar import read_json, url_to_fs
 
     fs, root = url_to_fs(str(url))
     count, size = int(manifest["source"]["count"]), int(manifest["shard_size"])
@@ -80,7 +83,6 @@ def _open_root(url: str, mode: Literal["r", "r+", "a", "w", "w-"]) -> Any:
 
 def _array(group: Any, name: str, values: np.ndarray) -> None:
     """Write a small whole array (one chunk, default codec)."""
-    from lplkit.store.tooling import stats_dimension_names
 
     arr = group.create_array(
         name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
@@ -132,7 +134,6 @@ def write_stats(url: str, stats: StoreStats, meta: dict[str, Any]) -> str:
     group.attrs[STATS_KEY] = {"format": STATS_FORMAT, "current": name}
     for old in [k for k in group.group_keys() if k != name]:
         del group[old]
-    from lplkit.store.tooling import consolidate
 
     consolidate(url)  # zarr/xarray/dask list the new stats/ from the consolidated metadata
     return name
@@ -154,7 +155,6 @@ def load_stats(store_or_url: Any, *, check_fresh: bool = False) -> StoreStats | 
         `StoreStats` (float64 CPU tensors; `.feature_stats` gives the LPL's per-layer records),
         with `.meta` the run's metadata.
     """
-    from lplkit.errors import LplkitError, StoreCorruptError
 
     url = getattr(store_or_url, "url", store_or_url)
     try:
@@ -206,8 +206,6 @@ def _load_stats(url: str, check_fresh: bool) -> StoreStats | None:
                 hist=hist,
             )
         )
-    from lplkit.errors import StoreCorruptError
-    from lplkit.validation import require_valid
 
     meta = require_valid(
         run.attrs[STATS_KEY], "stats", what=f"{url}/{STATS_GROUP}/{pointer['current']} attrs",
@@ -215,9 +213,6 @@ def _load_stats(url: str, check_fresh: bool) -> StoreStats | None:
     )  # fmt: skip
     meta = dict(meta)
     if check_fresh:
-        from lplkit.errors import StoreMismatchError
-        from lplkit.store.format import MANIFEST_KEY
-
         now = store_content_hash(str(url), dict(root.attrs[MANIFEST_KEY]))
         if now != meta.get("store", {}).get("content_hash"):
             raise StoreMismatchError(

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lplkit.decoder_features import FeatureStats, LayerInfo
+from lplkit.lpl.decoder_taps import FeatureStats, LayerInfo
 
 __all__ = [
     "inlier_mask",

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
+from lplkit.config import coerce
 from lplkit.errors import ConfigError
 
 __all__ = ["LPL_PRESETS", "LPLConfig", "lpl_options", "parse_outliers", "resolve_lpl_config"]
@@ -46,7 +47,7 @@ class LPLConfig:
         apply_post_quant_conv: run the AE's post_quant_conv before the decoder (True = correct).
         grad_checkpointing: recompute each decoder stage in backward.
         eps: stabilizer of every normalization denominator.
-        crop: decode only a crop x crop window of each latent (`lplkit.lpl_crops`); None = the
+        crop: decode only a crop x crop window of each latent (`lplkit.lpl.crops`); None = the
             whole latent. Changes the loss (a window's features, not the whole image's).
         crop_mode: `random` (any position) or `grid` (one of the non-overlapping tiles).
         compile: run the decoder taps and the loss math through `torch.compile` (same values
@@ -182,8 +183,6 @@ def parse_outliers(value: object, key: str = "outliers") -> Outliers:
 def lpl_options(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Typed `LPLConfig` keyword options from a TOML/JSON/`--set` table (unknown key: ConfigError)."""
     import typing
-
-    from lplkit.config import coerce
 
     if not isinstance(table, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'lpl.loss'}: expected a table, got {table!r}")

@@ -16,7 +16,7 @@ features are computed under no_grad; only z0_hat receives gradients; decoder par
     per_sample = lpl(pred_z0, target_z0, select=idx)          # decoder runs on rows idx only
     per_sample = lpl.from_normalized(pred_n, target_n, scale, shift, select=idx)
 
-With ``crop=c`` the decoder sees one c x c window per sample (`lplkit.lpl_crops`), placed by the
+With ``crop=c`` the decoder sees one c x c window per sample (`lplkit.lpl.crops`), placed by the
 uniform draws ``crop_u`` (n, 2) the caller passes (else drawn from `generator` / torch's global RNG).
 With ``compile=True`` the decoder taps and the fp32 loss math run as one `torch.compile` graph whose
 batch dimension is dynamic: a gated batch of 13 rows reuses the graph compiled for 12.
@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lplkit.decoder_features import DecoderTaps, FeatureStats, LayerInfo
 from lplkit.errors import ConfigError
-from lplkit.lpl_crops import crop_offsets, crop_windows
-from lplkit.lpl_presets import LPLConfig, resolve_lpl_config
-from lplkit.lpl_terms import (
+from lplkit.lpl.config import LPLConfig, resolve_lpl_config
+from lplkit.lpl.crops import crop_offsets, crop_windows
+from lplkit.lpl.decoder_taps import DecoderTaps, FeatureStats, LayerInfo
+from lplkit.lpl.terms import (
     inlier_mask,
     layer_distance,
     layer_weights,
@@ -105,7 +105,7 @@ class LatentPerceptualLoss(nn.Module):
 
     Args:
         vae: a diffusers AutoencoderKL or AutoencoderDC; frozen in place (eval, no grad).
-        preset: `paper` (default) or `diffusers-reference`; see `lplkit.lpl_presets`.
+        preset: `paper` (default) or `diffusers-reference`; see `lplkit.lpl.config`.
         feature_stats: cached per-layer statistics (`lplkit stats`), keyed by layer index or layer
             name; required by ``norm="dataset"`` and ``outlier_source="dataset"``.
         **overrides: any `LPLConfig` field (depth, norm, standardize_stats, outliers, layer_weights,

@@ -14,8 +14,12 @@ from typing import Any
 
 import torch
 
+from lplkit import __version__
+from lplkit.autoencoder import autoencoder_info, check_store_autoencoder, load_autoencoder
 from lplkit.distributed import group_rank_world
-from lplkit.stats import (
+from lplkit.errors import ConfigError
+from lplkit.lpl.decoder_taps import DecoderTaps
+from lplkit.stats.compute import (
     DEFAULT_BINS,
     DEFAULT_PILOT,
     MASK_STDS,
@@ -24,6 +28,8 @@ from lplkit.stats import (
     StoreStats,
     compute_stats,
 )
+from lplkit.stats.storage import store_content_hash, write_stats
+from lplkit.store.reader import LatentStore
 
 __all__ = ["DEFAULT_SAMPLES", "check_autoencoder", "run_stats", "stats_summary"]
 
@@ -32,7 +38,6 @@ DEFAULT_SAMPLES = 1024
 
 def check_autoencoder(manifest: dict[str, Any], info: dict[str, Any], url: str) -> None:
     """Statistics must come from the store's own autoencoder (see `check_store_autoencoder`)."""
-    from lplkit.autoencoder import check_store_autoencoder
 
     check_store_autoencoder(
         manifest,
@@ -112,10 +117,6 @@ def run_stats(
     Returns:
         (stats, meta) where meta is the provenance + summary written as the run's attributes.
     """
-    from lplkit import __version__
-    from lplkit.errors import ConfigError
-    from lplkit.stats_store import store_content_hash, write_stats
-    from lplkit.store.reader import LatentStore
 
     if samples is not None and samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
@@ -126,9 +127,6 @@ def run_stats(
     content_hash = store_content_hash(url, manifest)
     taps, info = None, dict(manifest.get("autoencoder") or {})
     if features:
-        from lplkit.autoencoder import autoencoder_info, load_autoencoder
-        from lplkit.decoder_features import DecoderTaps
-
         spec = vae if vae is not None else str(info.get("id"))
         sub = subfolder if vae is not None else info.get("subfolder")
         rev = None if vae is not None else info.get("revision")  # the commit that encoded it

@@ -17,11 +17,11 @@ What is measured, over N items drawn from the store:
 * **Decoder features.** For each layer tapped by `DecoderTaps(vae, depth)`: per-channel mean and
   population std (float64 Chan/Welford merge, exact up to float64 rounding) and the 2% / 98%
   quantiles of the pooled values (fixed-bin histograms on a range from a pilot pass over the first
-  `pilot` items; see `lplkit.running_stats`), plus the share of values outside the LPL's dataset
+  `pilot` items; see `lplkit.stats.accumulators`), plus the share of values outside the LPL's dataset
   outlier mask ``q_low - 2 s < f < q_high + 2 s`` (read off the same histograms).
 
 Under torchrun (an initialized default process group) rank r processes items ``r::world`` and the
-accumulators are all-gathered and merged (`lplkit.running_stats.gather_merge`); every rank runs the
+accumulators are all-gathered and merged (`lplkit.stats.accumulators.gather_merge`); every rank runs the
 same pilot so the histogram edges agree.
 """
 
@@ -36,10 +36,12 @@ import torch
 from torch import Tensor
 
 from lplkit.distributed import group_rank_world
-from lplkit.running_stats import ChannelHistogram, ChannelMoments, gather_merge
+from lplkit.errors import StoreError
+from lplkit.lpl.decoder_taps import FeatureStats
+from lplkit.stats.accumulators import ChannelHistogram, ChannelMoments, gather_merge
 
 if TYPE_CHECKING:
-    from lplkit.decoder_features import DecoderTaps
+    from lplkit.lpl.decoder_taps import DecoderTaps
 
 __all__ = [
     "Q_HIGH",
@@ -125,7 +127,6 @@ class StoreStats:
     @property
     def feature_stats(self) -> dict[str, Any]:
         """`{layer name: FeatureStats}` (float32), what `LatentPerceptualLoss(feature_stats=...)` takes."""
-        from lplkit.decoder_features import FeatureStats
 
         return {
             layer.name: FeatureStats(
@@ -224,7 +225,6 @@ def compute_stats(
     Returns:
         `StoreStats` with `meta` holding only the sampling record (`compute` adds provenance).
     """
-    from lplkit.errors import StoreError
 
     manifest = store.manifest
     items = select_items(

@@ -1,0 +1,168 @@
+"""Tables and grids of the LPL ablation from the pre-trained base (reads from_base.py's output).
+
+    python pipelines/openmoji-lpl/report_base.py --runs runs/openmoji-lpl-base --store STORE \
+        [--img docs/img] [--json pipelines/openmoji-lpl/results-base.json]
+
+For each post-training length and arm: mean +- sample std over seeds of SWD x1e3 per Laplacian
+level (and / floor at 64 px), the spectrum distances and seconds per step; for each LPL arm the
+paired difference arm - baseline (same seed = same base, batches, timesteps and noise) with its
+std, the relative change at 64 px, and how many seeds the arm scored lower (better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from report import _grid, reference_images  # noqa: E402  (same grids as the DiT-T ablation)
+
+METRICS = ("swd_64px", "swd_32px", "swd_16px", "swd_avg", "floor_x_64px", "spec", "spec_high",
+           "s_per_step")  # fmt: skip
+LABELS = {
+    "swd_64px": "SWD 64px",
+    "swd_32px": "SWD 32px",
+    "swd_16px": "SWD 16px",
+    "swd_avg": "SWD avg",
+    "floor_x_64px": "64px / floor",
+    "spec": "spectrum",
+    "spec_high": "spectrum >0.25",
+    "s_per_step": "s/step",
+}
+
+
+def _flat(r: dict) -> dict[str, float]:
+    out = {f"swd_{k}": v for k, v in r["swd"].items()}
+    out.update(swd_avg=r["swd_avg"], floor_x_64px=r["vs_floor"]["64px"])
+    out.update(spec=r["spectrum"]["distance"], spec_high=r["spectrum"]["distance_high"])
+    out.update(s_per_step=r["s_per_step"])
+    return out
+
+
+def load(runs: Path) -> dict[int, dict[str, dict[int, dict[str, float]]]]:
+    """{steps: {arm: {seed: metrics}}} of every finished arm."""
+    data: dict = {}
+    for res in sorted(runs.glob("post*-s*/*/result.json")):
+        m = re.fullmatch(r"post(\d+)-s(\d+)", res.parent.parent.name)
+        if not m:
+            continue
+        r = json.loads(res.read_text())
+        data.setdefault(int(m.group(1)), {}).setdefault(res.parent.name, {})[int(m.group(2))] = (
+            _flat(r)
+        )
+    return data
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarize(data: dict) -> dict:
+    """Per length: mean/std per arm over its seeds; paired arm - baseline over shared seeds."""
+    out: dict = {}
+    for steps, arms in sorted(data.items()):
+        row: dict = {"arms": {}, "paired": {}}
+        for arm, seeds in arms.items():
+            row["arms"][arm] = {"seeds": sorted(seeds)}
+            row["arms"][arm].update({m: _ms([seeds[s][m] for s in seeds]) for m in METRICS})
+        base = arms.get("baseline", {})
+        for arm, seeds in arms.items():
+            shared = sorted(set(seeds) & set(base))
+            if arm == "baseline" or not shared:
+                continue
+            d = {m: [seeds[s][m] - base[s][m] for s in shared] for m in METRICS}
+            rel = [100 * (seeds[s]["swd_64px"] / base[s]["swd_64px"] - 1) for s in shared]
+            row["paired"][arm] = {
+                "seeds": shared,
+                "delta": {m: _ms(v) for m, v in d.items()},
+                "wins": {m: sum(x < 0 for x in v) for m, v in d.items()},
+                "rel_64px_pct": _ms(rel),
+            }
+        out[steps] = row
+    return out
+
+
+def markdown(summary: dict) -> str:
+    cols = list(METRICS)
+    lines = [
+        "| post steps | arm | " + " | ".join(LABELS[m] for m in cols) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in cols) + " |",
+    ]
+
+    def fmt(m: str, mean: float, std: float, signed: bool) -> str:
+        prec = 3 if m.startswith(("spec", "s_per", "floor")) else 1
+        sign = "+" if signed else ""
+        return f"{mean:{sign}.{prec}f} ± {std:.{prec}f}"
+
+    for steps, row in summary.items():
+        for arm, st in row["arms"].items():
+            cells = [fmt(m, *st[m], signed=False) for m in cols]
+            lines.append(f"| {steps} | {arm} (n={len(st['seeds'])}) | " + " | ".join(cells) + " |")
+        for arm, p in row["paired"].items():
+            n = len(p["seeds"])
+            cells = [
+                fmt(m, *p["delta"][m], signed=True) + ("" if m == "s_per_step" else f" ({p['wins'][m]}/{n})")
+                for m in cols
+            ]  # fmt: skip
+            lines.append(f"| {steps} | {arm} - baseline | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def side_by_side(runs: Path, steps: int, seed: int, arms: list[str], ref: np.ndarray,
+                 path: Path) -> None:  # fmt: skip
+    """Store images | one panel per arm (same sampling noise and labels, so panels pair up)."""
+    n, cols = 24, 4
+    panels = [("store (decoded)", ref[:n])]
+    for a in arms:
+        npz = runs / f"post{steps}-s{seed}" / a / "eval" / "samples" / "samples.npz"
+        if npz.exists():
+            panels.append((f"{a} ({steps} steps, seed {seed})", np.load(npz)["arr_0"][:n]))
+    grids = [(t, _grid(im, cols)) for t, im in panels]
+    w, h = grids[0][1].size
+    pad, top = 12, 18
+    out = Image.new("RGB", (len(grids) * (w + pad) - pad, h + top), "white")
+    draw = ImageDraw.Draw(out)
+    for k, (title, g) in enumerate(grids):
+        out.paste(g, (k * (w + pad), top))
+        draw.text((k * (w + pad) + 2, 2), title, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="runs/openmoji-lpl-base")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--img", default="docs/img")
+    ap.add_argument("--json", default="pipelines/openmoji-lpl/results-base.json")
+    ap.add_argument("--grid-seed", type=int, default=0)
+    args = ap.parse_args()
+    runs = Path(args.runs)
+    data = load(runs)
+    summary = summarize(data)
+    print(markdown(summary))
+    for steps, row in summary.items():
+        for arm, p in row["paired"].items():
+            mean, std = p["rel_64px_pct"]
+            print(f"post {steps}: {arm} vs baseline at 64 px: {mean:+.2f}% ± {std:.2f}% "
+                  f"(lower in {p['wins']['swd_64px']}/{len(p['seeds'])} seeds)")  # fmt: skip
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"summary": summary, "runs": data}, indent=2))
+    ref = reference_images(args.store, 24)
+    for steps in data:
+        arms = [a for a in ("baseline", "lpl", "lpl-dataset") if a in data[steps]]
+        side_by_side(runs, steps, args.grid_seed, arms, ref,
+                     Path(args.img) / f"ablation-base-post{steps}.png")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
