@@ -117,6 +117,39 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_noise(runs: Path) -> str:
+    """The same sample sets re-evaluated with other eval seeds (`eval-seed<k>.json` beside each arm,
+    written by `lplkit eval --seed k --json`): does a paired difference survive re-drawing the
+    reference images, patches and directions?"""
+    lines = []
+    for group in sorted(runs.glob("post*-s*")):
+        arms = {a.name: a for a in sorted(group.iterdir()) if (a / "result.json").exists()}
+        if "baseline" not in arms or not list(arms["baseline"].glob("eval-seed*.json")):
+            continue
+        levels = ("64px", "32px", "16px")
+        lines += [f"{group.name}: SWD x1e3 by eval seed (arm - baseline in brackets)", "",
+                  "| eval seed | arm | " + " | ".join(levels) + " |",
+                  "| --- | --- | " + " | ".join("---:" for _ in levels) + " |"]  # fmt: skip
+        files = {0: "result.json"} | {
+            int(f.stem.removeprefix("eval-seed")): f.name
+            for f in sorted(arms["baseline"].glob("eval-seed*.json"))
+        }
+        for seed, name in files.items():
+            swd = {}
+            for arm, d in arms.items():
+                if (d / name).exists():
+                    r = json.loads((d / name).read_text())
+                    swd[arm] = r["swd"] if seed == 0 else r["swd"]["levels"]
+            for arm, v in swd.items():
+                cells = [
+                    f"{v[lv]:.2f}" + ("" if arm == "baseline" else f" ({v[lv] - swd['baseline'][lv]:+.2f})")
+                    for lv in levels
+                ]  # fmt: skip
+                lines.append(f"| {seed} | {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def side_by_side(runs: Path, steps: int, seed: int, arms: list[str], ref: np.ndarray,
                  path: Path) -> None:  # fmt: skip
     """Store images | one panel per arm (same sampling noise and labels, so panels pair up)."""
@@ -155,6 +188,9 @@ def main() -> None:
             mean, std = p["rel_64px_pct"]
             print(f"post {steps}: {arm} vs baseline at 64 px: {mean:+.2f}% ± {std:.2f}% "
                   f"(lower in {p['wins']['swd_64px']}/{len(p['seeds'])} seeds)")  # fmt: skip
+    noise = eval_noise(runs)
+    if noise:
+        print("\n" + noise)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"summary": summary, "runs": data}, indent=2))
     ref = reference_images(args.store, 24)
