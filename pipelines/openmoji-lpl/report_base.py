@@ -150,6 +150,45 @@ def eval_noise(runs: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(data: dict, path: Path) -> None:
+    """Paired differences arm - baseline per seed (dots) and their mean (bar), per SWD level and the
+    high-frequency spectrum, one panel row per post-training length. Needs matplotlib (not a lplkit
+    dependency: ``pip install matplotlib`` for this script only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("swd_64px", "swd_32px", "swd_16px", "spec_high")
+    lengths = sorted(data)
+    fig, axes = plt.subplots(len(lengths), len(shown), figsize=(3.2 * len(shown), 2.6 * len(lengths)),
+                             squeeze=False)  # fmt: skip
+    for i, steps in enumerate(lengths):
+        base = data[steps].get("baseline", {})
+        arms = [a for a in sorted(data[steps]) if a != "baseline"]
+        for j, m in enumerate(shown):
+            ax = axes[i, j]
+            ax.axhline(0.0, color="0.6", lw=1)
+            for k, arm in enumerate(arms):
+                d = [
+                    data[steps][arm][s][m] - base[s][m]
+                    for s in sorted(data[steps][arm])
+                    if s in base
+                ]
+                ax.scatter([k] * len(d), d, color=f"C{k}", zorder=2)
+                if d:
+                    ax.hlines(float(np.mean(d)), k - 0.25, k + 0.25, color="k", zorder=3)
+            ax.set_xticks(range(len(arms)), arms, fontsize=7)
+            ax.set_xlim(-0.6, len(arms) - 0.4)
+            ax.set_title(f"{steps} steps: {LABELS[m]}, arm - baseline", fontsize=8)
+    fig.suptitle("OpenMoji-64 from the UNet-S base: paired LPL - baseline (below 0 = LPL better)",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def side_by_side(runs: Path, steps: int, seed: int, arms: list[str], ref: np.ndarray,
                  path: Path) -> None:  # fmt: skip
     """Store images | one panel per arm (same sampling noise and labels, so panels pair up)."""
@@ -193,6 +232,10 @@ def main() -> None:
         print("\n" + noise)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"summary": summary, "runs": data}, indent=2))
+    try:
+        plot(data, Path(args.img) / "ablation-base-deltas.png")
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
     ref = reference_images(args.store, 24)
     for steps in data:
         arms = [a for a in ("baseline", "lpl", "lpl-dataset") if a in data[steps]]
