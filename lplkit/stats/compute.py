@@ -81,6 +81,18 @@ class LayerStats:
     outlier_share: float
     hist: ChannelHistogram | None = None
 
+    def scalars(self) -> dict[str, Any]:
+        """The layer's scalar fields (its stored attributes, and the head of its summary)."""
+        return {
+            "name": self.name,
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "upsample_factor": self.upsample_factor,
+            "count": self.count,
+            "outlier_share": self.outlier_share,
+        }
+
 
 @dataclass
 class StoreStats:

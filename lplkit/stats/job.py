@@ -66,18 +66,12 @@ def stats_summary(stats: StoreStats) -> dict[str, Any]:
         },
         "layers": [
             {
-                "name": layer.name,
-                "channels": layer.channels,
-                "height": layer.height,
-                "width": layer.width,
-                "upsample_factor": layer.upsample_factor,
-                "count": layer.count,
+                **layer.scalars(),
                 "mean_range": _range(layer.mean),
                 "std_range": _range(layer.std),
                 "q_low_range": _range(layer.q_low),
                 "q_high_range": _range(layer.q_high),
                 "q_error_bound_max": float(layer.q_error_bound.max()),
-                "outlier_share": layer.outlier_share,
             }
             for layer in stats.layers
         ],

@@ -118,17 +118,7 @@ def write_stats(url: str, stats: StoreStats, meta: dict[str, Any]) -> str:
             _array(lg, "hist_counts", _np(layer.hist.counts).astype(np.int64))
             for field in _HIST_ARRAYS:
                 _array(lg, f"hist_{field}", _np(getattr(layer.hist, field)).astype(np.float64))
-        lg.attrs.update(
-            {
-                "name": layer.name,
-                "channels": layer.channels,
-                "height": layer.height,
-                "width": layer.width,
-                "upsample_factor": layer.upsample_factor,
-                "count": layer.count,
-                "outlier_share": layer.outlier_share,
-            }
-        )
+        lg.attrs.update(layer.scalars())
     run.attrs[STATS_KEY] = {**meta, "run": name}
     # The switch: everything above is complete before the pointer names it.
     group.attrs[STATS_KEY] = {"format": STATS_FORMAT, "current": name}

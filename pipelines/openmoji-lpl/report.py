@@ -163,6 +163,11 @@ def side_by_side(runs: Path, obj: str, seed: int, arm: str, ref: np.ndarray, pat
     for a in ("base", arm):
         npz = runs / f"{obj}-s{seed}" / a / "eval" / "samples" / "samples.npz"
         panels.append((f"{obj} {a} (seed {seed})", np.load(npz)["arr_0"][:n]))
+    save_panels(panels, cols, path)
+
+
+def save_panels(panels: list[tuple[str, np.ndarray]], cols: int, path: Path) -> None:
+    """Titled image grids side by side in one PNG."""
     grids = [(t, _grid(im, cols)) for t, im in panels]
     w, h = grids[0][1].size
     pad, top = 12, 18

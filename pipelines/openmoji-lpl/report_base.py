@@ -19,12 +19,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from report import _grid, reference_images  # noqa: E402  (same grids as the DiT-T ablation)
+from report import reference_images, save_panels  # noqa: E402  (same grids as the DiT-T ablation)
 
 METRICS = ("swd_64px", "swd_32px", "swd_16px", "swd_avg", "floor_x_64px", "spec", "spec_high",
            "s_per_step")  # fmt: skip
@@ -198,16 +197,7 @@ def side_by_side(runs: Path, steps: int, seed: int, arms: list[str], ref: np.nda
         npz = runs / f"post{steps}-s{seed}" / a / "eval" / "samples" / "samples.npz"
         if npz.exists():
             panels.append((f"{a} ({steps} steps, seed {seed})", np.load(npz)["arr_0"][:n]))
-    grids = [(t, _grid(im, cols)) for t, im in panels]
-    w, h = grids[0][1].size
-    pad, top = 12, 18
-    out = Image.new("RGB", (len(grids) * (w + pad) - pad, h + top), "white")
-    draw = ImageDraw.Draw(out)
-    for k, (title, g) in enumerate(grids):
-        out.paste(g, (k * (w + pad), top))
-        draw.text((k * (w + pad) + 2, 2), title, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.save(path)
+    save_panels(panels, cols, path)
 
 
 def main() -> None:
