@@ -25,6 +25,7 @@ from lplkit.train.builders import load_decoder_vae, make_objective
 from lplkit.train.config import TrainConfig
 from lplkit.train.distributed import resolve_device
 from lplkit.train.normalization import LatentNormalizer
+from lplkit.train.previews import make_sample_grid  # noqa: F401  (old `lplkit.train.sampling` name)
 
 __all__ = ["sample_run"]
 
@@ -115,6 +116,3 @@ def sample_run(
         "grid": str(grid),
         "npz": str(npz),
     }
-
-
-from lplkit.train.previews import make_sample_grid  # noqa: E402,F401  (the old lplkit.train.sampling also had it)

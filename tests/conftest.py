@@ -46,43 +46,32 @@ STATS_STORE_SKIPPED = {2, 9}  # skipped rows: zeros in the arrays, never used by
 
 
 def write_stats_store(url: Path, vae_dir: Path) -> dict[str, np.ndarray]:
-    """A finalized store (flips, STATS_STORE_N positions, STATS_STORE_STATS_STORE_SKIPPED skipped) of random
-    moments for the statistics tests; returns the moments it wrote."""
+    """A finalized store (flips, STATS_STORE_N positions, STATS_STORE_SKIPPED skipped) of random
+    moments for the statistics tests, recorded as encoded by `vae_dir`; returns the moments it wrote
+    (zeros at the skipped positions)."""
     from lplkit.autoencoder import autoencoder_info, load_autoencoder
-    from lplkit.store import StoreWriter, new_manifest
+    from lplkit.store.synthetic import write_synthetic_store
 
-    info = autoencoder_info(load_autoencoder(str(vae_dir)), str(vae_dir))
-    manifest = new_manifest(
-        autoencoder=info,
-        resolution=16,
-        latent_shape=(4, 4, 4),
-        source={"id": "random-moments", "count": STATS_STORE_N},
-        dtype="float32",
-        flips=True,
-        shard_size=STATS_STORE_SHARD,
-    )
     rng = np.random.default_rng(0)
     data = {}
     for name in ("moments", "moments_flip"):
         m = rng.standard_normal((STATS_STORE_N, 2, 4, 4, 4)).astype(np.float32) * 2 + 0.5
         m[:, 1] = rng.uniform(0.05, 0.6, (STATS_STORE_N, 4, 4, 4))
-        m[sorted(STATS_STORE_SKIPPED)] = 0.0
         data[name] = m
-    with StoreWriter.create_or_resume(str(url), manifest) as w:
-        for s in w.pending_shards():
-            lo, hi = w.shard_range(s)
-            rows = [
-                {
-                    "key": f"k{p}",
-                    "status": "skipped" if p in STATS_STORE_SKIPPED else "ok",
-                    "label": 0,
-                }
-                for p in range(lo, hi)
-            ]
-            labels = np.zeros(hi - lo, np.int32)
-            w.write_shard(s, data["moments"][lo:hi], data["moments_flip"][lo:hi], labels, rows)
-        w.finalize()
-    return data
+    written = write_synthetic_store(
+        url,
+        count=STATS_STORE_N,
+        latent_shape=(4, 4, 4),
+        flips=True,
+        dtype="float32",
+        shard_size=STATS_STORE_SHARD,
+        skipped=STATS_STORE_SKIPPED,
+        num_classes=1,
+        autoencoder=autoencoder_info(load_autoencoder(str(vae_dir)), str(vae_dir)),
+        moments=data["moments"],
+        moments_flip=data["moments_flip"],
+    )
+    return {name: written[name] for name in data}
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
