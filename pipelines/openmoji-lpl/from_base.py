@@ -18,6 +18,11 @@ Re-running skips finished arms. ``report.py`` turns the results into paired tabl
 
     python pipelines/openmoji-lpl/from_base.py --store om64.zarr --test-store om64-test.zarr \
         --runs runs/openmoji-lpl-base --post-fractions 0.2,0.333 --seeds 0,1,2
+
+The eps arm forks the eps base (pipelines/openmoji-base/pretrain-eps.toml) the same way:
+
+    python pipelines/openmoji-lpl/from_base.py ... --init runs/openmoji-base-eps \
+        --recipe pipelines/openmoji-lpl/post-eps.toml --sampler ddim --runs runs/openmoji-lpl-base-eps
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def _run_arm(args, run: Path, seed: int, steps: int, flags: list[str], log: Path
     samples = run / "eval" / "samples"
     _lplkit(
         "sample", "--run", str(run), "--n", str(args.n_eval), "--seed", "1234", "--steps",
-        str(args.sample_steps), "--sampler", "euler", "--cfg", str(args.cfg), "--out",
+        str(args.sample_steps), "--sampler", args.sampler, "--cfg", str(args.cfg), "--out",
         str(samples), "--device", args.device, "--json", log=log,
     )  # fmt: skip
     text = _lplkit(
@@ -70,7 +75,7 @@ def _run_arm(args, run: Path, seed: int, steps: int, flags: list[str], log: Path
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
     result = {
         "seed": seed, "steps": steps, "flags": flags, "train_args": args.train_args,
-        "init": args.init,
+        "init": args.init, "sampler": args.sampler,
         "s_per_step": sum(r["time_s"] for r in rows[1:]) / max(1, rows[-1]["step"] - rows[0]["step"]),
         "swd": ev["swd"]["levels"], "swd_avg": ev["swd"]["avg"],
         "floor": ev["floor"]["swd"]["levels"], "vs_floor": ev["vs_floor"],
@@ -96,6 +101,7 @@ def main() -> None:
     ap.add_argument("--arm", action="append", default=[], help="NAME='train flags' (extra arm)")
     ap.add_argument("--n-eval", type=int, default=128)
     ap.add_argument("--sample-steps", type=int, default=32)
+    ap.add_argument("--sampler", default="euler", help="euler/heun (flow bases), ddim (eps/v bases)")
     ap.add_argument("--cfg", type=float, default=2.0)
     ap.add_argument("--swd-dirs", type=int, default=128)
     ap.add_argument("--device", default="cpu")
