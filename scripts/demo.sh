@@ -6,6 +6,7 @@
 # level + spectrum against the store, next to the held-out floor -> OUT/compare.png.
 #   bash scripts/demo.sh [OUT_DIR] [lplkit demo options, e.g. --steps 100 --limit 256]
 # ~4 minutes on 2 CPU cores (docs/results.md); re-running resumes.
+export LPLKIT_EXTRAS="${LPLKIT_EXTRAS:-demo,eval}"  # only what the demo runs
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 OUT="${1:-demo-out}"
 shift $(( $# > 0 ? 1 : 0 ))

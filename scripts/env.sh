@@ -8,7 +8,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/python" -m pip install -q -c "$ROOT/constraints/cpu.txt" -e "$ROOT[dev,demo,eval]"
+# scripts/test.sh needs the dev tools; scripts/demo.sh sets LPLKIT_EXTRAS=demo,eval (a fresh clone's
+# first command installs only what the demo runs: no test servers, linters or trackers).
+"$VENV/bin/python" -m pip install -q -c "$ROOT/constraints/cpu.txt" -e "$ROOT[${LPLKIT_EXTRAS:-dev,demo,eval}]"
 export PATH="$VENV/bin:$PATH"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
 cd "$ROOT"

@@ -101,7 +101,9 @@ def main() -> None:
     ap.add_argument("--arm", action="append", default=[], help="NAME='train flags' (extra arm)")
     ap.add_argument("--n-eval", type=int, default=128)
     ap.add_argument("--sample-steps", type=int, default=32)
-    ap.add_argument("--sampler", default="euler", help="euler/heun (flow bases), ddim (eps/v bases)")
+    ap.add_argument(
+        "--sampler", default="euler", help="euler/heun (flow bases), ddim (eps/v bases)"
+    )
     ap.add_argument("--cfg", type=float, default=2.0)
     ap.add_argument("--swd-dirs", type=int, default=128)
     ap.add_argument("--device", default="cpu")

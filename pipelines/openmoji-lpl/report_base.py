@@ -26,15 +26,37 @@ sys.path.insert(0, str(HERE))
 import report  # noqa: E402
 from report import reference_images, save_panels  # noqa: E402  (same grids as the DiT-T ablation)
 
-METRICS = ("swd_64px", "swd_32px", "swd_16px", "swd_avg", "floor_x_64px", "spec", "spec_high",
-           "s_per_step")  # fmt: skip
-# the DiT-T report's labels, plus the floor ratio; post-training is the whole run here
+# the DiT-T report's labels, plus the floor ratio; post-training is the whole run here. Other
+# resolutions (gpu128.sh: 128 px) get their SWD levels' labels from `label`.
 LABELS = {**report.LABELS, "floor_x_64px": "64px / floor", "s_per_step": "s/step"}
+
+
+def levels_of(swd: dict[str, float]) -> list[str]:
+    """SWD level names ("64px", ...), finest first."""
+    return sorted(swd, key=lambda lv: -int(lv.removesuffix("px")))
+
+
+def label(m: str) -> str:
+    if m in LABELS:
+        return LABELS[m]
+    if m.startswith("floor_x_"):
+        return f"{m.removeprefix('floor_x_')} / floor"
+    return f"SWD {m.removeprefix('swd_')}"
+
+
+def metrics_of(data: dict) -> list[str]:
+    """The table's columns: SWD per level (finest first), avg, finest / floor, spectrum, s/step."""
+    first = next(iter(next(iter(next(iter(data.values())).values())).values()))
+    levels = [k for k in first if k.startswith("swd_") and k.endswith("px")]
+    levels.sort(key=lambda k: -int(k.removeprefix("swd_").removesuffix("px")))
+    floor = [k for k in first if k.startswith("floor_x_")]
+    return [*levels, "swd_avg", *floor, "spec", "spec_high", "s_per_step"]
 
 
 def _flat(r: dict) -> dict[str, float]:
     out = {f"swd_{k}": v for k, v in r["swd"].items()}
-    out.update(swd_avg=r["swd_avg"], floor_x_64px=r["vs_floor"]["64px"])
+    finest = levels_of(r["swd"])[0]
+    out.update({"swd_avg": r["swd_avg"], f"floor_x_{finest}": r["vs_floor"][finest]})
     out.update(spec=r["spectrum"]["distance"], spec_high=r["spectrum"]["distance_high"])
     out.update(s_per_step=r["s_per_step"])
     return out
@@ -61,32 +83,37 @@ def _ms(xs: list[float]) -> tuple[float, float]:
 def summarize(data: dict) -> dict:
     """Per length: mean/std per arm over its seeds; paired arm - baseline over shared seeds."""
     out: dict = {}
+    cols = metrics_of(data) if data else []
+    finest = cols[0] if cols else "swd_64px"
     for steps, arms in sorted(data.items()):
         row: dict = {"arms": {}, "paired": {}}
         for arm, seeds in arms.items():
             row["arms"][arm] = {"seeds": sorted(seeds)}
-            row["arms"][arm].update({m: _ms([seeds[s][m] for s in seeds]) for m in METRICS})
+            row["arms"][arm].update({m: _ms([seeds[s][m] for s in seeds]) for m in cols})
         base = arms.get("baseline", {})
         for arm, seeds in arms.items():
             shared = sorted(set(seeds) & set(base))
             if arm == "baseline" or not shared:
                 continue
-            d = {m: [seeds[s][m] - base[s][m] for s in shared] for m in METRICS}
-            rel = [100 * (seeds[s]["swd_64px"] / base[s]["swd_64px"] - 1) for s in shared]
+            d = {m: [seeds[s][m] - base[s][m] for s in shared] for m in cols}
+            rel = [100 * (seeds[s][finest] / base[s][finest] - 1) for s in shared]
             row["paired"][arm] = {
                 "seeds": shared,
                 "delta": {m: _ms(v) for m, v in d.items()},
                 "wins": {m: sum(x < 0 for x in v) for m, v in d.items()},
-                "rel_64px_pct": _ms(rel),
+                f"rel_{finest.removeprefix('swd_')}_pct": _ms(rel),
             }
         out[steps] = row
     return out
 
 
 def markdown(summary: dict) -> str:
-    cols = list(METRICS)
+    if not summary:
+        return "(no finished arms)"
+    first = next(iter(next(iter(summary.values()))["arms"].values()))
+    cols = [m for m in first if m != "seeds"]
     lines = [
-        "| post steps | arm | " + " | ".join(LABELS[m] for m in cols) + " |",
+        "| post steps | arm | " + " | ".join(label(m) for m in cols) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in cols) + " |",
     ]
 
@@ -118,7 +145,7 @@ def eval_noise(runs: Path) -> str:
         arms = {a.name: a for a in sorted(group.iterdir()) if (a / "result.json").exists()}
         if "baseline" not in arms or not list(arms["baseline"].glob("eval-seed*.json")):
             continue
-        levels = ("64px", "32px", "16px")
+        levels = levels_of(json.loads((arms["baseline"] / "result.json").read_text())["swd"])
         lines += [f"{group.name}: SWD x1e3 by eval seed (arm - baseline in brackets)", "",
                   "| eval seed | arm | " + " | ".join(levels) + " |",
                   "| --- | --- | " + " | ".join("---:" for _ in levels) + " |"]  # fmt: skip
@@ -142,7 +169,7 @@ def eval_noise(runs: Path) -> str:
     return "\n".join(lines)
 
 
-def plot(data: dict, path: Path) -> None:
+def plot(data: dict, path: Path, title: str = "OpenMoji-64 from the UNet-S base") -> None:
     """Paired differences arm - baseline per seed (dots) and their mean (bar), per SWD level and the
     high-frequency spectrum, one panel row per post-training length. Needs matplotlib (not a lplkit
     dependency: ``pip install matplotlib`` for this script only)."""
@@ -151,7 +178,8 @@ def plot(data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = ("swd_64px", "swd_32px", "swd_16px", "spec_high")
+    shown = [m for m in metrics_of(data) if m.endswith("px") and m.startswith("swd_")]
+    shown.append("spec_high")
     lengths = sorted(data)
     fig, axes = plt.subplots(len(lengths), len(shown), figsize=(3.2 * len(shown), 2.6 * len(lengths)),
                              squeeze=False)  # fmt: skip
@@ -172,9 +200,8 @@ def plot(data: dict, path: Path) -> None:
                     ax.hlines(float(np.mean(d)), k - 0.25, k + 0.25, color="k", zorder=3)
             ax.set_xticks(range(len(arms)), arms, fontsize=7)
             ax.set_xlim(-0.6, len(arms) - 0.4)
-            ax.set_title(f"{steps} steps: {LABELS[m]}, arm - baseline", fontsize=8)
-    fig.suptitle("OpenMoji-64 from the UNet-S base: paired LPL - baseline (below 0 = LPL better)",
-                 fontsize=9)  # fmt: skip
+            ax.set_title(f"{steps} steps: {label(m)}, arm - baseline", fontsize=8)
+    fig.suptitle(f"{title}: paired LPL - baseline (below 0 = LPL better)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -200,6 +227,7 @@ def main() -> None:
     ap.add_argument("--img", default="docs/img")
     ap.add_argument("--json", default="pipelines/openmoji-lpl/results-base.json")
     ap.add_argument("--grid-seed", type=int, default=0)
+    ap.add_argument("--title", default="OpenMoji-64 from the UNet-S base", help="plot title")
     args = ap.parse_args()
     runs = Path(args.runs)
     data = load(runs)
@@ -207,16 +235,18 @@ def main() -> None:
     print(markdown(summary))
     for steps, row in summary.items():
         for arm, p in row["paired"].items():
-            mean, std = p["rel_64px_pct"]
-            print(f"post {steps}: {arm} vs baseline at 64 px: {mean:+.2f}% ± {std:.2f}% "
-                  f"(lower in {p['wins']['swd_64px']}/{len(p['seeds'])} seeds)")  # fmt: skip
+            key = next(k for k in p if k.startswith("rel_"))
+            lv = key.removeprefix("rel_").removesuffix("_pct")
+            mean, std = p[key]
+            print(f"post {steps}: {arm} vs baseline at {lv.removesuffix('px')} px: {mean:+.2f}% ± {std:.2f}% "
+                  f"(lower in {p['wins']['swd_' + lv]}/{len(p['seeds'])} seeds)")  # fmt: skip
     noise = eval_noise(runs)
     if noise:
         print("\n" + noise)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"summary": summary, "runs": data}, indent=2))
     try:
-        plot(data, Path(args.img) / "ablation-base-deltas.png")
+        plot(data, Path(args.img) / "ablation-base-deltas.png", args.title)
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
     ref = reference_images(args.store, 24)
