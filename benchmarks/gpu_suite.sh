@@ -10,6 +10,9 @@
 #           memory (goal: LPL step <= 2.0x the no-LPL step)
 #   loop    trainer loop vs a bare PyTorch loop, DiT-B/2, batch 64 (goal: overhead <= 3%)
 #   encode  encode pipeline vs encoder alone at steady state, n = 4096 (goal: >= 0.90)
+# Not in the default set (it alone needs ~10 min; run it in its own session):
+#   openmoji128  issue #12 item 4, the LPL protocol one size up (pipelines/openmoji-lpl/gpu128.sh):
+#           STEPS=openmoji128 bash benchmarks/gpu_suite.sh docs/results/gpu-h200-openmoji128
 # TINY=1: the same plumbing on a CPU with tiny sizes (a dry run of this script, not a measurement).
 set -uo pipefail
 OUT="${1:-${OUT:-gpu-out}}"; mkdir -p "$OUT"
@@ -51,6 +54,8 @@ for step in ${STEPS:-lpl train loop encode}; do
            > "$OUT/train_loop.txt" 2> "$OUT/train_loop.log" ;;
     encode) timeout ${T:-${ENC_T:-100}} $PY benchmarks/encode_overhead.py $DEV $ENC_SIZE \
            --json > "$OUT/encode_overhead.json" 2> "$OUT/encode_overhead.log" ;;
+    openmoji128) timeout ${T:-${O128_T:-590}} env PYTHON="$PY" bash pipelines/openmoji-lpl/gpu128.sh \
+           "$OUT/openmoji128" > "$OUT/openmoji128.log" 2>&1 ;;
     *) echo "unknown step $step" >&2; false ;;
   esac
   rc=$?
