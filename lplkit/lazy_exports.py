@@ -1,6 +1,6 @@
 """Package attributes resolved on first use (PEP 562), so that importing a package stays cheap.
 
-`lplkit.lpl` and `lplkit.stats` re-export their submodules' public names, but the CLI imports
+`lplkit.lpl`, `lplkit.stats` and `lplkit.store` re-export their submodules' public names, but the CLI imports
 their torch-free submodules (e.g. `lplkit.lpl.config` for the train flags) while building `--help`,
 which must not import torch. Eager re-exports in the package `__init__` would import it.
 """

@@ -53,6 +53,22 @@ def test_unknown_old_name_is_still_an_import_error():
 def test_package_imports_stay_torch_free():
     code = (
         "import sys, lplkit.lpl, lplkit.stats, lplkit.lpl.config, lplkit.lpl_presets\n"
-        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "import lplkit.store, lplkit.store.format, lplkit.store.lock, lplkit.train.run_dir\n"
+        "heavy = [m for m in ('torch', 'zarr') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_store_package_names_resolve_to_their_submodules():
+    import lplkit.store as store
+    from lplkit.store import dataset, format, reader, verify, writer
+
+    assert store.LatentStore is reader.LatentStore
+    assert store.StoreWriter is writer.StoreWriter
+    assert store.verify_store is verify.verify_store
+    assert store.LatentDataset is dataset.LatentDataset
+    assert store.LatentBatches is dataset.LatentBatches
+    assert store.new_manifest is format.new_manifest
+    assert store.FORMAT_VERSION == format.FORMAT_VERSION
+    assert sorted(dir(store)) == sorted(store.__all__)
