@@ -5,7 +5,7 @@
 # without and with the LPL (same batches and noise) -> samples of both from the same noise -> SWD per
 # level + spectrum against the store, next to the held-out floor -> OUT/compare.png.
 #   bash scripts/demo.sh [OUT_DIR] [lplkit demo options, e.g. --steps 100 --limit 256]
-# ~4 minutes on 2 idle CPU cores plus ~2 for the first install (docs/results.md); re-running resumes.
+# ~5 minutes on 2 idle CPU cores from a fresh clone, install included (docs/results.md); re-running resumes.
 export LPLKIT_EXTRAS="${LPLKIT_EXTRAS:-demo,eval}"  # only what the demo runs
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 OUT="${1:-demo-out}"
