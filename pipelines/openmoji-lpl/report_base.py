@@ -16,6 +16,7 @@ import json
 import re
 import statistics
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,9 @@ from report import reference_images, save_panels  # noqa: E402  (same grids as t
 LABELS = {**report.LABELS, "floor_x_64px": "64px / floor", "s_per_step": "s/step"}
 
 
-def levels_of(swd: dict[str, float]) -> list[str]:
+def levels_of(names: Iterable[str]) -> list[str]:
     """SWD level names ("64px", ...), finest first."""
-    return sorted(swd, key=lambda lv: -int(lv.removesuffix("px")))
+    return sorted(names, key=lambda lv: -int(lv.removesuffix("px")))
 
 
 def label(m: str) -> str:
@@ -44,13 +45,18 @@ def label(m: str) -> str:
     return f"SWD {m.removeprefix('swd_')}"
 
 
+def level_columns(data: dict) -> list[str]:
+    """The SWD level columns of `load`'s data ("swd_64px", ...), finest first."""
+    first = next(iter(next(iter(next(iter(data.values())).values())).values()))
+    names = (k.removeprefix("swd_") for k in first if k.startswith("swd_") and k.endswith("px"))
+    return [f"swd_{lv}" for lv in levels_of(names)]
+
+
 def metrics_of(data: dict) -> list[str]:
     """The table's columns: SWD per level (finest first), avg, finest / floor, spectrum, s/step."""
-    first = next(iter(next(iter(next(iter(data.values())).values())).values()))
-    levels = [k for k in first if k.startswith("swd_") and k.endswith("px")]
-    levels.sort(key=lambda k: -int(k.removeprefix("swd_").removesuffix("px")))
-    floor = [k for k in first if k.startswith("floor_x_")]
-    return [*levels, "swd_avg", *floor, "spec", "spec_high", "s_per_step"]
+    levels = level_columns(data)
+    floor = f"floor_x_{levels[0].removeprefix('swd_')}"
+    return [*levels, "swd_avg", floor, "spec", "spec_high", "s_per_step"]
 
 
 def _flat(r: dict) -> dict[str, float]:
@@ -178,8 +184,7 @@ def plot(data: dict, path: Path, title: str = "OpenMoji-64 from the UNet-S base"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [m for m in metrics_of(data) if m.endswith("px") and m.startswith("swd_")]
-    shown.append("spec_high")
+    shown = [*level_columns(data), "spec_high"]
     lengths = sorted(data)
     fig, axes = plt.subplots(len(lengths), len(shown), figsize=(3.2 * len(shown), 2.6 * len(lengths)),
                              squeeze=False)  # fmt: skip

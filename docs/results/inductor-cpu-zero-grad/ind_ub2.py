@@ -1,5 +1,7 @@
 import sys, time, torch
-sys.path.insert(0, "/work/main/benchmarks"); sys.path.insert(0, "/work/main")
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[3]  # the repository
+sys.path.insert(0, str(ROOT / "benchmarks")); sys.path.insert(0, str(ROOT))
 from random_autoencoders import random_autoencoder
 torch.manual_seed(0)
 vae = random_autoencoder("tiny").float().eval()
