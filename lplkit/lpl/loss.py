@@ -24,7 +24,7 @@ batch dimension is dynamic: a gated batch of 13 rows reuses the graph compiled f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -46,6 +46,12 @@ from lplkit.lpl.terms import (
 __all__ = ["FeatureStats", "LatentPerceptualLoss"]
 
 _STAT_FIELDS = ("mean", "std", "q_low", "q_high")
+
+# inductor options of the compiled LPL on the CPU (why: `LatentPerceptualLoss._compiled_for`)
+CPU_INDUCTOR_OPTIONS: Mapping[str, Any] = {
+    "layout_optimization": False,
+    "reorder_for_peak_memory": False,
+}
 
 
 def _outlier_layers(cfg: LPLConfig, taps: DecoderTaps) -> dict[int, tuple[int, int]]:
@@ -160,10 +166,11 @@ class LatentPerceptualLoss(nn.Module):
                     t = getattr(st, f).detach().to(device=device, dtype=torch.float32)
                     self.register_buffer(f"stats_{f}_{i}", t, persistent=False)
 
-        # Dynamo traces the taps and the loss math into one graph (the backward is compiled too);
-        # the batch dimension is marked dynamic at each call (`layer_terms`).
-        self._compiled = torch.compile(self._layer_terms) if cfg.compile else None
-        self._verified: set[bool] = set()  # graphs checked against eager (key: n == 1)
+        # Dynamo traces the taps and the loss math into one graph (the backward is compiled too),
+        # built on the first call per device type (`_compiled_for`); the batch dimension is marked
+        # dynamic at each call (`layer_terms`).
+        self._compiled: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+        self._verified: set[tuple[str, bool]] = set()  # graphs checked against eager
         super().train(False)
 
     def train(self, mode: bool = True) -> LatentPerceptualLoss:
@@ -217,30 +224,50 @@ class LatentPerceptualLoss(nn.Module):
 
     def layer_terms(self, pred_z0: Tensor, target_z0: Tensor) -> Tensor:
         """Unweighted per-layer distances d_l, shape (n, L), on already-selected rows."""
-        if self._compiled is None:
+        if not self.config.compile:
             return self._layer_terms(pred_z0, target_z0)
+        compiled = self._compiled_for(pred_z0.device.type)
         # one graph for every n >= 2 (torch specializes n = 1: at most one more graph)
         torch._dynamo.maybe_mark_dynamic(pred_z0, 0)
         torch._dynamo.maybe_mark_dynamic(target_z0, 0)
-        graph = pred_z0.shape[0] == 1
+        graph = (pred_z0.device.type, pred_z0.shape[0] == 1)
         if graph not in self._verified and torch.is_grad_enabled() and pred_z0.requires_grad:
-            self._verify_compiled(pred_z0, target_z0)
+            self._verify_compiled(compiled, pred_z0, target_z0)
             self._verified.add(graph)
-        return self._compiled(pred_z0, target_z0)
+        return compiled(pred_z0, target_z0)
 
-    def _verify_compiled(self, pred_z0: Tensor, target_z0: Tensor) -> None:
+    def _compiled_for(self, device_type: str) -> Callable[[Tensor, Tensor], Tensor]:
+        """The compiled `_layer_terms` for one device type, built on first use.
+
+        On the CPU two inductor passes are off (`CPU_INDUCTOR_OPTIONS`): with either on, torch
+        2.13's C++ backend schedules a read of the nearest-upsampling's gradient buffer before the
+        scatter-add that fills it, so the input gradient through a frozen GroupNorm -> conv ->
+        conv residual -> 2x upsample -> conv (the up block of every SD-style decoder) comes out
+        zero (docs/results/inductor-cpu-zero-grad/). Other devices keep inductor's defaults;
+        `_verify_compiled` guards every device.
+        """
+        if device_type not in self._compiled:
+            if device_type == "cpu":
+                fn = torch.compile(self._layer_terms, options=dict(CPU_INDUCTOR_OPTIONS))
+            else:
+                fn = torch.compile(self._layer_terms)
+            self._compiled[device_type] = fn
+        return self._compiled[device_type]
+
+    def _verify_compiled(
+        self, compiled: Callable[[Tensor, Tensor], Tensor], pred_z0: Tensor, target_z0: Tensor
+    ) -> None:
         """Once per compiled graph, on its first training batch: the compiled terms and their
         gradient against eager's. Raises ConfigError instead of training on a wrong gradient
-        (torch 2.13's CPU inductor backend computes a wrong one for the full tiny test decoder).
+        (torch 2.13's CPU inductor backend computes a wrong one with its default options).
 
         Tolerances allow bf16 rounding: values within 5% of eager's largest term, gradient within
         10% of eager's (||g - g_eager|| / ||g_eager||).
         """
-        assert self._compiled is not None  # only called with compile on
         p = pred_z0.detach().requires_grad_()
         torch._dynamo.maybe_mark_dynamic(p, 0)
         got = []
-        for fn in (self._layer_terms, self._compiled):
+        for fn in (self._layer_terms, compiled):
             terms = fn(p, target_z0)
             (grad,) = torch.autograd.grad(terms.sum(), p)
             got.append((terms.detach().double(), grad.detach().double().flatten()))
