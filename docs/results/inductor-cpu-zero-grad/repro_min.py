@@ -46,5 +46,5 @@ for frozen in (True, False):
         torch._dynamo.reset()
         gc = grad(torch.compile(f, backend=backend, options=options))
         err = float((gc - ge).norm() / ge.norm())
-        print(f"frozen={frozen!s:5} {backend:9} {str(options):34} grad rel err {err:.2e}"
+        print(f"frozen={frozen!s:5} {backend:9} {options!s:34} grad rel err {err:.2e}"
               f"  |grad| {float(gc.norm()):.3e} (eager {float(ge.norm()):.3e})")  # fmt: skip
