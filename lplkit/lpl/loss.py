@@ -247,12 +247,16 @@ class LatentPerceptualLoss(nn.Module):
         `_verify_compiled` guards every device.
         """
         if device_type not in self._compiled:
-            if device_type == "cpu":
-                fn = torch.compile(self._layer_terms, options=dict(CPU_INDUCTOR_OPTIONS))
-            else:
-                fn = torch.compile(self._layer_terms)
-            self._compiled[device_type] = fn
+            options = dict(CPU_INDUCTOR_OPTIONS) if device_type == "cpu" else None
+            self._compiled[device_type] = torch.compile(self._layer_terms, options=options)
         return self._compiled[device_type]
+
+    def skip_compile_check(self, device: str | torch.device) -> None:
+        """Mark this device's compiled graphs as checked: `_verify_compiled` will not run (nor
+        refuse) them. For benchmarks that time a graph the check would refuse; never for training.
+        """
+        device_type = torch.device(device).type
+        self._verified.update({(device_type, True), (device_type, False)})  # (type, n == 1)
 
     def _verify_compiled(
         self, compiled: Callable[[Tensor, Tensor], Tensor], pred_z0: Tensor, target_z0: Tensor

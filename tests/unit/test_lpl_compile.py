@@ -179,3 +179,19 @@ def test_cpu_compile_turns_the_faulty_inductor_passes_off(vae, monkeypatch):
     want = {"layout_optimization": False, "reorder_for_peak_memory": False}
     assert calls == [{"options": want}]
     assert dict(CPU_INDUCTOR_OPTIONS) == want
+
+
+def test_skip_compile_check_lets_a_refused_graph_run(vae, monkeypatch):
+    """A 'compiled' function that halves the terms is refused by the one-time check; after
+    `skip_compile_check` (what the benchmarks call to time such a graph) it runs unchecked."""
+    from lplkit.errors import ConfigError
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda p, t: 0.5 * fn(p, t))
+    pred, target = latents(4)
+    with pytest.raises(ConfigError, match="differs from eager"):
+        value_and_grad(LatentPerceptualLoss(vae, depth=0, compile=True), pred, target)
+    lpl = LatentPerceptualLoss(vae, depth=0, compile=True)
+    lpl.skip_compile_check("cpu")
+    got, _ = value_and_grad(lpl, pred, target)
+    want, _ = value_and_grad(LatentPerceptualLoss(vae, depth=0), pred, target)
+    torch.testing.assert_close(got, 0.5 * want)
