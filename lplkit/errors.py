@@ -72,3 +72,23 @@ class TrainingError(LplkitError, RuntimeError):
     """Training cannot make progress (e.g. every step of a logging window was skipped)."""
 
     exit_code = 8
+
+
+class Preempted(LplkitError):
+    """SIGTERM or SIGUSR1 (a cluster preemption) stopped a command at a safe point: `train` after
+    the step in flight, with a checkpoint of it written; `encode` after the batch in flight, keeping
+    every complete shard; `stats` before writing anything. Re-running the same command resumes."""
+
+    exit_code = (
+        75  # EX_TEMPFAIL of sysexits.h: a temporary failure, the same command may be retried
+    )
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a command; the message says what was kept and how to resume.
+
+    A `KeyboardInterrupt`, not an `LplkitError`, so an `except Exception` never swallows a Ctrl-C;
+    the CLI prints the message and exits 130 (128 + SIGINT, what shells expect).
+    """
+
+    exit_code = 130

@@ -40,10 +40,25 @@ def _hide_flag_types(params: list[Any]) -> None:
             param.metavar = ""
 
 
+class _CommandInterrupted(Exception):
+    """Carries a command's KeyboardInterrupt past typer, which would turn it into a bare exit
+    status 130 and drop the command's one-line summary of what was left."""
+
+    def __init__(self, command: str, interrupt: KeyboardInterrupt) -> None:
+        super().__init__(command)
+        self.command, self.interrupt = command, interrupt
+
+
 class _Command(TyperCommand):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _hide_flag_types(self.get_params(ctx))
         super().format_help(ctx, formatter)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _CommandInterrupted(ctx.info_name or "lplkit", exc) from exc
 
 
 class _Group(TyperGroup):
@@ -96,9 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     shown = warnings.showwarning
     warnings.showwarning = output.show_warning  # notices as one line, not Python's two
     try:
-        app(args=args, prog_name="lplkit", standalone_mode=False)
+        # Without standalone mode typer returns (not raises) the status of a `typer.Exit` and of a
+        # Ctrl-C outside a command: exit with it, never 0 for an interrupted command.
+        status = app(args=args, prog_name="lplkit", standalone_mode=False)
+    except _CommandInterrupted as exc:
+        sys.exit(output.handle_interrupt(exc.command, exc.interrupt))
+    except KeyboardInterrupt as exc:
+        sys.exit(output.handle_interrupt("lplkit", exc))
     except Exception as exc:
         sys.exit(output.handle_exception(exc))
     finally:
         warnings.showwarning = shown
-    sys.exit(0)
+    sys.exit(status if isinstance(status, int) else 0)

@@ -50,11 +50,15 @@ def emit_json(data: Any) -> None:
 
 def handle_exception(exc: BaseException) -> int:
     """Print one line for expected errors (full traceback with --debug); return the exit code."""
-    from lplkit.errors import LplkitError
+    from rich.markup import escape
+
+    from lplkit.errors import LplkitError, Preempted
 
     if isinstance(exc, typer.Exit):
         return int(exc.exit_code)
-    if isinstance(exc, typer.Abort | KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt):
+        return handle_interrupt("lplkit", exc)
+    if isinstance(exc, typer.Abort):
         console.print("[red]aborted[/red]")
         return 130
     if isinstance(exc, click_exceptions.NoSuchOption):
@@ -64,6 +68,9 @@ def handle_exception(exc: BaseException) -> int:
         return int(exc.exit_code)
     if state.debug:
         traceback.print_exception(exc)
+    if isinstance(exc, Preempted):  # an expected stop, not a failure: the message says what to do
+        console.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
+        return exc.exit_code
     if isinstance(exc, LplkitError):
         console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         return exc.exit_code
@@ -72,6 +79,20 @@ def handle_exception(exc: BaseException) -> int:
         soft_wrap=True,
     )
     return 70
+
+
+def handle_interrupt(command: str, exc: KeyboardInterrupt) -> int:
+    """Ctrl-C: one line saying what was left (the library's `Interrupted` message, else a generic
+    one), exit 130 = 128 + SIGINT, as shells expect."""
+    from rich.markup import escape
+
+    from lplkit.errors import Interrupted
+
+    if state.debug:
+        traceback.print_exception(exc)
+    text = str(exc) if isinstance(exc, Interrupted) and str(exc) else f"{command} interrupted"
+    console.print(f"[red]{escape(text)}[/red]", soft_wrap=True)
+    return 130
 
 
 def closest_option(name: str, ctx: Any) -> str | None:

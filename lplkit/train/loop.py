@@ -11,6 +11,11 @@ Step k (k = optimizer steps done so far, skipped ones included):
      the step the same way and lowers the scale).
   4. AdamW step, LR schedule (`lplkit.train.lr_schedule`: warm-up, constant/cosine/linear), EMA.
 Rank 0 writes `metrics.jsonl` every `log.every` steps and checkpoints every `ckpt.every` steps.
+The logged `lr` is the one step k's optimizer update used (read before the scheduler advances).
+
+On SIGTERM or SIGUSR1 (`lplkit.preemption`) the step in flight finishes, every rank agrees to stop
+after it (one all-reduced flag per step), rank 0 checkpoints it and every rank raises `Preempted`;
+Ctrl-C raises `Interrupted` at once, naming the last checkpoint (no checkpoint is written).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lplkit.config import to_dict
-from lplkit.errors import TrainingError
+from lplkit.distributed import barrier
+from lplkit.errors import Interrupted, Preempted, TrainingError
 from lplkit.objectives import Objective
+from lplkit.preemption import StopRequest, stop_agreed, stop_signals
 from lplkit.train import checkpoint as ckpt
 from lplkit.train.config import TrainConfig
 from lplkit.train.distributed import DistInfo, all_reduce_sum
@@ -130,6 +137,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.step = 0
+        self.saved_step: int | None = None  # step of the newest checkpoint written or resumed
+        self.step_lr = self.opt.param_groups[0]["lr"]  # the LR the last optimizer step used
         self.nan_skips = 0
         self.acc = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in _ACC}
         self.cursor = LoaderCursor(
@@ -169,6 +178,7 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        self.saved_step = self.step
         if not self.dist.is_main:
             return None
         return ckpt.save_checkpoint(
@@ -201,7 +211,7 @@ class Trainer:
         self.cursor.epoch = int(s["loader"]["epoch"])
         self.cursor.batch = int(s["loader"]["batch"])
         self.acc = {k: v.to(self.device) for k, v in s["log_acc"].items()}
-        self.resumed_from = self.step
+        self.resumed_from = self.saved_step = self.step
         self._prefetched = None
         return self.step
 
@@ -305,6 +315,7 @@ class Trainer:
         self._prefetch_next()
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        self.step_lr = self.opt.param_groups[0]["lr"]  # this step's; sched.step() sets the next
         self.scaler.unscale_(self.opt)  # no-op unless fp16
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if torch.isfinite(norm):  # identical on all ranks: DDP already averaged the gradients
@@ -345,7 +356,7 @@ class Trainer:
             "loss_diffusion": diff,
             "loss_lpl": lpl,
             "gate_frac": acc["gated"].item() / n,
-            "lr": self.sched.get_last_lr()[0],
+            "lr": self.step_lr,
             "nan_skips": self.nan_skips,
             "img_per_s": imgs / elapsed if elapsed > 0 else 0.0,
             "time_s": elapsed,
@@ -369,45 +380,14 @@ class Trainer:
             if self.dist.is_main
             else None
         )
-        last: dict[str, Any] | None = None
-        t0, imgs = time.perf_counter(), 0
-        window_start, skips_at_start = self.step, self.nan_skips
-        first_step, skips_at_first, streak = self.step, self.nan_skips, 0
+        self.last_metrics: dict[str, Any] | None = None
         try:
-            while self.step < cfg.steps:
-                skips = self.nan_skips
-                self.train_step()
-                streak = streak + 1 if self.nan_skips > skips else 0
-                imgs += cfg.batch_size
-                done = self.step == cfg.steps
-                if self.step % cfg.log.every == 0 or done:
-                    last = self._log_record(t0, imgs)
-                    t0, imgs = time.perf_counter(), 0
-                    if log is not None:
-                        log.write(last)
-                    if self.on_log is not None and self.dist.is_main:
-                        self.on_log(last)
-                    all_skipped = self.nan_skips - skips_at_start == self.step - window_start
-                    whole_run = self.nan_skips - skips_at_first == self.step - first_step
-                    if all_skipped and (streak >= _MIN_SKIP_STREAK or (done and whole_run)):
-                        raise TrainingError(
-                            f"every step of {window_start + 1}..{self.step} was skipped for a "
-                            "non-finite gradient norm: the run diverged or its inputs are broken "
-                            "(check `lplkit verify` on the store, the normalization in run.json, "
-                            "--lr); the last checkpoint is kept, nothing more is saved"
-                        )
-                    window_start, skips_at_start = self.step, self.nan_skips
-                if self.step % cfg.ckpt.every == 0 or done:
-                    self.save()
-                if (
-                    self.parts.sample_grid is not None
-                    and cfg.log.sample_every > 0
-                    and self.step % cfg.log.sample_every == 0
-                    and self.dist.is_main
-                ):
-                    self.parts.sample_grid(self.ema.model, self.step, self.run_dir / "samples")
-                if self.on_step is not None:
-                    self.on_step(self.step)
+            with stop_signals() as stop:
+                self._train_to_end(log, stop)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            raise Interrupted(self._interrupt_message()) from exc
         finally:
             if log is not None:
                 log.close()
@@ -416,6 +396,71 @@ class Trainer:
             images_seen=self.step * cfg.batch_size,
             resumed_from=self.resumed_from,
             nan_skips=self.nan_skips,
-            last_metrics=last,
+            last_metrics=self.last_metrics,
             run_dir=self.run_dir,
         )
+
+    def _interrupt_message(self) -> str:
+        ckpt_note = (
+            f"the last checkpoint is step {self.saved_step}, later steps are redone on resume"
+            if self.saved_step is not None
+            else "no checkpoint yet, a re-run starts from step 0"
+        )
+        return (
+            f"train interrupted after step {self.step} of {self.cfg.steps}: {ckpt_note}; "
+            "re-run the same command to resume"
+        )
+
+    def _preempt(self, stop: StopRequest) -> None:
+        """Every rank agreed to stop after step `self.step`: checkpoint it (rank 0), wait for that
+        write on every rank (a rank that exits first makes torchrun signal the others), stop."""
+        if self.saved_step != self.step:
+            self.save()
+        barrier(self.dist)
+        raise Preempted(
+            f"train preempted by {stop.name} after step {self.step} of {self.cfg.steps}: "
+            f"checkpoint step_{self.step:08d} written; re-run the same command to resume"
+        )
+
+    def _train_to_end(self, log: MetricsLog | None, stop: StopRequest) -> None:
+        cfg = self.cfg
+        t0, imgs = time.perf_counter(), 0
+        window_start, skips_at_start = self.step, self.nan_skips
+        first_step, skips_at_first, streak = self.step, self.nan_skips, 0
+        while self.step < cfg.steps:
+            skips = self.nan_skips
+            self.train_step()
+            streak = streak + 1 if self.nan_skips > skips else 0
+            imgs += cfg.batch_size
+            done = self.step == cfg.steps
+            if self.step % cfg.log.every == 0 or done:
+                last = self.last_metrics = self._log_record(t0, imgs)
+                t0, imgs = time.perf_counter(), 0
+                if log is not None:
+                    log.write(last)
+                if self.on_log is not None and self.dist.is_main:
+                    self.on_log(last)
+                all_skipped = self.nan_skips - skips_at_start == self.step - window_start
+                whole_run = self.nan_skips - skips_at_first == self.step - first_step
+                if all_skipped and (streak >= _MIN_SKIP_STREAK or (done and whole_run)):
+                    raise TrainingError(
+                        f"every step of {window_start + 1}..{self.step} was skipped for a "
+                        "non-finite gradient norm: the run diverged or its inputs are broken "
+                        "(check `lplkit verify` on the store, the normalization in run.json, "
+                        "--lr); the last checkpoint is kept, nothing more is saved"
+                    )
+                window_start, skips_at_start = self.step, self.nan_skips
+            if self.step % cfg.ckpt.every == 0 or done:
+                self.save()
+            if (
+                self.parts.sample_grid is not None
+                and cfg.log.sample_every > 0
+                and self.step % cfg.log.sample_every == 0
+                and self.dist.is_main
+            ):
+                self.parts.sample_grid(self.ema.model, self.step, self.run_dir / "samples")
+            if self.on_step is not None:
+                self.on_step(self.step)
+            # a finished run ends normally; otherwise all ranks stop after the same step
+            if not done and stop_agreed(stop, self.dist):
+                self._preempt(stop)

@@ -13,6 +13,7 @@ import lplkit
 LAYERS = {
     "errors": 0, "config": 0, "validation": 0, "hub": 0, "distributed": 0, "lazy_exports": 0,
     "moved_modules": 0,
+    "preemption": 0,
     "autoencoder_choice": 1,
     "data": 1, "autoencoder": 1, "store": 1, "objectives": 1, "models": 1,
     "encode": 2, "lpl": 2, "stats": 2, "samplers": 2,

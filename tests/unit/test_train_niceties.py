@@ -63,7 +63,7 @@ def test_trainer_follows_and_records_the_schedule(tmp_path):
     Trainer(cfg, tiny_components(), tmp_path).run()
     f = lr_lambda("cosine", 2, 6)
     lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl")]
-    assert lrs == pytest.approx([1e-3 * f(k) for k in range(1, 7)])  # LR after step k's update
+    assert lrs == pytest.approx([1e-3 * f(k) for k in range(6)])  # the LR step k+1's update used
 
 
 def test_tensorboard_mirrors_metrics_jsonl(tmp_path):
