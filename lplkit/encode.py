@@ -16,6 +16,11 @@ Pipeline per process (one process, or every rank of a torchrun job):
    flip when `flip`; a completed shard is handed to a background thread that writes it (arrays,
    index part, checksummed completion marker) while the next shard encodes;
 5. after every rank is done, rank 0 finalizes the store (index.parquet, counts, completed = True).
+
+On SIGTERM or SIGUSR1 (`lplkit.preemption`) a rank stops after the batch in flight, drops its
+unfinished shard, lets queued shard writes finish and meets the other ranks at the end of the job;
+every rank then raises `Preempted` (exit 75) and the same command resumes. Ctrl-C raises
+`Interrupted` naming the complete shards (queued writes finish first).
 """
 
 from __future__ import annotations
@@ -44,7 +49,15 @@ from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepare
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
 from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip, to_unit_range
 from lplkit.distributed import DistContext, resolve_device
-from lplkit.errors import AutoencoderError, BadImageError, ConfigError, StoreError
+from lplkit.errors import (
+    AutoencoderError,
+    BadImageError,
+    ConfigError,
+    Interrupted,
+    Preempted,
+    StoreError,
+)
+from lplkit.preemption import StopRequest, stop_signals
 from lplkit.store import format as fmt
 from lplkit.store.writer import StoreWriter
 
@@ -228,19 +241,38 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             )
         )
         try:
-            summary = _encode_shards(cfg, ctx, source, vae, writer, latent, device, progress)
-            totals = ctx.sum_ints([summary.encoded, summary.skipped, summary.shards_written])
-            summary.encoded, summary.skipped, summary.shards_written = totals
+            with stop_signals() as stop:
+                summary = _encode_shards(
+                    cfg, ctx, source, vae, writer, latent, device, progress, stop
+                )
+            # every rank reaches these collectives, a stopped one early; then all stop or finish
+            totals = ctx.sum_ints(
+                [summary.encoded, summary.skipped, summary.shards_written, int(stop.requested)]
+            )
+            summary.encoded, summary.skipped, summary.shards_written, stopped = totals
             summary.skip_reasons = dict(sum(ctx.gather(Counter(summary.skip_reasons)), Counter()))
             summary.encode_s = max(ctx.gather(summary.encode_s))  # the slowest rank's loop
             processed = summary.encoded + summary.skipped
             summary.images_per_s = processed / summary.encode_s if summary.encode_s > 0 else 0.0
-            summary.shards_already_done = (
-                writer.n_shards - len(writer.all_pending_shards()) - (summary.shards_written)
-            )
+            pending = len(writer.all_pending_shards())
+            summary.shards_already_done = writer.n_shards - pending - summary.shards_written
+            if stopped:
+                raise Preempted(
+                    f"encode preempted by {stop.name}: {writer.n_shards - pending}/"
+                    f"{writer.n_shards} shards complete, the shards in flight were dropped; "
+                    "re-run the same command to resume"
+                )
             if ctx.rank == 0:
                 summary.completed = bool(writer.finalize()["completed"])
             summary.completed = bool(ctx.broadcast(summary.completed))
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Interrupted):
+                raise
+            done = writer.n_shards - len(writer.all_pending_shards())
+            raise Interrupted(
+                f"encode interrupted: {done}/{writer.n_shards} shards complete; "
+                "re-run the same command to resume"
+            ) from exc
         finally:
             writer.close()
     summary.elapsed_s = time.perf_counter() - t0
@@ -274,8 +306,11 @@ def _encode_shards(
     latent: tuple[int, ...],
     device: torch.device,
     progress: ProgressFn | None,
+    stop: StopRequest | None = None,
 ) -> EncodeSummary:
-    """Encode and write this rank's pending shards; returns this rank's counts."""
+    """Encode and write this rank's pending shards; returns this rank's counts. When `stop` is
+    requested it returns after the current batch: shards not yet filled are dropped (a resume
+    re-encodes them), the filled ones are written before it returns."""
     shards = writer.pending_shards()
     batches = shard_batches(writer, shards, cfg.batch_size)
     total = sum(len(b) for b in batches)
@@ -338,6 +373,10 @@ def _encode_shards(
             done += len(samples)
             if progress is not None:
                 progress(done, total)
+            if stop is not None and stop.requested:
+                buffers.clear()
+                break
+        encoded.close()  # after a stop: ends the input thread and the DataLoader workers now
         while writes:
             _wait(writes.popleft(), summary)
     summary.encode_s = time.perf_counter() - t_loop

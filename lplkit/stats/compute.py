@@ -38,6 +38,7 @@ from torch import Tensor
 from lplkit.distributed import group_rank_world
 from lplkit.errors import StoreError
 from lplkit.lpl.decoder_taps import FeatureStats
+from lplkit.preemption import StopRequest
 from lplkit.stats.accumulators import ChannelHistogram, ChannelMoments, gather_merge
 
 if TYPE_CHECKING:
@@ -221,6 +222,7 @@ def compute_stats(
     bins: int = DEFAULT_BINS,
     pilot: int = DEFAULT_PILOT,
     on_progress: Callable[[int, int], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> StoreStats:
     """Statistics of `store` (a `LatentStore`) and of `taps` (a `DecoderTaps`, or None: latents only).
 
@@ -233,6 +235,9 @@ def compute_stats(
         pilot: items of the pilot pass that fixes the histogram ranges (the same on every rank;
             at most a quarter of the items).
         on_progress: called with (items done on this rank, items for this rank) after each batch.
+        stop: when it is requested this rank stops after the batch in flight; the merge still
+            runs (every rank must reach it), so the result covers fewer items: the caller
+            (`run_stats`) discards it and writes nothing.
 
     Returns:
         `StoreStats` with `meta` holding only the sampling record (`compute` adds provenance).
@@ -273,6 +278,8 @@ def compute_stats(
                 hist.update(f)
         if on_progress is not None:
             on_progress(min(start + batch_size, len(mine)), len(mine))
+        if stop is not None and stop.requested:
+            break
     latent = gather_merge(latent)
     layers = []
     if taps is not None:

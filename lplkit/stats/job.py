@@ -4,6 +4,11 @@ The one library call behind `lplkit stats` (the CLI joins the process group with
 `lplkit.distributed.init_distributed` and renders). Works single-process or under torchrun with an
 initialized default process group: every rank computes its slice, all ranks get
 the merged result, and rank 0 alone writes the `stats/` group.
+
+A stats run is not resumable part-way: on SIGTERM or SIGUSR1 (`lplkit.preemption`) every rank
+stops after its batch in flight, the ranks agree, nothing is written and `Preempted` (exit 75) is
+raised; the same command then computes the statistics from the start (they depend only on the
+store and the flags, so the result equals an uninterrupted run's). Ctrl-C raises `Interrupted`.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import torch
 
 from lplkit import __version__
 from lplkit.autoencoder import autoencoder_info, check_store_autoencoder, load_autoencoder
-from lplkit.distributed import group_rank_world
-from lplkit.errors import ConfigError
+from lplkit.distributed import DistInfo, group_rank_world
+from lplkit.errors import ConfigError, Interrupted, Preempted
 from lplkit.lpl.decoder_taps import DecoderTaps
+from lplkit.preemption import stop_agreed, stop_signals
 from lplkit.stats.compute import (
     DEFAULT_BINS,
     DEFAULT_PILOT,
@@ -34,6 +40,10 @@ from lplkit.store.reader import LatentStore
 __all__ = ["DEFAULT_SAMPLES", "check_autoencoder", "run_stats", "stats_summary"]
 
 DEFAULT_SAMPLES = 1024
+_NOTHING_WRITTEN = (
+    "nothing written, the store's current statistics (if any) are unchanged; re-run the same "
+    "command to compute them"
+)
 
 
 def check_autoencoder(manifest: dict[str, Any], info: dict[str, Any], url: str) -> None:
@@ -128,18 +138,25 @@ def run_stats(
         info = autoencoder_info(model, spec, sub)
         check_autoencoder(manifest, info, url)
         taps = DecoderTaps(model, depth, apply_post_quant_conv=apply_post_quant_conv).to(device)
-    stats = compute_stats(
-        store,
-        taps,
-        samples=samples,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        bins=bins,
-        pilot=pilot,
-        on_progress=on_progress,
-    )
     rank, world = group_rank_world()
+    try:
+        with stop_signals() as stop:
+            stats = compute_stats(
+                store,
+                taps,
+                samples=samples,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                bins=bins,
+                pilot=pilot,
+                on_progress=on_progress,
+                stop=stop,
+            )
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"stats interrupted: {_NOTHING_WRITTEN}") from exc
+    if stop_agreed(stop, DistInfo(rank=rank, world_size=world, device=torch.device(device))):
+        raise Preempted(f"stats preempted by {stop.name}: {_NOTHING_WRITTEN}")
     meta: dict[str, Any] = {
         "format": 1,
         "lplkit_version": __version__,

@@ -9,7 +9,8 @@ Run directory:
   samples/             periodic PNG grids from the EMA model
   .lplkit-lock.json    held by the running trainer (a second `lplkit train --out` is refused)
 Re-running the same command resumes. A re-run whose config differs in anything but
-`RESUMABLE_CHANGES` (run length, cadence, device) is refused rather than silently mixed.
+`RESUMABLE_CHANGES` (run length, cadence, device, the store's path) is refused rather than silently
+mixed; the store may move but its content must stay (`check_resume_store`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from lplkit import __version__
 from lplkit.config import to_dict
 from lplkit.errors import ConfigError
+from lplkit.stats.storage import store_content_hash
 from lplkit.train.builders import build_components
 from lplkit.train.config import TrainConfig
 from lplkit.train.distributed import barrier, init_distributed, shutdown
@@ -32,6 +34,7 @@ from lplkit.train.run_dir import (  # noqa: F401  (load_run, RUN_LOCK_FILE: kept
     RUN_LOCK_FILE,
     check_normalization,
     check_resume_config,
+    check_resume_store,
     load_run,
     lock_run_dir,
     read_json_object,
@@ -68,12 +71,15 @@ def train(
         resuming = check_resume_config(run_dir, cfg)
         saved = run_dir / "run.json"
         # A resumed run keeps its latent normalization even if `lplkit stats` ran on the store since.
-        norm = None
+        norm, old = None, None
         if resuming and saved.is_file():
-            info = require_valid(read_json_object(saved), "run", what=str(saved), error=ConfigError,
-                                 fix="restore it, or use a new --out")  # fmt: skip
-            norm = info["normalization"]
+            old = require_valid(read_json_object(saved), "run", what=str(saved), error=ConfigError,
+                                fix="restore it, or use a new --out")  # fmt: skip
+            norm = old["normalization"]
         parts = build_components(cfg, dist.device, normalization=norm)
+        content_hash = store_content_hash(cfg.store, parts.store.manifest)
+        if old is not None:
+            check_resume_store(run_dir, old, cfg.store, content_hash)
         n = parts.normalizer
         check_normalization(cfg, n.shift, n.scale, n.source)
         trainer = Trainer(cfg, parts, run_dir, dist, on_log=on_log, on_step=on_step)
@@ -93,7 +99,11 @@ def train(
                     "scale": list(parts.normalizer.scale),
                     "source": parts.normalizer.source,
                 },
-                "store": {"url": cfg.store, "autoencoder": parts.store.manifest.get("autoencoder")},
+                "store": {
+                    "url": cfg.store,
+                    "autoencoder": parts.store.manifest.get("autoencoder"),
+                    "content_hash": content_hash,
+                },
                 "world_size": dist.world_size,
                 "init": parts.init,
             }

@@ -70,6 +70,25 @@ def check_resume_config(run_dir: Path, cfg: TrainConfig) -> bool:
     return True
 
 
+def check_resume_store(run_dir: Path, info: dict[str, Any], url: str, content_hash: str) -> None:
+    """A resumed run keeps training on the latents its first steps saw: the store's content hash
+    (identity + every shard's checksums) must equal the one in run.json, so a store moved or copied
+    to another path resumes, while another store (or this path re-encoded with other content) is
+    refused. A run.json from before the hash was recorded must name the same path."""
+    old = info.get("store") if isinstance(info.get("store"), dict) else {}
+    old_url, old_hash = old.get("url"), old.get("content_hash")
+    if old_hash == content_hash or (old_hash is None and old_url == url):
+        return
+    if old_hash is None:
+        why = f"its run.json records the path only, and --store {url} is another path"
+    else:
+        why = f"--store {url} holds other latents (content {content_hash[:12]}, run.json {old_hash[:12]})"
+    raise ConfigError(
+        f"{run_dir} was trained on the store {old_url}; {why}: a resume cannot change its data; "
+        f"use a new --out, or start a new run from its weights with --init {run_dir}"
+    )
+
+
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The config and run.json of an existing run directory."""
 
