@@ -401,14 +401,12 @@ class Trainer:
         )
 
     def _interrupt_message(self) -> str:
-        ckpt_note = (
-            f"the last checkpoint is step {self.saved_step}, later steps are redone on resume"
-            if self.saved_step is not None
-            else "no checkpoint yet, a re-run starts from step 0"
-        )
+        head = f"train interrupted after step {self.step} of {self.cfg.steps}"
+        if self.saved_step is None:
+            return f"{head}: no checkpoint yet; re-run the same command to start again"
         return (
-            f"train interrupted after step {self.step} of {self.cfg.steps}: {ckpt_note}; "
-            "re-run the same command to resume"
+            f"{head}: the last checkpoint is step {self.saved_step}; re-run the same command to "
+            "resume from it"
         )
 
     def _preempt(self, stop: StopRequest) -> None:
