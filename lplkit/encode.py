@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -217,7 +217,9 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
     vae_spec = cfg.vae or default_autoencoder(cfg.dataset)
     if vae_spec is None:
         raise ConfigError(missing_vae_message(cfg.dataset))
-    with DistContext.from_env(cfg.device, error=StoreError) as ctx:
+    # A signal from here on is recorded: a signal while loading stops after the first batch, and
+    # one torchrun sends while this rank tears down after a preemption is harmless.
+    with stop_signals() as stop, DistContext.from_env(cfg.device, error=StoreError) as ctx:
         device = resolve_device(cfg.device, ctx.local_rank)
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
         f = info["downsample_factor"]
@@ -241,10 +243,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             )
         )
         try:
-            with stop_signals() as stop:
-                summary = _encode_shards(
-                    cfg, ctx, source, vae, writer, latent, device, progress, stop
-                )
+            summary = _encode_shards(cfg, ctx, source, vae, writer, latent, device, progress, stop)
             # every rank reaches these collectives, a stopped one early; then all stop or finish
             totals = ctx.sum_ints(
                 [summary.encoded, summary.skipped, summary.shards_written, int(stop.requested)]
@@ -409,7 +408,7 @@ def _encoded_batches(
     vae: Any,
     cfg: EncodeConfig,
     latent: tuple[int, ...],
-) -> Iterator[tuple[list[PreparedSample], _Moments | None, np.ndarray | None]]:
+) -> Generator[tuple[list[PreparedSample], _Moments | None, np.ndarray | None], None, None]:
     """Encode batches one step ahead of their consumer: batch k+1 is queued on the device before
     batch k's results are copied back, so a GPU never idles on the host-side bookkeeping."""
     pending: deque[tuple[list[PreparedSample], Any]] = deque()

@@ -24,7 +24,7 @@ from typing import Any
 
 from lplkit.distributed import DistInfo, all_ok
 
-__all__ = ["PREEMPT_SIGNALS", "StopRequest", "stop_agreed", "stop_signals"]
+__all__ = ["PREEMPT_SIGNALS", "StopRequest", "ignore_stop_signals", "stop_agreed", "stop_signals"]
 
 # SIGUSR1 is what SLURM's `--signal=USR1@SECONDS` sends ahead of the end of a job; it does not
 # exist on Windows.
@@ -58,8 +58,13 @@ class StopRequest:
 @contextmanager
 def stop_signals(signals: tuple[signal.Signals, ...] = PREEMPT_SIGNALS) -> Iterator[StopRequest]:
     """Record `signals` in the yielded `StopRequest` while the block runs; restore the previous
-    handlers after it. Outside the main thread (where Python cannot install handlers) nothing is
-    installed and the request is never set."""
+    handlers after it. A nested block shares the enclosing block's request (a signal received
+    before the inner loop started is seen by it). Outside the main thread (where Python cannot
+    install handlers) nothing is installed and the request is never set."""
+    outer = getattr(signal.getsignal(signals[0]), "__self__", None) if signals else None
+    if isinstance(outer, StopRequest):
+        yield outer
+        return
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -77,3 +82,10 @@ def stop_agreed(request: StopRequest, info: DistInfo) -> bool:
     """True on every rank when any rank received a stop signal (one MIN all-reduce of a flag under
     torch.distributed; the local flag for one process). Every rank must call it at the same point."""
     return not all_ok(not request.requested, info)
+
+
+def ignore_stop_signals(signals: tuple[signal.Signals, ...] = PREEMPT_SIGNALS) -> None:
+    """Ignore `signals` from now on: for a process that stopped on one and is exiting (the CLI)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)

@@ -59,6 +59,16 @@ class _Command(TyperCommand):
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             raise _CommandInterrupted(ctx.info_name or "lplkit", exc) from exc
+        except Exception as exc:
+            from lplkit.errors import Preempted
+
+            if isinstance(exc, Preempted):
+                # Stopped and saved: exit 75 even if torchrun, seeing another rank exit first,
+                # signals this process while it exits.
+                from lplkit.preemption import ignore_stop_signals
+
+                ignore_stop_signals()
+            raise
 
 
 class _Group(TyperGroup):

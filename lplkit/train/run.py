@@ -24,6 +24,7 @@ from typing import Any
 from lplkit import __version__
 from lplkit.config import to_dict
 from lplkit.errors import ConfigError
+from lplkit.preemption import stop_signals
 from lplkit.stats.storage import store_content_hash
 from lplkit.train.builders import build_components
 from lplkit.train.config import TrainConfig
@@ -63,6 +64,21 @@ def train(
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a run directory; choose another --out")
     created = not run_dir.exists()
+    # From here to the end of the teardown a SIGTERM/SIGUSR1 is recorded, not fatal: the loop stops
+    # at its next step boundary, and a signal torchrun sends while this rank tears down after a
+    # preemption cannot cut the lock release short.
+    with stop_signals():
+        return _train(cfg, run_dir, created, on_log, on_step, on_start)
+
+
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    created: bool,
+    on_log: Callable[[dict[str, Any]], None] | None,
+    on_step: Callable[[int], None] | None,
+    on_start: Callable[[dict[str, Any]], None] | None,
+):
     dist = init_distributed(cfg.device)
     lock = None
     try:

@@ -75,7 +75,8 @@ def check_resume_store(run_dir: Path, info: dict[str, Any], url: str, content_ha
     (identity + every shard's checksums) must equal the one in run.json, so a store moved or copied
     to another path resumes, while another store (or this path re-encoded with other content) is
     refused. A run.json from before the hash was recorded must name the same path."""
-    old = info.get("store") if isinstance(info.get("store"), dict) else {}
+    recorded = info.get("store")
+    old: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     old_url, old_hash = old.get("url"), old.get("content_hash")
     if old_hash == content_hash or (old_hash is None and old_url == url):
         return

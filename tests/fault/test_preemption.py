@@ -193,7 +193,9 @@ def _ddp_trial(store: Path, run: Path, reference, to_launcher: bool) -> None:
         os.kill(pid, signal.SIGTERM)
 
     err = _signal_when(proc, lambda: _lines(run / "metrics.jsonl") >= 2, send)
-    assert proc.returncode != 0, err[-3000:]  # torchrun reports its workers' status 75 as a failure
+    assert proc.returncode != 0, err[-3000:]  # torchrun reports a stop of its workers as a failure
+    if not to_launcher:  # it lists each worker's status: 75 on both (none killed while exiting)
+        assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", err)) == {"75"}, err[-3000:]
     lines = [" ".join(x.split()) for x in err.splitlines() if "preempted by" in x]
     steps = {int(m[1]) for x in lines if (m := re.search(r"after step (\d+) of 12", x))}
     assert len(lines) == 2 and len(steps) == 1, err[-3000:]  # both ranks, after the same step
