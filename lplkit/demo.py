@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from lplkit.config import from_dict
+from lplkit.diffusion.generate import sample_run
+from lplkit.diffusion.image_files import make_grid
 from lplkit.encode import EncodeConfig, encode_dataset
 from lplkit.errors import ConfigError
-from lplkit.evaluate import EvalOptions, evaluate
-from lplkit.generate import sample_run
+from lplkit.metrics.evaluate import EvalOptions, evaluate
 from lplkit.metrics.image_sets import open_image_set
 from lplkit.metrics.swd import SWDConfig
-from lplkit.samplers import make_grid
 from lplkit.stats.job import run_stats
 from lplkit.train import train
 from lplkit.train.config import TrainConfig

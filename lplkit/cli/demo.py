@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
             "or none (from scratch).",
         ),
         model: str = typer.Option(
-            "UNet-S", "--model", help="Denoiser (see lplkit.models); must match --base."
+            "UNet-S",
+            "--model",
+            help="Denoiser (see lplkit.diffusion.denoisers); must match --base.",
         ),
         objective: str = typer.Option("flow", "--objective", help="flow, eps or v."),
         steps: int = typer.Option(60, "--steps", help="Post-training steps of each arm."),

@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ) -> None:
         """Sample N images (deterministic for a seed), decode them with the run's autoencoder."""
+        from lplkit.diffusion.generate import sample_run
         from lplkit.errors import ConfigError
-        from lplkit.generate import sample_run
 
         try:
             label_list = [int(v) for v in labels.split(",") if v.strip()] if labels else None

@@ -14,19 +14,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from lplkit.autoencoder import (
+from lplkit.autoencoders.loading import (
     autoencoder_info,
     check_store_autoencoder,
     config_hash,
     load_autoencoder,
     weights_hash,
 )
+from lplkit.diffusion.denoisers import build_model
+from lplkit.diffusion.objectives import Objective, build_objective
 from lplkit.errors import ConfigError, StoreMismatchError
 from lplkit.lpl.config import LPLConfig
 from lplkit.lpl.decoder_taps import DecoderTaps
 from lplkit.lpl.loss import LatentPerceptualLoss
-from lplkit.models import build_model
-from lplkit.objectives import Objective, build_objective
 from lplkit.stats.storage import load_stats
 from lplkit.store.reader import LatentStore
 from lplkit.store.verify import require_sound_store

@@ -15,7 +15,7 @@ from lplkit.config import fields_from_dict
 from lplkit.errors import ConfigError
 from lplkit.lpl.config import LPLConfig, lpl_options, resolve_lpl_config
 
-ObjectiveKind = Literal["eps", "v", "flow"]  # the class is lplkit.objectives.Objective
+ObjectiveKind = Literal["eps", "v", "flow"]  # the class is lplkit.diffusion.objectives.Objective
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ObjectiveConfig:
 
 @dataclass
 class ModelConfig:
-    """Denoiser from the `lplkit.models` registry; `label_dropout` is the CFG null-label rate."""
+    """Denoiser from the `lplkit.diffusion.denoisers` registry; `label_dropout` is the CFG null-label rate."""
 
     name: str = "DiT-S/2"
     label_dropout: float = 0.1

@@ -28,11 +28,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lplkit.config import to_dict
+from lplkit.diffusion.objectives import Objective
+from lplkit.distributed import DistInfo, all_reduce_sum
 from lplkit.errors import TrainingError
-from lplkit.objectives import Objective
 from lplkit.train import checkpoint as ckpt
 from lplkit.train.config import TrainConfig
-from lplkit.train.distributed import DistInfo, all_reduce_sum
 from lplkit.train.ema import EMA
 from lplkit.train.loader import LoaderCursor
 from lplkit.train.losses import LplFn, micro_batch_loss

@@ -22,10 +22,10 @@ from typing import Any
 
 from lplkit import __version__
 from lplkit.config import to_dict
+from lplkit.distributed import barrier, init_distributed, shutdown
 from lplkit.errors import ConfigError
 from lplkit.train.builders import build_components
 from lplkit.train.config import TrainConfig
-from lplkit.train.distributed import barrier, init_distributed, shutdown
 from lplkit.train.loop import Trainer
 from lplkit.train.run_dir import (  # noqa: F401  (load_run, RUN_LOCK_FILE: kept importable here)
     RUN_FORMAT,

@@ -96,7 +96,7 @@ def in_cache(hub_home, monkeypatch):
 
 
 def test_vae_revision_loads_that_commit(in_cache, tmp_path):
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
 
     images = write_image_folder(tmp_path / "img", {"a": 2}, size=(20, 18))
     vae = load_autoencoder(REPO_ID, subfolder="vae", revision=OLD)

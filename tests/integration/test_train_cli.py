@@ -24,7 +24,7 @@ SCHEMAS = ROOT / "schemas"
 
 
 def _ae_info(vae_dir: Path) -> dict:
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
 
     return autoencoder_info(load_autoencoder(str(vae_dir)), str(vae_dir))
 

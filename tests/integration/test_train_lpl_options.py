@@ -53,7 +53,7 @@ def test_cases_cover_every_lplconfig_field():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_vae_dir) -> Path:
     """A synthetic store encoded 'with' the tiny VAE, with `lplkit stats` run on it."""
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.stats.job import run_stats
     from lplkit.store.synthetic import write_synthetic_store
 

@@ -10,10 +10,11 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
+from lplkit.diffusion.denoisers import build_model
+from lplkit.diffusion.image_files import make_grid, save_grid, save_npz, to_uint8
+from lplkit.diffusion.objectives import DDPMObjective, FlowMatchingObjective
+from lplkit.diffusion.samplers import ddim_timesteps, sample
 from lplkit.errors import ConfigError
-from lplkit.models import build_model
-from lplkit.objectives import DDPMObjective, FlowMatchingObjective
-from lplkit.samplers import ddim_timesteps, make_grid, sample, save_grid, save_npz, to_uint8
 
 SHAPE = (2, 3, 4, 4)
 

@@ -1,6 +1,6 @@
 """Sampling from a run directory or a base: config + newest checkpoint -> images, grid, `.npz`.
 
-    z ~ sampler(denoiser, objective) in the normalized space   (lplkit.samplers: DDIM / Euler / Heun)
+    z ~ sampler(denoiser, objective) in the normalized space   (lplkit.diffusion.samplers: DDIM / Euler / Heun)
     z_raw = z / scale + shift                                  (run.json normalization)
     images = AE.decode(z_raw)                                  (clamped to [-1, 1])
 
@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from lplkit.config import from_dict
+from lplkit.diffusion.image_files import save_grid, save_npz, to_uint8
+from lplkit.diffusion.samplers import sample
+from lplkit.distributed import resolve_device
 from lplkit.errors import ConfigError
-from lplkit.samplers import sample, save_grid, save_npz, to_uint8
 from lplkit.train.base import BUNDLED_BASES, base_dir, load_base, load_run_model
 from lplkit.train.builders import load_decoder_vae, make_objective
 from lplkit.train.config import TrainConfig
-from lplkit.train.distributed import resolve_device
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.previews import make_sample_grid  # noqa: F401  (old `lplkit.train.sampling` name)
 

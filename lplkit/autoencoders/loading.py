@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lplkit.autoencoder_choice import (
+from lplkit.autoencoders.choice import (
     COMMON_AUTOENCODERS,
     DEFAULT_AUTOENCODER_DATASET,
     autoencoder_choices,
