@@ -22,6 +22,7 @@ settings, so re-running the demo finishes an interrupted one. Nothing is downloa
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -216,7 +217,6 @@ def _train(cfg: DemoConfig, on_log: TrainLogFn | None) -> dict[str, Any]:
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    import json
 
     path = run_dir / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -127,7 +128,6 @@ def flags_overrides(flags: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_config(config: str | None, overrides: list[str], flags: dict[str, Any]):
     """defaults <- saved run config (when resuming) <- --config <- --set <- flags."""
-    from pathlib import Path
 
     from lplkit.config import load_config
     from lplkit.train.config import upgrade_layout

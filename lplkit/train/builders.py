@@ -8,6 +8,7 @@ and the autoencoder the LPL decodes with (`lpl.vae` overrides the manifest's).
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -152,7 +153,6 @@ def lpl_feature_stats(loss: LPLConfig, vae: nn.Module, store: Any) -> dict[str, 
 def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
     """`LatentPerceptualLoss` with exactly the resolved options `cfg.lpl.loss` (and the store's
     checked feature statistics when they are used)."""
-    from dataclasses import fields
 
     loss = cfg.lpl.loss
     assert loss is not None  # LplConfig.__post_init__ resolves it

@@ -11,6 +11,7 @@ Sampling, export and `--init RUN` read a run through this module without importi
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from pathlib import Path
@@ -98,7 +99,6 @@ def run_id_of(run_dir: Path) -> str:
 
 def check_normalization(cfg: TrainConfig, shift: tuple, scale: tuple, source: str) -> None:
     """A NaN/Inf or zero scale (or a non-finite shift) makes every step non-finite: refuse it."""
-    import math
 
     bad = [v for v in (*shift, *scale) if not math.isfinite(v)] + [v for v in scale if v == 0]
     if bad:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import sys
 from pathlib import Path
 
 import lplkit
@@ -142,3 +143,64 @@ def test_no_import_cycles():
     assert "lplkit.train.builders" in graph and "lplkit.lpl.loss" in graph  # the walk found them
     cycle = _cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def _function_level_stdlib_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [(node.lineno, n) for n in names if n.split(".")[0] in sys.stdlib_module_names]
+    return found
+
+
+def test_no_function_level_import_of_the_standard_library():
+    """Lazy imports are for heavy or optional packages (torch, diffusers, zarr); the standard
+    library is imported at the top, where a reader looks for it."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in ROOT.rglob("*.py")
+        for line, name in _function_level_stdlib_imports(ast.parse(path.read_text()))
+    ]
+    assert not found, found
+    planted = "def f():\n    import json\n    from pathlib import Path\n    import torch\n"
+    assert [n for _, n in _function_level_stdlib_imports(ast.parse(planted))] == ["json", "pathlib"]
+
+
+def _only_reexports(tree: ast.Module) -> bool:
+    """A module whose body is a docstring, imports and `__all__`: a second name for other code."""
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == [
+            "__all__"
+        ]:
+            continue
+        return False
+    return True
+
+
+def test_the_root_is_a_map_and_no_module_only_reexports():
+    """At most 10 modules at the package root (concepts are subpackages), and no module exists
+    only to re-export or alias another (a package's own `__init__` may present its API)."""
+    root_modules = sorted(
+        p.name for p in ROOT.glob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    )
+    assert len(root_modules) <= 10, root_modules
+    aliases = [
+        str(p.relative_to(ROOT))
+        for p in ROOT.rglob("*.py")
+        if p.name != "__init__.py" and _only_reexports(ast.parse(p.read_text()))
+    ]
+    assert not aliases, aliases
+    planted = '"""Old path."""\nfrom lplkit.distributed import barrier\n__all__ = ["barrier"]\n'
+    assert _only_reexports(ast.parse(planted))
