@@ -69,7 +69,7 @@ class DemoConfig:
     stats_samples: int = 256
     n_samples: int = 64
     sample_steps: int = 32
-    cfg_scale: float = 2.0
+    guidance: float = 2.0
     eval_n: int = 256  # reference (train store) images
     swd_dirs: int = 128
     seed: int = 0
@@ -238,7 +238,7 @@ def _sample(cfg: DemoConfig) -> dict[str, Any]:
             out=Path(cfg.out) / "samples" / arm,
             n=cfg.n_samples,
             steps=cfg.sample_steps,
-            cfg_scale=cfg.cfg_scale,
+            guidance=cfg.guidance,
             seed=cfg.seed,
             sampler="euler" if cfg.objective == "flow" else None,
             device=cfg.device,

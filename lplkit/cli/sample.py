@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
         ema: bool = typer.Option(True, "--ema/--no-ema", help="EMA weights (default) or raw."),
         n: int = typer.Option(16, "--n", help="Number of images."),
         steps: int = typer.Option(50, "--steps", help="Sampler steps."),
-        cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance weight."),
+        cfg: float = typer.Option(
+            1.0, "--cfg", "--guidance", help="Classifier-free guidance weight."
+        ),
         sampler: str | None = typer.Option(
             None, "--sampler", help="ddim (eps/v) or euler/heun (flow); default by objective."
         ),
@@ -47,7 +49,7 @@ def register(app: typer.Typer) -> None:
             ) from None
         with LiveProgress("sampling", enabled=not json_out, transient=True) as bar:
             summary = sample_run(
-                run, out=out, ema=ema, n=n, steps=steps, cfg_scale=cfg, sampler=sampler, seed=seed,
+                run, out=out, ema=ema, n=n, steps=steps, guidance=cfg, sampler=sampler, seed=seed,
                 labels=label_list, batch_size=batch_size, device=device, vae=vae, progress=bar.update,
             )  # fmt: skip
         if json_out:

@@ -38,7 +38,7 @@ def sample_run(
     ema: bool = True,
     n: int = 16,
     steps: int = 50,
-    cfg_scale: float = 1.0,
+    guidance: float = 1.0,
     sampler: str | None = None,
     seed: int = 0,
     labels: list[int] | None = None,
@@ -65,8 +65,7 @@ def sample_run(
         tcfg, info, model, step = load_run_model(run_dir, ema=ema)
     model = model.to(dev).eval()
     objective = make_objective(tcfg)
-    nrm = info["normalization"]
-    normalizer = LatentNormalizer(tuple(nrm["shift"]), tuple(nrm["scale"]), nrm["source"])
+    normalizer = LatentNormalizer.from_record(info["normalization"])
     if vae is not None:
         tcfg.lpl.vae = vae
     ae: Any = load_decoder_vae(tcfg, {"autoencoder": info["store"]["autoencoder"]}, dev)
@@ -84,7 +83,7 @@ def sample_run(
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         y = None if y_all is None else y_all[lo:hi].to(dev)
-        z = sample(model, objective, (hi - lo, *shape), labels=y, steps=steps, cfg=cfg_scale,
+        z = sample(model, objective, (hi - lo, *shape), labels=y, steps=steps, guidance=guidance,
                    sampler=sampler, noise=noise[lo:hi].to(dev), device=dev)  # type: ignore[arg-type]  # fmt: skip
         with torch.no_grad():
             images.append(ae.decode(normalizer.unnormalize(z)).sample.clamp(-1, 1).float().cpu())
@@ -109,7 +108,7 @@ def sample_run(
         "n": n,
         "sampler": sampler or ("heun" if tcfg.objective.kind == "flow" else "ddim"),
         "steps": steps,
-        "cfg": cfg_scale,
+        "cfg": guidance,  # the --json key the CLI has always written
         "seed": seed,
         "labels": None if y_all is None else y_all.tolist(),
         "out": str(out_dir),

@@ -85,13 +85,13 @@ def flow_time_grid(steps: int) -> Tensor:
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
 
 
-def guided(denoiser: DenoiserFn, labels: Tensor | None, cfg: float) -> DenoiserFn:
+def guided(denoiser: DenoiserFn, labels: Tensor | None, guidance: float) -> DenoiserFn:
     """Wrap ``denoiser`` so it returns the classifier-free-guided output (see module docstring).
 
-    ``cfg == 1`` or ``labels is None`` returns the plain (conditional / unconditional) denoiser.
+    ``guidance == 1`` or ``labels is None`` returns the plain (conditional / unconditional) denoiser.
     The null label is ``denoiser.null_class_id``.
     """
-    if labels is None or cfg == 1.0:
+    if labels is None or guidance == 1.0:
         return lambda z, t, _y: denoiser(z, t, labels)
     null_id = getattr(denoiser, "null_class_id", None)
     if null_id is None:
@@ -101,7 +101,7 @@ def guided(denoiser: DenoiserFn, labels: Tensor | None, cfg: float) -> DenoiserF
     def fn(z: Tensor, t: Tensor, _y: Tensor | None) -> Tensor:
         out = denoiser(torch.cat([z, z]), torch.cat([t, t]), y2)
         cond, uncond = out.chunk(2)
-        return uncond + cfg * (cond - uncond)
+        return uncond + guidance * (cond - uncond)
 
     return fn
 
@@ -114,7 +114,7 @@ def sample(
     *,
     labels: Tensor | None = None,
     steps: int = 50,
-    cfg: float = 1.0,
+    guidance: float = 1.0,
     sampler: Sampler | None = None,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
@@ -132,7 +132,7 @@ def sample(
         shape: output shape; ``shape[0]`` is the batch.
         labels: ``(B,)`` class ids, or ``None`` (unconditional).
         steps: sampler steps (DDIM: model evaluations; Euler: S; Heun: 2 S evaluations).
-        cfg: guidance weight ``w``.
+        guidance: classifier-free guidance weight ``w`` (the CLI's ``--cfg`` / ``--guidance``).
         sampler: ``ddim`` (DDPM objectives, default) or ``euler`` / ``heun`` (flow; default ``heun``).
         generator: seeds the initial noise ``z_1 ~ N(0, I)`` (drawn on the generator's device).
         noise: explicit initial noise instead of drawing it.
@@ -155,7 +155,7 @@ def sample(
     z = noise.to(device=device, dtype=torch.float32)
     if labels is not None:
         labels = labels.to(device)
-    fn = guided(denoiser, labels, cfg)
+    fn = guided(denoiser, labels, guidance)
 
     if isinstance(objective, DDPMObjective):
         sampler = sampler or "ddim"

@@ -191,12 +191,7 @@ def init_from_base(
         problems.append("another autoencoder than this store's (weights hash differs)")
     if problems:
         raise ConfigError(f"--init {cfg.init}: the base was trained with " + "; ".join(problems))
-    norm = base.normalization
-    normalizer = LatentNormalizer(
-        shift=tuple(float(v) for v in norm["shift"]),
-        scale=tuple(float(v) for v in norm["scale"]),
-        source=str(norm["source"]),
-    )
+    normalizer = LatentNormalizer.from_record(base.normalization)
     record = {"spec": str(cfg.init), "source": base.source, "step": base.step}
     return base.model.train(), normalizer, record
 
@@ -228,11 +223,7 @@ def build_components(
         model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
         normalizer = make_normalizer(store)
     if normalization is not None:
-        normalizer = LatentNormalizer(
-            shift=tuple(float(v) for v in normalization["shift"]),
-            scale=tuple(float(v) for v in normalization["scale"]),
-            source=str(normalization["source"]),
-        )
+        normalizer = LatentNormalizer.from_record(normalization)
     objective = make_objective(cfg)
     vae = None
     if cfg.lpl.enabled or cfg.log.sample_every > 0:

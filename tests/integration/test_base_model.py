@@ -77,7 +77,7 @@ def test_bundled_base_samples_deterministically(tmp_path):
             out=tmp_path / f"s{i}",
             n=4,
             steps=4,
-            cfg_scale=2.0,
+            guidance=2.0,
             sampler="euler",
             seed=3,
             device="cpu",
