@@ -116,16 +116,6 @@ _EXTRA = (
 )  # fmt: skip
 
 
-def flags_overrides(flags: dict[str, Any]) -> dict[str, Any]:
-    """The explicitly given flags (None = not given) as a nested table of typed values."""
-    table = flags_table(TRAIN_FLAGS, flags)
-    # The reference code gates DDPM by t < max_timestep alone: a max timestep without an explicit
-    # SNR threshold replaces the default SNR gate instead of AND-ing with it.
-    if flags.get("lpl_max_timestep") is not None and flags.get("lpl_snr_min") is None:
-        table.setdefault("lpl", {})["snr_min"] = None
-    return table
-
-
 def resolve_config(config: str | None, overrides: list[str], flags: dict[str, Any]):
     """defaults <- saved run config (when resuming) <- --config <- --set <- flags."""
 
@@ -136,7 +126,9 @@ def resolve_config(config: str | None, overrides: list[str], flags: dict[str, An
     out = flags.get("out")
     saved = Path(out) / "config.json" if out else None
     base = upgrade_layout(read_json_object(saved)) if saved and saved.is_file() else None
-    return load_config(TrainConfig, config, overrides, base=base, flags=flags_overrides(flags))
+    return load_config(
+        TrainConfig, config, overrides, base=base, flags=flags_table(TRAIN_FLAGS, flags)
+    )
 
 
 def resolve_argv(args: list[str]):

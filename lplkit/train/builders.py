@@ -155,7 +155,7 @@ def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
     checked feature statistics when they are used)."""
 
     loss = cfg.lpl.loss
-    assert loss is not None  # LplConfig.__post_init__ resolves it
+    assert loss is not None  # LplTermConfig.__post_init__ resolves it
     kwargs: dict[str, Any] = {f.name: getattr(loss, f.name) for f in fields(loss)}
     if uses_feature_stats(loss):
         kwargs["feature_stats"] = lpl_feature_stats(loss, vae, store)

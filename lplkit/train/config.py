@@ -53,10 +53,11 @@ class OptimConfig:
 
 
 @dataclass
-class LplConfig:
+class LplTermConfig:
     """Latent Perceptual Loss: total = L_diff + weight * mean_over_batch(LPL * gate).
 
     A sample is gated in when SNR(t) >= snr_min (if set) and, for DDPM, t < max_timestep (if set).
+    A table that sets `max_timestep` but not `snr_min` means `t < max_timestep` alone.
     Ungated samples contribute 0 and are never decoded; the mean divides by the full batch size.
 
     `loss` holds the options of `LatentPerceptualLoss` (`lplkit.lpl.config.LPLConfig`), resolved
@@ -83,7 +84,7 @@ class LplConfig:
             self.loss = resolve_lpl_config(self.preset)
 
     @classmethod
-    def from_table(cls, data: dict[str, Any], prefix: str = "") -> LplConfig:
+    def from_table(cls, data: dict[str, Any], prefix: str = "") -> LplTermConfig:
         """Build from a TOML/JSON table: the gate/schedule keys as typed fields, then
         `loss = resolve_lpl_config(preset, **explicit loss keys)` (preset first, keys override)."""
 
@@ -105,6 +106,11 @@ class LplConfig:
                 )
             loss.setdefault("depth", depth)
         out = fields_from_dict(cls, data, prefix)
+        if out.max_timestep is not None and "snr_min" not in data:
+            # The reference code gates DDPM by t < max_timestep alone: a max timestep without an
+            # explicit SNR threshold replaces the default SNR gate instead of AND-ing with it,
+            # however the table was written (TOML, --set, flags, a saved config.json).
+            out.snr_min = None
         out.loss = resolve_lpl_config(out.preset, **lpl_options(loss, f"{prefix}loss."))
         return out
 
@@ -150,7 +156,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    lpl: LplConfig = field(default_factory=LplConfig)
+    lpl: LplTermConfig = field(default_factory=LplTermConfig)
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
