@@ -173,6 +173,13 @@ def register(app: typer.Typer) -> None:
         is_main = env_rank() == 0
         if is_main and cfg.lpl.enabled and not json_out:
             output.console.print(lpl_summary(cfg), soft_wrap=True, markup=False)
+
+        def on_start(info: dict[str, Any]) -> None:
+            if is_main and not json_out:
+                line = normalization_line(info["normalization"])
+                output.console.print(line, soft_wrap=True, markup=False)
+            bar.update(0, info="starting")
+
         with LiveProgress(
             "train",
             total=cfg.steps,
@@ -184,7 +191,7 @@ def register(app: typer.Typer) -> None:
                 cfg,
                 on_log=lambda rec: bar.update(rec["step"], info=log_line(rec)),
                 on_step=bar.update,
-                on_start=lambda info: bar.update(0, info="starting"),
+                on_start=on_start,
             )
         if not is_main:
             return
@@ -200,6 +207,23 @@ def register(app: typer.Typer) -> None:
             output.emit_json(summary)
         else:
             _print_summary(summary)
+
+
+def normalization_line(nrm: dict[str, Any]) -> str:
+    """Which latent normalization the run trains in, with its values (also in run.json): it
+    switches from the autoencoder's factors to per-channel statistics once `lplkit stats` ran."""
+
+    def values(v: list[float]) -> str:
+        return f"{v[0]:.5g}" if len(set(v)) == 1 else "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
+
+    what = {
+        "stats": "per-channel latent statistics of `lplkit stats`",
+        "autoencoder": "the autoencoder's shift_factor/scaling_factor",
+    }.get(nrm["source"], nrm["source"])
+    return (
+        f"latent normalization: {what}: z_n = (z - shift) * scale, "
+        f"shift {values(nrm['shift'])}, scale {values(nrm['scale'])}"
+    )
 
 
 def log_line(rec: dict[str, Any]) -> str:

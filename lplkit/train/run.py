@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,13 @@ def train(
         barrier(dist)
         trainer.run_id = run_id_of(run_dir) if not dist.is_main else run_id
         if on_start is not None and dist.is_main:
-            on_start({"world_size": dist.world_size, "device": str(dist.device)})
+            on_start(
+                {
+                    "world_size": dist.world_size,
+                    "device": str(dist.device),
+                    "normalization": asdict(parts.normalizer),
+                }
+            )
         return trainer.run()
     finally:
         if lock is not None:
