@@ -120,12 +120,11 @@ def resolve_config(config: str | None, overrides: list[str], flags: dict[str, An
     """defaults <- saved run config (when resuming) <- --config <- --set <- flags."""
 
     from lplkit.config import load_config
-    from lplkit.train.config import upgrade_layout
     from lplkit.train.run_dir import read_json_object
 
     out = flags.get("out")
     saved = Path(out) / "config.json" if out else None
-    base = upgrade_layout(read_json_object(saved)) if saved and saved.is_file() else None
+    base = read_json_object(saved) if saved and saved.is_file() else None
     return load_config(
         TrainConfig, config, overrides, base=base, flags=flags_table(TRAIN_FLAGS, flags)
     )

@@ -62,7 +62,7 @@ class LplTermConfig:
 
     `loss` holds the options of `LatentPerceptualLoss` (`lplkit.lpl.config.LPLConfig`), resolved
     as `preset` <- the explicit keys of the `[lpl.loss]` table (TOML, `--set lpl.loss.KEY=`,
-    `--lpl-norm`, ...). The legacy key `lpl.depth` is an alias of `lpl.loss.depth`.
+    `--lpl-norm`, ...).
     """
 
     enabled: bool = False
@@ -97,14 +97,6 @@ class LplTermConfig:
         if not isinstance(loss, dict):
             raise ConfigError(f"{prefix}loss: expected a table of LPL options, got {loss!r}")
         loss = dict(loss)
-        if "depth" in data:  # the layout before [lpl.loss] (old config.json, --set lpl.depth=)
-            depth = data.pop("depth")
-            if "depth" in loss and str(loss["depth"]).lower() != str(depth).lower():
-                raise ConfigError(
-                    f"{prefix}depth={depth!r} and {prefix}loss.depth={loss['depth']!r} disagree; "
-                    f"set only {prefix}loss.depth"
-                )
-            loss.setdefault("depth", depth)
         out = fields_from_dict(cls, data, prefix)
         if out.max_timestep is not None and "snr_min" not in data:
             # The reference code gates DDPM by t < max_timestep alone: a max timestep without an
@@ -204,21 +196,6 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not divisible by world_size*grad_accum = {denom}"
             )
         return self.batch_size // denom
-
-
-def upgrade_layout(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved config.json of an older layout in today's: `lpl.depth` -> `lpl.loss.depth`.
-
-    Applied to the saved run config before newer layers (--config, --set, flags) merge over it,
-    so a new `lpl.loss.depth` overrides an old `lpl.depth` instead of conflicting with it.
-    """
-    lpl = data.get("lpl")
-    if not isinstance(lpl, dict) or "depth" not in lpl:
-        return data
-    lpl = dict(lpl)
-    loss: dict[str, Any] = lpl["loss"] if isinstance(lpl.get("loss"), dict) else {}
-    lpl["loss"] = {"depth": lpl.pop("depth"), **loss}
-    return {**data, "lpl": lpl}
 
 
 # Keys a resumed run may change (run length, cadence, device, how the same math runs); anything

@@ -59,8 +59,8 @@ def check_resume_config(run_dir: Path, cfg: TrainConfig) -> bool:
     path = run_dir / "config.json"
     if not path.exists():
         return False
-    # Through the loader first, so a config.json of an older layout (e.g. `lpl.depth` before
-    # `[lpl.loss]`) compares by meaning, not by spelling.
+    # Through the loader first, so the saved config compares by meaning (preset-resolved loss
+    # options, typed values), not by spelling.
     old = to_dict(from_dict(TrainConfig, read_json_object(path)))
     changed = _diff_keys(old, to_dict(cfg))
     if changed:
