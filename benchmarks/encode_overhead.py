@@ -48,7 +48,7 @@ from PIL import Image
 from random_autoencoders import random_autoencoder
 
 import lplkit.encode
-from lplkit.autoencoder import load_autoencoder
+from lplkit.autoencoders.loading import load_autoencoder
 from lplkit.data.transforms import prepare_image
 from lplkit.encode import EncodeConfig, encode_dataset
 

@@ -66,9 +66,9 @@ def _median_time(fn, dev, warmup: int, reps: int) -> float:
 def step_fn(args, gate_frac: float | None, compiled: bool = False, crop: int | None = None):
     """A closure running one full optimizer step; gate_frac None = no LPL; `compiled`: the
     denoiser and the LPL under torch.compile (as `lplkit train --compile --lpl-compile`)."""
+    from lplkit.diffusion.denoisers import build_model
+    from lplkit.diffusion.objectives import build_objective
     from lplkit.lpl.loss import LatentPerceptualLoss
-    from lplkit.models import build_model
-    from lplkit.objectives import build_objective
     from lplkit.train.ema import EMA
     from lplkit.train.losses import micro_batch_loss
     from lplkit.train.normalization import LatentNormalizer
@@ -193,8 +193,8 @@ def child_peak_rss(args, gate: float | None, compiled: bool, crop: int | None) -
 
 def bench_loop(args) -> dict:
     """Trainer.run img/s vs a bare loop with the same math over in-memory latents."""
-    from lplkit.models import build_model
-    from lplkit.objectives import build_objective
+    from lplkit.diffusion.denoisers import build_model
+    from lplkit.diffusion.objectives import build_objective
     from lplkit.store.reader import LatentStore
     from lplkit.store.synthetic import write_synthetic_store
     from lplkit.train.config import TrainConfig

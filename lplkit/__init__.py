@@ -5,7 +5,3 @@ so `lplkit --help` stays instant.
 """
 
 __version__ = "0.1.0"
-
-from lplkit.moved_modules import install as _install_moved_modules
-
-_install_moved_modules()  # old module paths (lplkit.lpl_presets, ...) stay importable

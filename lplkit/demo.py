@@ -22,6 +22,7 @@ settings, so re-running the demo finishes an interrupted one. Nothing is downloa
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from lplkit.config import from_dict
+from lplkit.diffusion.generate import sample_run
+from lplkit.diffusion.image_files import make_grid
 from lplkit.encode import EncodeConfig, encode_dataset
 from lplkit.errors import ConfigError
-from lplkit.evaluate import EvalOptions, evaluate
-from lplkit.generate import sample_run
+from lplkit.metrics.evaluate import EvalOptions, evaluate
 from lplkit.metrics.image_sets import open_image_set
 from lplkit.metrics.swd import SWDConfig
-from lplkit.samplers import make_grid
 from lplkit.stats.job import run_stats
 from lplkit.train import train
 from lplkit.train.config import TrainConfig
@@ -68,7 +69,7 @@ class DemoConfig:
     stats_samples: int = 256
     n_samples: int = 64
     sample_steps: int = 32
-    cfg_scale: float = 2.0
+    guidance: float = 2.0
     eval_n: int = 256  # reference (train store) images
     swd_dirs: int = 128
     seed: int = 0
@@ -216,7 +217,6 @@ def _train(cfg: DemoConfig, on_log: TrainLogFn | None) -> dict[str, Any]:
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    import json
 
     path = run_dir / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -238,7 +238,7 @@ def _sample(cfg: DemoConfig) -> dict[str, Any]:
             out=Path(cfg.out) / "samples" / arm,
             n=cfg.n_samples,
             steps=cfg.sample_steps,
-            cfg_scale=cfg.cfg_scale,
+            guidance=cfg.guidance,
             seed=cfg.seed,
             sampler="euler" if cfg.objective == "flow" else None,
             device=cfg.device,

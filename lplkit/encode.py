@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lplkit.autoencoder import (
+from lplkit.autoencoders.loading import (
     autoencoder_info,
     default_autoencoder,
     encode_moments,

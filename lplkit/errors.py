@@ -34,6 +34,10 @@ class StoreError(LplkitError, OSError):
     exit_code = 4
 
 
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """A store path where nothing exists (a mistyped --store), as opposed to a damaged store."""
+
+
 class StoreMismatchError(StoreError):
     """An existing store was made with another autoencoder/resolution/crop/dtype."""
 

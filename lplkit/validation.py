@@ -1,6 +1,6 @@
 """Validate untrusted JSON documents (store manifest, run.json, checkpoint meta.json, stats attrs)
-against the JSON Schemas shipped in `lplkit/schemas/` (kept identical to the repository's `schemas/`
-by a test), so a damaged or hand-edited file fails with one clear message instead of a `KeyError`
+against the JSON Schemas shipped in `lplkit/schemas/` (a link to the repository's `schemas/`, whose
+files the build backend copies into the wheel), so a damaged or hand-edited file fails with one clear message instead of a `KeyError`
 deep inside lplkit.
 """
 

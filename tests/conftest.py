@@ -49,7 +49,7 @@ def write_stats_store(url: Path, vae_dir: Path) -> dict[str, np.ndarray]:
     """A finalized store (flips, STATS_STORE_N positions, STATS_STORE_SKIPPED skipped) of random
     moments for the statistics tests, recorded as encoded by `vae_dir`; returns the moments it wrote
     (zeros at the skipped positions)."""
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.store.synthetic import write_synthetic_store
 
     rng = np.random.default_rng(0)

@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
             "or none (from scratch).",
         ),
         model: str = typer.Option(
-            "UNet-S", "--model", help="Denoiser (see lplkit.models); must match --base."
+            "UNet-S",
+            "--model",
+            help="Denoiser (see lplkit.diffusion.denoisers); must match --base.",
         ),
         objective: str = typer.Option("flow", "--objective", help="flow, eps or v."),
         steps: int = typer.Option(60, "--steps", help="Post-training steps of each arm."),
@@ -48,7 +50,9 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(1e-4, "--lr", help="Post-training learning rate."),
         n_samples: int = typer.Option(64, "--n", help="Images to sample per arm (grid + eval)."),
         sample_steps: int = typer.Option(32, "--sample-steps", help="Sampler steps."),
-        cfg_scale: float = typer.Option(2.0, "--cfg", help="Classifier-free guidance scale."),
+        guidance: float = typer.Option(
+            2.0, "--cfg", "--guidance", help="Classifier-free guidance scale."
+        ),
         eval_n: int = typer.Option(256, "--eval-n", help="Reference images for eval."),
         swd_dirs: int = typer.Option(128, "--swd-dirs", help="SWD directions per repeat."),
         stats_samples: int = typer.Option(256, "--stats-samples", help="Items for `stats`."),
@@ -65,7 +69,7 @@ def register(app: typer.Typer) -> None:
             out=out, res=res, limit=limit, base=None if base.lower() == "none" else base,
             model=model, objective=objective, steps=steps, lpl_fraction=lpl_fraction,
             lpl_weight=lpl_weight, batch_size=batch_size, lr=lr, n_samples=n_samples,
-            sample_steps=sample_steps, cfg_scale=cfg_scale, eval_n=eval_n, swd_dirs=swd_dirs,
+            sample_steps=sample_steps, guidance=guidance, eval_n=eval_n, swd_dirs=swd_dirs,
             stats_samples=stats_samples, seed=seed, device=device,
         )  # fmt: skip
         with _Progress(cfg.steps, enabled=not json_out) as prog:

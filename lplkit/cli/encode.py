@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lplkit.autoencoder_choice import autoencoder_choices
+from lplkit.autoencoders.choice import autoencoder_choices
 from lplkit.cli import output
 from lplkit.cli.progress import LiveProgress
 
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         Re-running the same command resumes; a different autoencoder/res/dtype is refused.
         Under `torchrun --nproc-per-node K -m lplkit encode ...` each rank writes its own shards.
         """
-        from lplkit.autoencoder_choice import default_autoencoder, missing_vae_message
+        from lplkit.autoencoders.choice import default_autoencoder, missing_vae_message
         from lplkit.distributed import env_rank
         from lplkit.errors import ConfigError
 

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     ) -> None:
         """Compare generated samples with references (SWD x1e3 per level, spectra, FID)."""
-        from lplkit.evaluate import EvalOptions, evaluate, parse_metrics
+        from lplkit.metrics.evaluate import EvalOptions, evaluate, parse_metrics
         from lplkit.metrics.swd import SWDConfig
 
         opts = EvalOptions(

@@ -52,6 +52,7 @@ class LiveProgress:
         self.log_every, self.log_unit = log_every, log_unit
         self._log_t0: float | None = None  # set when logging plain lines instead of a bar
         self._log_last = 0.0
+        self._logged_last = False  # the 100% line was written: one end line, however often told
         self.enabled = enabled
         self.total = total
         self.rate_unit = rate_unit
@@ -108,6 +109,9 @@ class LiveProgress:
         last = self.total is not None and done >= self.total
         if now - self._log_last < (self.log_every or 0.0) and not last:
             return
+        if last and self._logged_last:
+            return  # a job reports its end more than once (last item, then the summary update)
+        self._logged_last = last
         self._log_last = now
         elapsed = now - self._log_t0 if self._log_t0 is not None else 0.0
         rate = done / elapsed if elapsed > 0 else 0.0

@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
         ema: bool = typer.Option(True, "--ema/--no-ema", help="EMA weights (default) or raw."),
         n: int = typer.Option(16, "--n", help="Number of images."),
         steps: int = typer.Option(50, "--steps", help="Sampler steps."),
-        cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance weight."),
+        cfg: float = typer.Option(
+            1.0, "--cfg", "--guidance", help="Classifier-free guidance weight."
+        ),
         sampler: str | None = typer.Option(
             None, "--sampler", help="ddim (eps/v) or euler/heun (flow); default by objective."
         ),
@@ -36,8 +38,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ) -> None:
         """Sample N images (deterministic for a seed), decode them with the run's autoencoder."""
+        from lplkit.diffusion.generate import sample_run
         from lplkit.errors import ConfigError
-        from lplkit.generate import sample_run
 
         try:
             label_list = [int(v) for v in labels.split(",") if v.strip()] if labels else None
@@ -47,7 +49,7 @@ def register(app: typer.Typer) -> None:
             ) from None
         with LiveProgress("sampling", enabled=not json_out, transient=True) as bar:
             summary = sample_run(
-                run, out=out, ema=ema, n=n, steps=steps, cfg_scale=cfg, sampler=sampler, seed=seed,
+                run, out=out, ema=ema, n=n, steps=steps, guidance=cfg, sampler=sampler, seed=seed,
                 labels=label_list, batch_size=batch_size, device=device, vae=vae, progress=bar.update,
             )  # fmt: skip
         if json_out:

@@ -74,6 +74,13 @@ def register(app: typer.Typer) -> None:
             )
         if rank != 0:
             return
+        used, asked = meta["sampling"]["items"], meta["sampling"]["requested"]
+        if asked is not None and used < asked:
+            # said even with --json (on stderr): a user asking for 4096 must learn they got 96
+            output.console.print(
+                f"note: --samples {asked}: the store has {used} items (ok positions x flips); "
+                f"the statistics use all {used}"
+            )
         if json_out:
             output.emit_json(meta)
         else:

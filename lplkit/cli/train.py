@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -115,28 +116,18 @@ _EXTRA = (
 )  # fmt: skip
 
 
-def flags_overrides(flags: dict[str, Any]) -> dict[str, Any]:
-    """The explicitly given flags (None = not given) as a nested table of typed values."""
-    table = flags_table(TRAIN_FLAGS, flags)
-    # The reference code gates DDPM by t < max_timestep alone: a max timestep without an explicit
-    # SNR threshold replaces the default SNR gate instead of AND-ing with it.
-    if flags.get("lpl_max_timestep") is not None and flags.get("lpl_snr_min") is None:
-        table.setdefault("lpl", {})["snr_min"] = None
-    return table
-
-
 def resolve_config(config: str | None, overrides: list[str], flags: dict[str, Any]):
     """defaults <- saved run config (when resuming) <- --config <- --set <- flags."""
-    from pathlib import Path
 
     from lplkit.config import load_config
-    from lplkit.train.config import upgrade_layout
     from lplkit.train.run_dir import read_json_object
 
     out = flags.get("out")
     saved = Path(out) / "config.json" if out else None
-    base = upgrade_layout(read_json_object(saved)) if saved and saved.is_file() else None
-    return load_config(TrainConfig, config, overrides, base=base, flags=flags_overrides(flags))
+    base = read_json_object(saved) if saved and saved.is_file() else None
+    return load_config(
+        TrainConfig, config, overrides, base=base, flags=flags_table(TRAIN_FLAGS, flags)
+    )
 
 
 def resolve_argv(args: list[str]):
@@ -181,6 +172,13 @@ def register(app: typer.Typer) -> None:
         is_main = env_rank() == 0
         if is_main and cfg.lpl.enabled and not json_out:
             output.console.print(lpl_summary(cfg), soft_wrap=True, markup=False)
+
+        def on_start(info: dict[str, Any]) -> None:
+            if is_main and not json_out:
+                line = normalization_line(info["normalization"])
+                output.console.print(line, soft_wrap=True, markup=False)
+            bar.update(0, info="starting")
+
         with LiveProgress(
             "train",
             total=cfg.steps,
@@ -192,7 +190,7 @@ def register(app: typer.Typer) -> None:
                 cfg,
                 on_log=lambda rec: bar.update(rec["step"], info=log_line(rec)),
                 on_step=bar.update,
-                on_start=lambda info: bar.update(0, info="starting"),
+                on_start=on_start,
             )
         if not is_main:
             return
@@ -208,6 +206,23 @@ def register(app: typer.Typer) -> None:
             output.emit_json(summary)
         else:
             _print_summary(summary)
+
+
+def normalization_line(nrm: dict[str, Any]) -> str:
+    """Which latent normalization the run trains in, with its values (also in run.json): it
+    switches from the autoencoder's factors to per-channel statistics once `lplkit stats` ran."""
+
+    def values(v: list[float]) -> str:
+        return f"{v[0]:.5g}" if len(set(v)) == 1 else "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
+
+    what = {
+        "stats": "per-channel latent statistics of `lplkit stats`",
+        "autoencoder": "the autoencoder's shift_factor/scaling_factor",
+    }.get(nrm["source"], nrm["source"])
+    return (
+        f"latent normalization: {what}: z_n = (z - shift) * scale, "
+        f"shift {values(nrm['shift'])}, scale {values(nrm['scale'])}"
+    )
 
 
 def log_line(rec: dict[str, Any]) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -165,7 +167,6 @@ def _load_dataset(path: str, *, hub: bool = False, **kwargs: Any) -> Any:
 def _datasets_cache() -> Path:
     """The `datasets` cache (HF_DATASETS_CACHE, else HF_HOME/datasets), without importing datasets
     unless it already is."""
-    import sys
 
     if "datasets" in sys.modules:
         return Path(sys.modules["datasets"].config.HF_DATASETS_CACHE)
@@ -370,7 +371,6 @@ class ParquetSource(DatasetsSource):
 
 def _disk_fingerprint(root: Path) -> str | None:
     """The `_fingerprint`(s) `datasets` wrote into state.json: they change with the content."""
-    import json
 
     prints = []
     for state in sorted(root.rglob("state.json")):

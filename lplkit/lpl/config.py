@@ -7,6 +7,7 @@ Every option is documented against the paper and the public reference code in do
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
@@ -182,7 +183,6 @@ def parse_outliers(value: object, key: str = "outliers") -> Outliers:
 
 def lpl_options(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Typed `LPLConfig` keyword options from a TOML/JSON/`--set` table (unknown key: ConfigError)."""
-    import typing
 
     if not isinstance(table, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'lpl.loss'}: expected a table, got {table!r}")

@@ -134,7 +134,11 @@ def _is_store(spec: str) -> bool:
 def open_store_images(spec: str, *, device: str = "cpu") -> StoreImages:
     """Open a latent store and the autoencoder named in its manifest (raw latents are decoded as is)."""
     try:
-        from lplkit.autoencoder import autoencoder_info, check_store_autoencoder, load_autoencoder
+        from lplkit.autoencoders.loading import (
+            autoencoder_info,
+            check_store_autoencoder,
+            load_autoencoder,
+        )
         from lplkit.store import LatentStore
     except ImportError as exc:
         raise EvaluationError(f"{spec}: reading latent stores needs lplkit.store ({exc})") from exc

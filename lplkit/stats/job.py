@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lplkit import __version__
-from lplkit.autoencoder import autoencoder_info, check_store_autoencoder, load_autoencoder
+from lplkit.autoencoders.loading import autoencoder_info, check_store_autoencoder, load_autoencoder
 from lplkit.distributed import DistInfo, group_rank_world
 from lplkit.errors import ConfigError, Interrupted, Preempted
 from lplkit.lpl.decoder_taps import DecoderTaps

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lplkit import __version__
-from lplkit.errors import StoreCorruptError, StoreError
+from lplkit.errors import StoreCorruptError, StoreError, StoreNotFoundError
 from lplkit.store.sidecar import url_to_fs
 from lplkit.validation import schema_problems
 
@@ -408,12 +408,24 @@ def read_manifest(url: str) -> Any:
     return attrs.get(MANIFEST_KEY)
 
 
+def require_store_path(url: str) -> None:
+    """Raise `StoreNotFoundError` when nothing exists at `url`: a mistyped path is "not found",
+    never reported as a damaged store."""
+    fs, root = url_to_fs(str(url))
+    if not fs.exists(root):
+        raise StoreNotFoundError(
+            f"no latent store at {url}: the path does not exist; check it "
+            "(`lplkit encode --out PATH` creates a store)"
+        )
+
+
 def open_manifest(url: str) -> tuple[Any, dict[str, Any]]:
     """Open the store group read-only: `(zarr group, manifest dict)`. Raises StoreError when `url`
     is not an lplkit latent store, StoreCorruptError when its metadata is damaged or the manifest
     invalid. zarr is imported here so importing this module stays light."""
     import zarr
 
+    require_store_path(url)
     not_store = f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
     try:
         manifest = read_manifest(url)

@@ -25,6 +25,7 @@ without touching the file (ranks never write the same shard, see `StoreWriter`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -165,7 +166,6 @@ class StoreLock:
         if not is_local(self.fs):
             yield
             return
-        import fcntl
 
         fd = os.open(posixpath.dirname(self.path), os.O_RDONLY)
         try:

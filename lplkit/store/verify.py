@@ -119,9 +119,11 @@ def verify_store(
         manifest = fmt.read_manifest(url)  # bounded and parsed by lplkit before zarr reads it
         group = zarr.open_group(url, mode="r", use_consolidated=False)
     except FileNotFoundError:
+        fs, root = url_to_fs(url)
+        exists = fs.exists(root)
         report.add(
             "missing_store",
-            f"{url} is not a zarr group",
+            f"{url} is not a zarr group" if exists else f"{url} does not exist",
             fix="check the path, or run `lplkit encode`",
         )
         return report
@@ -404,6 +406,7 @@ def _check_index(
 def require_sound_store(url: str, *, full: bool = False) -> VerifyReport:
     """Raise `StoreCorruptError` (one line: the first problem, its fix, the count) unless the store
     passes the quick structural check (`full=False`) or the full verification (`full=True`)."""
+    fmt.require_store_path(str(url))
     report = verify_store(str(url), read_data=full)
     if report.ok:
         return report

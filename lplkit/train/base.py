@@ -22,8 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lplkit.diffusion.denoisers import Denoiser, build_model
 from lplkit.errors import CheckpointError, ConfigError
-from lplkit.models import Denoiser, build_model
 from lplkit.train.checkpoint import load_latest
 from lplkit.train.run_dir import load_run
 from lplkit.validation import require_valid

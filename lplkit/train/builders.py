@@ -8,25 +8,26 @@ and the autoencoder the LPL decodes with (`lpl.vae` overrides the manifest's).
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lplkit.autoencoder import (
+from lplkit.autoencoders.loading import (
     autoencoder_info,
     check_store_autoencoder,
     config_hash,
     load_autoencoder,
     weights_hash,
 )
+from lplkit.diffusion.denoisers import build_model
+from lplkit.diffusion.objectives import Objective, build_objective
 from lplkit.errors import ConfigError, StoreMismatchError
 from lplkit.lpl.config import LPLConfig
 from lplkit.lpl.decoder_taps import DecoderTaps
 from lplkit.lpl.loss import LatentPerceptualLoss
-from lplkit.models import build_model
-from lplkit.objectives import Objective, build_objective
 from lplkit.stats.storage import load_stats
 from lplkit.store.reader import LatentStore
 from lplkit.store.verify import require_sound_store
@@ -152,10 +153,9 @@ def lpl_feature_stats(loss: LPLConfig, vae: nn.Module, store: Any) -> dict[str, 
 def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
     """`LatentPerceptualLoss` with exactly the resolved options `cfg.lpl.loss` (and the store's
     checked feature statistics when they are used)."""
-    from dataclasses import fields
 
     loss = cfg.lpl.loss
-    assert loss is not None  # LplConfig.__post_init__ resolves it
+    assert loss is not None  # LplTermConfig.__post_init__ resolves it
     kwargs: dict[str, Any] = {f.name: getattr(loss, f.name) for f in fields(loss)}
     if uses_feature_stats(loss):
         kwargs["feature_stats"] = lpl_feature_stats(loss, vae, store)
@@ -191,12 +191,7 @@ def init_from_base(
         problems.append("another autoencoder than this store's (weights hash differs)")
     if problems:
         raise ConfigError(f"--init {cfg.init}: the base was trained with " + "; ".join(problems))
-    norm = base.normalization
-    normalizer = LatentNormalizer(
-        shift=tuple(float(v) for v in norm["shift"]),
-        scale=tuple(float(v) for v in norm["scale"]),
-        source=str(norm["source"]),
-    )
+    normalizer = LatentNormalizer.from_record(base.normalization)
     record = {"spec": str(cfg.init), "source": base.source, "step": base.step}
     return base.model.train(), normalizer, record
 
@@ -228,11 +223,7 @@ def build_components(
         model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
         normalizer = make_normalizer(store)
     if normalization is not None:
-        normalizer = LatentNormalizer(
-            shift=tuple(float(v) for v in normalization["shift"]),
-            scale=tuple(float(v) for v in normalization["scale"]),
-            source=str(normalization["source"]),
-        )
+        normalizer = LatentNormalizer.from_record(normalization)
     objective = make_objective(cfg)
     vae = None
     if cfg.lpl.enabled or cfg.log.sample_every > 0:

@@ -15,7 +15,7 @@ from lplkit.config import fields_from_dict
 from lplkit.errors import ConfigError
 from lplkit.lpl.config import LPLConfig, lpl_options, resolve_lpl_config
 
-ObjectiveKind = Literal["eps", "v", "flow"]  # the class is lplkit.objectives.Objective
+ObjectiveKind = Literal["eps", "v", "flow"]  # the class is lplkit.diffusion.objectives.Objective
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ObjectiveConfig:
 
 @dataclass
 class ModelConfig:
-    """Denoiser from the `lplkit.models` registry; `label_dropout` is the CFG null-label rate."""
+    """Denoiser from the `lplkit.diffusion.denoisers` registry; `label_dropout` is the CFG null-label rate."""
 
     name: str = "DiT-S/2"
     label_dropout: float = 0.1
@@ -53,15 +53,16 @@ class OptimConfig:
 
 
 @dataclass
-class LplConfig:
+class LplTermConfig:
     """Latent Perceptual Loss: total = L_diff + weight * mean_over_batch(LPL * gate).
 
     A sample is gated in when SNR(t) >= snr_min (if set) and, for DDPM, t < max_timestep (if set).
+    A table that sets `max_timestep` but not `snr_min` means `t < max_timestep` alone.
     Ungated samples contribute 0 and are never decoded; the mean divides by the full batch size.
 
     `loss` holds the options of `LatentPerceptualLoss` (`lplkit.lpl.config.LPLConfig`), resolved
     as `preset` <- the explicit keys of the `[lpl.loss]` table (TOML, `--set lpl.loss.KEY=`,
-    `--lpl-norm`, ...). The legacy key `lpl.depth` is an alias of `lpl.loss.depth`.
+    `--lpl-norm`, ...).
     """
 
     enabled: bool = False
@@ -83,7 +84,7 @@ class LplConfig:
             self.loss = resolve_lpl_config(self.preset)
 
     @classmethod
-    def from_table(cls, data: dict[str, Any], prefix: str = "") -> LplConfig:
+    def from_table(cls, data: dict[str, Any], prefix: str = "") -> LplTermConfig:
         """Build from a TOML/JSON table: the gate/schedule keys as typed fields, then
         `loss = resolve_lpl_config(preset, **explicit loss keys)` (preset first, keys override)."""
 
@@ -96,15 +97,12 @@ class LplConfig:
         if not isinstance(loss, dict):
             raise ConfigError(f"{prefix}loss: expected a table of LPL options, got {loss!r}")
         loss = dict(loss)
-        if "depth" in data:  # the layout before [lpl.loss] (old config.json, --set lpl.depth=)
-            depth = data.pop("depth")
-            if "depth" in loss and str(loss["depth"]).lower() != str(depth).lower():
-                raise ConfigError(
-                    f"{prefix}depth={depth!r} and {prefix}loss.depth={loss['depth']!r} disagree; "
-                    f"set only {prefix}loss.depth"
-                )
-            loss.setdefault("depth", depth)
         out = fields_from_dict(cls, data, prefix)
+        if out.max_timestep is not None and "snr_min" not in data:
+            # The reference code gates DDPM by t < max_timestep alone: a max timestep without an
+            # explicit SNR threshold replaces the default SNR gate instead of AND-ing with it,
+            # however the table was written (TOML, --set, flags, a saved config.json).
+            out.snr_min = None
         out.loss = resolve_lpl_config(out.preset, **lpl_options(loss, f"{prefix}loss."))
         return out
 
@@ -150,7 +148,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    lpl: LplConfig = field(default_factory=LplConfig)
+    lpl: LplTermConfig = field(default_factory=LplTermConfig)
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -198,21 +196,6 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not divisible by world_size*grad_accum = {denom}"
             )
         return self.batch_size // denom
-
-
-def upgrade_layout(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved config.json of an older layout in today's: `lpl.depth` -> `lpl.loss.depth`.
-
-    Applied to the saved run config before newer layers (--config, --set, flags) merge over it,
-    so a new `lpl.loss.depth` overrides an old `lpl.depth` instead of conflicting with it.
-    """
-    lpl = data.get("lpl")
-    if not isinstance(lpl, dict) or "depth" not in lpl:
-        return data
-    lpl = dict(lpl)
-    loss: dict[str, Any] = lpl["loss"] if isinstance(lpl.get("loss"), dict) else {}
-    lpl["loss"] = {"depth": lpl.pop("depth"), **loss}
-    return {**data, "lpl": lpl}
 
 
 # Keys a resumed run may change (run length, cadence, device, how the same math runs); anything

@@ -33,13 +33,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lplkit.config import to_dict
-from lplkit.distributed import barrier
+from lplkit.diffusion.objectives import Objective
+from lplkit.distributed import DistInfo, all_reduce_sum, barrier
 from lplkit.errors import Interrupted, Preempted, TrainingError
-from lplkit.objectives import Objective
 from lplkit.preemption import StopRequest, stop_agreed, stop_signals
 from lplkit.train import checkpoint as ckpt
 from lplkit.train.config import TrainConfig
-from lplkit.train.distributed import DistInfo, all_reduce_sum
 from lplkit.train.ema import EMA
 from lplkit.train.loader import LoaderCursor
 from lplkit.train.losses import LplFn, micro_batch_loss

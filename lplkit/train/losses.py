@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lplkit.objectives import Objective
+from lplkit.diffusion.objectives import Objective
 from lplkit.train.normalization import LatentNormalizer
 
 # pred_raw (n, C, h, w), target_raw (n, C, h, w) -> (n,) per-sample LPL; with `lpl.loss.crop` it
@@ -38,7 +38,7 @@ class LossParts:
 
 
 def denoise(model: nn.Module, z_t: Tensor, model_t: Tensor, labels: Tensor | None) -> Tensor:
-    """Call a `lplkit.models.Denoiser` (z_t, timestep, labels); keep the first C channels of a
+    """Call a `lplkit.diffusion.denoisers.Denoiser` (z_t, timestep, labels); keep the first C channels of a
     learned-sigma (2C) output."""
     out = model(z_t, model_t, labels)
     out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)

@@ -10,6 +10,7 @@ The values are saved as `RUN_DIR/normalization.json` so sampling maps back ident
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,19 @@ class LatentNormalizer:
             source="stats",
         )
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LatentNormalizer:
+        """From the `{"shift", "scale", "source"}` record a run keeps (run.json's
+        `normalization`, a base's record, `normalization.json`)."""
+        return cls(
+            shift=tuple(float(v) for v in record["shift"]),
+            scale=tuple(float(v) for v in record["scale"]),
+            source=str(record["source"]),
+        )
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> LatentNormalizer:
-        d = json.loads(path.read_text())
-        return cls(shift=tuple(d["shift"]), scale=tuple(d["scale"]), source=d["source"])
+        return cls.from_record(json.loads(path.read_text()))

@@ -1,9 +1,9 @@
 """The training-time preview grid: a callback writing `samples/step_XXXXXXXX.png` from the EMA model.
 
-    z ~ sampler(model, objective) in the normalized space   (lplkit.samplers, fixed seed + labels)
+    z ~ sampler(model, objective) in the normalized space   (lplkit.diffusion.samplers, fixed seed + labels)
     images = AE.decode(z / scale + shift)
 
-Sampling a finished run (or a base) into images/grid/npz is `lplkit.generate.sample_run`.
+Sampling a finished run (or a base) into images/grid/npz is `lplkit.diffusion.generate.sample_run`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lplkit.objectives import Objective
-from lplkit.samplers import sample, save_grid
+from lplkit.diffusion.image_files import save_grid
+from lplkit.diffusion.objectives import Objective
+from lplkit.diffusion.samplers import sample
 from lplkit.train.config import TrainConfig
 from lplkit.train.normalization import LatentNormalizer
 

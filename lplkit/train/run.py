@@ -18,17 +18,18 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lplkit import __version__
 from lplkit.config import to_dict
+from lplkit.distributed import barrier, init_distributed, shutdown
 from lplkit.errors import ConfigError
 from lplkit.preemption import stop_signals
 from lplkit.stats.storage import store_content_hash
 from lplkit.train.builders import build_components
 from lplkit.train.config import TrainConfig
-from lplkit.train.distributed import barrier, init_distributed, shutdown
 from lplkit.train.loop import Trainer
 from lplkit.train.run_dir import (  # noqa: F401  (load_run, RUN_LOCK_FILE: kept importable here)
     RUN_FORMAT,
@@ -127,7 +128,13 @@ def _train(
         barrier(dist)
         trainer.run_id = run_id_of(run_dir) if not dist.is_main else run_id
         if on_start is not None and dist.is_main:
-            on_start({"world_size": dist.world_size, "device": str(dist.device)})
+            on_start(
+                {
+                    "world_size": dist.world_size,
+                    "device": str(dist.device),
+                    "normalization": asdict(parts.normalizer),
+                }
+            )
         return trainer.run()
     finally:
         if lock is not None:

@@ -11,6 +11,7 @@ Sampling, export and `--init RUN` read a run through this module without importi
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from pathlib import Path
@@ -58,8 +59,8 @@ def check_resume_config(run_dir: Path, cfg: TrainConfig) -> bool:
     path = run_dir / "config.json"
     if not path.exists():
         return False
-    # Through the loader first, so a config.json of an older layout (e.g. `lpl.depth` before
-    # `[lpl.loss]`) compares by meaning, not by spelling.
+    # Through the loader first, so the saved config compares by meaning (preset-resolved loss
+    # options, typed values), not by spelling.
     old = to_dict(from_dict(TrainConfig, read_json_object(path)))
     changed = _diff_keys(old, to_dict(cfg))
     if changed:
@@ -118,7 +119,6 @@ def run_id_of(run_dir: Path) -> str:
 
 def check_normalization(cfg: TrainConfig, shift: tuple, scale: tuple, source: str) -> None:
     """A NaN/Inf or zero scale (or a non-finite shift) makes every step non-finite: refuse it."""
-    import math
 
     bad = [v for v in (*shift, *scale) if not math.isfinite(v)] + [v for v in scale if v == 0]
     if bad:

@@ -143,7 +143,7 @@ def reference_images(store: str, n: int) -> np.ndarray:
     """The first `n` store latents decoded by the store's autoencoder (uint8 NHWC)."""
     import torch
 
-    from lplkit.autoencoder import load_autoencoder
+    from lplkit.autoencoders.loading import load_autoencoder
     from lplkit.store import LatentStore
 
     st = LatentStore.open(store)

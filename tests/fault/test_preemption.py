@@ -44,7 +44,7 @@ pytestmark = pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning"
 
 @pytest.fixture(scope="module")
 def store(tiny_vae_dir, tmp_path_factory) -> Path:
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.store.synthetic import write_synthetic_store
 
     info = autoencoder_info(load_autoencoder(str(tiny_vae_dir)), str(tiny_vae_dir))

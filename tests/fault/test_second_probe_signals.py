@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning"
 
 
 def _store(path: Path, vae_dir: Path, seed: int = 0) -> Path:
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.store.synthetic import write_synthetic_store
 
     info = autoencoder_info(load_autoencoder(str(vae_dir)), str(vae_dir))

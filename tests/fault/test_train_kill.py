@@ -38,7 +38,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_vae_dir) -> Path:
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.store.synthetic import write_synthetic_store
 
     info = autoencoder_info(load_autoencoder(str(tiny_vae_dir)), str(tiny_vae_dir))

@@ -83,10 +83,15 @@ def test_the_pickle_scan_can_fail(tmp_path):
     assert len(_pickle_uses(bad)) == 4
 
 
-def test_packaged_schemas_equal_repo_schemas():
+def test_the_package_reads_the_one_schemas_folder():
+    """`lplkit/schemas` is a link to the repository's `schemas/` (the build backend copies the
+    files into the wheel): one source, and what the library validates with is that source."""
+    from importlib import resources
+
+    assert (ROOT / "lplkit" / "schemas").resolve() == (ROOT / "schemas").resolve()
     repo = {p.name: p.read_bytes() for p in (ROOT / "schemas").glob("*.json")}
-    packaged = {p.name: p.read_bytes() for p in (ROOT / "lplkit" / "schemas").glob("*.json")}
-    assert repo and packaged == repo
+    shipped = resources.files("lplkit").joinpath("schemas")
+    assert repo and {n: shipped.joinpath(n).read_bytes() for n in repo} == repo
 
 
 # -------------------------------------------------------------------------------- manifest

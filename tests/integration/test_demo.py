@@ -90,7 +90,7 @@ def _luma_log_spectrum(images: np.ndarray) -> np.ndarray:
 
 
 def test_store_and_spectrum_against_direct_autoencoder(demo) -> None:
-    from lplkit.autoencoder import load_autoencoder
+    from lplkit.autoencoders.loading import load_autoencoder
     from lplkit.data.openmoji import OpenMojiSource
     from lplkit.data.sources import open_image
     from lplkit.data.transforms import to_rgb, to_tensor

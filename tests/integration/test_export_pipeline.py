@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from lplkit.samplers import to_uint8
+from lplkit.diffusion.image_files import to_uint8
 
 N, STEPS, SEED, CFG = 3, 4, 3, 2.0
 
@@ -20,7 +20,7 @@ N, STEPS, SEED, CFG = 3, 4, 3, 2.0
 def store(tmp_path_factory, tiny_vae_dir) -> Path:
     """3 classes; channel c has mean 2c - 3 and spread c + 1, so the stats normalization is far
     from the identity (a wrong fold shows in the pixels)."""
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.store import StoreWriter, new_manifest
     from lplkit.store.synthetic import synthetic_moments
 

@@ -54,6 +54,19 @@ def test_stats_table_and_latents_only(cli_store, capsys) -> None:
     assert "scaling_factor" in captured.err and captured.out == ""  # humans: stderr only
 
 
+def test_more_samples_than_items_says_so(cli_store, capsys) -> None:
+    """The store has 10 ok positions x 2 flips = 20 items: asking 4096 uses 20 and says so (it was
+    cut silently); a request the store covers prints no note."""
+    code = _run(["stats", str(cli_store), "--samples", "4096", "--latents-only", "--device", "cpu",
+                 "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["sampling"]["items"] == 20
+    assert "note: --samples 4096: the store has 20 items" in captured.err
+    code = _run(["stats", str(cli_store), "--samples", "8", "--latents-only", "--device", "cpu"])
+    assert code == 0 and "note:" not in capsys.readouterr().err
+
+
 def test_stats_refusal_is_one_line(cli_store, other_vae_dir, capsys) -> None:
     code = _run(
         ["stats", str(cli_store), "--vae", str(other_vae_dir), "--samples", "2", "--device", "cpu"]

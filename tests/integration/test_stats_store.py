@@ -136,7 +136,7 @@ def test_written_stats_load_back_with_provenance(store, computed) -> None:
 
 
 def make_tiny_vae_info_hash() -> str:
-    from lplkit.autoencoder import config_hash
+    from lplkit.autoencoders.loading import config_hash
 
     return config_hash(make_tiny_vae(0))
 

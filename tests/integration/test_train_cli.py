@@ -24,7 +24,7 @@ SCHEMAS = ROOT / "schemas"
 
 
 def _ae_info(vae_dir: Path) -> dict:
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
 
     return autoencoder_info(load_autoencoder(str(vae_dir)), str(vae_dir))
 
@@ -198,3 +198,29 @@ def test_two_process_ddp_matches_one_process(exact_store, tmp_path):
     for a, b in zip(l1, l2, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+
+
+def test_train_start_prints_the_latent_normalization(store, tmp_path, tiny_vae_dir, capsys):
+    """Which latent space a run trains in is said at start, with its values: the autoencoder's
+    factors, and per-channel statistics once `lplkit stats` ran on the store (it switched
+    silently before)."""
+    import shutil
+
+    sf = float(_ae_info(tiny_vae_dir)["scaling_factor"])
+    _cli(*_train_args(store, tmp_path / "a", "--steps", "1"))
+    err = capsys.readouterr().err
+    assert "latent normalization: the autoencoder's shift_factor/scaling_factor" in err
+    assert f"shift 0, scale {sf:.5g}" in err
+
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(store, copy)
+    _cli("stats", str(copy), "--latents-only", "--samples", "0", "--device", "cpu", "--json")
+    std = json.loads(capsys.readouterr().out)["latent"]["std"]
+    _cli(*_train_args(copy, tmp_path / "b", "--steps", "1"))
+    err = capsys.readouterr().err
+    scale = "[" + ", ".join(f"{1 / s:.4g}" for s in std) + "]"
+    assert "latent normalization: per-channel latent statistics of `lplkit stats`" in err
+    assert f"scale {scale}" in err
+    recorded = json.loads((tmp_path / "b" / "run.json").read_text())["normalization"]
+    assert recorded["source"] == "stats"
+    np.testing.assert_allclose(recorded["scale"], [1 / s for s in std], rtol=1e-6)

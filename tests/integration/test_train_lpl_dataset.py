@@ -17,7 +17,7 @@ STAT_FIELDS = ("mean", "std", "q_low", "q_high")
 
 def _store(root: Path, vae_dir: Path, **stats_kwargs) -> Path:
     """A synthetic store 'encoded with' the tiny VAE; `stats_kwargs` (None = no stats) for run_stats."""
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.stats.job import run_stats
     from lplkit.store.synthetic import write_synthetic_store
 
@@ -69,7 +69,7 @@ def _args(store: Path, out: Path, *extra: str) -> list[str]:
 def test_trainer_lpl_equals_direct_call_with_store_stats(
     store, tiny_vae_dir, tmp_path, preset_args
 ):
-    from lplkit.autoencoder import load_autoencoder
+    from lplkit.autoencoders.loading import load_autoencoder
     from lplkit.cli.train import resolve_argv
     from lplkit.lpl.loss import LatentPerceptualLoss
     from lplkit.train.builders import build_components

@@ -53,7 +53,7 @@ def test_cases_cover_every_lplconfig_field():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_vae_dir) -> Path:
     """A synthetic store encoded 'with' the tiny VAE, with `lplkit stats` run on it."""
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.stats.job import run_stats
     from lplkit.store.synthetic import write_synthetic_store
 
@@ -123,24 +123,9 @@ def test_bad_and_unknown_loss_options_are_errors():
         resolve_config(None, ["lpl.loss.outliers=deep"], {})
     with pytest.raises(ConfigError, match=r"lpl\.loss\.depth"):
         resolve_config(None, ["lpl.loss.depth=two"], {})
-    with pytest.raises(ConfigError, match="disagree"):
-        resolve_config(None, ["lpl.depth=1", "lpl.loss.depth=2"], {})
-
-
-def test_legacy_depth_key_and_old_run_layout(tmp_path):
-    assert resolve_config(None, ["lpl.depth=1"], {}).lpl.loss.depth == 1
-    run = tmp_path / "run"
-    run.mkdir()
-    new = resolve_config(None, [], {"out": str(run), "lpl": True, "lpl_depth": 2})
-    old = to_dict(new)
-    old["lpl"] = {k: v for k, v in old["lpl"].items() if k != "loss"} | {"depth": 2}
-    (run / "config.json").write_text(json.dumps(old))
-    again = resolve_config(None, [], {"out": str(run), "lpl": True, "lpl_depth": 2, "steps": 5})
-    assert again.lpl.loss == new.lpl.loss
-    assert check_resume_config(run, again)  # the old layout resumes
-    changed = resolve_config(None, [], {"out": str(run), "lpl_depth": 1})
-    with pytest.raises(ConfigError, match=r"lpl\.loss\.depth"):
-        check_resume_config(run, changed)
+    # the pre-[lpl.loss] key is gone: an unknown key naming the valid ones, not a silent alias
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) lpl\.depth"):
+        resolve_config(None, ["lpl.depth=1"], {})
 
 
 def test_resolved_options_are_in_the_dumped_config():

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from lplkit import autoencoder as ae
-from lplkit.autoencoder import (
+from lplkit.autoencoders import loading as ae
+from lplkit.autoencoders.loading import (
     autoencoder_info,
     default_autoencoder,
     encode_moments,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lplkit.autoencoder import BUNDLED_AUTOENCODERS, default_autoencoder, load_autoencoder
+from lplkit.autoencoders.loading import BUNDLED_AUTOENCODERS, default_autoencoder, load_autoencoder
 
 ASSET = Path(str(resources.files("lplkit") / "assets" / "tiny-ae-openmoji"))
 ROOT = Path(__file__).resolve().parents[2]

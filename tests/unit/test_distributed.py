@@ -50,15 +50,6 @@ def test_resolve_auto_follows_cuda_availability():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_old_names_are_the_new_functions():
-    from lplkit import encode_ranks  # the old module path, an alias of lplkit.distributed
-    from lplkit.train import distributed as train_distributed
-
-    assert train_distributed.init_distributed is init_distributed
-    assert train_distributed.resolve_device is encode_ranks.resolve_device is resolve_device
-    assert train_distributed.DistInfo is DistInfo
-
-
 def test_single_process_is_a_no_op(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     info = init_distributed("cpu")

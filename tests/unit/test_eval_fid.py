@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lplkit.errors import EvaluationError
-from lplkit.evaluate import EvalOptions, evaluate
+from lplkit.metrics.evaluate import EvalOptions, evaluate
 from lplkit.metrics.frechet import GaussianStats, frechet_distance, trace_sqrt_product
 from lplkit.metrics.inception import INCEPTION_FILE, find_inception
 

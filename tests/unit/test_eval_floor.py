@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from lplkit.evaluate import EvalOptions, evaluate
+from lplkit.metrics.evaluate import EvalOptions, evaluate
 from lplkit.metrics.swd import SWDConfig
 
 

@@ -73,7 +73,7 @@ def test_select_is_seeded_and_sorted():
 
 
 def test_store_reference_is_decoded_from_mean_latents(tmp_path, tiny_vae_dir):
-    from lplkit.autoencoder import load_autoencoder
+    from lplkit.autoencoders.loading import load_autoencoder
     from lplkit.store.synthetic import write_synthetic_store
 
     url = tmp_path / "s.zarr"

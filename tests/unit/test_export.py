@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import make_tiny_vae
 
+from lplkit.diffusion.denoisers import build_model
 from lplkit.errors import ConfigError
 from lplkit.export import DIT_NULL_CLASS, _export_transformer, fold_normalization
-from lplkit.models import build_model
 
 SHIFT = [0.5, -1.0, 2.0, 0.0]
 SCALE = [2.0, 0.25, 1.5, 4.0]

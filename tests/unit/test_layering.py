@@ -5,38 +5,51 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import sys
 from pathlib import Path
 
 import lplkit
 
-# Top-level module/package of lplkit -> layer (lower layers never import higher ones).
+# Module/package of lplkit -> layer (lower layers never import higher ones). A dotted key names a
+# module of a concept package whose parts sit on different layers (diffusion: the math below the
+# trainer, `generate` above it); the most specific key wins.
 LAYERS = {
     "errors": 0, "config": 0, "validation": 0, "hub": 0, "distributed": 0, "lazy_exports": 0,
-    "moved_modules": 0,
     "preemption": 0,
-    "autoencoder_choice": 1,
-    "data": 1, "autoencoder": 1, "store": 1, "objectives": 1, "models": 1,
-    "encode": 2, "lpl": 2, "stats": 2, "samplers": 2,
+    "autoencoders": 1, "data": 1, "store": 1, "diffusion": 1,
+    "encode": 2, "lpl": 2, "stats": 2, "diffusion.samplers": 2,
     "train": 3,
-    "generate": 4, "metrics": 4, "evaluate": 4, "export": 4,
+    "diffusion.generate": 4, "metrics": 4, "export": 4,
     "demo": 5,
     "cli": 6, "__main__": 6,
 }  # fmt: skip
 ROOT = Path(lplkit.__file__).parent
 
 
-def _top(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "__init__"
+def _key(module: str) -> str:
+    """The LAYERS key of dotted module `module` (``lplkit.diffusion.generate`` -> its own key,
+    ``lplkit.diffusion.objectives`` -> ``diffusion``); ``__init__`` for the package root."""
+    parts = module.split(".")[1:]
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYERS:
+            return ".".join(parts[:n])
+    return parts[0] if parts else "__init__"
+
+
+def _module_of(path: Path) -> str:
+    return ".".join(("lplkit", *path.relative_to(ROOT).with_suffix("").parts)).removesuffix(
+        ".__init__"
+    )
 
 
 def _imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lplkit."):
-            found.add(_top(node.module))
+            found.add(_key(node.module))
+            found.update(_key(f"{node.module}.{a.name}") for a in node.names)
         elif isinstance(node, ast.Import):
-            found.update(_top(a.name) for a in node.names if a.name.startswith("lplkit."))
+            found.update(_key(a.name) for a in node.names if a.name.startswith("lplkit."))
     return found
 
 
@@ -48,13 +61,22 @@ def test_every_module_has_a_layer():
 def test_no_upward_imports():
     upward = []
     for path in ROOT.rglob("*.py"):
-        own = path.relative_to(ROOT).parts[0].removesuffix(".py")
+        own = _key(_module_of(path))
         if own == "__init__":
             continue
         for dep in _imports(path) - {"__init__"}:
-            if LAYERS[dep] > LAYERS[own]:
+            if LAYERS.get(dep, -1) > LAYERS[own]:
                 upward.append(f"{path.relative_to(ROOT)} imports lplkit.{dep}")
     assert not upward, upward
+
+
+def test_the_layer_check_sees_an_upward_import_inside_a_package(tmp_path):
+    """`diffusion.objectives` (layer 1) importing `diffusion.generate` (layer 4) is upward even
+    though both live in one package."""
+    assert LAYERS[_key("lplkit.diffusion.objectives")] < LAYERS[_key("lplkit.diffusion.generate")]
+    bad = tmp_path / "bad.py"
+    bad.write_text("from lplkit.diffusion import generate\n")
+    assert "diffusion.generate" in _imports(bad)
 
 
 def test_only_the_cli_imports_typer_and_rich():
@@ -122,3 +144,64 @@ def test_no_import_cycles():
     assert "lplkit.train.builders" in graph and "lplkit.lpl.loss" in graph  # the walk found them
     cycle = _cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def _function_level_stdlib_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [(node.lineno, n) for n in names if n.split(".")[0] in sys.stdlib_module_names]
+    return found
+
+
+def test_no_function_level_import_of_the_standard_library():
+    """Lazy imports are for heavy or optional packages (torch, diffusers, zarr); the standard
+    library is imported at the top, where a reader looks for it."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in ROOT.rglob("*.py")
+        for line, name in _function_level_stdlib_imports(ast.parse(path.read_text()))
+    ]
+    assert not found, found
+    planted = "def f():\n    import json\n    from pathlib import Path\n    import torch\n"
+    assert [n for _, n in _function_level_stdlib_imports(ast.parse(planted))] == ["json", "pathlib"]
+
+
+def _only_reexports(tree: ast.Module) -> bool:
+    """A module whose body is a docstring, imports and `__all__`: a second name for other code."""
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == [
+            "__all__"
+        ]:
+            continue
+        return False
+    return True
+
+
+def test_the_root_is_a_map_and_no_module_only_reexports():
+    """At most 10 modules at the package root (concepts are subpackages), and no module exists
+    only to re-export or alias another (a package's own `__init__` may present its API)."""
+    root_modules = sorted(
+        p.name for p in ROOT.glob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    )
+    assert len(root_modules) <= 10, root_modules
+    aliases = [
+        str(p.relative_to(ROOT))
+        for p in ROOT.rglob("*.py")
+        if p.name != "__init__.py" and _only_reexports(ast.parse(p.read_text()))
+    ]
+    assert not aliases, aliases
+    planted = '"""Old path."""\nfrom lplkit.distributed import barrier\n__all__ = ["barrier"]\n'
+    assert _only_reexports(ast.parse(planted))

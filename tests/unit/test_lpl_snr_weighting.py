@@ -8,7 +8,7 @@ import torch
 from test_train_loop import CountingLpl, _batch, _cfg
 from train_standins import tiny_components
 
-from lplkit.objectives import build_objective
+from lplkit.diffusion.objectives import build_objective
 from lplkit.train import loop
 from lplkit.train.losses import micro_batch_loss
 

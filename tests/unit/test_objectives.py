@@ -10,14 +10,14 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_snr
 
-from lplkit.errors import ConfigError
-from lplkit.objectives import (
+from lplkit.diffusion.objectives import (
     DDPMObjective,
     FlowMatchingObjective,
     build_objective,
     ddpm_alphas_cumprod,
     snr_gate,
 )
+from lplkit.errors import ConfigError
 
 SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2"]
 # (beta_start, beta_end): diffusers defaults, and Stable Diffusion's for scaled_linear

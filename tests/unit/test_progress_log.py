@@ -23,3 +23,17 @@ def test_long_interval_prints_only_the_last_line(capsys):
         for i in range(1, 6):
             bar.update(i, 5)
     assert capsys.readouterr().err.splitlines() == ["items: 5/5 (100.0%), ETA 0s"]
+
+
+def test_the_end_line_is_written_once(capsys):
+    """A job that reports its last item and then its total again (encode's final shard, then the
+    summary update) wrote the 100% line twice into a piped log."""
+    with LiveProgress("encode", total=4, log_every=0.0, log_unit="images") as bar:
+        bar.update(2)
+        bar.update(4)
+        bar.update(4, info="finalized")
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(",")[0] for ln in lines] == [
+        "encode: 2/4 images (50.0%)",
+        "encode: 4/4 images (100.0%)",
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lplkit.cli.train import resolve_config
-from lplkit.models import list_models
+from lplkit.diffusion.denoisers import list_models
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(

@@ -10,10 +10,11 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
+from lplkit.diffusion.denoisers import build_model
+from lplkit.diffusion.image_files import make_grid, save_grid, save_npz, to_uint8
+from lplkit.diffusion.objectives import DDPMObjective, FlowMatchingObjective
+from lplkit.diffusion.samplers import ddim_timesteps, sample
 from lplkit.errors import ConfigError
-from lplkit.models import build_model
-from lplkit.objectives import DDPMObjective, FlowMatchingObjective
-from lplkit.samplers import ddim_timesteps, make_grid, sample, save_grid, save_npz, to_uint8
 
 SHAPE = (2, 3, 4, 4)
 
@@ -152,7 +153,7 @@ def test_cfg_one_is_conditional_and_w_combines_cond_and_uncond(objective):
 
     kw = {"steps": 3, "noise": noise}
     torch.testing.assert_close(
-        sample(model, objective, SHAPE, labels=y, cfg=1.0, **kw),
+        sample(model, objective, SHAPE, labels=y, guidance=1.0, **kw),
         sample(cond_only, objective, SHAPE, **kw),
     )
 
@@ -161,7 +162,7 @@ def test_cfg_one_is_conditional_and_w_combines_cond_and_uncond(objective):
         uncond = model(z, t, torch.full_like(y, model.null_class_id))
         return uncond + w * (cond - uncond)
 
-    got = sample(model, objective, SHAPE, labels=y, cfg=3.0, **kw)
+    got = sample(model, objective, SHAPE, labels=y, guidance=3.0, **kw)
     torch.testing.assert_close(
         got, sample(guided_by_hand, objective, SHAPE, **kw), rtol=1e-5, atol=1e-5
     )
@@ -176,7 +177,7 @@ def test_sampling_is_deterministic_given_the_generator(objective):
 
     def run(seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
-        return sample(model, objective, SHAPE, labels=y, steps=4, cfg=2.0, generator=gen)
+        return sample(model, objective, SHAPE, labels=y, steps=4, guidance=2.0, generator=gen)
 
     a, b, c = run(5), run(5), run(6)
     assert torch.equal(a, b)
@@ -189,7 +190,9 @@ def test_sampler_objective_mismatch_and_bad_args():
     with pytest.raises(ConfigError, match="DDPM"):
         sample(fake_model, FlowMatchingObjective(), SHAPE, sampler="ddim")
     with pytest.raises(ConfigError, match="null_class_id"):
-        sample(fake_model, FlowMatchingObjective(), SHAPE, labels=torch.tensor([0, 1]), cfg=2.0)
+        sample(
+            fake_model, FlowMatchingObjective(), SHAPE, labels=torch.tensor([0, 1]), guidance=2.0
+        )
     with pytest.raises(ConfigError, match="steps"):
         sample(fake_model, DDPMObjective(), SHAPE, steps=0)
     with pytest.raises(ConfigError, match="outside"):

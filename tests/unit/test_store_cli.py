@@ -65,3 +65,23 @@ def test_verify_corrupt_exits_nonzero_and_repair_removes_markers(store, capsys):
 def test_verify_missing_store(tmp_path, capsys):
     code, _, err = run_cli(["verify", str(tmp_path / "nope.zarr")], capsys)
     assert code == StoreCorruptError.exit_code and "nope.zarr" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", "{p}"],
+        ["stats", "{p}"],
+        ["train", "--store", "{p}", "--out", "{run}", "--steps", "1"],
+    ],
+    ids=["info", "stats", "train"],
+)
+def test_a_mistyped_store_path_is_not_found_not_damaged(tmp_path, capsys, argv):
+    """A path where nothing exists is "not found" (train called it a damaged store, info "not an
+    lplkit latent store"), and nothing is created for it."""
+    path, run = tmp_path / "typo.zarr", tmp_path / "run"
+    code, _, err = run_cli([a.format(p=path, run=run) for a in argv], capsys)
+    assert code == StoreCorruptError.exit_code
+    assert f"no latent store at {path}: the path does not exist" in err
+    assert "damaged" not in err and "not an lplkit latent store" not in err
+    assert not path.exists() and not run.exists()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lplkit.cli.train import flags_overrides, resolve_config
+from lplkit.cli.train import resolve_config
 from lplkit.errors import ConfigError
 from lplkit.train.config import TrainConfig
 from lplkit.train.run_dir import check_resume_config
@@ -24,17 +24,27 @@ def test_precedence_file_set_flags(tmp_path):
     assert TrainConfig().optim.lr == 1e-4  # defaults untouched
 
 
-def test_max_timestep_alone_replaces_the_snr_gate():
-    assert flags_overrides({"lpl_max_timestep": 200, "lpl_snr_min": None})["lpl"] == {
-        "max_timestep": 200,
-        "snr_min": None,
+def test_max_timestep_alone_replaces_the_snr_gate(tmp_path):
+    """One gate whichever way the key is written: flag, TOML and --set resolve alike (the rule
+    lived in the flag layer, so TOML/--set kept `snr >= 3 AND t < 200`)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[objective]\nkind = "eps"\n[lpl]\nmax_timestep = 200\n')
+    ways = {
+        "flag": resolve_config(None, [], {"objective": "eps", "lpl_max_timestep": 200}),
+        "toml": resolve_config(str(recipe), [], {}),
+        "set": resolve_config(None, ["objective.kind=eps", "lpl.max_timestep=200"], {}),
     }
-    cfg = resolve_config(None, [], {"objective": "eps", "lpl_max_timestep": 200})
-    assert cfg.lpl.snr_min is None and cfg.lpl.max_timestep == 200
+    for way, cfg in ways.items():
+        assert (cfg.lpl.snr_min, cfg.lpl.max_timestep) == (None, 200), way
     both = resolve_config(
         None, [], {"objective": "eps", "lpl_max_timestep": 200, "lpl_snr_min": 2.0}
     )
     assert both.lpl.snr_min == 2.0
+    explicit = resolve_config(
+        None, ["objective.kind=eps", "lpl.max_timestep=200", "lpl.snr_min=3"], {}
+    )
+    assert (explicit.lpl.snr_min, explicit.lpl.max_timestep) == (3.0, 200)
+    assert resolve_config(None, [], {}).lpl.snr_min == 3.0  # no max timestep: the default gate
 
 
 def test_saved_run_config_is_the_base_when_resuming(tmp_path):

@@ -8,7 +8,7 @@ import sys
 
 from conftest import run_cli, subprocess_env
 
-from lplkit.autoencoder_choice import COMMON_AUTOENCODERS, default_autoencoder
+from lplkit.autoencoders.choice import COMMON_AUTOENCODERS, default_autoencoder
 
 
 def test_default_only_for_openmoji():

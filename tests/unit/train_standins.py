@@ -59,8 +59,8 @@ class MemoryStore:
 
 def tiny_components(store=None, *, objective="flow", lpl=None, num_classes=3, seed=0):
     """`Components` around a real DiT-T/2 and the real objectives, on an in-memory store."""
-    from lplkit.models import build_model
-    from lplkit.objectives import build_objective
+    from lplkit.diffusion.denoisers import build_model
+    from lplkit.diffusion.objectives import build_objective
     from lplkit.train.loop import Components
     from lplkit.train.normalization import LatentNormalizer
 

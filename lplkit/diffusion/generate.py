@@ -1,6 +1,6 @@
 """Sampling from a run directory or a base: config + newest checkpoint -> images, grid, `.npz`.
 
-    z ~ sampler(denoiser, objective) in the normalized space   (lplkit.samplers: DDIM / Euler / Heun)
+    z ~ sampler(denoiser, objective) in the normalized space   (lplkit.diffusion.samplers: DDIM / Euler / Heun)
     z_raw = z / scale + shift                                  (run.json normalization)
     images = AE.decode(z_raw)                                  (clamped to [-1, 1])
 
@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from lplkit.config import from_dict
+from lplkit.diffusion.image_files import save_grid, save_npz, to_uint8
+from lplkit.diffusion.samplers import sample
+from lplkit.distributed import resolve_device
 from lplkit.errors import ConfigError
-from lplkit.samplers import sample, save_grid, save_npz, to_uint8
 from lplkit.train.base import BUNDLED_BASES, base_dir, load_base, load_run_model
 from lplkit.train.builders import load_decoder_vae, make_objective
 from lplkit.train.config import TrainConfig
-from lplkit.train.distributed import resolve_device
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.previews import make_sample_grid  # noqa: F401  (old `lplkit.train.sampling` name)
 
@@ -37,7 +38,7 @@ def sample_run(
     ema: bool = True,
     n: int = 16,
     steps: int = 50,
-    cfg_scale: float = 1.0,
+    guidance: float = 1.0,
     sampler: str | None = None,
     seed: int = 0,
     labels: list[int] | None = None,
@@ -64,8 +65,7 @@ def sample_run(
         tcfg, info, model, step = load_run_model(run_dir, ema=ema)
     model = model.to(dev).eval()
     objective = make_objective(tcfg)
-    nrm = info["normalization"]
-    normalizer = LatentNormalizer(tuple(nrm["shift"]), tuple(nrm["scale"]), nrm["source"])
+    normalizer = LatentNormalizer.from_record(info["normalization"])
     if vae is not None:
         tcfg.lpl.vae = vae
     ae: Any = load_decoder_vae(tcfg, {"autoencoder": info["store"]["autoencoder"]}, dev)
@@ -83,7 +83,7 @@ def sample_run(
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         y = None if y_all is None else y_all[lo:hi].to(dev)
-        z = sample(model, objective, (hi - lo, *shape), labels=y, steps=steps, cfg=cfg_scale,
+        z = sample(model, objective, (hi - lo, *shape), labels=y, steps=steps, guidance=guidance,
                    sampler=sampler, noise=noise[lo:hi].to(dev), device=dev)  # type: ignore[arg-type]  # fmt: skip
         with torch.no_grad():
             images.append(ae.decode(normalizer.unnormalize(z)).sample.clamp(-1, 1).float().cpu())
@@ -108,7 +108,7 @@ def sample_run(
         "n": n,
         "sampler": sampler or ("heun" if tcfg.objective.kind == "flow" else "ddim"),
         "steps": steps,
-        "cfg": cfg_scale,
+        "cfg": guidance,  # the --json key the CLI has always written
         "seed": seed,
         "labels": None if y_all is None else y_all.tolist(),
         "out": str(out_dir),

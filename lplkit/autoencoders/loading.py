@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lplkit.autoencoder_choice import (
+from lplkit.autoencoders.choice import (
     COMMON_AUTOENCODERS,
     DEFAULT_AUTOENCODER_DATASET,
     autoencoder_choices,
@@ -165,14 +166,18 @@ def load_autoencoder(
     if cls is None:
         raise AutoencoderError(f"{spec}: diffusers {diffusers.__version__} has no class {name}")
     try:
-        vae = cls.from_pretrained(
-            path,
-            subfolder=subfolder,
-            revision=commit,
-            torch_dtype=dtype,
-            # diffusers warns on every load when it would like accelerate and it is absent
-            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
-        )
+        with warnings.catch_warnings():
+            # diffusers passes huggingface_hub an argument it has deprecated, and every hub load
+            # would repeat that notice to a user who cannot act on it
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
+            vae = cls.from_pretrained(
+                path,
+                subfolder=subfolder,
+                revision=commit,
+                torch_dtype=dtype,
+                # diffusers warns on every load when it would like accelerate and it is absent
+                low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            )
     except (OSError, ValueError) as exc:
         msg = " ".join(str(exc).split())[:400]
         raise AutoencoderError(f"cannot load {name} from {spec!r}: {msg}") from None

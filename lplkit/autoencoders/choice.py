@@ -1,6 +1,6 @@
 """Which autoencoder `lplkit encode` uses when `--vae` is omitted, and the choices it suggests.
 
-Kept apart from `lplkit.autoencoder` (which imports torch) so that `--help` and the missing-`--vae`
+Kept apart from `lplkit.autoencoders.loading` (which imports torch) so that `--help` and the missing-`--vae`
 error stay instant.
 """
 

@@ -1,5 +1,6 @@
-"""Samplers (DDIM for DDPM eps/v, Euler and Heun ODE for flow matching) with classifier-free guidance,
-plus image conversion, grid and ``.npz`` writers.
+"""Samplers (DDIM for DDPM eps/v, Euler and Heun ODE for flow matching) with classifier-free guidance.
+
+Images to files (uint8, grids, ``.npz``) are `lplkit.diffusion.image_files`.
 
 Classifier-free guidance (Ho & Salimans 2022), applied to the model output ``f`` (eps, v or velocity,
 all affine in the score at a fixed t, so guiding any of them is the same):
@@ -27,18 +28,15 @@ trapezoid) ``z_e = z + h v(z, t_i)``, ``z <- z + h/2 (v(z, t_i) + v(z_e, t_{i+1}
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lplkit.diffusion.objectives import DDPMObjective, FlowMatchingObjective, Objective
 from lplkit.errors import ConfigError
-from lplkit.objectives import DDPMObjective, FlowMatchingObjective, Objective
 
 Sampler = Literal["ddim", "euler", "heun"]
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
@@ -48,11 +46,7 @@ __all__ = [
     "ddim_timesteps",
     "flow_time_grid",
     "guided",
-    "make_grid",
     "sample",
-    "save_grid",
-    "save_npz",
-    "to_uint8",
 ]
 
 
@@ -91,13 +85,13 @@ def flow_time_grid(steps: int) -> Tensor:
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
 
 
-def guided(denoiser: DenoiserFn, labels: Tensor | None, cfg: float) -> DenoiserFn:
+def guided(denoiser: DenoiserFn, labels: Tensor | None, guidance: float) -> DenoiserFn:
     """Wrap ``denoiser`` so it returns the classifier-free-guided output (see module docstring).
 
-    ``cfg == 1`` or ``labels is None`` returns the plain (conditional / unconditional) denoiser.
+    ``guidance == 1`` or ``labels is None`` returns the plain (conditional / unconditional) denoiser.
     The null label is ``denoiser.null_class_id``.
     """
-    if labels is None or cfg == 1.0:
+    if labels is None or guidance == 1.0:
         return lambda z, t, _y: denoiser(z, t, labels)
     null_id = getattr(denoiser, "null_class_id", None)
     if null_id is None:
@@ -107,7 +101,7 @@ def guided(denoiser: DenoiserFn, labels: Tensor | None, cfg: float) -> DenoiserF
     def fn(z: Tensor, t: Tensor, _y: Tensor | None) -> Tensor:
         out = denoiser(torch.cat([z, z]), torch.cat([t, t]), y2)
         cond, uncond = out.chunk(2)
-        return uncond + cfg * (cond - uncond)
+        return uncond + guidance * (cond - uncond)
 
     return fn
 
@@ -120,7 +114,7 @@ def sample(
     *,
     labels: Tensor | None = None,
     steps: int = 50,
-    cfg: float = 1.0,
+    guidance: float = 1.0,
     sampler: Sampler | None = None,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
@@ -133,12 +127,12 @@ def sample(
     """Generate clean latents ``z0`` of ``shape`` (B, C, H, W), float32.
 
     Args:
-        denoiser: ``(z_t, model_timestep, labels) -> prediction`` (e.g. :class:`lplkit.models.Denoiser`).
+        denoiser: ``(z_t, model_timestep, labels) -> prediction`` (e.g. :class:`lplkit.diffusion.denoisers.Denoiser`).
         objective: the objective the denoiser was trained with.
         shape: output shape; ``shape[0]`` is the batch.
         labels: ``(B,)`` class ids, or ``None`` (unconditional).
         steps: sampler steps (DDIM: model evaluations; Euler: S; Heun: 2 S evaluations).
-        cfg: guidance weight ``w``.
+        guidance: classifier-free guidance weight ``w`` (the CLI's ``--cfg`` / ``--guidance``).
         sampler: ``ddim`` (DDPM objectives, default) or ``euler`` / ``heun`` (flow; default ``heun``).
         generator: seeds the initial noise ``z_1 ~ N(0, I)`` (drawn on the generator's device).
         noise: explicit initial noise instead of drawing it.
@@ -161,7 +155,7 @@ def sample(
     z = noise.to(device=device, dtype=torch.float32)
     if labels is not None:
         labels = labels.to(device)
-    fn = guided(denoiser, labels, cfg)
+    fn = guided(denoiser, labels, guidance)
 
     if isinstance(objective, DDPMObjective):
         sampler = sampler or "ddim"
@@ -229,84 +223,3 @@ def _flow_ode(
         if callback is not None:
             callback(i + 1, n)
     return z
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """``(B, C, H, W)`` images in [-1, 1] -> ``(B, H, W, C)`` uint8.
-
-    ``u = clamp(127.5 x + 128, 0, 255)`` truncated, i.e. ``round(127.5 (x + 1))`` (DiT's sample_ddp).
-    """
-    if images.ndim != 4:
-        raise ConfigError(f"expected (B, C, H, W) images, got shape {tuple(images.shape)}")
-    u = (127.5 * images.detach().float() + 128.0).clamp(0, 255).to(torch.uint8)
-    return u.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _as_uint8_nhwc(images: Tensor | np.ndarray) -> np.ndarray:
-    arr = to_uint8(images) if isinstance(images, Tensor) else np.asarray(images)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
-        raise ConfigError(
-            f"expected uint8 (N, H, W, C) images with C in 1/3/4, got {arr.dtype} {arr.shape}"
-        )
-    return arr
-
-
-def make_grid(images: Tensor | np.ndarray, nrow: int = 8, padding: int = 2) -> np.ndarray:
-    """Tile ``N`` images into rows of ``nrow`` with ``padding`` black pixels -> ``(H', W', C)`` uint8.
-
-    Accepts uint8 ``(N, H, W, C)`` arrays or ``(N, C, H, W)`` tensors in [-1, 1].
-    """
-    arr = _as_uint8_nhwc(images)
-    n, h, w, c = arr.shape
-    ncol = min(nrow, n)
-    nrows = -(-n // ncol)
-    grid = np.zeros(
-        (nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), dtype=np.uint8
-    )
-    for k in range(n):
-        r, q = divmod(k, ncol)
-        y, x = padding + r * (h + padding), padding + q * (w + padding)
-        grid[y : y + h, x : x + w] = arr[k]
-    return grid
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_grid(images: Tensor | np.ndarray, path: str | Path, nrow: int = 8) -> Path:
-    """Save :func:`make_grid` of ``images`` as an image file (format from the suffix, e.g. PNG)."""
-    from PIL import Image
-
-    path = Path(path)
-    grid = make_grid(images, nrow)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    _atomic_write(path, lambda p: img.save(p, format=fmt))
-    return path
-
-
-def save_npz(images: Tensor | np.ndarray, path: str | Path) -> Path:
-    """Save uint8 ``(N, H, W, 3)`` images as ``arr_0`` of an ``.npz``.
-
-    That is the batch format of the ADM evaluator (openai/guided-diffusion ``evaluations/``) and the
-    DiT / SiT ``sample_ddp`` scripts; tensors in [-1, 1] are converted with :func:`to_uint8`.
-    """
-    path = Path(path)
-    arr = _as_uint8_nhwc(images)
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-            np.savez(f, arr_0=arr)
-
-    _atomic_write(path, write)
-    return path

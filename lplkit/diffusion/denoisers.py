@@ -15,8 +15,9 @@ each with patch 2, 4 or 8 (``DiT-XL/2`` ...), plus ``DiT-T/2`` (depth 2, hidden 
 Conditioning: diffusers' DiT embeds ``class_labels`` with a table of ``num_embeds_ada_norm + 1`` rows;
 the extra row is the null class used for classifier-free guidance, id ``num_classes``. It requires
 labels, so an unconditional model is built with one class and is always fed the null id. The
-table's own random label dropout (global RNG, train mode only) is switched off: the trainer drops
-labels itself with :meth:`Denoiser.drop_labels` and its seeded generator, so runs stay reproducible.
+table's own random label dropout (global RNG, train mode only) is switched off: the trainer draws
+the label-drop mask of each global batch from its seeded per-step generator (`lplkit.train.loop`), so
+runs stay reproducible.
 
 Note on size: diffusers' DiT keeps one timestep+label embedder per block (the paper shares one), so
 ``DiT-XL/2`` has 749.8M parameters here, 674.8M when those per-block copies are counted once (the
@@ -96,19 +97,6 @@ class Denoiser(nn.Module):
             labels = torch.full((batch,), self.null_class_id, dtype=torch.long, device=z_t.device)
         out = self.net(z_t, timestep, class_labels=labels.long(), return_dict=False)[0]
         return out
-
-    def drop_labels(self, labels: Tensor, prob: float, generator: torch.Generator | None) -> Tensor:
-        """Replace each label by the null id with probability ``prob`` (CFG training dropout).
-
-        Draws ``(B,)`` uniforms from ``generator`` on its own device, so the result is reproducible.
-        """
-        if prob <= 0.0 or not self.conditional:
-            return labels
-        gdev = generator.device if generator is not None else labels.device
-        drop = (
-            torch.rand(labels.shape[0], generator=generator, device=gdev).to(labels.device) < prob
-        )
-        return torch.where(drop, torch.full_like(labels, self.null_class_id), labels)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
