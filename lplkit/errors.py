@@ -83,9 +83,8 @@ class Preempted(LplkitError):
     the step in flight, with a checkpoint of it written; `encode` after the batch in flight, keeping
     every complete shard; `stats` before writing anything. Re-running the same command resumes."""
 
-    exit_code = (
-        75  # EX_TEMPFAIL of sysexits.h: a temporary failure, the same command may be retried
-    )
+    # EX_TEMPFAIL of sysexits.h: a temporary failure, the same command may be retried
+    exit_code = 75
 
 
 class Interrupted(KeyboardInterrupt):
