@@ -255,7 +255,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             summary.images_per_s = processed / summary.encode_s if summary.encode_s > 0 else 0.0
             pending = len(writer.all_pending_shards())
             summary.shards_already_done = writer.n_shards - pending - summary.shards_written
-            if stopped:
+            if stopped and pending:  # (a signal after the last shard lets the store finish)
                 raise Preempted(
                     f"encode preempted by {stop.name}: {writer.n_shards - pending}/"
                     f"{writer.n_shards} shards complete, the shards in flight were dropped; "

@@ -143,7 +143,6 @@ def test_resume_with_another_store_is_refused_but_a_moved_store_resumes(stores, 
     run = tmp_path / "run"
     assert run_cli(_train_args(a, run, "--steps", "2"), capsys)[0] == 0
     before = {f: (run / f).read_bytes() for f in ("config.json", "run.json", "metrics.jsonl")}
-    assert json.loads(before["run.json"])["store"]["content_hash"]
 
     code, _, err = run_cli(_train_args(b, run, "--steps", "4"), capsys)
     assert code == 2, err
@@ -152,6 +151,7 @@ def test_resume_with_another_store_is_refused_but_a_moved_store_resumes(stores, 
     assert f"--store {b} holds other latents" in line and f"--init {run}" in line, line
     assert {f: (run / f).read_bytes() for f in before} == before  # nothing rewritten
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002"]
+    assert json.loads(before["run.json"])["store"]["content_hash"]
 
     moved = tmp_path / "moved.zarr"  # the same latents at another path: resumes
     shutil.copytree(a, moved)
