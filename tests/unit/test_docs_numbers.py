@@ -4,7 +4,7 @@ A table is preceded by a marker line:
     <!-- raw: docs/results/x.json [more files] -->   measured numbers, each backed by those files
     <!-- raw: none, REASON -->                       not a measurement (an option list, a file layout)
 A file may be narrowed to JSON subtrees with ``path.json#key.key,key`` so that a changed cell cannot hide
-among unrelated numbers of a large file. ``render=NAME`` (a function in RENDERERS below, the report script
+among unrelated numbers of a large file. ``per-row`` checks the i-th body row against the i-th file only. ``render=NAME`` (a function in RENDERERS below, the report script
 that made the table) marks a table regenerated from its raw files: it must equal the output line for line.
 
 The check: every number in a table's body (outside code spans) equals a number of its raw files at the
@@ -95,7 +95,7 @@ class Table:
 
     @property
     def paths(self) -> list[str]:
-        return [x for x in (self.marker or "").split() if "=" not in x]
+        return [x for x in (self.marker or "").split() if "=" not in x and x != "per-row"]
 
     @property
     def render(self) -> str | None:
@@ -149,7 +149,9 @@ def raw_numbers(paths: list[str]) -> list[float]:
 def cell_numbers(cell: str) -> list[tuple[str, float, float, bool]]:
     """(text, value, tolerance, is_percent) of each number in a cell, code spans removed."""
     out = []
-    for m in CELL_NUMBER.finditer(re.sub(r"`[^`]*`", "", cell)):
+    cell = re.sub(r"`[^`]*`", "", cell)
+    cell = re.sub(r"(\d)-(\d[\d.]*%)", r"\1% to \2", cell)  # "2-3%": both ends are percentages
+    for m in CELL_NUMBER.finditer(cell):
         text, decimals, exponent, pct = m.groups()
         value = float(text.replace(",", ""))
         tol = 0.5 * 10.0 ** (-len(decimals or "") + int(exponent or 0))
@@ -162,10 +164,13 @@ def _has(values: list[float], lo: float, hi: float) -> bool:
     return i < len(values) and values[i] <= hi
 
 
-def mismatches(table: Table, values: list[float]) -> list[str]:
-    """Cells of `table` with a number that no raw value gives at the precision shown."""
+def mismatches(table: Table, values: list[float], rows: list[int] | None = None) -> list[str]:
+    """Cells of `table` (of `rows`, default all) with a number that no raw value gives at the precision
+    shown."""
     bad = []
     for r, row in enumerate(table.rows):
+        if rows is not None and r not in rows:
+            continue
         for cell in row:
             for text, v, tol, pct in cell_numbers(cell):
                 ok = _has(values, v - tol, v + tol) or (pct and _has(values, (v - tol) / 100, (v + tol) / 100))
@@ -189,14 +194,22 @@ def test_every_table_says_where_its_numbers_come_from():
 def test_table_numbers_are_in_its_raw_files(table):
     for item in table.paths:
         assert (ROOT / item.partition("#")[0]).is_file(), f"{table}: raw file {item} is missing"
-    bad = mismatches(table, raw_numbers(table.paths))
+    if "per-row" in table.marker.split():  # the i-th body row comes from the i-th file
+        assert len(table.paths) == len(table.rows), f"{table}: per-row needs one file per row"
+        bad = [b for i, p in enumerate(table.paths) for b in mismatches(table, raw_numbers([p]), rows=[i])]
+    else:
+        bad = mismatches(table, raw_numbers(table.paths))
     assert not bad, "numbers not in the raw files:\n" + "\n".join(bad)
+
+
+def rendered(table: Table) -> list[str]:
+    """The table's lines (and the report's lines right after it) as its report script prints them."""
+    return [x for x in RENDERERS[table.render](*table.paths).splitlines() if x.startswith(("|", "post "))]
 
 
 @pytest.mark.parametrize("table", [t for t in RAW_TABLES if t.render], ids=str)
 def test_table_equals_its_rendering_from_raw_files(table):
-    """Line for line: the table (and the lines right after it, when the report prints them)."""
-    expected = [x for x in RENDERERS[table.render](*table.paths).splitlines() if x.startswith(("|", "post "))]
+    expected = rendered(table)
     assert table.text[: len(expected)] == expected
 
 
@@ -222,3 +235,31 @@ def test_a_planted_edit_of_one_cell_fails():
     planted.rows[0][3] = _bump_last_digit(planted.rows[0][3])  # samples / floor at eval seed 0
     assert planted.rows[0][3] != table.rows[0][3]
     assert len(mismatches(planted, values)) == 1
+
+
+def test_snr_table_equals_diffusers():
+    """docs/objectives.md's SNR(199) / SNR(500) per schedule, recomputed with diffusers' own scheduler."""
+    from diffusers import DDPMScheduler
+
+    doc = ROOT / "docs/objectives.md"
+    table = next(t for t in find_tables(doc.read_text(), "docs/objectives.md") if t.rows[0][0].startswith("linear"))
+    for name, *cells in table.rows:
+        kwargs = {"beta_schedule": name.split()[0], "num_train_timesteps": 1000}
+        if ".." in name:
+            lo, hi = name.split()[1].split("..")
+            kwargs |= {"beta_start": float(lo), "beta_end": float(hi)}
+        abar = DDPMScheduler(**kwargs).alphas_cumprod.double()
+        for t, cell in zip((199, 500), cells, strict=True):
+            ((_, shown, tol, _),) = cell_numbers(cell)
+            snr = float(abar[t] / (1 - abar[t]))
+            assert abs(snr - shown) <= tol, f"{name}: SNR({t}) = {snr:.4f}, the doc says {cell}"
+
+
+def test_a_planted_edit_of_a_regenerated_table_fails():
+    doc = ROOT / "docs/results.md"
+    table = next(t for t in find_tables(doc.read_text(), "docs/results.md") if t.render == "report_base")
+    expected = rendered(table)
+    assert table.text[: len(expected)] == expected
+    planted = list(table.text)
+    planted[2] = planted[2].replace("19.7 ± 4.5", "19.8 ± 4.5", 1)  # baseline SWD 64px at 400 steps
+    assert planted[2] != table.text[2] and planted[: len(expected)] != expected
