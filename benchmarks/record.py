@@ -59,7 +59,9 @@ def _gpus() -> list[str]:
 
 def _git_commit() -> str | None:
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
@@ -98,15 +100,19 @@ def parse_json_output(stdout: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, required=True, help="raw record to write (JSON)")
-    p.add_argument("--note", default="", help="what the reader should know (e.g. the machine was loaded)")
+    p.add_argument(
+        "--note", default="", help="what the reader should know (e.g. the machine was loaded)"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...")
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         p.error("give the command after --")
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)

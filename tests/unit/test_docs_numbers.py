@@ -58,15 +58,25 @@ def _report_base_eval_noise(path: str) -> str:
 def _lpl_effect(flow: str, eps: str) -> str:
     """docs/results.md's answer table: LPL - baseline of both objectives, from the same summaries."""
     rb = _report_module("report_base")
-    lines = ["| objective | post-training | 64 px | lower in | 32 px | 16 px |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| objective | post-training | 64 px | lower in | 32 px | 16 px |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for objective, path in (("flow", flow), ("eps", eps)):
         summary = rb.summarize(rb.load(ROOT / path))
         for steps, share in ((400, "1/5"), (667, "1/3")):  # of the base's 2,000 pre-training steps
             p = summary[steps]["paired"]["lpl"]
             n, (rel, rel_std) = len(p["seeds"]), p["rel_64px_pct"]
-            cells = [objective, f"{steps} ({share})", f"{rel:+.2f}% ± {rel_std:.2f}%", f"{p['wins']['swd_64px']}/{n}"]
+            cells = [
+                objective,
+                f"{steps} ({share})",
+                f"{rel:+.2f}% ± {rel_std:.2f}%",
+                f"{p['wins']['swd_64px']}/{n}",
+            ]
             for m in ("swd_32px", "swd_16px"):
-                cells.append(f"{p['delta'][m][0]:+.1f} ± {p['delta'][m][1]:.1f} ({p['wins'][m]}/{n})")
+                cells.append(
+                    f"{p['delta'][m][0]:+.1f} ± {p['delta'][m][1]:.1f} ({p['wins'][m]}/{n})"
+                )
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -74,7 +84,9 @@ def _lpl_effect(flow: str, eps: str) -> str:
 def _report_dit_t(path: str) -> str:
     """The DiT-T/2 ablation table: report.py over the per-run numbers its JSON keeps."""
     report = _report_module("report")
-    return report.markdown(report.summarize(json.loads((ROOT / path).read_text())["runs"], "lpl"), "lpl")
+    return report.markdown(
+        report.summarize(json.loads((ROOT / path).read_text())["runs"], "lpl"), "lpl"
+    )
 
 
 RENDERERS = {
@@ -91,7 +103,9 @@ class Table:
     line: int  # 1-based line of the header
     marker: str | None
     rows: list[list[str]]  # body rows, cells stripped
-    text: list[str]  # the table's lines (header, separator, body) and the lines after it up to a blank one
+    text: list[
+        str
+    ]  # the table's lines (header, separator, body) and the lines after it up to a blank one
 
     @property
     def paths(self) -> list[str]:
@@ -99,7 +113,10 @@ class Table:
 
     @property
     def render(self) -> str | None:
-        return next((x.split("=", 1)[1] for x in (self.marker or "").split() if x.startswith("render=")), None)
+        return next(
+            (x.split("=", 1)[1] for x in (self.marker or "").split() if x.startswith("render=")),
+            None,
+        )
 
     def __str__(self) -> str:
         return f"{self.doc}:{self.line}"
@@ -113,7 +130,12 @@ def find_tables(text: str, doc: str) -> list[Table]:
         line = lines[i].strip()
         if line.startswith("```"):
             fenced = not fenced
-        elif not fenced and line.startswith("|") and i + 1 < len(lines) and SEPARATOR.match(lines[i + 1].strip()):
+        elif (
+            not fenced
+            and line.startswith("|")
+            and i + 1 < len(lines)
+            and SEPARATOR.match(lines[i + 1].strip())
+        ):
             j = i + 2
             while j < len(lines) and lines[j].strip().startswith("|"):
                 j += 1
@@ -173,7 +195,9 @@ def mismatches(table: Table, values: list[float], rows: list[int] | None = None)
             continue
         for cell in row:
             for text, v, tol, pct in cell_numbers(cell):
-                ok = _has(values, v - tol, v + tol) or (pct and _has(values, (v - tol) / 100, (v + tol) / 100))
+                ok = _has(values, v - tol, v + tol) or (
+                    pct and _has(values, (v - tol) / 100, (v + tol) / 100)
+                )
                 if not ok:
                     bad.append(f"{table} body row {r + 1}: {text!r} in {cell!r}")
     return bad
@@ -196,7 +220,11 @@ def test_table_numbers_are_in_its_raw_files(table):
         assert (ROOT / item.partition("#")[0]).is_file(), f"{table}: raw file {item} is missing"
     if "per-row" in table.marker.split():  # the i-th body row comes from the i-th file
         assert len(table.paths) == len(table.rows), f"{table}: per-row needs one file per row"
-        bad = [b for i, p in enumerate(table.paths) for b in mismatches(table, raw_numbers([p]), rows=[i])]
+        bad = [
+            b
+            for i, p in enumerate(table.paths)
+            for b in mismatches(table, raw_numbers([p]), rows=[i])
+        ]
     else:
         bad = mismatches(table, raw_numbers(table.paths))
     assert not bad, "numbers not in the raw files:\n" + "\n".join(bad)
@@ -204,7 +232,11 @@ def test_table_numbers_are_in_its_raw_files(table):
 
 def rendered(table: Table) -> list[str]:
     """The table's lines (and the report's lines right after it) as its report script prints them."""
-    return [x for x in RENDERERS[table.render](*table.paths).splitlines() if x.startswith(("|", "post "))]
+    return [
+        x
+        for x in RENDERERS[table.render](*table.paths).splitlines()
+        if x.startswith(("|", "post "))
+    ]
 
 
 @pytest.mark.parametrize("table", [t for t in RAW_TABLES if t.render], ids=str)
@@ -222,13 +254,17 @@ def _bump_last_digit(cell: str) -> str:
     if "." in digits:
         k = len(digits.split(".")[1])
         bumped = bumped[:-k] + "." + bumped[-k:]
-    return cell[: m.start(1)] + text[: len(text) - len(text.lstrip("+-"))] + bumped + cell[m.end(1) :]
+    return (
+        cell[: m.start(1)] + text[: len(text) - len(text.lstrip("+-"))] + bumped + cell[m.end(1) :]
+    )
 
 
 def test_a_planted_edit_of_one_cell_fails():
     """The check can fail: one cell of a real table edited by two units of its last digit is caught."""
     doc = ROOT / "docs/base-model.md"
-    table = next(t for t in find_tables(doc.read_text(), "docs/base-model.md") if t.rows[0][0] == "0")
+    table = next(
+        t for t in find_tables(doc.read_text(), "docs/base-model.md") if t.rows[0][0] == "0"
+    )
     values = raw_numbers(table.paths)
     assert mismatches(table, values) == []
     planted = Table(table.doc, table.line, table.marker, [list(r) for r in table.rows], table.text)
@@ -242,7 +278,11 @@ def test_snr_table_equals_diffusers():
     from diffusers import DDPMScheduler
 
     doc = ROOT / "docs/objectives.md"
-    table = next(t for t in find_tables(doc.read_text(), "docs/objectives.md") if t.rows[0][0].startswith("linear"))
+    table = next(
+        t
+        for t in find_tables(doc.read_text(), "docs/objectives.md")
+        if t.rows[0][0].startswith("linear")
+    )
     for name, *cells in table.rows:
         kwargs = {"beta_schedule": name.split()[0], "num_train_timesteps": 1000}
         if ".." in name:
@@ -257,7 +297,9 @@ def test_snr_table_equals_diffusers():
 
 def test_a_planted_edit_of_a_regenerated_table_fails():
     doc = ROOT / "docs/results.md"
-    table = next(t for t in find_tables(doc.read_text(), "docs/results.md") if t.render == "report_base")
+    table = next(
+        t for t in find_tables(doc.read_text(), "docs/results.md") if t.render == "report_base"
+    )
     expected = rendered(table)
     assert table.text[: len(expected)] == expected
     planted = list(table.text)
