@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         p.error("give the command after --")
+    environment = provenance()  # before the run: the code the command runs
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "returncode": proc.returncode,
         "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
         "note": args.note,
-        **provenance(),
+        **environment,
         "result": parse_json_output(proc.stdout) if proc.returncode == 0 else proc.stdout[-4000:],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
