@@ -4,8 +4,9 @@ A table is preceded by a marker line:
     <!-- raw: docs/results/x.json [more files] -->   measured numbers, each backed by those files
     <!-- raw: none, REASON -->                       not a measurement (an option list, a file layout)
 A file may be narrowed to JSON subtrees with ``path.json#key.key,key`` so that a changed cell cannot hide
-among unrelated numbers of a large file. ``per-row`` checks the i-th body row against the i-th file only. ``render=NAME`` (a function in RENDERERS below, the report script
-that made the table) marks a table regenerated from its raw files: it must equal the output line for line.
+among unrelated numbers of a large file; ``per-row`` checks the i-th body row against the i-th file
+only. ``render=NAME`` (a function in RENDERERS below, calling the report script that made the table)
+marks a table regenerated from its raw files: it must equal that output line for line.
 
 The check: every number in a table's body (outside code spans) equals a number of its raw files at the
 precision shown (``19.7`` matches any raw value in [19.65, 19.75]; ``2%`` also matches 0.02). So a cell
