@@ -12,6 +12,7 @@ statistics computed on --device with those computed on CPU for a small store.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--check", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (last line)")
     a = p.parse_args()
     from lplkit.lpl.decoder_taps import DecoderTaps
     from lplkit.stats.compute import compute_stats, select_items
@@ -102,6 +104,13 @@ def main() -> None:
         print(f"ratio stats / taps-only = {tb / ta:.3f}")
         if a.check and a.device != "cpu":
             check(Path(tmp), a.device)
+        if a.json:
+            print(json.dumps({
+                "args": vars(a), "depth": taps.depth, "layers": [i.name for i in taps.layers],
+                "taps_s": ta, "stats_s": tb, "taps_items_per_s": a.items / ta,
+                "stats_items_per_s": a.items / tb, "ratio_stats_over_taps": tb / ta,
+                "peak_gib_taps": ma, "peak_gib_stats": mb,
+            }))  # fmt: skip
 
 
 def check(root: Path, device: str) -> None:

@@ -142,6 +142,19 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def relative_lines(summary: dict) -> list[str]:
+    """One line per LPL arm: its paired change at the finest level, in % of the baseline."""
+    lines = []
+    for steps, row in summary.items():
+        for arm, p in row["paired"].items():
+            key = next(k for k in p if k.startswith("rel_"))
+            lv = key.removeprefix("rel_").removesuffix("_pct")
+            mean, std = p[key]
+            lines.append(f"post {steps}: {arm} vs baseline at {lv.removesuffix('px')} px: {mean:+.2f}% ± {std:.2f}% "
+                         f"(lower in {p['wins']['swd_' + lv]}/{len(p['seeds'])} seeds)")  # fmt: skip
+    return lines
+
+
 def eval_noise(runs: Path) -> str:
     """The same sample sets re-evaluated with other eval seeds (`eval-seed<k>.json` beside each arm,
     written by `lplkit eval --seed k --json`): does a paired difference survive re-drawing the
@@ -238,13 +251,7 @@ def main() -> None:
     data = load(runs)
     summary = summarize(data)
     print(markdown(summary))
-    for steps, row in summary.items():
-        for arm, p in row["paired"].items():
-            key = next(k for k in p if k.startswith("rel_"))
-            lv = key.removeprefix("rel_").removesuffix("_pct")
-            mean, std = p[key]
-            print(f"post {steps}: {arm} vs baseline at {lv.removesuffix('px')} px: {mean:+.2f}% ± {std:.2f}% "
-                  f"(lower in {p['wins']['swd_' + lv]}/{len(p['seeds'])} seeds)")  # fmt: skip
+    print("\n".join(relative_lines(summary)))
     noise = eval_noise(runs)
     if noise:
         print("\n" + noise)
