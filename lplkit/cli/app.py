@@ -40,7 +40,22 @@ def _hide_flag_types(params: list[Any]) -> None:
             param.metavar = ""
 
 
+def _escape_markup(text: str | None) -> str | None:
+    """Help text shown literally: rich markup would eat `[wandb]` in `pip install 'lplkit[wandb]'`."""
+    from rich.markup import escape
+
+    return None if text is None else escape(text)
+
+
 class _Command(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every help string of every command, declared anywhere, is escaped once here.
+        self.help = _escape_markup(self.help)
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = _escape_markup(param.help)  # type: ignore[attr-defined]
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _hide_flag_types(self.get_params(ctx))
         super().format_help(ctx, formatter)
