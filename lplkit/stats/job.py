@@ -16,6 +16,7 @@ import torch
 
 from lplkit import __version__
 from lplkit.autoencoders.loading import autoencoder_info, check_store_autoencoder, load_autoencoder
+from lplkit.config import check_options
 from lplkit.distributed import group_rank_world
 from lplkit.errors import ConfigError
 from lplkit.lpl.decoder_taps import DecoderTaps
@@ -114,8 +115,9 @@ def run_stats(
 
     if samples is not None and samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    check_options(
+        "stats", samples=samples, depth=depth, batch_size=batch_size, seed=seed, bins=bins
+    )
     store = LatentStore.open(url)
     manifest = store.manifest
     content_hash = store_content_hash(url, manifest)
