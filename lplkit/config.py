@@ -226,6 +226,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # `X | None`: X's own message ("expected an integer, got 4.0")
+            raise ConfigError(errors[0])
         raise ConfigError(f"{key}: cannot interpret {value!r} as {tp}")
     if origin is typing.Literal:
         if value in args:

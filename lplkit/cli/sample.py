@@ -7,7 +7,7 @@ import typer
 from lplkit.cli import output
 from lplkit.cli.options import ranged_option
 from lplkit.cli.progress import LiveProgress
-from lplkit.config import OPTION_RANGES
+from lplkit.config import OPTION_RANGES, check_value
 
 _RANGES = OPTION_RANGES["sample"]
 
@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 f"--labels expects comma-separated integers, got {labels!r}"
             ) from None
+        check_value(label_list, _RANGES["labels"], "--labels")
         with LiveProgress("sampling", enabled=not json_out, transient=True) as bar:
             summary = sample_run(
                 run, out=out, ema=ema, n=n, steps=steps, guidance=cfg, sampler=sampler, seed=seed,

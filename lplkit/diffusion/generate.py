@@ -67,6 +67,11 @@ def sample_run(
     else:
         run_dir = Path(run_dir)
         tcfg, info, model, step = load_run_model(run_dir, ema=ema)
+    if info["num_classes"] and labels and max(labels) >= info["num_classes"]:
+        raise ConfigError(
+            f"--labels: class {max(labels)} is out of range; this run has {info['num_classes']} "
+            f"classes (0..{info['num_classes'] - 1})"
+        )
     model = model.to(dev).eval()
     objective = make_objective(tcfg)
     normalizer = LatentNormalizer.from_record(info["normalization"])
@@ -75,11 +80,6 @@ def sample_run(
     ae: Any = load_decoder_vae(tcfg, {"autoencoder": info["store"]["autoencoder"]}, dev)
 
     num_classes = info["num_classes"]
-    if num_classes and labels and max(labels) >= num_classes:
-        raise ConfigError(
-            f"--labels: class {max(labels)} is out of range; this run has {num_classes} classes "
-            f"(0..{num_classes - 1})"
-        )
     if labels is not None and len(labels) != n:
         labels = [labels[i % len(labels)] for i in range(n)]
     y_all = None

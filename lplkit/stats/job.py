@@ -31,6 +31,7 @@ from lplkit.stats.compute import (
 )
 from lplkit.stats.storage import store_content_hash, write_stats
 from lplkit.store.reader import LatentStore
+from lplkit.store.tooling import require_writable, store_writes
 
 __all__ = ["DEFAULT_SAMPLES", "check_autoencoder", "run_stats", "stats_summary"]
 
@@ -119,6 +120,8 @@ def run_stats(
         "stats", samples=samples, depth=depth, batch_size=batch_size, seed=seed, bins=bins
     )
     store = LatentStore.open(url)
+    if write:  # before the work: a read-only store is one line now, not after the decoder pass
+        require_writable(url, f"write statistics into {url}")
     manifest = store.manifest
     content_hash = store_content_hash(url, manifest)
     taps, info = None, dict(manifest.get("autoencoder") or {})
@@ -172,5 +175,6 @@ def run_stats(
     }
     stats.meta = meta
     if write and rank == 0:
-        meta["run"] = write_stats(url, stats, meta)
+        with store_writes(url, f"write statistics into {url}"):
+            meta["run"] = write_stats(url, stats, meta)
     return stats, meta
