@@ -73,6 +73,7 @@ _REQUIRED = {
     "info": ["never-opened.zarr"],
     "verify": ["never-opened.zarr"],
     "upgrade": ["never-opened.zarr"],
+    "demo": ["--out", "a-file"],  # were the number accepted, the demo would stop at once here
 }
 
 
@@ -115,11 +116,12 @@ def test_the_cli_surface_has_numeric_flags_everywhere_they_are_expected():
 @pytest.mark.parametrize(("command", "flag", "kind"), NUMERIC_FLAGS)
 def test_absurd_numbers_are_one_line_exit_2_naming_the_flag(command, flag, kind, tmp_path, capsys):
     os.chdir(tmp_path)  # any stray write would land here
+    (tmp_path / "a-file").write_text("")
     values = ["-1", BIG, "-" + BIG] if kind == "int" else ["-1", "nan", "inf", "-inf"]
     for value in values:
         line = _refused([command, *_REQUIRED.get(command, []), flag, value], capsys, flag)
         assert "must be" in line, line
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 def test_named_reproductions_of_the_probe(store, tmp_path, capsys):
