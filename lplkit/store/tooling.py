@@ -97,7 +97,7 @@ def require_writable(url: str, action: str) -> None:
     fs, root = url_to_fs(url)
     if is_local(fs) and not os.access(root, os.W_OK):
         raise StoreError(
-            f"cannot {action}: {url} is not writable (read-only file system or no permission); "
+            f"cannot {action}: not writable (read-only file system or no permission); "
             "run on a writable copy or mount"
         )
 
