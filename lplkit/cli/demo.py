@@ -73,7 +73,10 @@ def register(app: typer.Typer) -> None:
             32, "--sample-steps", rng=_RANGES["sample_steps"], help="Sampler steps."
         ),
         guidance: float = ranged_option(
-            2.0, "--cfg", "--guidance", rng=_RANGES["guidance"],
+            2.0,
+            "--cfg",
+            "--guidance",
+            rng=_RANGES["guidance"],
             help="Classifier-free guidance scale.",
         ),
         eval_n: int = ranged_option(

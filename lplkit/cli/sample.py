@@ -26,7 +26,10 @@ def register(app: typer.Typer) -> None:
         n: int = ranged_option(16, "--n", rng=_RANGES["n"], help="Number of images."),
         steps: int = ranged_option(50, "--steps", rng=_RANGES["steps"], help="Sampler steps."),
         cfg: float = ranged_option(
-            1.0, "--cfg", "--guidance", rng=_RANGES["guidance"],
+            1.0,
+            "--cfg",
+            "--guidance",
+            rng=_RANGES["guidance"],
             help="Classifier-free guidance weight.",
         ),
         sampler: str | None = typer.Option(

@@ -124,6 +124,36 @@ def test_absurd_numbers_are_one_line_exit_2_naming_the_flag(command, flag, kind,
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
+def _numeric_fields(cls: type, prefix: str = "") -> list[tuple[type, str]]:
+    """(dataclass, dotted key) of every int/float field (also `X | None`, tuples of them) below
+    `cls`, descending into sub-configs."""
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        sub = [a for a in args if dataclasses.is_dataclass(a)]
+        if sub:
+            out += [(cls, prefix + f.name + "." + k) for _, k in _numeric_fields(sub[0])]
+            continue
+        leaves = [typing.get_args(a)[0] if typing.get_origin(a) is tuple else a for a in args]
+        if any(leaf in (int, float) for leaf in leaves):
+            out.append((cls, prefix + f.name))
+    return out
+
+
+def test_every_numeric_config_field_declares_a_range():
+    from lplkit.config import field_range
+    from lplkit.lpl.config import LPLConfig
+    from lplkit.train.config import TrainConfig
+
+    fields = _numeric_fields(TrainConfig) + _numeric_fields(LPLConfig)
+    assert len(fields) > 30
+    missing = [key for cls, key in fields if field_range(cls, key) is None]
+    assert not missing, missing
+
+
 def test_named_reproductions_of_the_probe(store, tmp_path, capsys):
     run = tmp_path / "run"
     _refused(["sample", "--run", str(run), "--n", "0"], capsys, "--n", "[1,")
@@ -160,11 +190,11 @@ def test_sample_cfg_nan_is_refused(value, tmp_path, capsys):
 
 
 def test_sample_run_refuses_nan_cfg_in_the_library_too(tmp_path):
+    from lplkit.diffusion.generate import sample_run
     from lplkit.errors import ConfigError
-    from lplkit.generate import sample_run
 
-    with pytest.raises(ConfigError, match="cfg_scale"):
-        sample_run(tmp_path / "never-read", cfg_scale=float("nan"))
+    with pytest.raises(ConfigError, match="guidance"):
+        sample_run(tmp_path / "never-read", guidance=float("nan"))
 
 
 # -------------------------------------------------------------------- bug 6: --seed out of range
