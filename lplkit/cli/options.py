@@ -119,7 +119,7 @@ def range_callback(rng: Range | None) -> Callable[..., Any] | None:
         return None
 
     def check(param: typer.CallbackParam, value: Any) -> Any:
-        flag = max((o for o in param.opts if o.startswith("--")), key=len, default=param.name)
+        flag = next((o for o in param.opts if o.startswith("--")), param.name)  # as declared
         check_value(value, rng, str(flag))
         return value
 

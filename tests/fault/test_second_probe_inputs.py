@@ -90,7 +90,7 @@ def _numeric_flags() -> list[tuple[str, str, str]]:
         for p in cmd.params:
             kind = _value_type(p)
             if kind in (int, float) and p.opts and p.opts[0].startswith("--"):
-                out.append((name, max(p.opts, key=len), kind.__name__))
+                out.append((name, p.opts[0], kind.__name__))
     return out
 
 
