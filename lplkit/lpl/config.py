@@ -145,6 +145,15 @@ def validate(cfg: LPLConfig) -> LPLConfig:
     return cfg
 
 
+def _exact_int(x: object) -> int:
+    """An int, or a string of one; never a float (2.5 must not become layer 2) or a bool."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x
+    if isinstance(x, str):
+        return int(x)
+    raise ValueError(f"{x!r} is not an integer")
+
+
 def parse_outliers(value: object, key: str = "outliers") -> Outliers:
     """An `outliers` value from TOML, JSON or a CLI string.
 
@@ -164,10 +173,10 @@ def parse_outliers(value: object, key: str = "outliers") -> Outliers:
             if all(":" in x for x in items):
                 return {int(k): int(v) for k, v in (x.split(":", 1) for x in items)}
             return tuple(int(x) for x in items)
-        if isinstance(value, Mapping):
-            return {int(k): int(v) for k, v in value.items()}
+        if isinstance(value, Mapping):  # JSON keys are strings; TOML values must be integers
+            return {_exact_int(k): _exact_int(v) for k, v in value.items()}
         if isinstance(value, Sequence):
-            return tuple(int(x) for x in value)
+            return tuple(_exact_int(x) for x in value)
     except (TypeError, ValueError):
         pass
     raise ConfigError(
