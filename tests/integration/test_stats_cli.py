@@ -79,6 +79,14 @@ def test_stats_refusal_is_one_line(cli_store, other_vae_dir, capsys) -> None:
 def test_stats_on_missing_store_is_one_line(tmp_path, capsys) -> None:
     code = _run(["stats", str(tmp_path / "nope.zarr"), "--device", "cpu"])
     err = capsys.readouterr().err
+    assert code == 4 and "no latent store at" in err and "does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_stats_on_a_folder_that_is_not_a_store_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "plain").mkdir()
+    code = _run(["stats", str(tmp_path / "plain"), "--device", "cpu"])
+    err = capsys.readouterr().err
     assert code == 4 and "not an lplkit latent store" in err
 
 
