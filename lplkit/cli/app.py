@@ -8,6 +8,7 @@ so `lplkit --help` never imports torch.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import warnings
 from typing import Any
@@ -47,11 +48,20 @@ def _escape_markup(text: str | None) -> str | None:
     return None if text is None else escape(text)
 
 
+def _reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as single lines: rich keeps the source's line breaks, which broke
+    sentences mid-line at any terminal width other than the source's."""
+    if text is None:
+        return None
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 class _Command(TyperCommand):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Every help string of every command, declared anywhere, is escaped once here.
-        self.help = _escape_markup(self.help)
+        self.help = _escape_markup(_reflow(self.help))
         for param in self.params:
             if getattr(param, "help", None):
                 param.help = _escape_markup(param.help)  # type: ignore[attr-defined]

@@ -139,6 +139,27 @@ def config_option(cls: type, key: str, *decls: str, **kwargs: Any) -> Any:
     return ranged_option(field_default(cls, key), *decls, rng=rng, **kwargs)
 
 
+#: --help panel titles of config sections (a section not listed shows its own name)
+PANEL_TITLES = {
+    "": "Run",
+    "objective": "Model and objective",
+    "model": "Model and objective",
+    "optim": "Optimizer",
+    "lpl": "Latent Perceptual Loss",
+    "ckpt": "Checkpoints and logs",
+    "log": "Checkpoints and logs",
+}
+
+
+def help_panel(cls: type, key: str) -> str:
+    """The --help panel of dotted field `key`: its top-level section of `cls` (a field that is
+    not in a section, e.g. `steps`, is in "Run"). Panels keep each options table narrow: one long
+    on/off flag no longer widens the name column of every option at 80 columns."""
+    head = key.split(".")[0]
+    section = head if "." in key and dataclasses.is_dataclass(field_type(cls, head)) else ""
+    return PANEL_TITLES.get(section, section.replace("_", " ").capitalize())
+
+
 def with_config_flags(
     cls: type, flags: Iterable[ConfigFlag], extra: Iterable[inspect.Parameter] = ()
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -160,7 +181,11 @@ def with_config_flags(
                 f.param,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=typer.Option(
-                    None, f.decl, help=help_text, callback=range_callback(field_range(cls, f.key))
+                    None,
+                    f.decl,
+                    help=help_text,
+                    callback=range_callback(field_range(cls, f.key)),
+                    rich_help_panel=help_panel(cls, f.key),
                 ),
                 annotation=tp | None,
             )
