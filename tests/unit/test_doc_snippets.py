@@ -192,7 +192,7 @@ def _xarray(tmp: Path) -> Setup:
     )
     import zarr
 
-    run = zarr.open_group(str(store), mode="r").attrs["lplkit_stats"]["current"]
+    run = zarr.open_group(str(store / "stats"), mode="r").attrs["lplkit_stats"]["current"]
     return Setup(scope={"run": run}, replace={'"in256.zarr"': repr(str(store))},
                  check=lambda s: s["mean"].shape[0] == 12)  # fmt: skip
 
@@ -204,7 +204,8 @@ def _writer_protocol(tmp: Path) -> Setup:
 
     from lplkit.store import StoreWriter, new_manifest
 
-    manifest = new_manifest(autoencoder=None, resolution=32, latent_shape=(4, 8, 8),
+    ae = {"id": "doc", "class": "AutoencoderKL", "config_hash": "0"}
+    manifest = new_manifest(autoencoder=ae, resolution=32, latent_shape=(4, 8, 8),
                             source={"id": "doc", "split": "train", "revision": None, "count": 8},
                             dtype="float32", shard_size=8, chunk_size=8, codec="none")  # fmt: skip
     moments = np.random.default_rng(0).standard_normal((8, 2, 4, 8, 8)).astype(np.float32)

@@ -23,16 +23,13 @@ def _grads_at_optimizer_step(tmp_path, clip: float) -> dict[str, torch.Tensor]:
     """The gradients the optimizer sees at the first step (after accumulation and clipping)."""
     trainer = Trainer(_cfg(clip), tiny_components(objective="flow"), tmp_path / f"clip{clip}")
     seen: dict[str, torch.Tensor] = {}
-    real_step = trainer.opt.step
 
-    def spy(*args, **kwargs):
-        if not seen:
-            for name, p in trainer.model.named_parameters():
-                if p.grad is not None:
-                    seen[name] = p.grad.detach().clone()
-        return real_step(*args, **kwargs)
+    def before_step(optimizer, args, kwargs):
+        for name, p in trainer.model.named_parameters():
+            if p.grad is not None:
+                seen[name] = p.grad.detach().clone()
 
-    trainer.opt.step = spy  # type: ignore[method-assign]
+    trainer.opt.register_step_pre_hook(before_step)
     trainer.train_step()
     return seen
 
