@@ -42,15 +42,17 @@ def _keep_ddp_wrappers_alive() -> None:
     DistributedDataParallel.__init__ = kept_init  # type: ignore[method-assign]
 
 
-def _rank_main(fn: Callable[[int], Any], rank: int, world: int, port: int, results) -> None:
+def _rank_main(fn: Callable[[int], Any], rank: int, world: int, port: int, threads: int | None,
+               results) -> None:  # fmt: skip
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")  # fmt: skip
+                      MASTER_PORT=str(port))  # fmt: skip
     code = 0
     try:
         import torch
 
-        torch.set_num_threads(1)  # 2 ranks on 2 cores
+        if threads is not None:
+            torch.set_num_threads(threads)
         _keep_ddp_wrappers_alive()
         results.put((rank, True, fn(rank)))
     except BaseException:  # SystemExit included: the CLI exits
@@ -62,14 +64,21 @@ def _rank_main(fn: Callable[[int], Any], rank: int, world: int, port: int, resul
         os._exit(code)  # never run the parent's (pytest's) exit handlers in the child
 
 
-def run_forked_ranks(fn: Callable[[int], Any], world: int = 2, timeout: float = 240) -> list[Any]:
+def run_forked_ranks(
+    fn: Callable[[int], Any], world: int = 2, *, threads: int | None = 1, timeout: float = 240
+) -> list[Any]:
     """`fn(rank)` on `world` forked gloo ranks; their return values in rank order. A rank that
-    raised (or died) fails the calling test with its traceback."""
+    raised (or died) fails the calling test with its traceback.
+
+    `threads`: torch threads per rank (1: two ranks on two cores); None keeps this process's count,
+    for results compared bit for bit with this process's (the thread count changes the float
+    reduction order of the convolutions)."""
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(fn, r, world, port, results)) for r in range(world)
+        ctx.Process(target=_rank_main, args=(fn, r, world, port, threads, results))
+        for r in range(world)
     ]
     for p in procs:
         p.start()
