@@ -42,8 +42,7 @@ def _keep_ddp_wrappers_alive() -> None:
     DistributedDataParallel.__init__ = kept_init  # type: ignore[method-assign]
 
 
-def _rank_main(fn: Callable[[int], Any], rank: int, world: int, port: int, threads: int | None,
-               results) -> None:  # fmt: skip
+def _rank_main(fn: Callable[[int], Any], rank: int, world: int, port: int, results) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip
@@ -51,8 +50,9 @@ def _rank_main(fn: Callable[[int], Any], rank: int, world: int, port: int, threa
     try:
         import torch
 
-        if threads is not None:
-            torch.set_num_threads(threads)
+        # one thread: GNU OpenMP is not fork-safe (a rank that opens a thread team after the
+        # parent used one blocks for ever in gomp_team_barrier_wait), and 2 ranks share 2 cores
+        torch.set_num_threads(1)
         _keep_ddp_wrappers_alive()
         results.put((rank, True, fn(rank)))
     except BaseException:  # SystemExit included: the CLI exits
@@ -64,21 +64,16 @@ def _rank_main(fn: Callable[[int], Any], rank: int, world: int, port: int, threa
         os._exit(code)  # never run the parent's (pytest's) exit handlers in the child
 
 
-def run_forked_ranks(
-    fn: Callable[[int], Any], world: int = 2, *, threads: int | None = 1, timeout: float = 240
-) -> list[Any]:
-    """`fn(rank)` on `world` forked gloo ranks; their return values in rank order. A rank that
-    raised (or died) fails the calling test with its traceback.
-
-    `threads`: torch threads per rank (1: two ranks on two cores); None keeps this process's count,
-    for results compared bit for bit with this process's (the thread count changes the float
-    reduction order of the convolutions)."""
+def run_forked_ranks(fn: Callable[[int], Any], world: int = 2, timeout: float = 240) -> list[Any]:
+    """`fn(rank)` on `world` forked gloo ranks, one torch thread each; their return values in rank
+    order. A rank that raised (or died) fails the calling test with its traceback. A result compared
+    bit for bit with this process's must be computed here with one thread too (the thread count
+    changes the float reduction order of the convolutions)."""
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(fn, r, world, port, threads, results))
-        for r in range(world)
+        ctx.Process(target=_rank_main, args=(fn, r, world, port, results)) for r in range(world)
     ]
     for p in procs:
         p.start()

@@ -138,7 +138,7 @@ def test_stats_on_two_forked_gloo_ranks_equals_single_process(cli_store, tmp_pat
             "--seed", "5", "--device", "cpu"]  # fmt: skip
     assert _run(args) == 0
     single = load_stats(str(cli_store))
-    assert run_forked_ranks(lambda rank: _run(args), threads=None) == [0, 0]
+    assert run_forked_ranks(lambda rank: _run(args)) == [0, 0]
     multi = load_stats(str(cli_store))
     assert single is not None and multi is not None and multi.meta["run"] != single.meta["run"]
     assert multi.meta["sampling"]["world_size"] == 2 and single.meta["sampling"]["world_size"] == 1
