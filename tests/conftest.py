@@ -78,7 +78,7 @@ def write_exact_store(path: Path, vae_dir: Path, n: int = 32) -> Path:
     """A finalized store of `n` float32 moments (4, 8, 8) with std > 0, labels p % 3, recorded as
     encoded by `vae_dir`: the loader's draws follow each sample's place in the epoch order, so a
     K-rank run sees the latents of the 1-process run with the same global batch."""
-    from lplkit.autoencoder import autoencoder_info, load_autoencoder
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.store import StoreWriter, new_manifest
     from lplkit.store.synthetic import synthetic_moments
 

@@ -75,9 +75,10 @@ def _sample_oracle(run: Path, step: int, weights: str, vae_dir: Path, n: int, se
     the objective's default sampler, the run's normalization undone, the tiny VAE's decoder."""
     from diffusers import AutoencoderKL
 
-    from lplkit.models import build_model
-    from lplkit.objectives import build_objective
-    from lplkit.samplers import sample, to_uint8
+    from lplkit.diffusion.denoisers import build_model
+    from lplkit.diffusion.image_files import to_uint8
+    from lplkit.diffusion.objectives import build_objective
+    from lplkit.diffusion.samplers import sample
 
     info = json.loads((run / "run.json").read_text())
     model = build_model("DiT-T/2", in_channels=4, sample_size=8, num_classes=3)
