@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lplkit.config import from_dict
+from lplkit.config import OPTION_RANGES, check_options, from_dict
 from lplkit.diffusion.generate import sample_run
 from lplkit.diffusion.image_files import make_grid
 from lplkit.encode import EncodeConfig, encode_dataset
@@ -77,11 +77,7 @@ class DemoConfig:
 
     def validate(self) -> None:
         """Reject settings the stages would only fail on later."""
-        for name in ("res", "steps", "batch_size", "n_samples", "sample_steps", "eval_n"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"demo: {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.lpl_fraction <= 1.0:
-            raise ConfigError(f"demo: lpl_fraction must be in [0, 1], got {self.lpl_fraction}")
+        check_options("demo", **{name: getattr(self, name) for name in OPTION_RANGES["demo"]})
         if self.objective not in ("flow", "eps", "v"):
             raise ConfigError(f"demo: objective must be flow, eps or v, got {self.objective!r}")
         if self.base and self.res != 64:

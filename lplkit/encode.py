@@ -44,6 +44,7 @@ from lplkit.autoencoders.loading import (
     load_autoencoder,
     missing_vae_message,
 )
+from lplkit.config import check_options
 from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
@@ -105,15 +106,8 @@ class EncodeConfig:
     min_side: int = MIN_IMAGE_SIDE
 
     def validate(self) -> None:
-        for name in ("res", "batch_size", "shard_size", "min_side"):
-            if getattr(self, name) < 1:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        names = ("res", "batch_size", "workers", "shard_size", "limit", "min_side")
+        check_options("encode", **{name: getattr(self, name) for name in names})
         if self.dtype not in fmt.DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
         if self.autocast not in _AUTOCAST:

@@ -74,6 +74,29 @@ def write_stats_store(url: Path, vae_dir: Path) -> dict[str, np.ndarray]:
     return {name: written[name] for name in data}
 
 
+def write_exact_store(path: Path, vae_dir: Path, n: int = 32) -> Path:
+    """A finalized store of `n` float32 moments (4, 8, 8) with std > 0, labels p % 3, recorded as
+    encoded by `vae_dir`: the loader's draws follow each sample's place in the epoch order, so a
+    K-rank run sees the latents of the 1-process run with the same global batch."""
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
+    from lplkit.store import StoreWriter, new_manifest
+    from lplkit.store.synthetic import synthetic_moments
+
+    moments = synthetic_moments(n, (4, 8, 8), seed=5)
+    info = autoencoder_info(load_autoencoder(str(vae_dir)), str(vae_dir))
+    manifest = new_manifest(autoencoder=info, resolution=32, latent_shape=(4, 8, 8),
+                            source={"id": "exact", "split": "train", "revision": None, "count": n},
+                            dtype="float32", shard_size=16, chunk_size=8, codec="none")  # fmt: skip
+    labels = (np.arange(n) % 3).astype(np.int32)
+    with StoreWriter.create_or_resume(str(path), manifest) as w:
+        for s in w.pending_shards():
+            lo, hi = w.shard_range(s)
+            rows = [{"key": f"k{p}", "status": "ok", "reason": None} for p in range(lo, hi)]
+            w.write_shard(s, moments[lo:hi], None, labels[lo:hi], rows)
+        w.finalize()
+    return path
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a `python -m lplkit` subprocess whose results are compared bit for bit with
     this process's: the same torch thread count (another count changes the float reduction order of

@@ -8,6 +8,7 @@ so `lplkit --help` never imports torch.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import warnings
 from typing import Any
@@ -40,6 +41,22 @@ def _hide_flag_types(params: list[Any]) -> None:
             param.metavar = ""
 
 
+def _escape_markup(text: str | None) -> str | None:
+    """Help text shown literally: rich markup would eat `[wandb]` in `pip install 'lplkit[wandb]'`."""
+    from rich.markup import escape
+
+    return None if text is None else escape(text)
+
+
+def _reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as single lines: rich keeps the source's line breaks, which broke
+    sentences mid-line at any terminal width other than the source's."""
+    if text is None:
+        return None
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 class _CommandInterrupted(Exception):
     """Carries a command's KeyboardInterrupt past typer, which would turn it into a bare exit
     status 130 and drop the command's one-line summary of what was left."""
@@ -50,6 +67,14 @@ class _CommandInterrupted(Exception):
 
 
 class _Command(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every help string of every command, declared anywhere, is escaped once here.
+        self.help = _escape_markup(_reflow(self.help))
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = _escape_markup(param.help)  # type: ignore[attr-defined]
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _hide_flag_types(self.get_params(ctx))
         super().format_help(ctx, formatter)

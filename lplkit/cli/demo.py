@@ -7,7 +7,9 @@ from typing import Any
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.options import ranged_option
 from lplkit.cli.progress import LiveProgress
+from lplkit.config import OPTION_RANGES
 
 _STAGE_TEXT = {
     "encode": "encoding OpenMoji (train + held-out test split) with the bundled tiny-openmoji AE",
@@ -18,6 +20,8 @@ _STAGE_TEXT = {
     "compare": "side-by-side picture: real | baseline | LPL",
 }
 
+_RANGES = OPTION_RANGES["demo"]
+
 
 def register(app: typer.Typer) -> None:
     """Add the `demo` command to the app."""
@@ -25,9 +29,12 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_command(
         out: str = typer.Option("demo-out", "--out", help="Output directory (re-run = resume)."),
-        res: int = typer.Option(64, "--res", help="Image resolution."),
-        limit: int | None = typer.Option(
-            None, "--limit", help="Encode only the first N glyphs of each split (a quick check)."
+        res: int = ranged_option(64, "--res", rng=_RANGES["res"], help="Image resolution."),
+        limit: int | None = ranged_option(
+            None,
+            "--limit",
+            rng=_RANGES["limit"],
+            help="Encode only the first N glyphs of each split (a quick check).",
         ),
         base: str = typer.Option(
             "openmoji-base",
@@ -41,22 +48,47 @@ def register(app: typer.Typer) -> None:
             help="Denoiser (see lplkit.diffusion.denoisers); must match --base.",
         ),
         objective: str = typer.Option("flow", "--objective", help="flow, eps or v."),
-        steps: int = typer.Option(60, "--steps", help="Post-training steps of each arm."),
-        lpl_fraction: float = typer.Option(
-            1.0, "--lpl-fraction", help="LPL arm: last fraction of its steps trained with the LPL."
+        steps: int = ranged_option(
+            60, "--steps", rng=_RANGES["steps"], help="Post-training steps of each arm."
         ),
-        lpl_weight: float = typer.Option(1.0, "--lpl-weight", help="w in L + w LPL."),
-        batch_size: int = typer.Option(32, "--batch-size", help="Training batch."),
-        lr: float = typer.Option(1e-4, "--lr", help="Post-training learning rate."),
-        n_samples: int = typer.Option(64, "--n", help="Images to sample per arm (grid + eval)."),
-        sample_steps: int = typer.Option(32, "--sample-steps", help="Sampler steps."),
-        guidance: float = typer.Option(
-            2.0, "--cfg", "--guidance", help="Classifier-free guidance scale."
+        lpl_fraction: float = ranged_option(
+            1.0,
+            "--lpl-fraction",
+            rng=_RANGES["lpl_fraction"],
+            help="LPL arm: last fraction of its steps trained with the LPL.",
         ),
-        eval_n: int = typer.Option(256, "--eval-n", help="Reference images for eval."),
-        swd_dirs: int = typer.Option(128, "--swd-dirs", help="SWD directions per repeat."),
-        stats_samples: int = typer.Option(256, "--stats-samples", help="Items for `stats`."),
-        seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
+        lpl_weight: float = ranged_option(
+            1.0, "--lpl-weight", rng=_RANGES["lpl_weight"], help="w in L + w LPL."
+        ),
+        batch_size: int = ranged_option(
+            32, "--batch-size", rng=_RANGES["batch_size"], help="Training batch."
+        ),
+        lr: float = ranged_option(
+            1e-4, "--lr", rng=_RANGES["lr"], help="Post-training learning rate."
+        ),
+        n_samples: int = ranged_option(
+            64, "--n", rng=_RANGES["n_samples"], help="Images to sample per arm (grid + eval)."
+        ),
+        sample_steps: int = ranged_option(
+            32, "--sample-steps", rng=_RANGES["sample_steps"], help="Sampler steps."
+        ),
+        guidance: float = ranged_option(
+            2.0,
+            "--cfg",
+            "--guidance",
+            rng=_RANGES["guidance"],
+            help="Classifier-free guidance scale.",
+        ),
+        eval_n: int = ranged_option(
+            256, "--eval-n", rng=_RANGES["eval_n"], help="Reference images for eval."
+        ),
+        swd_dirs: int = ranged_option(
+            128, "--swd-dirs", rng=_RANGES["swd_dirs"], help="SWD directions per repeat."
+        ),
+        stats_samples: int = ranged_option(
+            256, "--stats-samples", rng=_RANGES["stats_samples"], help="Items for `stats`."
+        ),
+        seed: int = ranged_option(0, "--seed", rng=_RANGES["seed"], help="Seed of every stage."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda ..."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ) -> None:

@@ -6,7 +6,11 @@ import typer
 
 from lplkit.autoencoders.choice import autoencoder_choices
 from lplkit.cli import output
+from lplkit.cli.options import ranged_option
 from lplkit.cli.progress import LiveProgress
+from lplkit.config import OPTION_RANGES
+
+_RANGES = OPTION_RANGES["encode"]
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +27,9 @@ def register(app: typer.Typer) -> None:
             "(shards/{00000..00099}.tar), or hub id org/name. Prefixes folder:, parquet:, disk:, "
             "wds:, hub:, preset: force a kind. See docs/data-sources.md.",
         ),
-        res: int = typer.Option(..., "--res", help="Image resolution (ADM center crop)."),
+        res: int = ranged_option(
+            ..., "--res", rng=_RANGES["res"], help="Image resolution (ADM center crop)."
+        ),
         out: str = typer.Option(..., "--out", help="Store path or URL (s3://... via fsspec)."),
         vae: str | None = typer.Option(
             None,
@@ -45,20 +51,27 @@ def register(app: typer.Typer) -> None:
             help="Dataset split (default train); a split that does not exist lists those that do.",
         ),
         flip: bool = typer.Option(False, "--flip", help="Also store the flipped image's moments."),
-        batch_size: int = typer.Option(32, "--batch-size", help="Images per autoencoder call."),
-        workers: int | None = typer.Option(
+        batch_size: int = ranged_option(
+            32, "--batch-size", rng=_RANGES["batch_size"], help="Images per autoencoder call."
+        ),
+        workers: int | None = ranged_option(
             None,
             "--workers",
+            rng=_RANGES["workers"],
             help="DataLoader workers (decode + crop); default: cores - 1, at most 8.",
         ),
-        shard_size: int = typer.Option(1024, "--shard-size", help="Samples per store shard."),
+        shard_size: int = ranged_option(
+            1024, "--shard-size", rng=_RANGES["shard_size"], help="Samples per store shard."
+        ),
         dtype: str = typer.Option(
             "float16", "--dtype", help="Stored moments dtype: float16, bfloat16 or float32."
         ),
         autocast: str = typer.Option(
             "none", "--autocast", help="Autoencoder compute: none (fp32), bfloat16 or float16."
         ),
-        limit: int | None = typer.Option(None, "--limit", help="Encode only the first N images."),
+        limit: int | None = ranged_option(
+            None, "--limit", rng=_RANGES["limit"], help="Encode only the first N images."
+        ),
         strict: bool = typer.Option(
             False, "--strict", help="Stop at the first bad image instead of skipping it."
         ),
@@ -73,9 +86,10 @@ def register(app: typer.Typer) -> None:
         ),
         revision: str | None = typer.Option(None, "--revision", help="Hub dataset revision."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-        log_every: float = typer.Option(
+        log_every: float = ranged_option(
             30.0,
             "--log-every",
+            rng=_RANGES["log_every"],
             help="When stderr is not a terminal (a SLURM log, a pipe): one progress line (count, "
             "rate, ETA) every this many seconds instead of a progress bar.",
         ),
@@ -121,8 +135,6 @@ def register(app: typer.Typer) -> None:
             device=device,
         )
         is_main = env_rank() == 0
-        if log_every < 0:
-            raise ConfigError(f"--log-every must be >= 0 seconds, got {log_every}")
         with LiveProgress(
             "encode",
             enabled=is_main,

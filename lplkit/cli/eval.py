@@ -7,7 +7,11 @@ from pathlib import Path
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.options import ranged_option
 from lplkit.cli.progress import LiveProgress
+from lplkit.config import OPTION_RANGES
+
+_RANGES = OPTION_RANGES["eval"]
 
 
 def register(app: typer.Typer) -> None:
@@ -32,19 +36,30 @@ def register(app: typer.Typer) -> None:
         metrics: str = typer.Option(
             "swd,spectrum", "--metrics", help="Comma list of swd, spectrum, fid."
         ),
-        n: int | None = typer.Option(
-            None, "--n", help="Max images per set (seeded random subset)."
+        n: int | None = ranged_option(
+            None, "--n", rng=_RANGES["n"], help="Max images per set (seeded random subset)."
         ),
-        seed: int = typer.Option(0, "--seed", help="Seed for subsets, SWD patches and directions."),
+        seed: int = ranged_option(
+            0, "--seed", rng=_RANGES["seed"], help="Seed for subsets, SWD patches and directions."
+        ),
         inception: Path | None = typer.Option(
             None, "--inception", help="inception-2015-12-05.pt TorchScript file (for fid)."
         ),
-        batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
+        batch_size: int = ranged_option(
+            64, "--batch-size", rng=_RANGES["batch_size"], help="Images per batch."
+        ),
         device: str = typer.Option(
             "cpu", "--device", help="torch device (decoding, features, SWD)."
         ),
-        swd_dirs: int = typer.Option(512, "--swd-dirs", help="SWD random directions per repeat."),
-        swd_repeats: int = typer.Option(4, "--swd-repeats", help="SWD direction repeats."),
+        swd_dirs: int = ranged_option(
+            512,
+            "--swd-dirs",
+            rng=_RANGES["dirs_per_repeat"],
+            help="SWD random directions per repeat.",
+        ),
+        swd_repeats: int = ranged_option(
+            4, "--swd-repeats", rng=_RANGES["dir_repeats"], help="SWD direction repeats."
+        ),
         spectrum_mode: str = typer.Option("gray", "--spectrum-mode", help="gray or rgb."),
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.options import ranged_option
+from lplkit.config import OPTION_RANGES
 
 
 def register(app: typer.Typer) -> None:
@@ -15,8 +17,11 @@ def register(app: typer.Typer) -> None:
         run: str = typer.Option(..., "--run", help="Run directory written by `lplkit train`."),
         out: str = typer.Option(..., "--out", help="Pipeline directory to write."),
         ema: bool = typer.Option(True, "--ema/--no-ema", help="EMA weights (default) or raw."),
-        steps: int = typer.Option(
-            50, "--steps", help="Flow runs: the Euler step count the exported grid reproduces."
+        steps: int = ranged_option(
+            50,
+            "--steps",
+            rng=OPTION_RANGES["export"]["steps"],
+            help="Flow runs: the Euler step count the exported grid reproduces.",
         ),
         vae: str | None = typer.Option(None, "--vae", help="Override the autoencoder."),
         json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),

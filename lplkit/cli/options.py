@@ -21,7 +21,17 @@ from typing import Any
 
 import typer
 
-__all__ = ["ConfigFlag", "field_default", "field_type", "flags_table", "with_config_flags"]
+from lplkit.config import Range, check_value, field_range
+
+__all__ = [
+    "ConfigFlag",
+    "config_option",
+    "field_default",
+    "field_type",
+    "flags_table",
+    "ranged_option",
+    "with_config_flags",
+]
 
 
 @dataclass(frozen=True)
@@ -72,10 +82,20 @@ def _cli_type(tp: Any) -> type:
 
 
 def field_default(cls: type, key: str) -> Any:
-    """The default value of dotted field `key` of dataclass `cls` (from a default instance)."""
-    node: Any = cls()
-    for part in key.split("."):
-        node = getattr(node, part)
+    """The default value of dotted field `key` of dataclass `cls` (also of a dataclass with
+    required fields: read from the field declarations, not from an instance)."""
+    node: Any = None
+    for i, part in enumerate(key.split(".")):
+        if i:
+            node = getattr(node, part)
+            continue
+        f = {f.name: f for f in dataclasses.fields(cls)}[part]
+        if f.default is not dataclasses.MISSING:
+            node = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            node = f.default_factory()
+        else:
+            raise KeyError(f"{cls.__name__}.{part} has no default")
     return node
 
 
@@ -92,6 +112,54 @@ def _default_text(flag: ConfigFlag, value: Any) -> str | None:
     return str(value)
 
 
+def range_callback(rng: Range | None) -> Callable[..., Any] | None:
+    """A typer option callback raising `ConfigError` (one line, exit 2) naming the flag when the
+    parsed value is outside `rng`; None when there is no range to check."""
+    if rng is None:
+        return None
+
+    def check(param: typer.CallbackParam, value: Any) -> Any:
+        flag = next((o for o in param.opts if o.startswith("--")), param.name)  # as declared
+        check_value(value, rng, str(flag))
+        return value
+
+    return check
+
+
+def ranged_option(default: Any, *decls: str, rng: Range, **kwargs: Any) -> Any:
+    """`typer.Option(default, *decls, **kwargs)` whose value must lie in `rng`."""
+    return typer.Option(default, *decls, callback=range_callback(rng), **kwargs)
+
+
+def config_option(cls: type, key: str, *decls: str, **kwargs: Any) -> Any:
+    """`typer.Option` of config field `key` of dataclass `cls`: its default and its range."""
+    rng = field_range(cls, key)
+    if rng is None:
+        raise KeyError(f"{cls.__name__}.{key} declares no range")
+    return ranged_option(field_default(cls, key), *decls, rng=rng, **kwargs)
+
+
+#: --help panel titles of config sections (a section not listed shows its own name)
+PANEL_TITLES = {
+    "": "Run",
+    "objective": "Model and objective",
+    "model": "Model and objective",
+    "optim": "Optimizer",
+    "lpl": "Latent Perceptual Loss",
+    "ckpt": "Checkpoints and logs",
+    "log": "Checkpoints and logs",
+}
+
+
+def help_panel(cls: type, key: str) -> str:
+    """The --help panel of dotted field `key`: its top-level section of `cls` (a field that is
+    not in a section, e.g. `steps`, is in "Run"). Panels keep each options table narrow: one long
+    on/off flag no longer widens the name column of every option at 80 columns."""
+    head = key.split(".")[0]
+    section = head if "." in key and dataclasses.is_dataclass(field_type(cls, head)) else ""
+    return PANEL_TITLES.get(section, section.replace("_", " ").capitalize())
+
+
 def with_config_flags(
     cls: type, flags: Iterable[ConfigFlag], extra: Iterable[inspect.Parameter] = ()
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -106,13 +174,19 @@ def with_config_flags(
     for f in flags:
         tp = _cli_type(field_type(cls, f.key))
         shown = _default_text(f, field_default(cls, f.key))
-        # `\[` keeps rich markup from eating the bracket; the text matches typer's own defaults.
-        help_text = f.help if shown is None else f"{f.help} \\[default: {shown}]"
+        # the text matches typer's own defaults (the app escapes every help text's brackets)
+        help_text = f.help if shown is None else f"{f.help} [default: {shown}]"
         params.append(
             inspect.Parameter(
                 f.param,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(None, f.decl, help=help_text),
+                default=typer.Option(
+                    None,
+                    f.decl,
+                    help=help_text,
+                    callback=range_callback(field_range(cls, f.key)),
+                    rich_help_panel=help_panel(cls, f.key),
+                ),
                 annotation=tp | None,
             )
         )

@@ -5,7 +5,11 @@ from __future__ import annotations
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.options import ranged_option
 from lplkit.cli.progress import LiveProgress
+from lplkit.config import OPTION_RANGES, check_value
+
+_RANGES = OPTION_RANGES["sample"]
 
 
 def register(app: typer.Typer) -> None:
@@ -19,20 +23,28 @@ def register(app: typer.Typer) -> None:
             help="Run directory written by `lplkit train`, or a base (bundled name such as openmoji-base, or an exported base directory).",
         ),
         ema: bool = typer.Option(True, "--ema/--no-ema", help="EMA weights (default) or raw."),
-        n: int = typer.Option(16, "--n", help="Number of images."),
-        steps: int = typer.Option(50, "--steps", help="Sampler steps."),
-        cfg: float = typer.Option(
-            1.0, "--cfg", "--guidance", help="Classifier-free guidance weight."
+        n: int = ranged_option(16, "--n", rng=_RANGES["n"], help="Number of images."),
+        steps: int = ranged_option(50, "--steps", rng=_RANGES["steps"], help="Sampler steps."),
+        cfg: float = ranged_option(
+            1.0,
+            "--cfg",
+            "--guidance",
+            rng=_RANGES["guidance"],
+            help="Classifier-free guidance weight.",
         ),
         sampler: str | None = typer.Option(
             None, "--sampler", help="ddim (eps/v) or euler/heun (flow); default by objective."
         ),
-        seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
+        seed: int = ranged_option(
+            0, "--seed", rng=_RANGES["seed"], help="Seed of the initial noise."
+        ),
         labels: str | None = typer.Option(
             None, "--labels", help="Comma-separated class ids (cycled to N); default 0,1,2,..."
         ),
         out: str | None = typer.Option(None, "--out", help="Output dir (default RUN/samples/)."),
-        batch_size: int = typer.Option(32, "--batch-size", help="Images per model batch."),
+        batch_size: int = ranged_option(
+            32, "--batch-size", rng=_RANGES["batch_size"], help="Images per model batch."
+        ),
         vae: str | None = typer.Option(None, "--vae", help="Override the autoencoder."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda ..."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -47,6 +59,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 f"--labels expects comma-separated integers, got {labels!r}"
             ) from None
+        check_value(label_list, _RANGES["labels"], "--labels")
         with LiveProgress("sampling", enabled=not json_out, transient=True) as bar:
             summary = sample_run(
                 run, out=out, ema=ema, n=n, steps=steps, guidance=cfg, sampler=sampler, seed=seed,

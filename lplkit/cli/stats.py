@@ -5,7 +5,11 @@ from __future__ import annotations
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.options import ranged_option
 from lplkit.cli.progress import LiveProgress
+from lplkit.config import OPTION_RANGES
+
+_RANGES = OPTION_RANGES["stats"]
 
 
 def register(app: typer.Typer) -> None:
@@ -22,21 +26,31 @@ def register(app: typer.Typer) -> None:
         subfolder: str | None = typer.Option(
             None, "--vae-subfolder", "--subfolder", help="Subfolder of --vae (as in encode/train)."
         ),
-        samples: int = typer.Option(
-            1024, "--samples", help="Items (position, flip) to use; 0 = all of them."
+        samples: int = ranged_option(
+            1024,
+            "--samples",
+            rng=_RANGES["samples"],
+            help="Items (position, flip) to use; 0 = all of them.",
         ),
-        depth: int | None = typer.Option(
+        depth: int | None = ranged_option(
             None,
             "--lpl-depth",
             "--depth",
+            rng=_RANGES["depth"],
             help="Decoder up blocks tapped after the mid block, as train --lpl-depth (default: all).",
         ),
-        batch_size: int = typer.Option(16, "--batch-size", help="Items per decoder call."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the item subset and latent noise."),
+        batch_size: int = ranged_option(
+            16, "--batch-size", rng=_RANGES["batch_size"], help="Items per decoder call."
+        ),
+        seed: int = ranged_option(
+            0, "--seed", rng=_RANGES["seed"], help="Seed of the item subset and latent noise."
+        ),
         device: str = typer.Option(
             "auto", "--device", help="torch device; auto = CUDA if present."
         ),
-        bins: int = typer.Option(2048, "--bins", help="Histogram bins per channel (quantiles)."),
+        bins: int = ranged_option(
+            2048, "--bins", rng=_RANGES["bins"], help="Histogram bins per channel (quantiles)."
+        ),
         post_quant_conv: bool = typer.Option(
             True,
             "--post-quant-conv/--no-post-quant-conv",

@@ -23,6 +23,11 @@ def register(app: typer.Typer) -> None:
         if json_out:
             output.emit_json(result)
             return
+        if not result["changed"]:
+            output.console.print(
+                f"{result['url']}: already at layout {result['layout_version']}; nothing to do"
+            )
+            return
         output.console.print(
             f"{result['url']}: layout {result['layout_version_before']} -> "
             f"{result['layout_version']}, dimension names added to {len(result['named_arrays'])} "

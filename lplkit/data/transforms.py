@@ -7,6 +7,11 @@ ImageNet latent-diffusion baseline (DiT, SiT, REPA, LightningDiT, EDM2) uses:
 2. scale s = res / min(w, h); BICUBIC resize to (round(w * s), round(h * s));
 3. crop the res x res window at top-left ((W - res) // 2, (H - res) // 2) of the resized image.
 
+The work of step 2 grows with the *resized* image, res^2 * (long side / short side), not with the
+source: a 500000 x 8 strip (4 Mpx, 12 KB as PNG) would be resized to 16000000 x 256 at res 256.
+`prepare_image` therefore refuses (skips, with a reason) an image whose resized size exceeds
+`PIL.Image.MAX_IMAGE_PIXELS`, the same bound PIL puts on the decoded source, before decoding it.
+
 Pixels are then mapped to x = p / 127.5 - 1 in [-1, 1] (CHW float32); the encoder pipeline moves
 them as uint8 and converts on the autoencoder's device (`to_unit_range`), bit-identical to the CPU. A horizontal flip is applied
 to the *cropped* image, like ADM's training-time `random_flip`.
@@ -28,6 +33,8 @@ __all__ = [
     "CropBox",
     "PreparedImage",
     "adm_center_crop",
+    "adm_resized_size",
+    "check_resize_work",
     "hflip",
     "load_checked",
     "prepare_image",
@@ -110,6 +117,29 @@ def load_checked(img: Image.Image, *, min_side: int = MIN_IMAGE_SIDE) -> Image.I
         raise BadImageError(f"truncated or corrupt: {exc}") from None
 
 
+def adm_resized_size(size: tuple[int, int], res: int) -> tuple[int, int]:
+    """(width, height) that `adm_center_crop` resizes an image of `size` to (steps 1 and 2 of the
+    module docstring), computed without touching pixels."""
+    w, h = size
+    while min(w, h) >= 2 * res:
+        w, h = w // 2, h // 2
+    scale = res / min(w, h)
+    return round(w * scale), round(h * scale)
+
+
+def check_resize_work(size: tuple[int, int], res: int) -> None:
+    """`BadImageError` when resizing an image of `size` for `res` would produce more pixels than
+    `PIL.Image.MAX_IMAGE_PIXELS` (None: no bound), e.g. an extremely wide strip whose short side is
+    scaled up to `res`."""
+    limit = Image.MAX_IMAGE_PIXELS
+    rw, rh = adm_resized_size(size, res)
+    if limit is not None and rw * rh > limit:
+        raise BadImageError(
+            f"resize too large: {size[0]}x{size[1]} px would be resized to {rw}x{rh} = {rw * rh} px "
+            f"for --res {res} (> PIL.Image.MAX_IMAGE_PIXELS = {limit}); extreme aspect ratio"
+        )
+
+
 def adm_center_crop(img: Image.Image, res: int) -> tuple[Image.Image, CropBox]:
     """guided-diffusion's `center_crop_arr`, returning the crop and its box in the resized image.
 
@@ -119,8 +149,7 @@ def adm_center_crop(img: Image.Image, res: int) -> tuple[Image.Image, CropBox]:
         raise ValueError(f"resolution must be positive, got {res}")
     while min(*img.size) >= 2 * res:
         img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.Resampling.BOX)
-    scale = res / min(*img.size)
-    size = (round(img.size[0] * scale), round(img.size[1] * scale))
+    size = adm_resized_size(img.size, res)
     img = img.resize(size, resample=Image.Resampling.BICUBIC)
     left = (img.size[0] - res) // 2
     top = (img.size[1] - res) // 2
@@ -169,6 +198,12 @@ class PreparedImage:
 
 def prepare_image(img: Image.Image, res: int, *, min_side: int = MIN_IMAGE_SIDE) -> PreparedImage:
     """Decode check + EXIF + RGB + ADM crop + uint8 tensor (what a DataLoader worker runs)."""
+    if min(img.size) >= min_side:  # a smaller one is "too small" (load_checked)
+        try:
+            check_resize_work(img.size, res)  # before decoding: the size is in the header
+        except BadImageError:
+            img.close()  # never decoded: release the file now
+            raise
     rgb = load_checked(img, min_side=min_side)
     cropped, box = adm_center_crop(rgb, res)
     return PreparedImage(to_pixels(cropped), rgb.size, box)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lplkit.config import from_dict
+from lplkit.config import check_options, from_dict
 from lplkit.diffusion.image_files import save_grid, save_npz, to_uint8
 from lplkit.diffusion.samplers import sample
 from lplkit.distributed import resolve_device
@@ -48,6 +48,10 @@ def sample_run(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Sample `n` images from the latest checkpoint of `run_dir`; returns a JSON-able summary."""
+    check_options(
+        "sample", n=n, steps=steps, guidance=guidance, seed=seed, batch_size=batch_size,
+        labels=labels,
+    )  # fmt: skip
     dev = resolve_device(device)
     if str(run_dir) in BUNDLED_BASES or (Path(run_dir) / "model.safetensors").is_file():
         # a base (bundled name or exported directory): run.json + weights, no config.json
@@ -63,6 +67,11 @@ def sample_run(
     else:
         run_dir = Path(run_dir)
         tcfg, info, model, step = load_run_model(run_dir, ema=ema)
+    if info["num_classes"] and labels and max(labels) >= info["num_classes"]:
+        raise ConfigError(
+            f"--labels: class {max(labels)} is out of range; this run has {info['num_classes']} "
+            f"classes (0..{info['num_classes'] - 1})"
+        )
     model = model.to(dev).eval()
     objective = make_objective(tcfg)
     normalizer = LatentNormalizer.from_record(info["normalization"])

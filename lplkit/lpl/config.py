@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
-from lplkit.config import coerce
+from lplkit.config import check_ranges, coerce, ranged
 from lplkit.errors import ConfigError
 
 __all__ = ["LPL_PRESETS", "LPLConfig", "lpl_options", "parse_outliers", "resolve_lpl_config"]
@@ -56,19 +56,19 @@ class LPLConfig:
         channels_last: run the decoder in the channels-last memory format.
     """
 
-    depth: int | None = None
+    depth: int | None = ranged(None, ge=0, le=64)
     norm: str = "standardize-shared"
     standardize_stats: str = "pred"
     outliers: Outliers = True
     outlier_source: str = "sample"
-    outlier_quantile: float = 0.02
-    outlier_std_mult: float = 2.0
+    outlier_quantile: float = ranged(0.02, gt=0.0, lt=0.5)
+    outlier_std_mult: float = ranged(2.0, ge=0.0)
     layer_weights: str = "upsampling"
     distance: str = "mse"
     apply_post_quant_conv: bool = True
     grad_checkpointing: bool = False
-    eps: float = 1e-6
-    crop: int | None = None
+    eps: float = ranged(1e-6, gt=0.0)
+    crop: int | None = ranged(None, ge=1, le=65536)
     crop_mode: str = "random"
     compile: bool = False
     channels_last: bool = False
@@ -130,7 +130,7 @@ def _check_outliers(value: object) -> None:
 
 def validate(cfg: LPLConfig) -> LPLConfig:
     """Return `cfg` or raise ConfigError for the first invalid option."""
-    if cfg.depth is not None and (not isinstance(cfg.depth, int) or cfg.depth < 0):
+    if cfg.depth is not None and (not isinstance(cfg.depth, int) or isinstance(cfg.depth, bool)):
         raise ConfigError(f"LPL option depth={cfg.depth!r} must be None or an int >= 0")
     _choice("norm", cfg.norm, NORMS)
     _choice("standardize_stats", cfg.standardize_stats, STATS_SOURCES)
@@ -139,15 +139,19 @@ def validate(cfg: LPLConfig) -> LPLConfig:
     _choice("distance", cfg.distance, DISTANCES)
     _choice("crop_mode", cfg.crop_mode, CROP_MODES)
     _check_outliers(cfg.outliers)
-    if cfg.crop is not None and (
-        isinstance(cfg.crop, bool) or not isinstance(cfg.crop, int) or cfg.crop < 1
-    ):
+    if cfg.crop is not None and (isinstance(cfg.crop, bool) or not isinstance(cfg.crop, int)):
         raise ConfigError(f"LPL option crop={cfg.crop!r} must be None or an int >= 1")
-    if not 0.0 < cfg.outlier_quantile < 0.5:
-        raise ConfigError(f"LPL option outlier_quantile={cfg.outlier_quantile} must be in (0, 0.5)")
-    if cfg.outlier_std_mult < 0 or cfg.eps <= 0:
-        raise ConfigError("LPL options outlier_std_mult must be >= 0 and eps > 0")
+    check_ranges(cfg, "lpl.loss.")  # depth, crop, outlier_quantile, outlier_std_mult, eps
     return cfg
+
+
+def _exact_int(x: object) -> int:
+    """An int, or a string of one; never a float (2.5 must not become layer 2) or a bool."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x
+    if isinstance(x, str):
+        return int(x)
+    raise ValueError(f"{x!r} is not an integer")
 
 
 def parse_outliers(value: object, key: str = "outliers") -> Outliers:
@@ -169,10 +173,10 @@ def parse_outliers(value: object, key: str = "outliers") -> Outliers:
             if all(":" in x for x in items):
                 return {int(k): int(v) for k, v in (x.split(":", 1) for x in items)}
             return tuple(int(x) for x in items)
-        if isinstance(value, Mapping):
-            return {int(k): int(v) for k, v in value.items()}
+        if isinstance(value, Mapping):  # JSON keys are strings; TOML values must be integers
+            return {_exact_int(k): _exact_int(v) for k, v in value.items()}
         if isinstance(value, Sequence):
-            return tuple(int(x) for x in value)
+            return tuple(_exact_int(x) for x in value)
     except (TypeError, ValueError):
         pass
     raise ConfigError(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lplkit.config import check_options
 from lplkit.errors import ConfigError, EvaluationError
 from lplkit.metrics.frechet import GaussianStats, frechet_distance
 from lplkit.metrics.image_sets import ImageSet, NpzImages, open_image_set, select
@@ -105,6 +106,8 @@ def evaluate(
     holds samples / floor per SWD level: 1.0 is as close to the references as real held-out data.
     """
     opts = options or EvalOptions()
+    check_options("eval", n=opts.n, seed=opts.seed, batch_size=opts.batch_size,
+                  dirs_per_repeat=opts.swd.dirs_per_repeat, dir_repeats=opts.swd.dir_repeats)  # fmt: skip
     metrics = parse_metrics(opts.metrics)
     inception, inception_path = None, None
     if "fid" in metrics:  # fail before any decoding if the weights are missing

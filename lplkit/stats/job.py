@@ -21,6 +21,7 @@ import torch
 
 from lplkit import __version__
 from lplkit.autoencoders.loading import autoencoder_info, check_store_autoencoder, load_autoencoder
+from lplkit.config import check_options
 from lplkit.distributed import DistInfo, group_rank_world
 from lplkit.errors import ConfigError, Interrupted, Preempted
 from lplkit.lpl.decoder_taps import DecoderTaps
@@ -36,6 +37,7 @@ from lplkit.stats.compute import (
 )
 from lplkit.stats.storage import store_content_hash, write_stats
 from lplkit.store.reader import LatentStore
+from lplkit.store.tooling import require_writable, store_writes
 
 __all__ = ["DEFAULT_SAMPLES", "check_autoencoder", "run_stats", "stats_summary"]
 
@@ -124,9 +126,12 @@ def run_stats(
 
     if samples is not None and samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    check_options(
+        "stats", samples=samples, depth=depth, batch_size=batch_size, seed=seed, bins=bins
+    )
     store = LatentStore.open(url)
+    if write:  # before the work: a read-only store is one line now, not after the decoder pass
+        require_writable(url, f"write statistics into {url}")
     manifest = store.manifest
     content_hash = store_content_hash(url, manifest)
     taps, info = None, dict(manifest.get("autoencoder") or {})
@@ -187,5 +192,6 @@ def run_stats(
     }
     stats.meta = meta
     if write and rank == 0:
-        meta["run"] = write_stats(url, stats, meta)
+        with store_writes(url, f"write statistics into {url}"):
+            meta["run"] = write_stats(url, stats, meta)
     return stats, meta

@@ -16,12 +16,15 @@ layout 1, which lplkit reads as before; ``lplkit upgrade STORE`` adds the metada
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
-from lplkit.store.sidecar import read_json, url_to_fs, write_json_atomic
+from lplkit.store.sidecar import is_local, read_json, url_to_fs, write_json_atomic
 
 if TYPE_CHECKING:
     import zarr
@@ -32,7 +35,9 @@ __all__ = [
     "consolidate",
     "layout_version",
     "open_root",
+    "require_writable",
     "stats_dimension_names",
+    "store_writes",
     "upgrade_store",
 ]
 
@@ -85,6 +90,33 @@ def consolidate(url: str) -> None:
         zarr.consolidate_metadata(str(url))
 
 
+def require_writable(url: str, action: str) -> None:
+    """`StoreError` (one line) when the local store at `url` cannot be written (a read-only mount,
+    no write permission), checked before a command spends time on work it cannot save.
+    Object stores are not probed: their write errors surface through `store_writes`."""
+    fs, root = url_to_fs(url)
+    if is_local(fs) and not os.access(root, os.W_OK):
+        raise StoreError(
+            f"cannot {action}: not writable (read-only file system or no permission); "
+            "run on a writable copy or mount"
+        )
+
+
+@contextmanager
+def store_writes(url: str, action: str) -> Iterator[None]:
+    """Turn an OS error of the writes inside (read-only file system, permission, full disk) into
+    one `StoreError` line naming the store and the action."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StoreError(
+            f"cannot {action}: writing to {url} failed ({reason}); run on a writable copy or mount"
+        ) from None
+
+
 def stats_dimension_names(name: str, ndim: int) -> tuple[str, ...]:
     """Dimension names of a statistics array (``stats/run-*/...``, see ``lplkit.stats.storage``):
     ``items`` (item, field), per-channel vectors (channel,), ``hist_counts`` (channel, bin)."""
@@ -105,33 +137,50 @@ def _array_dims(path: str, shape: list[int]) -> tuple[str, ...]:
 def upgrade_store(url: str) -> dict[str, Any]:
     """Bring a finished store to the current layout in place: ``dimension_names`` on every array
     that lacks them, ``layout_version`` in the manifest, consolidated metadata. Array data and the
-    index are untouched. Idempotent; returns what was done (JSON-able)."""
+    index are untouched. Idempotent: a store already at the layout is not written at all
+    (``changed`` False), so a read-only one is fine; returns what was done (JSON-able)."""
 
     url = str(url)
     group, manifest = fmt.open_manifest(url)
     if not manifest.get("completed"):
         raise StoreError(f"{url} is not finished; re-run its encode command (it writes layout 2)")
     fs, root = url_to_fs(url)
-    named = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_SIDECAR_WARNING)
-        arrays = [(p, a) for p, a in group.members(max_depth=None) if hasattr(a, "shape")]
-    for path, arr in sorted(arrays, key=lambda pa: pa[0]):
-        meta_path = f"{root}/{path}/zarr.json"
-        meta = read_json(fs, meta_path)
-        if meta.get("dimension_names") is None:
-            meta["dimension_names"] = list(_array_dims(path, list(arr.shape)))
-            write_json_atomic(fs, meta_path, meta)
-            named.append(path)
+        members = sorted(group.members(max_depth=None), key=lambda pa: pa[0])
+    metas = {p: read_json(fs, f"{root}/{p}/zarr.json") for p, a in members if hasattr(a, "shape")}
+    unnamed = [p for p, meta in metas.items() if meta.get("dimension_names") is None]
     before = layout_version(manifest)
-    if before < LAYOUT_VERSION:
-        rw = open_root(url, "r+")
-        rw.attrs[fmt.MANIFEST_KEY] = {**manifest, "layout_version": LAYOUT_VERSION}
-    consolidate(url)
+    changed = bool(unnamed) or before < LAYOUT_VERSION
+    changed = changed or not _consolidated_current(fs, root, [p for p, _ in members], metas)
+    if changed:
+        with store_writes(url, f"upgrade {url}"):
+            for path in unnamed:
+                shape = metas[path]["shape"]
+                metas[path]["dimension_names"] = list(_array_dims(path, list(shape)))
+                write_json_atomic(fs, f"{root}/{path}/zarr.json", metas[path])
+            if before < LAYOUT_VERSION:
+                rw = open_root(url, "r+")
+                rw.attrs[fmt.MANIFEST_KEY] = {**manifest, "layout_version": LAYOUT_VERSION}
+            consolidate(url)
     return {
         "url": url,
         "layout_version_before": before,
         "layout_version": LAYOUT_VERSION,
-        "named_arrays": named,
+        "named_arrays": unnamed,
         "consolidated": True,
+        "changed": changed,
     }
+
+
+def _consolidated_current(
+    fs: Any, root: str, paths: list[str], arrays: dict[str, dict[str, Any]]
+) -> bool:
+    """Whether the root's consolidated metadata lists exactly `paths` and holds each array's
+    current metadata (`arrays`: path -> its zarr.json)."""
+    consolidated = (read_json(fs, f"{root}/zarr.json").get("consolidated_metadata") or {}).get(
+        "metadata"
+    )
+    if not isinstance(consolidated, dict) or set(consolidated) != set(paths):
+        return False
+    return all(consolidated[p] == meta for p, meta in arrays.items())

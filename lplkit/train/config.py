@@ -7,11 +7,10 @@ command resumes and refuses a config that changes anything but the run length an
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lplkit.config import fields_from_dict
+from lplkit.config import MAX_BATCH, MAX_SAMPLER_STEPS, check_ranges, fields_from_dict, ranged
 from lplkit.errors import ConfigError
 from lplkit.lpl.config import LPLConfig, lpl_options, resolve_lpl_config
 
@@ -24,7 +23,7 @@ class ObjectiveConfig:
 
     kind: ObjectiveKind = "flow"
     schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = ranged(1000, ge=2, le=1_000_000)
     time_sampling: Literal["uniform", "logit-normal"] = "logit-normal"
 
 
@@ -33,7 +32,7 @@ class ModelConfig:
     """Denoiser from the `lplkit.diffusion.denoisers` registry; `label_dropout` is the CFG null-label rate."""
 
     name: str = "DiT-S/2"
-    label_dropout: float = 0.1
+    label_dropout: float = ranged(0.1, ge=0.0, lt=1.0)
 
 
 @dataclass
@@ -41,15 +40,15 @@ class OptimConfig:
     """AdamW, linear warm-up then a constant, cosine or linear-decay LR (`lplkit.train.lr_schedule`),
     global-norm gradient clipping."""
 
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    grad_clip: float = 1.0  # <= 0 disables clipping
+    lr: float = ranged(1e-4, gt=0.0)
+    betas: tuple[float, float] = ranged((0.9, 0.999), ge=0.0, lt=1.0)
+    weight_decay: float = ranged(0.0, ge=0.0)
+    eps: float = ranged(1e-8, ge=0.0)
+    warmup_steps: int = ranged(0, ge=0)
+    grad_clip: float = ranged(1.0)  # <= 0 disables clipping
     schedule: Literal["constant", "cosine", "linear"] = "constant"
-    min_lr_ratio: float = 0.0  # cosine / linear: the final LR as a fraction of lr
-    decay_steps: int | None = None  # step the decay ends; None = the run's `steps`
+    min_lr_ratio: float = ranged(0.0, ge=0.0, le=1.0)  # cosine / linear: final LR / lr
+    decay_steps: int | None = ranged(None, ge=1)  # step the decay ends; None = the run's `steps`
 
 
 @dataclass
@@ -67,14 +66,14 @@ class LplTermConfig:
 
     enabled: bool = False
     preset: str = "paper"
-    weight: float = 1.0
-    snr_min: float | None = 3.0
-    max_timestep: int | None = None
-    start_step: int = 0
+    weight: float = ranged(1.0, ge=0.0)
+    snr_min: float | None = ranged(3.0, ge=0.0)
+    max_timestep: int | None = ranged(None, ge=1)
+    start_step: int = ranged(0, ge=0)
     # Per-sample weight of the LPL by an SNR function: "min-snr" = the Min-SNR-gamma weight of the
     # objective's own MSE (diffusers' LPL trainer: --lpl_scale with --snr_gamma); "none" = 1.
     snr_weighting: Literal["none", "min-snr"] = "none"
-    snr_gamma: float = 5.0
+    snr_gamma: float = ranged(5.0, gt=0.0)
     vae: str | None = None  # override the autoencoder recorded in the store manifest
     vae_subfolder: str | None = None
     loss: LPLConfig | None = None  # None = the preset's options
@@ -109,16 +108,16 @@ class LplTermConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 1000
-    keep_last: int = 3
+    every: int = ranged(1000, ge=1)
+    keep_last: int = ranged(3, ge=1)
 
 
 @dataclass
 class LogConfig:
-    every: int = 50
-    sample_every: int = 0  # 0 = never; else PNG grids decoded with the AE
-    sample_n: int = 16
-    sample_steps: int = 32
+    every: int = ranged(50, ge=1)
+    sample_every: int = ranged(0, ge=0)  # 0 = never; else PNG grids decoded with the AE
+    sample_n: int = ranged(16, ge=1, le=MAX_BATCH)
+    sample_steps: int = ranged(32, ge=1, le=MAX_SAMPLER_STEPS)
     tensorboard: bool = True  # RUN_DIR/tb/ when tensorboard is installed (a notice when not)
     wandb: bool = False  # Weights & Biases (`pip install 'lplkit[wandb]'`; WANDB_MODE=offline)
     wandb_project: str = "lplkit"
@@ -130,11 +129,11 @@ class TrainConfig:
 
     store: str = ""
     out: str = ""
-    seed: int = 0
-    steps: int = 10000
-    batch_size: int = 32  # global batch (all ranks, all accumulation micro-steps)
-    grad_accum: int = 1
-    ema_decay: float = 0.9999
+    seed: int = ranged(0, ge=0)
+    steps: int = ranged(10000, ge=0)
+    batch_size: int = ranged(32, ge=1, le=MAX_BATCH)  # global batch (all ranks, micro-steps)
+    grad_accum: int = ranged(1, ge=1, le=MAX_BATCH)
+    ema_decay: float = ranged(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay_k = min(decay, (1 + k) / (10 + k))
     bf16: bool = False
     fp16: bool = False  # fp16 autocast with a gradient scaler (GPUs without bf16)
@@ -153,36 +152,27 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> None:
-        """Reject values that would fail later in a less readable way."""
-        if self.steps < 0:
-            raise ConfigError("steps must be >= 0")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("batch_size and grad_accum must be >= 1")
+        """Reject values that would fail later in a less readable way: each field against its
+        declared range (`ranged`), then the checks that involve several fields."""
+        check_ranges(self)
+        for name in ("objective", "model", "optim", "lpl", "ckpt", "log"):
+            check_ranges(getattr(self, name), f"{name}.")
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}"
             )
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.model.label_dropout < 1.0:
+        o = self.optim
+        if (
+            o.schedule != "constant"
+            and o.decay_steps is not None
+            and o.decay_steps <= o.warmup_steps
+        ):
             raise ConfigError(
-                f"model.label_dropout must be in [0, 1), got {self.model.label_dropout}"
+                f"optim.decay_steps ({o.decay_steps}) must be > optim.warmup_steps "
+                f"({o.warmup_steps}): the {o.schedule} decay follows the warm-up"
             )
-        o = self.optim  # checked here, before anything is written (AdamW raises ValueError later)
-        if not (math.isfinite(o.lr) and o.lr > 0) or not all(0 <= b < 1 for b in o.betas):
-            raise ConfigError(f"optim.lr must be > 0 and betas in [0, 1), got {o.lr}, {o.betas}")
-        if not (o.eps >= 0 and o.weight_decay >= 0 and math.isfinite(o.grad_clip)):
-            raise ConfigError("optim.eps and optim.weight_decay must be >= 0, grad_clip finite")
-        if self.ckpt.keep_last < 1 or self.ckpt.every < 1 or self.log.every < 1:
-            raise ConfigError("ckpt.keep_last, ckpt.every and log.every must be >= 1")
-        if not self.lpl.snr_gamma > 0:
-            raise ConfigError(f"lpl.snr_gamma must be > 0, got {self.lpl.snr_gamma}")
         if self.bf16 and self.fp16:
             raise ConfigError("bf16 and fp16 are exclusive; choose one mixed precision")
-        if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
-            raise ConfigError(
-                f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio}"
-            )
         if self.lpl.max_timestep is not None and self.objective.kind == "flow":
             raise ConfigError(
                 "lpl.max_timestep is a DDPM gate; use lpl.snr_min with --objective flow"

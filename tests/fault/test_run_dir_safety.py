@@ -180,7 +180,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_resumes(
 def test_bad_lr_is_refused_before_anything_is_written(store, tmp_path, capsys):
     run = tmp_path / "run"
     code, err = _train(_args(store, run, "--lr", "-1"), capsys)
-    assert code == 2 and "optim.lr must be > 0" in err, err
+    assert code == 2 and "--lr must be a finite number > 0" in err, err
     assert not run.exists()  # no config.json that would refuse the corrected command
     code, err = _train(_args(store, run, "--lr", "1e-3", steps=2), capsys)
     assert code == 0, err

@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lplkit.diffusion.denoisers import build_model
 from lplkit.train.base import base_dir, load_base
@@ -52,6 +53,19 @@ def test_bundled_base_loads_with_its_record():
     record = json.loads((base_dir("openmoji-base") / "training.json").read_text())
     for key in ("command", "steps", "train_wall_time_s", "torch", "diffusers", "final_metrics"):
         assert key in record, key
+    # the weights are the packaged file's (read directly), not a fresh model's
+    weights = load_file(base_dir("openmoji-base") / "model.safetensors")
+    state = base.model.state_dict()
+    assert weights.keys() == state.keys()
+    for k, v in weights.items():
+        assert torch.equal(state[k], v.float()), k
+    # the record agrees with the run record and with itself
+    assert base.step == base.info["step"] == record["steps"] == record["config"]["steps"]
+    assert record["images_seen"] == record["steps"] * record["config"]["batch_size"]
+    for ev in record["final_metrics"]:  # SWD ratios to the floor recomputed from the levels
+        for level, ratio in ev["vs_floor"].items():
+            want = ev["swd"]["levels"][level] / ev["floor"]["swd"]["levels"][level]
+            assert ratio == pytest.approx(want, rel=1e-12), level
 
 
 def test_bundled_base_denoises_real_glyphs():

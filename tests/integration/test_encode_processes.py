@@ -1,8 +1,10 @@
-"""Encode across processes: kill -9 mid-encode then resume, and a 2-rank torchrun (gloo, CPU), each
-compared with an uninterrupted single-process encode (arrays byte-equal, index rows equal).
+"""Encode across processes: kill -9 mid-encode then resume, and 2 gloo ranks (CPU), each compared
+with an uninterrupted single-process encode (arrays byte-equal, index rows equal).
 
 The subprocess tests start 2-3 Python processes that import torch and diffusers (~7 s CPU each), so
-they are marked slow: run them with `pytest -m slow tests/integration/test_encode_processes.py`."""
+they are marked slow: run them with `pytest -m slow tests/integration/test_encode_processes.py`.
+The default suite runs the two ranks forked from the test process (`forked_ranks`: torchrun's
+environment without the launcher and without re-importing torch)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_store, subprocess_env, write_image_folder
+from conftest import read_store, run_cli, subprocess_env, write_image_folder
+from forked_ranks import run_forked_ranks
 
 from lplkit.encode import EncodeConfig, encode_dataset
 
@@ -126,6 +129,31 @@ def test_torchrun_two_ranks_equals_one_process(tiny_vae_dir, tmp_path):
         ranks[m["shard"]] = m["rank"]
     assert ranks == {0: 0, 1: 1, 2: 0, 3: 1}  # each rank wrote its own whole shards
     _assert_same_store(read_store(out), _reference(images, tiny_vae_dir, tmp_path / "ref.zarr"))
+
+
+def test_two_forked_gloo_ranks_equal_one_process(tiny_vae_dir, tmp_path):
+    """The torchrun test above in the default suite: two ranks with torchrun's environment (gloo),
+    forked from this process; one torch thread in the ranks and in the reference, so the stores
+    are byte-equal."""
+    import torch
+
+    images = write_image_folder(tmp_path / "images", {"a": 6, "b": 5, "c": 3})  # 4 shards
+    out = tmp_path / "ddp.zarr"
+    args = _args(str(images), out, tiny_vae_dir)
+    assert run_forked_ranks(lambda rank: run_cli(args)[0]) == [0, 0]
+    ranks = {}
+    for marker in sorted((out / "progress").glob("shard-*.json")):
+        m = json.loads(marker.read_text())
+        ranks[m["shard"]] = m["rank"]
+    assert ranks == {0: 0, 1: 1, 2: 0, 3: 1}  # each rank wrote its own whole shards
+    assert read_store(out)["manifest"]["counts"]["ok"] == 14
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = _reference(images, tiny_vae_dir, tmp_path / "ref.zarr")
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same_store(read_store(out), ref)
 
 
 def test_dataloader_workers_give_the_same_store(tiny_vae_dir, tmp_path):

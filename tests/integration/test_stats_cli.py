@@ -79,6 +79,14 @@ def test_stats_refusal_is_one_line(cli_store, other_vae_dir, capsys) -> None:
 def test_stats_on_missing_store_is_one_line(tmp_path, capsys) -> None:
     code = _run(["stats", str(tmp_path / "nope.zarr"), "--device", "cpu"])
     err = capsys.readouterr().err
+    assert code == 4 and "no latent store at" in err and "does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_stats_on_a_folder_that_is_not_a_store_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "plain").mkdir()
+    code = _run(["stats", str(tmp_path / "plain"), "--device", "cpu"])
+    err = capsys.readouterr().err
     assert code == 4 and "not an lplkit latent store" in err
 
 
@@ -117,3 +125,28 @@ def test_stats_under_torchrun_gloo_equals_single_process(cli_store, capsys, tmp_
         torch.testing.assert_close(a.mean, b.mean, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(a.std, b.std, rtol=1e-6, atol=1e-7)
         assert torch.equal(a.hist.counts, b.hist.counts)  # same pilot edges -> identical counts
+
+
+def test_stats_on_two_forked_gloo_ranks_equals_single_process(cli_store, tmp_path) -> None:
+    """The torchrun test above in the default suite: two ranks with torchrun's environment (gloo),
+    forked from this process (`forked_ranks`), each taking half the items; merged == one process."""
+    from forked_ranks import run_forked_ranks
+
+    from lplkit.stats.storage import load_stats
+
+    args = ["stats", str(cli_store), "--samples", "10", "--depth", "1", "--batch-size", "2",
+            "--seed", "5", "--device", "cpu"]  # fmt: skip
+    assert _run(args) == 0
+    single = load_stats(str(cli_store))
+    assert run_forked_ranks(lambda rank: _run(args)) == [0, 0]
+    multi = load_stats(str(cli_store))
+    assert single is not None and multi is not None and multi.meta["run"] != single.meta["run"]
+    assert multi.meta["sampling"]["world_size"] == 2 and single.meta["sampling"]["world_size"] == 1
+    assert np.array_equal(multi.items, single.items)
+    torch.testing.assert_close(multi.latent_mean, single.latent_mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(multi.latent_std, single.latent_std, rtol=1e-10, atol=1e-12)
+    for a, b in zip(multi.layers, single.layers, strict=True):
+        assert a.count == b.count
+        torch.testing.assert_close(a.mean, b.mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a.std, b.std, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a.hist.counts, b.hist.counts)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, write_exact_store
 from safetensors.torch import load_file
 
 from lplkit.train.metrics_log import TIMING_FIELDS, read_metrics
@@ -41,25 +41,7 @@ def store(tmp_path_factory, tiny_vae_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def exact_store(tmp_path_factory, tiny_vae_dir) -> Path:
-    """float32 moments with std > 0: the loader's draws follow each sample's place in the epoch order,
-    so a K-rank run sees the latents of the 1-process run with the same global batch."""
-    from lplkit.store import StoreWriter, new_manifest
-    from lplkit.store.synthetic import synthetic_moments
-
-    path = tmp_path_factory.mktemp("exact") / "s.zarr"
-    n = 32
-    moments = synthetic_moments(n, (4, 8, 8), seed=5)
-    manifest = new_manifest(autoencoder=_ae_info(tiny_vae_dir), resolution=32, latent_shape=(4, 8, 8),
-                            source={"id": "exact", "split": "train", "revision": None, "count": n},
-                            dtype="float32", shard_size=16, chunk_size=8, codec="none")  # fmt: skip
-    labels = (np.arange(n) % 3).astype(np.int32)
-    with StoreWriter.create_or_resume(str(path), manifest) as w:
-        for s in w.pending_shards():
-            lo, hi = w.shard_range(s)
-            rows = [{"key": f"k{p}", "status": "ok", "reason": None} for p in range(lo, hi)]
-            w.write_shard(s, moments[lo:hi], None, labels[lo:hi], rows)
-        w.finalize()
-    return path
+    return write_exact_store(tmp_path_factory.mktemp("exact") / "s.zarr", tiny_vae_dir)
 
 
 def _cli(*args: str) -> None:

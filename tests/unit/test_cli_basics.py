@@ -23,11 +23,23 @@ def test_help_does_not_import_torch():
     assert res.returncode == 0, res.stderr
 
 
-def test_version_and_module_entry_point():
-    res = subprocess.run(
-        [sys.executable, "-m", "lplkit", "--version"], capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0 and res.stdout.startswith("lplkit ")
+def test_version_and_module_entry_point(tmp_path):
+    """`python -m lplkit --version` prints the version pyproject.toml declares (the package's
+    `__version__` is a second copy that a release bump can miss), and `python -m lplkit` runs the
+    real app: a command on a missing store gives that command's one-line error and exit code."""
+    import tomllib
+
+    from conftest import REPO, subprocess_env
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    res = subprocess.run([sys.executable, "-m", "lplkit", "--version"], capture_output=True,
+                         text=True, timeout=120, env=subprocess_env())  # fmt: skip
+    assert res.returncode == 0 and res.stdout == f"lplkit {declared}\n"
+    missing = tmp_path / "nope.zarr"
+    res = subprocess.run([sys.executable, "-m", "lplkit", "info", str(missing)],
+                         capture_output=True, text=True, timeout=120, env=subprocess_env())  # fmt: skip
+    assert res.returncode == 4 and str(missing) in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_lplkit_error_is_one_line_with_exit_code(capsys):

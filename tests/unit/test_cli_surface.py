@@ -92,6 +92,29 @@ def test_train_help_shows_config_defaults(capsys, monkeypatch):
         assert f"[default: {value}]" in line, line
 
 
+def test_train_help_groups_its_flags_by_config_section(capsys, monkeypatch):
+    """Each generated flag sits in the panel of its config section (top-level fields in "Run"), so
+    one long on/off flag no longer widens every option's name column at 80 columns."""
+    from lplkit.cli.train import TRAIN_FLAGS
+
+    text = _help(["train"], capsys, monkeypatch)
+    panel, seen = None, {}
+    for line in text.splitlines():
+        if m := re.match(r"╭─ (.+?) ─", line):
+            panel = m.group(1)
+        elif m := re.match(r"│ (--[a-z0-9-]+)", line):
+            seen[m.group(1)] = panel
+    sections = {
+        "lpl": "Latent Perceptual Loss", "optim": "Optimizer", "model": "Model and objective",
+        "objective": "Model and objective", "ckpt": "Checkpoints and logs",
+        "log": "Checkpoints and logs",
+    }  # fmt: skip
+    for flag in TRAIN_FLAGS:
+        head = flag.key.split(".")[0]
+        want = sections.get(head, "Run") if "." in flag.key else "Run"
+        assert seen[flag.decl.split("/")[0]] == want, flag
+
+
 def test_stats_accepts_the_train_spellings_and_the_old_ones():
     group, cmd = _command("stats")
     parent = group.make_context("lplkit", ["stats"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_vae
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lplkit.errors import ConfigError
 from lplkit.lpl.config import LPL_PRESETS, resolve_lpl_config
@@ -281,15 +282,86 @@ def test_forward_never_syncs_with_item(vae, monkeypatch):
     lpl(pred.requires_grad_(), target, select=torch.tensor([0, 2])).sum().backward()
 
 
-def test_bf16_autocast_keeps_loss_math_in_fp32(vae):
+SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
+                      "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive"})  # fmt: skip
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records the ops that make a GPU wait for the host, seen on any device (here the CPU): a
+    scalar read (`.item()`, `bool(t)`, `float(t)`: aten._local_scalar_dense) and the ops whose
+    output shape depends on the data (nonzero, masked_select, unique, bool-mask indexing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name
+        flat = [*args, *kwargs.values()]
+        indices = [i for a in flat if isinstance(a, (list, tuple)) for i in a]
+        if name in SYNC_OPS or (
+            name.startswith("aten::index")
+            and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+        ):
+            self.ops.append(name)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_forward_and_backward_make_no_host_sync(vae, ckpt):
+    """The CPU check behind docs/lpl.md's "no host sync" (the CUDA one below needs a GPU): with
+    index selection, forward + backward make none of the ops that sync a GPU with its host. The
+    same detector sees the documented sync of a bool `select` (nonzero) and of `.item()`."""
+    lpl = LatentPerceptualLoss(vae, grad_checkpointing=ckpt)
+    pred, target = latents(b=4, size=8)
+    p = pred.clone().requires_grad_()
+    with HostSyncs() as mode:
+        lpl(p, target, select=torch.tensor([1, 3])).sum().backward()
+        lpl(p, target, select=torch.tensor([], dtype=torch.long)).sum().backward()
+        lpl.forward_gathered(p[:0], target[:0]).sum().backward()
+    assert mode.ops == [] and p.grad is not None and p.grad.abs().sum() > 0
+    with HostSyncs() as mode:
+        lpl(p, target, select=torch.tensor([False, True, False, True]))
+        p.sum().item()
+    assert mode.ops == ["aten::nonzero", "aten::_local_scalar_dense"]
+
+
+def test_bf16_autocast_keeps_loss_math_in_fp32(vae, monkeypatch):
+    """Under bf16 autocast the decoder runs in bf16 and the loss math (norms, quantiles, masks,
+    distances, layer sum) in fp32. Oracle: the same bf16 features, the loss math in float64
+    (rtol 1e-4; fp32 math is ~1e-6 off, bf16 math -- or a loss computed in bf16 and cast at the
+    end -- ~1e-2). The inputs of every normalization and distance are checked to be fp32 too."""
+    from lplkit.lpl import loss as loss_module
+
     lpl = LatentPerceptualLoss(vae, "diffusers-reference")
     pred, target = latents(size=16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = [lpl.taps(pred), lpl.taps(target)]  # the decoder's own bf16 features
+    assert any(f.dtype == torch.bfloat16 for f in feats[0])  # (a residual add can promote)
+    seen: list[torch.dtype] = []
+
+    def spy(fn):
+        def wrapped(*args, **kwargs):
+            seen.extend(a.dtype for a in args if isinstance(a, torch.Tensor))
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(loss_module, "normalize_pair", spy(loss_module.normalize_pair))
+    monkeypatch.setattr(loss_module, "layer_distance", spy(loss_module.layer_distance))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lpl(pred, target)
+    assert out.dtype == torch.float32
+    assert seen and set(seen) == {torch.float32}, set(seen)
+    # oracle: the decoder replaced by its bf16 features in float64, outside autocast
+    by_input = {pred.data_ptr(): feats[0], target.data_ptr(): feats[1]}
+    monkeypatch.setattr(lpl.taps, "forward", lambda z: [f.double() for f in by_input[z.data_ptr()]])
+    seen.clear()
     with torch.no_grad():
-        ref = lpl(pred, target)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = lpl(pred, target)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    torch.testing.assert_close(out, ref, rtol=0.1, atol=0)
+        want = lpl(pred, target)
+    assert want.dtype == torch.float64 and set(seen) == {torch.float64}
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=0)
 
 
 def test_presets_and_validation(vae):

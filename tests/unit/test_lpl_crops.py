@@ -98,7 +98,7 @@ def test_crop_draws_follow_selection_and_generator(vae):
 @pytest.mark.parametrize(
     ("bad", "msg"),
     [
-        ({"crop": 0}, "must be None or an int >= 1"),
+        ({"crop": 0}, r"lpl.loss.crop must be an integer in \[1, 65536\], got 0"),
         ({"crop": True}, "must be None or an int >= 1"),
         ({"crop": 2.5}, "must be None or an int >= 1"),
         ({"crop_mode": "center"}, "crop_mode='center' is not one of random, grid"),

@@ -41,9 +41,23 @@ def test_info_human_output_goes_to_stderr(store, capsys):
     assert code == 0 and out == "" and "float16" in err
 
 
-def test_verify_ok_exits_zero(store, capsys):
+@pytest.mark.parametrize("damaged", [None, 0, 1, 2])
+def test_verify_ok_exits_zero(store, capsys, damaged):
+    """`ok` and exit 0 exactly when the store is intact: the same store with one flipped byte in
+    any one of its 3 shards is reported (a verify that always says ok fails here)."""
+    if damaged is not None:
+        shard = store / "moments" / "c" / str(damaged) / "0" / "0" / "0" / "0"
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        shard.write_bytes(bytes(data))
     code, out, _ = run_cli(["verify", str(store), "--json"], capsys)
-    assert code == 0 and json.loads(out)["ok"] is True
+    report = json.loads(out)
+    assert (report["n_shards"], report["complete_shards"]) == (3, 3)
+    if damaged is None:
+        assert code == 0 and report["ok"] is True and report["problems"] == []
+    else:
+        assert code == StoreCorruptError.exit_code and report["ok"] is False
+        assert report["bad_shards"] == [damaged]
 
 
 def test_verify_corrupt_exits_nonzero_and_repair_removes_markers(store, capsys):

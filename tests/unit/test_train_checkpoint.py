@@ -80,7 +80,23 @@ def test_partial_write_leftover_is_ignored_and_removed(tmp_path):
 
 
 def test_no_checkpoint_returns_none(tmp_path):
-    assert ckpt.load_latest(tmp_path / "missing") is None
+    """None (and no warning) where nothing was saved: a missing directory, an empty one, one with
+    only a partial write and look-alike names; the first real checkpoint is then found (a
+    `load_latest` that never finds one, e.g. a step-directory pattern that misses, fails)."""
+    root = tmp_path / "checkpoints"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ckpt.load_latest(root) is None
+        root.mkdir()
+        assert ckpt.load_latest(root) is None
+        (root / ".tmp-step_00000004-999").mkdir()
+        (root / "step_4").mkdir()  # not step_ + 8 digits
+        (root / "notes.txt").write_text("x")
+        assert ckpt.load_latest(root) is None
+        _save(root, 3)
+        found = ckpt.load_latest(root)
+    assert found is not None and found.step == 3
+    torch.testing.assert_close(found.model["w"], torch.full((3, 2), 3.0), rtol=0, atol=0)
 
 
 def test_ema_matches_hand_loop():
