@@ -13,7 +13,9 @@ Lightning, a plain ``DataLoader``).
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
+from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,37 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from lplkit.errors import ConfigError
 
 __all__ = ["LatentBatches", "LatentDataset"]
+
+
+class SharedEpoch:
+    """An epoch number in shared memory, so ``set_epoch`` in the main process reaches DataLoader
+    workers that already hold their copy of the dataset (``persistent_workers=True``): a plain
+    attribute would be frozen in each worker at the value it had when the workers started.
+
+    The value travels to workers by inheritance, fork or spawn (DataLoader hands the dataset to
+    ``Process``); pickled any other way (saved to a file, sent to a process pool) it becomes a
+    fresh shared value holding the current epoch.
+    """
+
+    def __init__(self, epoch: int = 0) -> None:
+        self._value = multiprocessing.RawValue("q", int(epoch))
+
+    def get(self) -> int:
+        return int(self._value.value)
+
+    def set(self, epoch: int) -> None:
+        self._value.value = int(epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if get_spawning_popen() is not None:  # handed to a starting process: share the memory
+            return {"value": self._value}
+        return {"epoch": self.get()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "value" in state:
+            self._value = state["value"]
+        else:
+            self.__init__(state["epoch"])  # type: ignore[misc]
 
 
 def _item_generator(seed: int, epoch: int, position: int) -> torch.Generator:
@@ -42,19 +75,18 @@ class LatentDataset(Dataset):
     def __init__(self, store: Any, *, seed: int = 0, flip: bool = True) -> None:
         self.store = store
         self.seed = int(seed)
-        self.epoch = 0
+        self._epoch = SharedEpoch()
         self.flip = bool(flip) and store.has_flips
         self.positions = np.asarray(store.ok_positions, dtype=np.int64)
-        index = store.index
-        pos = index.column("position").to_numpy()
-        order = np.argsort(pos)
-        rows = order[np.searchsorted(pos[order], self.positions)]
-        self._keys = index.column("key").take(rows).to_pylist()
-        self._captions = [c or "" for c in index.column("caption").take(rows).to_pylist()]
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        """New draws for a new epoch (as ``DistributedSampler.set_epoch``)."""
-        self.epoch = int(epoch)
+        """New draws for a new epoch (as ``DistributedSampler.set_epoch``); reaches DataLoader
+        workers, persistent ones included (the epoch lives in shared memory)."""
+        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -69,11 +101,14 @@ class LatentDataset(Dataset):
         mean, std = self.store.read([position], flip=flipped)
         eps = torch.randn(mean.shape[1:], generator=gen)
         latent = torch.from_numpy(mean[0]) + torch.from_numpy(std[0]) * eps
+        # Keys and captions: Arrow columns read on first use (in the worker; a forked one shares
+        # its parent's), indexed per item: no Python list of every key in every worker.
+        keys, captions = self.store.index_column("key"), self.store.index_column("caption")
         return {
             "latent": latent,
             "label": int(self.store.labels[position]),
-            "key": self._keys[i],
-            "caption": self._captions[i],  # "" when the source has no captions
+            "key": keys[position].as_py(),
+            "caption": captions[position].as_py() or "",  # "" when the source has no captions
             "position": position,
         }
 
@@ -102,11 +137,16 @@ class LatentBatches(IterableDataset):
         self.kwargs = dict(seed=seed, shuffle=shuffle, drop_last=drop_last, with_index=with_index,
                            rank=rank, world_size=world_size)  # fmt: skip
         self.batch_size = int(batch_size)
-        self.epoch = 0
+        self._epoch = SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch the next iteration yields (its shuffle and draws)."""
-        self.epoch = int(epoch)
+        """The epoch the next iteration yields (its shuffle and draws); reaches a persistent
+        DataLoader worker (the epoch lives in shared memory)."""
+        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         kw = self.kwargs

@@ -71,9 +71,13 @@ def ok_mask(table: pa.Table) -> np.ndarray:
     return pc.equal(table.column("status"), "ok").to_numpy()
 
 
+#: Rows per Parquet row group of index.parquet: the unit `IndexFile` reads keys and captions in.
+ROW_GROUP = 1 << 16
+
+
 def table_to_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP)
     return sink.getvalue().to_pybytes()
 
 
@@ -110,3 +114,119 @@ def read_bytes(fs: Any, path: str) -> bytes:
 
 def table_from_bytes(data: bytes) -> pa.Table:
     return conform(pq.read_table(pa.BufferReader(data)))
+
+
+class IndexFile:
+    """An index read by column and row group instead of whole (`LatentStore`'s view of it).
+
+    `open` reads only the `label` and `status` columns (status dictionary-encoded: a few bytes a
+    row, freed after), so opening costs ~4 bytes of resident memory a row (the labels). Keys,
+    captions and the other columns are read on demand: `take(positions)` reads only the row groups
+    holding them; `column(name)` one column whole, aligned to positions.
+
+    A finalized index has row `p` = position `p` (finalize checks it); that is confirmed from the
+    position column's per-row-group statistics without reading the column. An index that is not so
+    aligned (an unfinished store's parts, or statistics missing) is read whole instead, as before.
+    """
+
+    def __init__(self, count: int, *, fs: Any = None, path: str | None = None,
+                 table: pa.Table | None = None) -> None:  # fmt: skip
+        self.count = int(count)
+        self.fs, self.path = fs, str(path)
+        self._table = table
+        self._starts = np.zeros(1, dtype=np.int64)  # row-group row offsets (+ total), file only
+        self.aligned = False
+        if table is None:
+            with fs.open(path, "rb") as f:
+                meta = pq.read_metadata(f)
+            if meta.schema.to_arrow_schema().names != INDEX_SCHEMA.names:
+                raise ValueError(f"index columns {meta.schema.names} are not {INDEX_SCHEMA.names}")
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+            self.aligned = int(self._starts[-1]) == self.count and _positions_are_rows(meta)
+        if not self.aligned:
+            self._table = self.table()
+
+    def _read(self, columns: list[str], row_groups: list[int] | None = None, **kw: Any) -> pa.Table:
+        # Opened per read, never kept: a forked DataLoader worker must not share a file offset.
+        with self.fs.open(self.path, "rb") as f:
+            pf = pq.ParquetFile(f, **kw)
+            if row_groups is None:
+                return pf.read(columns=columns)
+            return pf.read_row_groups(row_groups, columns=columns)
+
+    def table(self) -> pa.Table:
+        """The whole index (read once, then kept)."""
+        if self._table is None:
+            self._table = read_table(self.fs, self.path)
+        return self._table
+
+    def labels_and_ok(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(labels int32 `(count,)` by position, -1 where no row; sorted ok positions, or None when
+        every position is ok)."""
+        if not self.aligned:
+            t = self.table()
+            pos = t.column("position").to_numpy() if len(t) else np.zeros(0, np.int64)
+            labels = np.full(self.count, -1, dtype=np.int32)
+            labels[pos] = t.column("label").to_numpy()
+            return labels, np.sort(pos[ok_mask(t)]).astype(np.int64)
+        t = self._read(["label", "status"], read_dictionary=["status"])
+        labels = t.column("label").to_numpy().astype(np.int32, copy=False)
+        status = t.column("status")
+        ok = np.ones(self.count, dtype=bool)
+        row = 0
+        for chunk in status.chunks:  # dictionary indices compared to the index of "ok", per chunk
+            codes = chunk.indices.to_numpy(zero_copy_only=False)
+            names = chunk.dictionary.to_pylist()
+            ok[row : row + len(codes)] = codes == (names.index("ok") if "ok" in names else -1)
+            row += len(codes)
+        return labels, None if ok.all() else np.flatnonzero(ok).astype(np.int64)
+
+    def take(self, positions: np.ndarray) -> pa.Table:
+        """The rows of `positions` (in that order); IndexError for a position without a row."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if not self.aligned:
+            t = self.table()
+            column = t.column("position").to_numpy() if len(t) else np.zeros(0, np.int64)
+            order = np.argsort(column)
+            found = np.minimum(np.searchsorted(column[order], pos), max(len(column) - 1, 0))
+            if len(pos) and (not len(column) or (column[order][found] != pos).any()):
+                raise IndexError("positions without an index row")
+            return t.take(order[found])
+        if len(pos) and (pos.min() < 0 or pos.max() >= self.count):
+            raise IndexError("positions without an index row")
+        groups = np.unique(np.searchsorted(self._starts, pos, side="right") - 1)
+        if not len(groups):
+            return INDEX_SCHEMA.empty_table()
+        t = conform(self._read(INDEX_SCHEMA.names, [int(g) for g in groups]))
+        # rows of the groups read, renumbered: group g's rows follow each other in `t`
+        offset = np.zeros(len(self._starts) - 1, dtype=np.int64)
+        sizes = np.diff(self._starts)[groups]
+        offset[groups] = np.concatenate([[0], np.cumsum(sizes)[:-1]]) - self._starts[groups]
+        g_of = np.searchsorted(self._starts, pos, side="right") - 1
+        return t.take(pa.array(pos + offset[g_of]))
+
+    def column(self, name: str) -> pa.Array:
+        """Column `name` aligned to positions (entry `p` = position `p`; null where no row)."""
+        if self.aligned:
+            return self._read([name]).column(name).combine_chunks()
+        t = self.table()
+        row_of = np.full(self.count, -1, dtype=np.int64)
+        row_of[t.column("position").to_numpy()] = np.arange(len(t))
+        mask = row_of < 0
+        return t.column(name).combine_chunks().take(pa.array(np.where(mask, 0, row_of), mask=mask))
+
+
+def _positions_are_rows(meta: pq.FileMetaData) -> bool:
+    """Whether every row group's position statistics say row `r` holds position `r`."""
+    col = INDEX_SCHEMA.names.index("position")
+    row = 0
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        st = rg.column(col).statistics
+        if st is None or not st.has_min_max or st.null_count:
+            return False
+        if (st.min, st.max) != (row, row + rg.num_rows - 1):
+            return False
+        row += rg.num_rows
+    return True
