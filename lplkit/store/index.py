@@ -77,7 +77,12 @@ ROW_GROUP = 1 << 16
 
 def table_to_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP)
+    # position is 0..n-1 in a finalized index: delta-encoded it costs bytes, so readers can check
+    # the row = position alignment cheaply (`IndexFile`).
+    dictionary = [n for n in table.schema.names if n != "position"]
+    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP,
+                   use_dictionary=dictionary,
+                   column_encoding={"position": "DELTA_BINARY_PACKED"})  # fmt: skip
     return sink.getvalue().to_pybytes()
 
 
@@ -138,12 +143,14 @@ class IndexFile:
         self.aligned = False
         if table is None:
             with fs.open(path, "rb") as f:
-                meta = pq.read_metadata(f)
-            if meta.schema.to_arrow_schema().names != INDEX_SCHEMA.names:
-                raise ValueError(f"index columns {meta.schema.names} are not {INDEX_SCHEMA.names}")
-            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-            self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-            self.aligned = int(self._starts[-1]) == self.count and _positions_are_rows(meta)
+                pf = pq.ParquetFile(f)
+                meta = pf.metadata
+                if pf.schema_arrow.names != INDEX_SCHEMA.names:
+                    raise ValueError(f"index columns {pf.schema_arrow.names} are not "
+                                     f"{INDEX_SCHEMA.names}")  # fmt: skip
+                sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+                self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+                self.aligned = int(self._starts[-1]) == self.count and _positions_are_rows(pf)
         if not self.aligned:
             self._table = self.table()
 
@@ -171,12 +178,12 @@ class IndexFile:
             labels[pos] = t.column("label").to_numpy()
             return labels, np.sort(pos[ok_mask(t)]).astype(np.int64)
         t = self._read(["label", "status"], read_dictionary=["status"])
-        labels = t.column("label").to_numpy().astype(np.int32, copy=False)
+        labels = _numpy(t.column("label")).astype(np.int32, copy=False)
         status = t.column("status")
         ok = np.ones(self.count, dtype=bool)
         row = 0
         for chunk in status.chunks:  # dictionary indices compared to the index of "ok", per chunk
-            codes = chunk.indices.to_numpy(zero_copy_only=False)
+            codes = _chunk_numpy(chunk.indices)
             names = chunk.dictionary.to_pylist()
             ok[row : row + len(codes)] = codes == (names.index("ok") if "ok" in names else -1)
             row += len(codes)
@@ -217,16 +224,31 @@ class IndexFile:
         return t.column(name).combine_chunks().take(pa.array(np.where(mask, 0, row_of), mask=mask))
 
 
-def _positions_are_rows(meta: pq.FileMetaData) -> bool:
-    """Whether every row group's position statistics say row `r` holds position `r`."""
-    col = INDEX_SCHEMA.names.index("position")
+def _chunk_numpy(chunk: pa.Array) -> np.ndarray:
+    """A null-free integer Arrow array viewed as numpy (no copy). Not `to_numpy()`: pyarrow
+    imports pandas for it, which alone can cost more than the whole open."""
+    if chunk.null_count:
+        raise ValueError(f"unexpected nulls in an index column of type {chunk.type}")
+    dtype = np.dtype(str(chunk.type))
+    return np.frombuffer(
+        chunk.buffers()[1], dtype=dtype, count=len(chunk), offset=chunk.offset * dtype.itemsize
+    )
+
+
+def _numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """A null-free integer column as one numpy array (chunk by chunk, see `_chunk_numpy`)."""
+    chunks = [_chunk_numpy(c) for c in column.chunks]
+    return np.concatenate(chunks) if len(chunks) != 1 else chunks[0].copy()
+
+
+def _positions_are_rows(pf: pq.ParquetFile) -> bool:
+    """Whether row `r` holds position `r` (checked one row group at a time: the position column
+    is delta-encoded by the writer, a few bytes per row group to read)."""
     row = 0
-    for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        st = rg.column(col).statistics
-        if st is None or not st.has_min_max or st.null_count:
-            return False
-        if (st.min, st.max) != (row, row + rg.num_rows - 1):
-            return False
-        row += rg.num_rows
+    for i in range(pf.metadata.num_row_groups):
+        for chunk in pf.read_row_group(i, columns=["position"]).column(0).chunks:
+            got = _chunk_numpy(chunk)
+            if not np.array_equal(got, np.arange(row, row + len(got))):
+                return False
+            row += len(got)
     return True

@@ -1,0 +1,291 @@
+"""store_scale: the latent store at 100k / 1M / 4M rows against np.memmap, cold and warm page cache.
+
+Writes synthetic stores of 4x8x8 fp16 latents (1 KiB a row; encode's default 1,024-row shards and
+64-row chunks, no flips, all rows ok) through the real `StoreWriter`, one shard in memory at a time,
+plus an `.npy` of the same fp16 moments for the memmap baseline. Then measures, each in a fresh
+child process (so imports, RSS and caches are the child's own):
+
+- `open`: `LatentStore.open` wall time and resident memory it adds (VmRSS after - before);
+- `first_batch`: time from `LatentStore.open` returning to the first `store.batches(256)` batch,
+  vs a memmap doing the same (a random epoch permutation, gather 256 rows, z = mean + std * eps);
+- `dataset_{0,2}w`: a shuffled `DataLoader(LatentDataset, batch_size=256, num_workers=0|2)` for
+  `--samples` samples (worker start included), time per sample vs the same DataLoader over a
+  map-style memmap dataset drawing z the same way;
+- `verify`: full `verify_store` (all checksums) at sizes up to `--verify-max-rows`.
+
+"Cold" drops the page cache before the child starts (`echo 3 > /proc/sys/vm/drop_caches`, needs
+root; else `posix_fadvise(DONTNEED)` on every file of the store and the memmap; the JSON records
+which). The machine is shared: numbers are one run each, ratios come from the same run.
+
+    python benchmarks/store_scale.py --rows 100000,1000000,4000000 --dir /tmp/scale \
+        --label after --json docs/results/store_scale_after.json [--keep]
+
+The stores are deleted at the end unless `--keep`; an existing store of the right size is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHAPE = (4, 8, 8)
+SHARD, CHUNK, BATCH = 1024, 64, 256
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def shard_moments(seed: int, shard: int, rows: int) -> np.ndarray:
+    """float32 (rows, 2, C, h, w) of one shard: mean ~ N(0, 1), std ~ U(0.05, 0.5)."""
+    rng = np.random.default_rng([seed, shard])
+    m = np.empty((rows, 2, *SHAPE), np.float32)
+    m[:, 0] = rng.standard_normal((rows, *SHAPE), dtype=np.float32)
+    m[:, 1] = 0.05 + 0.45 * rng.random((rows, *SHAPE), dtype=np.float32)
+    return m
+
+
+def write_store(url: str, npy: str, count: int, seed: int = 0) -> float:
+    """Stream `count` rows into a store and the memmap file; returns seconds."""
+    from lplkit.store import StoreWriter, new_manifest
+
+    manifest = new_manifest(
+        autoencoder={"id": "synthetic", "class": "AutoencoderKL", "config_hash": "0"},
+        resolution=8 * SHAPE[1],
+        latent_shape=SHAPE,
+        source={"id": "synthetic", "split": "train", "revision": None, "count": count},
+        dtype="float16",
+        flips=False,
+        shard_size=SHARD,
+        chunk_size=CHUNK,
+        codec="none",
+    )
+    t = time.perf_counter()
+    mm = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float16, shape=(count, 2, *SHAPE))
+    with StoreWriter.create_or_resume(url, manifest) as writer:
+        for s in writer.pending_shards():
+            lo, hi = writer.shard_range(s)
+            m = shard_moments(seed, s, hi - lo)
+            labels = (np.arange(lo, hi) % 1000).astype(np.int32)
+            rows = [{"key": f"img_{p:08d}", "status": "ok"} for p in range(lo, hi)]
+            writer.write_shard(s, m, None, labels, rows)
+            mm[lo:hi] = m.astype(np.float16)
+        writer.finalize()
+    mm.flush()
+    del mm
+    return time.perf_counter() - t
+
+
+# -- page cache -------------------------------------------------------------------------------------
+
+
+def drop_cache(paths: list[str]) -> str:
+    """Empty the page cache (all of it when root may, else the files under `paths`)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return "drop_caches"
+    except OSError:
+        pass
+    for root in paths:
+        files = [Path(root)] if Path(root).is_file() else Path(root).rglob("*")
+        for f in files:
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+    return "fadvise_dontneed"
+
+
+# -- child measurements -----------------------------------------------------------------------------
+
+
+def rss() -> int:
+    """Resident bytes of this process (after returning freed Arrow memory to the OS)."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def sample(m16: np.ndarray, g: Any) -> Any:
+    """z = mean + std * eps for float16 moments (n, 2, C, h, w)."""
+    import torch
+
+    m = torch.from_numpy(np.asarray(m16, dtype=np.float32))
+    return m[:, 0] + m[:, 1] * torch.randn(m[:, 0].shape, generator=g)
+
+
+class MemmapDataset:
+    """The memmap baseline of `LatentDataset`: item i drawn with a generator seeded by (0, 0, i)."""
+
+    def __init__(self, npy: str) -> None:
+        self.npy = npy
+        self.mm: np.ndarray | None = None
+        self.n = int(np.load(npy, mmap_mode="r").shape[0])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        if self.mm is None:
+            self.mm = np.load(self.npy, mmap_mode="r")
+        state = np.random.SeedSequence([0, 0, i]).generate_state(2, np.uint32)
+        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return {"latent": sample(self.mm[i : i + 1], g)[0], "label": i % 1000, "position": i}
+
+
+def child(what: str, url: str, npy: str, samples: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    from torch.utils.data import DataLoader
+
+    from lplkit.store import LatentStore
+
+    out: dict[str, Any] = {}
+    if what == "open":
+        before = rss()
+        t = time.perf_counter()
+        store = LatentStore.open(url)
+        out["open_s"] = time.perf_counter() - t
+        out["open_rss_bytes"] = rss() - before
+        out["open_rss_per_row"] = out["open_rss_bytes"] / len(store)
+    elif what == "first_batch":
+        store = LatentStore.open(url)
+        t = time.perf_counter()
+        next(iter(store.batches(BATCH, seed=0)))
+        out["first_batch_s"] = time.perf_counter() - t
+    elif what == "first_batch_memmap":
+        t = time.perf_counter()
+        mm = np.load(npy, mmap_mode="r")
+        order = np.random.default_rng(0).permutation(len(mm))
+        sample(mm[np.sort(order[:BATCH])], torch.Generator().manual_seed(0))
+        out["first_batch_memmap_s"] = time.perf_counter() - t
+    elif what.startswith("dataset"):
+        workers = int(what.rsplit("_", 1)[1])
+        if what.startswith("dataset_memmap"):
+            ds: Any = MemmapDataset(npy)
+        else:
+            ds = LatentStore.open(url).as_dataset(seed=0)
+        g = torch.Generator().manual_seed(0)
+        loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, generator=g)
+        t = time.perf_counter()
+        n = 0
+        for b in loader:
+            n += len(b["latent"])
+            if n >= samples:
+                break
+        out["s_per_sample"] = (time.perf_counter() - t) / n
+    elif what == "verify":
+        from lplkit.store import verify_store
+
+        t = time.perf_counter()
+        report = verify_store(url)
+        out["verify_s"] = time.perf_counter() - t
+        out["verify_ok"] = bool(getattr(report, "ok", True))
+    return out
+
+
+def run_child(what: str, url: str, npy: str, samples: int, cold: bool) -> dict[str, Any]:
+    how = drop_cache([url, npy]) if cold else "warm"
+    cmd = [sys.executable, __file__, "--child", what, "--url", url, "--npy", npy]
+    cmd += ["--samples", str(samples)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{res.stderr[-3000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["cache"] = how
+    print(f"  {what:22s} {how:16s} {out}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="100000,1000000,4000000")
+    ap.add_argument("--dir", default="/tmp/lplkit-store-scale")
+    ap.add_argument("--label", default="run")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--samples", type=int, default=5120, help="samples per DataLoader measurement")
+    ap.add_argument("--verify-max-rows", type=int, default=1_000_000)
+    ap.add_argument("--skip", default="", help="comma-separated measurements to skip")
+    ap.add_argument("--keep", action="store_true", help="keep the stores for another run")
+    ap.add_argument("--child", default=None)
+    ap.add_argument("--url", default=None)
+    ap.add_argument("--npy", default=None)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.url, args.npy, args.samples)))
+        return
+    import lplkit
+
+    skip = set(filter(None, args.skip.split(",")))
+    base = Path(args.dir)
+    base.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "label": args.label,
+        "lplkit": str(Path(lplkit.__file__).parent),
+        "shape": SHAPE,
+        "shard_size": SHARD,
+        "chunk_size": CHUNK,
+        "batch": BATCH,
+        "samples": args.samples,
+        "sizes": {},
+    }
+    for count in [int(r) for r in args.rows.split(",")]:
+        url, npy = str(base / f"s{count}.zarr"), str(base / f"s{count}.npy")
+        done = base / f"s{count}.done"
+        r: dict[str, Any] = {}
+        if not done.exists():
+            shutil.rmtree(url, ignore_errors=True)
+            r["write_s"] = write_store(url, npy, count)
+            done.write_text("ok")
+        print(f"{count} rows ({args.label})", flush=True)
+        for cold in (True, False):
+            tag = "cold" if cold else "warm"
+            if "open" not in skip:
+                r[f"open_{tag}"] = run_child("open", url, npy, args.samples, cold)
+            if "first_batch" not in skip:
+                r[f"first_batch_{tag}"] = run_child("first_batch", url, npy, args.samples, cold)
+                r[f"first_batch_memmap_{tag}"] = run_child(
+                    "first_batch_memmap", url, npy, args.samples, cold
+                )
+        for w in (0, 2):
+            if f"dataset_{w}" in skip:
+                continue
+            d = run_child(f"dataset_{w}", url, npy, args.samples, False)
+            mm = run_child(f"dataset_memmap_{w}", url, npy, args.samples, False)
+            r[f"dataset_{w}w"] = {**d, "memmap_s_per_sample": mm["s_per_sample"],
+                                  "vs_memmap": d["s_per_sample"] / mm["s_per_sample"]}  # fmt: skip
+        if "verify" not in skip and count <= args.verify_max_rows:
+            r["verify_cold"] = run_child("verify", url, npy, args.samples, True)
+        results["sizes"][str(count)] = r
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if not args.keep:
+        for count in [int(r) for r in args.rows.split(",")]:
+            shutil.rmtree(base / f"s{count}.zarr", ignore_errors=True)
+            for ext in ("npy", "done"):
+                (base / f"s{count}.{ext}").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
