@@ -154,7 +154,13 @@ class MemmapDataset:
 
 
 def child(what: str, url: str, npy: str, samples: int) -> dict[str, Any]:
+    # Imported before any timing: a one-time process cost, and here (PYTHONDONTWRITEBYTECODE=1,
+    # no bytecode cache in the venv) pandas compiles from source in ~10 s whenever pyarrow
+    # pulls it in, which would swamp what is measured.
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
     import torch
+    import zarr  # noqa: F401
 
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader

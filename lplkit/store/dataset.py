@@ -97,7 +97,8 @@ class LatentDataset(Dataset):
         position = int(self.positions[i])
         gen = _item_generator(self.seed, self.epoch, position)
         flipped = self.flip and bool(torch.rand((), generator=gen) < 0.5)
-        self.store._ram_block()  # whole store in RAM when it fits the budget (read once)
+        if not self.store.reads_rows:  # zarr: chunks; hold the store in RAM if it fits the budget
+            self.store._ram_block()
         mean, std = self.store.read([position], flip=flipped)
         eps = torch.randn(mean.shape[1:], generator=gen)
         latent = torch.from_numpy(mean[0]) + torch.from_numpy(std[0]) * eps

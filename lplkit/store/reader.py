@@ -39,11 +39,13 @@ from lplkit.store import index as idx
 from lplkit.store import shuffle as shf
 from lplkit.store.dataset import LatentDataset
 from lplkit.store.markers import marker_shards, read_marker
+from lplkit.store.shard_rows import ShardRows
 from lplkit.store.sidecar import url_to_fs
 from lplkit.store.tooling import array_of
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of stored moments (all arrays) the loader may hold
 DEFAULT_MAX_THREADS = 4  # sampling threads when `threads` is not given
+DIRECT_READ_MAX = 32  # `read` of at most this many positions reads rows, not chunks (raw stores)
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
@@ -117,6 +119,17 @@ class LatentStore:
         self.has_flips = bool(manifest["flips"])
         self._count = int(manifest["source"]["count"])
         self._arrays = {n: array_of(group, n) for n in fmt.array_names(manifest) if n != fmt.LABELS}
+        # Single rows straight from the shard files when stored raw on a local disk (else None)
+        fs, root = url_to_fs(url)
+        direct = {
+            n: ShardRows.for_array(fs, root, n, a.metadata.to_dict())
+            for n, a in self._arrays.items()
+        }
+        self._direct: dict[str, ShardRows] | None = (
+            {n: r for n, r in direct.items() if r is not None}
+            if all(r is not None for r in direct.values())
+            else None
+        )
         # Labels come from the index's label column (equal to the labels array: the writer checks
         # it, verify re-checks it): one column read instead of one zarr chunk read per 64 rows.
         self.labels, ok = labels_ok or index.labels_and_ok()
@@ -125,6 +138,12 @@ class LatentStore:
         self._ram: _Block | None = None
         self._scratch: dict[str, torch.Tensor] = {}
         self._columns: dict[str, pa.Array] = {}
+
+    @property
+    def reads_rows(self) -> bool:
+        """Whether single rows are read from the shard files (raw, local store): then random
+        access needs no copy of the store in RAM (the page cache is shared by every process)."""
+        return self._direct is not None
 
     @property
     def ok_positions(self) -> np.ndarray:
@@ -272,6 +291,12 @@ class LatentStore:
         pos = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(pos) and (pos.min() < 0 or pos.max() >= self._count):
             raise IndexError(f"positions must be in [0, {self._count})")
+        if self._ram is None and self._direct is not None and len(pos) <= DIRECT_READ_MAX:
+            direct = self._direct[name]  # a few rows: one pread each instead of a chunk each
+            stored = np.empty((len(pos), *direct.row_shape), dtype=direct.dtype)
+            direct.read(pos, stored)
+            m = fmt.from_storage(stored, self.dtype)
+            return m[:, 0], m[:, 1]
         block = self._ram or self._load(np.unique(pos // self.chunk_size))
         rows = torch.from_numpy(block.rows(pos))
         m = torch.index_select(block.arrays[name], 0, rows).float().numpy()  # 1.7x adv. indexing
