@@ -136,6 +136,8 @@ class LatentStore:
         self._ok_positions = ok  # None: every position is ok (materialized on first use)
         self.n_ok = self._count if ok is None else len(ok)
         self._ram: _Block | None = None
+        self._ram_future: Future[_Block] | None = None
+        self._ram_future_pid = 0
         self._scratch: dict[str, torch.Tensor] = {}
         self._columns: dict[str, pa.Array] = {}
 
@@ -272,11 +274,29 @@ class LatentStore:
         block.raw = raw
         return block
 
+    def _ram_loading(self) -> Future[_Block]:
+        """The whole store being read into RAM in a background thread (started on first call)."""
+        if self._ram_future is None or self._ram_future_pid != os.getpid():
+            if self._ram is not None:
+                self._ram_future = Future()
+                self._ram_future.set_result(self._ram)
+            else:
+                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-store-ram")
+                self._ram_future = pool.submit(self._load, np.arange(self.n_chunks))
+                pool.shutdown(wait=False)
+            self._ram_future_pid = os.getpid()
+        return self._ram_future
+
     def _ram_block(self) -> _Block | None:
         """The whole store in RAM if it fits the memory budget (loaded once, then kept)."""
         if self._ram is None and self.n_chunks * self.bytes_per_chunk <= self.memory_budget:
-            self._ram = self._load(np.arange(self.n_chunks))
+            self._ram = self._ram_loading().result()
         return self._ram
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_ram_future"], state["_ram_future_pid"] = None, 0  # a thread's: not picklable
+        return state
 
     # -- random access --------------------------------------------------------------------------
 
@@ -373,12 +393,17 @@ class LatentStore:
         total = shf.num_batches(n, batch_size, world_size, drop_last)
         if total == 0 or start_batch >= total:
             return
-        ram = self._ram_block()
-        if ram is not None:
+        if self.window_chunks() is None:  # the store fits the budget: read once, then kept
+            loading = self._ram_loading()
             for j in range(start_batch, total):
                 span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
-                batch = self._make_batch([ram], plan.order[span], span, seed, epoch)
-                yield (*batch, torch.from_numpy(plan.order[span])) if with_index else batch
+                positions = plan.order[span]
+                if self._ram is None and loading.done():
+                    self._ram = loading.result()
+                # Until the whole store is in, each batch reads its own chunks (pipelined start)
+                block = self._ram or self._load(np.unique(positions // self.chunk_size))
+                batch = self._make_batch([block], positions, span, seed, epoch)
+                yield (*batch, torch.from_numpy(positions)) if with_index else batch
             return
         for batch, positions in self._stream(
             plan, batch_size, seed, epoch, start_batch, total, rank, world_size, drop_last
@@ -437,8 +462,13 @@ class LatentStore:
                 for k in list(loaded):
                     if k not in windows:
                         free.append(loaded.pop(k).raw)
+                for k in windows:
+                    request(k)
                 request(windows[-1] + 1)
-                blocks = [get(k) for k in windows]
+                if all(k in loaded or pending[k].done() for k in windows):
+                    blocks = [get(k) for k in windows]
+                else:  # a window is still being read: serve this batch from its own chunks
+                    blocks = [self._load(np.unique(positions // self.chunk_size))]
                 yield self._make_batch(blocks, positions, span, seed, epoch), positions
 
     def _make_batch(
