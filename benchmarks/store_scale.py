@@ -224,6 +224,52 @@ def run_child(what: str, url: str, npy: str, samples: int, cold: bool) -> dict[s
     return out
 
 
+ROWS = [  # (label, key, field, format): one table row per figure
+    ("`open`, cold (s)", "open_cold", "open_s", "{:.2f}"),
+    ("`open`, warm (s)", "open_warm", "open_s", "{:.2f}"),
+    ("`open` resident memory (B/row)", "open_cold", "open_rss_per_row", "{:.0f}"),
+    ("first batch, cold (s)", "first_batch_cold", "first_batch_s", "{:.2f}"),
+    ("  memmap first batch, cold (s)", "first_batch_memmap_cold", "first_batch_memmap_s", "{:.2f}"),
+    ("first batch, warm (s)", "first_batch_warm", "first_batch_s", "{:.2f}"),
+    ("  memmap first batch, warm (s)", "first_batch_memmap_warm", "first_batch_memmap_s", "{:.2f}"),
+    ("LatentDataset, 0 workers, time/sample vs memmap", "dataset_0w", "vs_memmap", "{:.2f}x"),
+    ("LatentDataset, 2 workers, time/sample vs memmap", "dataset_2w", "vs_memmap", "{:.2f}x"),
+    ("full verify, cold (s)", "verify_cold", "verify_s", "{:.1f}"),
+]
+
+
+def table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Markdown: one row per figure, before / after per size."""
+    sizes = list(after["sizes"])
+    head = "| | " + " | ".join(f"{int(n):,} rows before / after" for n in sizes) + " |"
+    lines = [head, "| --- |" + " --- |" * len(sizes)]
+    for label, key, field, form in ROWS:
+        cells = []
+        for n in sizes:
+            pair = []
+            for res in (before, after):
+                v = res["sizes"].get(n, {}).get(key, {}).get(field)
+                pair.append("-" if v is None else form.format(v))
+            cells.append(" / ".join(pair))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    # resident memory per added row: RSS(N) - RSS(smallest N), over the rows added (the fixed
+    # cost of the modules open loads cancels)
+    cells = []
+    for n in sizes:
+        pair = []
+        for res in (before, after):
+            rss = {
+                int(k): v.get("open_cold", {}).get("open_rss_bytes")
+                for k, v in res["sizes"].items()
+            }
+            lo = min(rss)
+            ok = int(n) > lo and rss.get(int(n)) is not None and rss[lo] is not None
+            pair.append(f"{(rss[int(n)] - rss[lo]) / (int(n) - lo):.1f}" if ok else "-")
+        cells.append(" / ".join(pair))
+    lines.append("| `open` resident memory per added row (B/row) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="100000,1000000,4000000")
@@ -234,12 +280,22 @@ def main() -> None:
     ap.add_argument("--verify-max-rows", type=int, default=1_000_000)
     ap.add_argument("--skip", default="", help="comma-separated measurements to skip")
     ap.add_argument("--keep", action="store_true", help="keep the stores for another run")
+    ap.add_argument(
+        "--table",
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        default=None,
+        help="print the markdown table of two result files and exit",
+    )
     ap.add_argument("--child", default=None)
     ap.add_argument("--url", default=None)
     ap.add_argument("--npy", default=None)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.url, args.npy, args.samples)))
+        return
+    if args.table:
+        print(table(*[json.loads(Path(f).read_text()) for f in args.table]))
         return
     import lplkit
 
