@@ -441,7 +441,8 @@ class LatentStore:
         loaded: dict[int, _Block] = {}
         pending: dict[int, Future[_Block]] = {}
         free: list[dict[str, np.ndarray]] = []  # buffers of dropped windows
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-store") as pool:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-store")
+        try:
 
             def request(k: int) -> None:
                 if k < n_windows and k not in loaded and k not in pending:
@@ -470,6 +471,9 @@ class LatentStore:
                 else:  # a window is still being read: serve this batch from its own chunks
                     blocks = [self._load(np.unique(positions // self.chunk_size))]
                 yield self._make_batch(blocks, positions, span, seed, epoch), positions
+
+        finally:  # an abandoned iteration does not wait for the windows queued ahead
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _make_batch(
         self,

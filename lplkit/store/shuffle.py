@@ -147,20 +147,32 @@ def epoch_order(
 ) -> EpochOrder:
     """The epoch order of `ok_positions` (sorted) read in windows of `window` chunks (None = all)."""
     ok = np.asarray(ok_positions, dtype=np.int64)
-    chunk_of = ok // chunk_size
-    chunks, first = np.unique(chunk_of, return_index=True)
-    bounds = np.append(first, len(ok))  # ok[bounds[i]:bounds[i+1]] are the samples of chunks[i]
-    w = len(chunks) if window is None else max(1, min(int(window), len(chunks)))
+    if len(ok) and ok[-1] - ok[0] == len(ok) - 1:  # contiguous (an all-ok store): no search
+        first_chunk, last_chunk = int(ok[0] // chunk_size), int(ok[-1] // chunk_size)
+        chunks = np.arange(first_chunk, last_chunk + 1, dtype=np.int64)
+        edges = np.clip(chunks * chunk_size - ok[0], 0, len(ok))
+        bounds = np.append(edges, len(ok))
+        bounds[0] = 0
+    else:
+        chunk_of = ok // chunk_size
+        breaks = np.flatnonzero(np.diff(chunk_of)) + 1  # ok is sorted: chunks change at breaks
+        chunks = chunk_of[np.concatenate([[0], breaks])] if len(ok) else chunk_of
+        bounds = np.concatenate([[0], breaks, [len(ok)]]) if len(ok) else np.zeros(1, np.int64)
+    # ok[bounds[i]:bounds[i+1]] are the samples of chunks[i]
+    w = max(1, len(chunks) if window is None else min(int(window), len(chunks)))
     chunk_seq = rng_for(seed, epoch, _ORDER_TAG).permutation(len(chunks)) if shuffle else None
     if chunk_seq is None:
         chunk_seq = np.arange(len(chunks))
+    # all samples in chunk_seq order, vectorized: each chunk's run of ok indices, concatenated
+    sizes = (bounds[1:] - bounds[:-1])[chunk_seq]
+    run_start = np.repeat(bounds[:-1][chunk_seq] - (np.cumsum(sizes) - sizes), sizes)
+    seq = ok[run_start + np.arange(int(sizes.sum()), dtype=np.int64)]
+    ends = np.concatenate([[0], np.cumsum(sizes)])  # seq offset of each chunk in chunk_seq
     parts, starts, window_chunks = [], [], []
     n = 0
     for k, lo in enumerate(range(0, len(chunks), w)):
         sel = chunk_seq[lo : lo + w]
-        samples = (
-            np.concatenate([ok[bounds[c] : bounds[c + 1]] for c in sel]) if len(sel) else ok[:0]
-        )
+        samples = seq[ends[lo] : ends[lo + len(sel)]]
         if shuffle:
             samples = samples[rng_for(seed, epoch, k, _WINDOW_TAG).permutation(len(samples))]
         parts.append(samples)
