@@ -22,6 +22,7 @@ are the same for any thread count.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import pairwise
@@ -246,6 +247,10 @@ class LatentStore:
 
     # -- chunk I/O ------------------------------------------------------------------------------
 
+    def _load_batch(self, positions: np.ndarray) -> _Block:
+        """The chunks of one batch (served while a background read of the store or window runs)."""
+        return self._load(np.unique(positions // self.chunk_size))
+
     def _load(self, chunks: np.ndarray, buffers: dict[str, np.ndarray] | None = None) -> _Block:
         """Read `chunks` (sorted ids) of every moment array, one zarr read per run of consecutive
         ids, straight into the block's buffer (no intermediate copy). `buffers` (from a dropped
@@ -261,6 +266,10 @@ class LatentStore:
                 out = np.empty((rows, *arr.shape[1:]), dtype=arr.dtype)
             raw[name] = out
             out = out[:rows]
+            if self._direct is not None:  # raw local shard files: one pread per chunk
+                self._direct[name].read_chunks(chunks, out)
+                arrays[name] = _as_tensor(out, self.dtype)
+                continue
             row = 0
             for run in runs:
                 lo = int(run[0]) * self.chunk_size
@@ -277,13 +286,22 @@ class LatentStore:
     def _ram_loading(self) -> Future[_Block]:
         """The whole store being read into RAM in a background thread (started on first call)."""
         if self._ram_future is None or self._ram_future_pid != os.getpid():
+            future: Future[_Block] = Future()
             if self._ram is not None:
-                self._ram_future = Future()
-                self._ram_future.set_result(self._ram)
-            else:
-                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-store-ram")
-                self._ram_future = pool.submit(self._load, np.arange(self.n_chunks))
-                pool.shutdown(wait=False)
+                future.set_result(self._ram)
+            elif self._direct is None:
+                # zarr reads: in this thread (a zarr read still running at exit fails noisily)
+                future.set_result(self._load(np.arange(self.n_chunks)))
+            else:  # raw shard files: a daemon thread (plain preads; nothing to wait for at exit)
+
+                def load() -> None:
+                    try:
+                        future.set_result(self._load(np.arange(self.n_chunks)))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+
+                threading.Thread(target=load, name="lplkit-store-ram", daemon=True).start()
+            self._ram_future = future
             self._ram_future_pid = os.getpid()
         return self._ram_future
 
@@ -401,7 +419,7 @@ class LatentStore:
                 if self._ram is None and loading.done():
                     self._ram = loading.result()
                 # Until the whole store is in, each batch reads its own chunks (pipelined start)
-                block = self._ram or self._load(np.unique(positions // self.chunk_size))
+                block = self._ram or self._load_batch(positions)
                 batch = self._make_batch([block], positions, span, seed, epoch)
                 yield (*batch, torch.from_numpy(positions)) if with_index else batch
             return
@@ -466,14 +484,15 @@ class LatentStore:
                 for k in windows:
                     request(k)
                 request(windows[-1] + 1)
-                if all(k in loaded or pending[k].done() for k in windows):
+                ready = all(k in loaded or pending[k].done() for k in windows)
+                if ready or self._direct is None:  # zarr reads would queue behind the window's
                     blocks = [get(k) for k in windows]
                 else:  # a window is still being read: serve this batch from its own chunks
-                    blocks = [self._load(np.unique(positions // self.chunk_size))]
+                    blocks = [self._load_batch(positions)]
                 yield self._make_batch(blocks, positions, span, seed, epoch), positions
 
         finally:  # an abandoned iteration does not wait for the windows queued ahead
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=self._direct is None, cancel_futures=True)
 
     def _make_batch(
         self,

@@ -134,6 +134,24 @@ class ShardRows:
                 raise OSError(f"{self.dir}/{shard}: short read")
             out[i] = np.frombuffer(data, dtype=self.dtype).reshape(self.row_shape)
 
+    def read_chunks(self, chunks: np.ndarray, out: np.ndarray) -> None:
+        """Whole inner chunks `chunks` into `out` (len(chunks) * chunk_rows, *row_shape): one
+        pread each (a partial last chunk is stored padded to full size)."""
+        size = self.chunk_rows * self.row_bytes
+        flat = out.reshape(len(chunks), size // self.dtype.itemsize)
+        per_shard = self.shard_rows // self.chunk_rows
+        for i, c in enumerate(np.asarray(chunks, dtype=np.int64).tolist()):
+            shard, inner = divmod(c, per_shard)
+            fd = self._fd(shard)
+            offset = _EMPTY if fd is None else self._chunk_table(shard, fd)[inner, 0]
+            if fd is None or offset == _EMPTY:
+                flat[i] = 0
+                continue
+            data = os.pread(fd, size, int(offset))
+            if len(data) != size:
+                raise OSError(f"{self.dir}/{shard}: short read")
+            flat[i] = np.frombuffer(data, dtype=self.dtype)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fds"], state["_index"] = OrderedDict(), {}  # descriptors are per process

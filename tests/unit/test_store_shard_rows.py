@@ -33,6 +33,12 @@ def test_rows_equal_zarr(tmp_path, dtype):
             mean, std = store.read(pos, flip=flip)
             np.testing.assert_array_equal(mean, want[pos, 0])
             np.testing.assert_array_equal(std, want[pos, 1])
+        chunks = np.array([0, 2, 5, 11])  # whole chunks (the stored-as-zeros one, the last partial)
+        block = store._load(chunks)
+        got = fmt.from_storage(block.raw[name], dtype)
+        rows = np.concatenate([np.arange(c * 4, c * 4 + 4) for c in chunks])
+        keep = rows < N
+        np.testing.assert_array_equal(got[keep], want[rows[keep]])
 
 
 def test_compressed_store_reads_chunks(tmp_path):
