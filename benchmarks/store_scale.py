@@ -8,7 +8,7 @@ child process (so imports, RSS and caches are the child's own):
 - `open`: `LatentStore.open` wall time and resident memory it adds (VmRSS after - before);
 - `first_batch`: time from `LatentStore.open` returning to the first `store.batches(256)` batch,
   vs a memmap doing the same (a random epoch permutation, gather 256 rows, z = mean + std * eps);
-- `dataset_{0,2}w`: a shuffled `DataLoader(LatentDataset, batch_size=256, num_workers=0|2)` for
+- `dataset_{0,2}w` (warm: every file of the store and the memmap read once first): a shuffled `DataLoader(LatentDataset, batch_size=256, num_workers=0|2)` for
   `--samples` samples (worker start included), time per sample vs the same DataLoader over a
   map-style memmap dataset drawing z the same way;
 - `verify`: full `verify_store` (all checksums) at sizes up to `--verify-max-rows`.
@@ -105,6 +105,17 @@ def drop_cache(paths: list[str]) -> str:
                 finally:
                     os.close(fd)
     return "fadvise_dontneed"
+
+
+def warm_cache(paths: list[str]) -> None:
+    """Read every file under `paths` once, so both sides of a "warm" comparison start cached."""
+    for root in paths:
+        files = [Path(root)] if Path(root).is_file() else sorted(Path(root).rglob("*"))
+        for f in files:
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    while fh.read(16 << 20):
+                        pass
 
 
 # -- child measurements -----------------------------------------------------------------------------
@@ -330,6 +341,7 @@ def main() -> None:
                 r[f"first_batch_memmap_{tag}"] = run_child(
                     "first_batch_memmap", url, npy, args.samples, cold
                 )
+        warm_cache([url, npy])  # the DataLoader rows compare warm store vs warm memmap
         for w in (0, 2):
             if f"dataset_{w}" in skip:
                 continue
