@@ -263,21 +263,6 @@ def table(before: dict[str, Any], after: dict[str, Any]) -> str:
                 pair.append("-" if v is None else form.format(v))
             cells.append(" / ".join(pair))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    # resident memory per added row: RSS(N) - RSS(smallest N), over the rows added (the fixed
-    # cost of the modules open loads cancels)
-    cells = []
-    for n in sizes:
-        pair = []
-        for res in (before, after):
-            rss = {
-                int(k): v.get("open_cold", {}).get("open_rss_bytes")
-                for k, v in res["sizes"].items()
-            }
-            lo = min(rss)
-            ok = int(n) > lo and rss.get(int(n)) is not None and rss[lo] is not None
-            pair.append(f"{(rss[int(n)] - rss[lo]) / (int(n) - lo):.1f}" if ok else "-")
-        cells.append(" / ".join(pair))
-    lines.append("| `open` resident memory per added row (B/row) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
