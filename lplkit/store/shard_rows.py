@@ -17,6 +17,7 @@ here: `lplkit verify` checks the stored data against the completion markers' sha
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from typing import Any
@@ -158,5 +159,12 @@ class ShardRows:
         return state
 
     def close(self) -> None:
-        while self._fds:
-            os.close(self._fds.popitem()[1])
+        """Close this process's descriptors (a forked child's inherited ones are its parent's)."""
+        if self._pid == os.getpid():
+            while self._fds:
+                os.close(self._fds.popitem()[1])
+        self._fds = OrderedDict()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            self.close()
