@@ -139,6 +139,14 @@ def tiny_vae_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vae_info(tiny_vae_dir) -> dict:
+    """`autoencoder_info` of the tiny VAE: the manifest entry of a store 'encoded' with it."""
+    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
+
+    return autoencoder_info(load_autoencoder(str(tiny_vae_dir)), str(tiny_vae_dir))
+
+
+@pytest.fixture(scope="session")
 def other_vae_dir(tmp_path_factory) -> Path:
     """A second tiny AutoencoderKL with different weights (for stale-cache refusal tests)."""
     path = tmp_path_factory.mktemp("other_vae")

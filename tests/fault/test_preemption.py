@@ -43,13 +43,13 @@ pytestmark = pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning"
 
 
 @pytest.fixture(scope="module")
-def store(tiny_vae_dir, tmp_path_factory) -> Path:
-    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
+def store(tiny_vae_info, tmp_path_factory) -> Path:
     from lplkit.store.synthetic import write_synthetic_store
 
-    info = autoencoder_info(load_autoencoder(str(tiny_vae_dir)), str(tiny_vae_dir))
     path = tmp_path_factory.mktemp("pre") / "s.zarr"
-    write_synthetic_store(path, count=24, latent_shape=(4, 8, 8), num_classes=3, autoencoder=info)
+    write_synthetic_store(
+        path, count=24, latent_shape=(4, 8, 8), num_classes=3, autoencoder=tiny_vae_info
+    )
     return path
 
 

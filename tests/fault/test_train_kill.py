@@ -37,13 +37,13 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_vae_dir) -> Path:
-    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
+def store(tmp_path_factory, tiny_vae_info) -> Path:
     from lplkit.store.synthetic import write_synthetic_store
 
-    info = autoencoder_info(load_autoencoder(str(tiny_vae_dir)), str(tiny_vae_dir))
     path = tmp_path_factory.mktemp("tk") / "s.zarr"
-    write_synthetic_store(path, count=24, latent_shape=(4, 8, 8), num_classes=3, autoencoder=info)
+    write_synthetic_store(
+        path, count=24, latent_shape=(4, 8, 8), num_classes=3, autoencoder=tiny_vae_info
+    )
     return path
 
 

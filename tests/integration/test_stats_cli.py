@@ -90,6 +90,19 @@ def test_stats_on_a_folder_that_is_not_a_store_is_one_line(tmp_path, capsys) -> 
     assert code == 4 and "not an lplkit latent store" in err
 
 
+def _assert_merged_equals_single(multi, single) -> None:
+    """Statistics merged over ranks equal one process's: same items, latent moments to float64
+    rounding, per-layer moments to float32 rounding, identical histogram counts (same pilot edges)."""
+    assert np.array_equal(multi.items, single.items)
+    torch.testing.assert_close(multi.latent_mean, single.latent_mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(multi.latent_std, single.latent_std, rtol=1e-10, atol=1e-12)
+    for a, b in zip(multi.layers, single.layers, strict=True):
+        assert a.count == b.count
+        torch.testing.assert_close(a.mean, b.mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a.std, b.std, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a.hist.counts, b.hist.counts)
+
+
 @pytest.mark.slow  # ~30 s on 2 shared CPU cores (two processes import torch + diffusers)
 def test_stats_under_torchrun_gloo_equals_single_process(cli_store, capsys, tmp_path) -> None:
     """Two gloo ranks each take half the items; the merged result equals one process's."""
@@ -117,14 +130,7 @@ def test_stats_under_torchrun_gloo_equals_single_process(cli_store, capsys, tmp_
     assert out["sampling"]["world_size"] == 2
     multi = load_stats(str(cli_store))
     assert single is not None and multi is not None and multi.meta["run"] != single.meta["run"]
-    assert np.array_equal(multi.items, single.items)
-    torch.testing.assert_close(multi.latent_mean, single.latent_mean, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(multi.latent_std, single.latent_std, rtol=1e-10, atol=1e-12)
-    for a, b in zip(multi.layers, single.layers, strict=True):
-        assert a.count == b.count
-        torch.testing.assert_close(a.mean, b.mean, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(a.std, b.std, rtol=1e-6, atol=1e-7)
-        assert torch.equal(a.hist.counts, b.hist.counts)  # same pilot edges -> identical counts
+    _assert_merged_equals_single(multi, single)
 
 
 def test_stats_on_two_forked_gloo_ranks_equals_single_process(cli_store, tmp_path) -> None:
@@ -142,11 +148,4 @@ def test_stats_on_two_forked_gloo_ranks_equals_single_process(cli_store, tmp_pat
     multi = load_stats(str(cli_store))
     assert single is not None and multi is not None and multi.meta["run"] != single.meta["run"]
     assert multi.meta["sampling"]["world_size"] == 2 and single.meta["sampling"]["world_size"] == 1
-    assert np.array_equal(multi.items, single.items)
-    torch.testing.assert_close(multi.latent_mean, single.latent_mean, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(multi.latent_std, single.latent_std, rtol=1e-10, atol=1e-12)
-    for a, b in zip(multi.layers, single.layers, strict=True):
-        assert a.count == b.count
-        torch.testing.assert_close(a.mean, b.mean, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(a.std, b.std, rtol=1e-6, atol=1e-7)
-        assert torch.equal(a.hist.counts, b.hist.counts)
+    _assert_merged_equals_single(multi, single)

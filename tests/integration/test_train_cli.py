@@ -113,6 +113,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
+# The default suite kills training in tests/fault/test_train_kill.py (two seeded trials).
+@pytest.mark.slow
 def test_kill9_then_rerun_is_bitwise_identical(store, tmp_path):
     steps = 40
     args = _train_args(store, tmp_path / "run", "--steps", str(steps), "--ckpt-every", "5",
@@ -146,6 +148,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The default suite runs 2 forked gloo ranks with the LPL against 1 process
+# (test_train_paths.py) and torchrun's 2-rank launcher in tests/fault/test_preemption.py.
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(exact_store, tmp_path):
     steps = 3
     base = _train_args(exact_store, tmp_path / "one", "--steps", str(steps), "--log-every", "1",

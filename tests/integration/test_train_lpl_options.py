@@ -51,15 +51,15 @@ def test_cases_cover_every_lplconfig_field():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_vae_dir) -> Path:
+def store(tmp_path_factory, tiny_vae_info) -> Path:
     """A synthetic store encoded 'with' the tiny VAE, with `lplkit stats` run on it."""
-    from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.stats.job import run_stats
     from lplkit.store.synthetic import write_synthetic_store
 
     path = tmp_path_factory.mktemp("store") / "s.zarr"
-    info = autoencoder_info(load_autoencoder(str(tiny_vae_dir)), str(tiny_vae_dir))
-    write_synthetic_store(path, count=16, latent_shape=(4, 8, 8), num_classes=2, autoencoder=info)
+    write_synthetic_store(
+        path, count=16, latent_shape=(4, 8, 8), num_classes=2, autoencoder=tiny_vae_info
+    )
     run_stats(str(path), samples=8, batch_size=4, pilot=2)
     return path
 
