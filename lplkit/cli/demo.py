@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The paper's protocol in miniature, offline on OpenMoji: post-train the bundled base
         without and with the LPL, sample both from the same noise, evaluate both against the
-        held-out floor (~4 min on 2 CPU cores with the defaults), and print where the picture is."""
+        held-out floor, and print where the picture is."""
         from lplkit.demo import DemoConfig, run_demo
 
         cfg = DemoConfig(
