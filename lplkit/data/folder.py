@@ -12,6 +12,7 @@ reading, so it cannot hang the encode). A name that is not valid UTF-8 gets a pe
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import urllib.parse
@@ -103,7 +104,10 @@ def _open_path(path: str) -> Callable[[], Image.Image]:
             raise OSError(f"not a regular file ({kind})")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        return Image.open(os.fdopen(fd, "rb"))
+        # PIL never closes a file object it was handed (only files it opened itself), so the
+        # bytes are read here and the descriptor closed at once (it leaked until collection)
+        with os.fdopen(fd, "rb") as f:
+            return Image.open(io.BytesIO(f.read()))
 
     return _open
 
