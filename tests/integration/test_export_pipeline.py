@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers.cli import run_cli
 
 from lplkit.diffusion.image_files import to_uint8
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_vae
+from helpers.models import make_tiny_vae
 
 from lplkit.diffusion.denoisers import build_model
 from lplkit.errors import ConfigError
