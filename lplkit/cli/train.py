@@ -33,8 +33,10 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag(
         "init",
         "--init",
-        "Start from pre-trained weights: a bundled base (openmoji-base) or a run directory.",
+        "Start from pre-trained weights: a bundled base (openmoji-base), a run directory, or a "
+        "diffusers DiTPipeline (hub id, local directory, SPEC:transformer).",
     ),
+    ConfigFlag("init_revision", "--init-revision", "Hub branch, tag or commit of --init ORG/NAME."),
     ConfigFlag("lpl.preset", "--lpl-preset", f"LPL options preset: {', '.join(LPL_PRESETS)}."),
     ConfigFlag("lpl.weight", "--lpl-weight", "w in L + w LPL."),
     ConfigFlag("lpl.snr_min", "--lpl-snr-min", "Gate: LPL only where SNR(t) >= this."),

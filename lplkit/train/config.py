@@ -144,6 +144,8 @@ class TrainConfig:
     # Start from pre-trained weights (bundled base such as "openmoji-base", or a run directory's
     # newest EMA weights) instead of a random init; the run keeps the base's latent normalization.
     init: str | None = None
+    # hub branch, tag or commit of a diffusers `--init org/name` (the resolved commit goes to run.json)
+    init_revision: str | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
