@@ -235,7 +235,10 @@ def export_run(
     id2label, notes = _class_names(info, info["num_classes"])
     checkpoint_labels = (model.spec.get("diffusers") or {}).get("id2label")
     if checkpoint_labels and _keeps_layout(model):
-        id2label, notes = dict(checkpoint_labels), []  # the checkpoint's ids (see _export_transformer)
+        id2label, notes = (
+            dict(checkpoint_labels),
+            [],
+        )  # the checkpoint's ids (see _export_transformer)
     if tcfg.objective.kind == "flow":
         at = "any --steps" if hasattr(scheduler, "scale_model_input") else f"--steps {steps}"
         notes.append(f"flow: reproduces `lplkit sample --sampler euler` at {at} "

@@ -176,7 +176,8 @@ def wrap_diffusers(
     :func:`build_from_spec` rebuilds the same architecture for sampling and export. The label
     table's own random dropout is switched off as in the registered DiTs.
     """
-    config = {k: v for k, v in dict(net.config).items() if not k.startswith("_")}
+    raw: Any = net.config  # a diffusers FrozenDict (nn.Module.__getattr__ types it Tensor | Module)
+    config = {k: v for k, v in dict(raw).items() if not k.startswith("_")}
     for block in getattr(net, "transformer_blocks", ()):
         emb = getattr(getattr(block, "norm1", None), "emb", None)
         if emb is not None and hasattr(emb, "class_embedder"):

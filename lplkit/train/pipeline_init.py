@@ -112,7 +112,9 @@ def is_pipeline_spec(spec: str) -> bool:
     if path.is_dir():
         if (path / "run.json").is_file() and sub is None:
             return False
-        return (path / "model_index.json").is_file() or (path / (sub or "") / "config.json").is_file()
+        return (path / "model_index.json").is_file() or (
+            path / (sub or "") / "config.json"
+        ).is_file()
     # not a local directory: a hub id looks like org/name
     return sub is not None or (root.count("/") == 1 and not root.startswith((".", "/", "~")))
 
@@ -129,7 +131,9 @@ def resolve_pipeline(spec: str, revision: str | None = None) -> PipelineSource:
             sub = _DEFAULT_MODEL_FOLDER
         if not (path / (sub or "") / "config.json").is_file():
             where = path / (sub or "")
-            raise ConfigError(f"--init {spec}: {where} holds no config.json (not a diffusers model)")
+            raise ConfigError(
+                f"--init {spec}: {where} holds no config.json (not a diffusers model)"
+            )
         return PipelineSource(spec, str(path), None, sub, local=True)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError
@@ -210,8 +214,9 @@ def match_classes(
     """``(num_classes, label_map)`` for a store with ``store_k`` classes named ``store_names`` on a
     checkpoint with ``table`` classes (its null id is ``table``) labelled ``id2label``.
 
-    A store class matches the checkpoint id whose label equals its name, else whose
-    comma-separated synonyms hold it exactly once over all labels. ``label_map`` is None when the
+    Store names equal to the checkpoint's first labels, in order, match by position (ImageNet's
+    list names two classes "crane"); otherwise a store class matches the one checkpoint id whose
+    label equals its name, else whose comma-separated synonyms hold it exactly once over all labels. ``label_map`` is None when the
     store's classes are the checkpoint's, in order; else store id k -> checkpoint id, the store's
     null id (its class count) -> ``table``. Without names on either side classes match by id
     (warned). Unmatched, ambiguous or doubly matched classes raise ``ConfigError``.
@@ -231,19 +236,23 @@ def match_classes(
             raise ConfigError(f"the store has {k} classes; the checkpoint has {table}")
         ids = list(range(k))
     else:
-        full = {str(v): int(i) for i, v in id2label.items()}
+        full: dict[str, list[int]] = {}
         synonyms: dict[str, list[int]] = {}
         for i, v in id2label.items():
+            full.setdefault(str(v), []).append(int(i))
             for name in {s.strip() for s in str(v).split(",")}:
                 synonyms.setdefault(name, []).append(int(i))
         ids, bad = [], []
-        for name in store_names:
-            if name in full:
-                ids.append(full[name])
-            elif len(synonyms.get(name, ())) == 1:
+        in_order = [id2label.get(str(i)) for i in range(len(store_names))] == list(store_names)
+        for k_, name in enumerate(store_names):
+            if in_order:  # the checkpoint's own list (ImageNet's two "crane" classes included)
+                ids.append(k_)
+            elif len(full.get(name, ())) == 1:
+                ids.append(full[name][0])
+            elif name not in full and len(synonyms.get(name, ())) == 1:
                 ids.append(synonyms[name][0])
             else:
-                why = "ambiguous" if synonyms.get(name) else "unknown"
+                why = "ambiguous" if full.get(name) or synonyms.get(name) else "unknown"
                 bad.append(f"{name!r} ({why})")
         if bad:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
@@ -298,7 +307,9 @@ def _check_vae(src: PipelineSource, store: Any, record: dict[str, Any] | None) -
         )
 
 
-def _normalizer(src: PipelineSource, record: dict[str, Any] | None, channels: int) -> LatentNormalizer:
+def _normalizer(
+    src: PipelineSource, record: dict[str, Any] | None, channels: int
+) -> LatentNormalizer:
     if record is not None:
         return LatentNormalizer.from_record(record["normalization"])
     vae_cfg = src.read_json("vae/config.json") or {}

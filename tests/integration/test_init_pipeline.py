@@ -57,7 +57,9 @@ def pipe_dir(tmp_path_factory, tiny_vae_dir) -> Path:
 @pytest.fixture(scope="module")
 def hub_home(tmp_path_factory, pipe_dir) -> Path:
     home = tmp_path_factory.mktemp("hub") / "hf-home"
-    files = {str(p.relative_to(pipe_dir)): p.read_bytes() for p in pipe_dir.rglob("*") if p.is_file()}
+    files = {
+        str(p.relative_to(pipe_dir)): p.read_bytes() for p in pipe_dir.rglob("*") if p.is_file()
+    }
     write_hub_cache(home, REPO_ID, files, COMMIT)
     return home
 
@@ -93,7 +95,7 @@ def _write_store(path: Path, vae_dir: Path, classes: list[str]) -> Path:
         rows = [{"key": f"k{p}", "status": "ok", "reason": None} for p in range(n)]
         w.write_shard(0, moments, None, (np.arange(n) % 3).astype(np.int32), rows)
         w.finalize()
-    assert run_cli(["stats", str(path), "--samples", "0", "--device", "cpu"])[0] == 0
+    assert run_cli(["stats", str(path), "--latents-only", "--device", "cpu"])[0] == 0
     return path
 
 
@@ -135,7 +137,10 @@ def test_hub_init_loads_the_weights_bitwise_and_predicts_as_the_transformer(
     assert parts.num_classes == 3 and parts.null_label in (None, 3)
 
     ref = DiTTransformer2DModel.from_pretrained(str(pipe_dir / "transformer")).eval()
-    z, t = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 10, 500, 999])
+    z, t = (
+        torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([0, 10, 500, 999]),
+    )
     store_labels = torch.tensor([0, 1, 2, 3])  # ant, bee, cat, the store's null id
     with torch.no_grad():
         mine = parts.model.eval()(z, t, store_labels)
@@ -144,10 +149,17 @@ def test_hub_init_loads_the_weights_bitwise_and_predicts_as_the_transformer(
     assert torch.equal(mine, theirs[:, :4])  # the eps half, exactly
 
 
-def _pipeline_images(pipe_dir: Path, labels: list[int]) -> np.ndarray:
+def _pipeline_images(
+    pipe_dir: Path, labels: list[int], *, scramble_sigma: bool = False
+) -> np.ndarray:
     from diffusers import DiTPipeline
 
     pipe = DiTPipeline.from_pretrained(str(pipe_dir))
+    if scramble_sigma:  # new values for the rows of the final layer that output the variance half
+        with torch.no_grad():
+            for p in (pipe.transformer.proj_out_2.weight, pipe.transformer.proj_out_2.bias):
+                rows = p.view(-1, 2, 4, *p.shape[1:])[:, 1]  # (patch, patch, 2C) output order
+                rows.copy_(torch.randn_like(rows) * 10)
     out = pipe(class_labels=labels, guidance_scale=CFG, num_inference_steps=STEPS,
                generator=torch.Generator().manual_seed(SEED), output_type="pt").images  # fmt: skip
     return to_uint8(out * 2 - 1)  # DiTPipeline returns (x + 1) / 2 clamped to [0, 1]
@@ -170,14 +182,24 @@ def test_sample_at_step_zero_equals_dit_pipeline_and_run_records_the_commit(
     info = json.loads((run / "run.json").read_text())
     assert info["init"]["revision"] == COMMIT and info["init"]["kind"] == "diffusers"
     assert info["model"]["name"] == f"diffusers:{REPO_ID}@{COMMIT}:transformer"
-    assert info["normalization"] == {"shift": [0.0] * 4, "scale": [0.5] * 4, "source": "autoencoder"}
+    assert info["normalization"] == {
+        "shift": [0.0] * 4,
+        "scale": [0.5] * 4,
+        "source": "autoencoder",
+    }
     code, _, err = run_cli(["sample", "--run", str(run), "--no-ema", "--n", str(N), "--steps",
-                            str(STEPS), "--seed", str(SEED), "--cfg", str(CFG), "--labels", "0",
-                            "--labels", "1", "--labels", "2", "--out", str(tmp_path / "s"),
+                            str(STEPS), "--seed", str(SEED), "--cfg", str(CFG), "--labels", "0,1,2",
+                            "--out", str(tmp_path / "s"),
                             "--device", "cpu"], capsys)  # fmt: skip
     assert code == 0, err
     ref = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
-    _close(_pipeline_images(pipe_dir, [CLASSES["ant"], CLASSES["bee, wasp"], CLASSES["cat"]]), ref)
+    ids = [CLASSES["ant"], CLASSES["bee, wasp"], CLASSES["cat"]]
+    _close(_pipeline_images(pipe_dir, ids), ref)
+    # the variance half is never read by DiTPipeline's sampling (nor lplkit's): why leaving it
+    # untrained in post-training is harmless to both (docs/post-training.md)
+    assert np.array_equal(
+        _pipeline_images(pipe_dir, ids, scramble_sigma=True), _pipeline_images(pipe_dir, ids)
+    )
 
 
 def test_post_train_with_lpl_export_and_reimport_is_exact(offline_hub, store, tmp_path, capsys):
@@ -190,7 +212,7 @@ def test_post_train_with_lpl_export_and_reimport_is_exact(offline_hub, store, tm
                           "--lr", "1e-3", capsys=capsys)  # fmt: skip
     assert code == 0, err
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any(m.get("lpl", 0) > 0 for m in metrics), metrics  # the LPL term ran
+    assert any(m.get("loss_lpl", 0) > 0 for m in metrics), metrics  # the LPL term ran
     pipe = tmp_path / "pipe"
     code, _, err = run_cli(["export", "--run", str(run), "--out", str(pipe)], capsys)
     assert code == 0, err
@@ -205,7 +227,9 @@ def test_post_train_with_lpl_export_and_reimport_is_exact(offline_hub, store, tm
     info = json.loads((run / "run.json").read_text())
     norm = parts.normalizer
     assert [list(norm.shift), list(norm.scale), norm.source] == [
-        info["normalization"]["shift"], info["normalization"]["scale"], info["normalization"]["source"]
+        info["normalization"]["shift"],
+        info["normalization"]["scale"],
+        info["normalization"]["source"],
     ]
     assert parts.model.label_map.tolist() == [5, 7, 2, 1000]
     # the trained weights moved away from the checkpoint's (the round trip is not vacuous)
@@ -214,6 +238,7 @@ def test_post_train_with_lpl_export_and_reimport_is_exact(offline_hub, store, tm
 
 
 def _refusal(capsys, store: Path, tmp_path: Path, *extra: str, init: str = REPO_ID) -> str:
+    capsys.readouterr()  # the store fixture's output
     code, out, err = _train(store, tmp_path / "run", init, "--steps", "1", *extra, capsys=capsys)
     assert code != 0, out
     lines = [line for line in err.splitlines() if line.strip()]
