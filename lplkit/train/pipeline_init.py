@@ -154,7 +154,8 @@ def resolve_pipeline(spec: str, revision: str | None = None) -> PipelineSource:
         ) from None
     except Exception as exc:  # every hub failure becomes one actionable line
         raise ConfigError(
-            f"--init {spec}: " + hub_failure(exc, repo=root, kind="model", revision=revision)
+            f"--init {spec} is no local directory nor bundled base; as a hub id: "
+            + hub_failure(exc, repo=root, kind="model", revision=revision)
         ) from None
     parts = got.parts
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else revision
