@@ -19,6 +19,7 @@ from lplkit.diffusion.image_files import to_uint8
 
 REPO_ID = "lplkit-test/tiny-dit"
 COMMIT = "c" * 40
+OLD = "d" * 40  # an older commit (no ref) whose transformer has other weights
 # the store's classes sit at these checkpoint ids (a subset in another order: remapped by name)
 CLASSES = {"ant": 5, "bee, wasp": 7, "cat": 2}
 N, STEPS, SEED, CFG = 3, 4, 3, 2.0
@@ -60,6 +61,14 @@ def hub_home(tmp_path_factory, pipe_dir) -> Path:
     files = {
         str(p.relative_to(pipe_dir)): p.read_bytes() for p in pipe_dir.rglob("*") if p.is_file()
     }
+    old = dict(files)
+    key = "transformer/diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: v + 1.0 for k, v in load_file(str(pipe_dir / key)).items()}
+    save_file(weights, str(home.parent / "old.safetensors"))
+    old[key] = (home.parent / "old.safetensors").read_bytes()
+    write_hub_cache(home, REPO_ID, old, OLD, ref=None)
     write_hub_cache(home, REPO_ID, files, COMMIT)
     return home
 
@@ -264,3 +273,21 @@ def test_unknown_class_name_is_refused(offline_hub, tiny_vae_dir, tmp_path, caps
     odd = _write_store(tmp_path / "u.zarr", tiny_vae_dir, ["ant", "unicorn", "cat"])
     line = _refusal(capsys, odd, tmp_path)
     assert "'unicorn' (unknown)" in line, line
+
+
+def test_init_revision_picks_the_commit_and_a_model_folder_spec_loads_the_same(
+    offline_hub, store, pipe_dir, tmp_path
+):
+    from lplkit.train.builders import build_components
+    from lplkit.train.config import TrainConfig
+
+    cfg = TrainConfig(store=str(store), out=str(tmp_path / "r"), init=REPO_ID, init_revision=OLD)
+    cfg.objective.kind = "eps"
+    old = build_components(cfg, torch.device("cpu"))
+    main = _components(store, tmp_path / "m", f"{REPO_ID}:transformer")
+    assert old.init["revision"] == OLD and main.init["revision"] == COMMIT
+    assert main.model.spec["name"] == f"diffusers:{REPO_ID}@{COMMIT}:transformer"
+    a, b = old.model.net.state_dict(), main.model.net.state_dict()
+    assert all(torch.equal(a[k], b[k] + 1.0) for k in a)
+    local = _components(store, tmp_path / "l", f"{pipe_dir}:transformer").model.net.state_dict()
+    assert all(torch.equal(local[k], b[k]) for k in b)
