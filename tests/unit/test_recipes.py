@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lplkit.cli.train import resolve_config
 from lplkit.diffusion.denoisers import list_models
+from lplkit.train.run_dir import resolve_train_config as resolve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(
