@@ -146,6 +146,7 @@ class ConfigFlag:
         help: one line for `--help`.
         aliases: further spellings of the same flag (``--guidance`` for ``--cfg``).
         name: the parameter name when it is not the flag's (kept where callers read it).
+        required: the command needs it although the library field has a default (``--res``).
     """
 
     key: str
@@ -153,6 +154,7 @@ class ConfigFlag:
     help: str
     aliases: tuple[str, ...] = ()
     name: str | None = None
+    required: bool = False
 
     @property
     def param(self) -> str:
@@ -424,16 +426,20 @@ def resolve_config(
     """A command's config: defaults <- `base` (a saved run's or store's record) <- TOML `config`
     <- `--set` `overrides` <- the flags' `values` (`{param: value}`, None = not given).
 
-    A field without a default that no layer sets is refused naming its flag, as a missing
-    required option would be.
+    A field without a default (or a `required` flag's) that no layer sets is refused naming its
+    flag, as a missing required option would be.
     """
     flags = tuple(flags)
     data = _layered(config, overrides, base, flags_table(flags, values))
     labels = {f.key: f.label for f in flags}
+    needed = [f.key for f in flags if f.required]
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if missing and f.name not in data:
-            raise ConfigError(
-                f"missing {labels.get(f.name, f.name)} (or {f.name} in --config / --set)"
-            )
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            needed.append(f.name)
+    for key in needed:
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise ConfigError(f"missing {labels.get(key, key)} (or {key} in --config / --set)")
     return from_dict(cls, data)

@@ -30,8 +30,6 @@ def register(app: typer.Typer) -> None:
             overrides=params.pop("set_"),
         )  # fmt: skip
         opts = EvalOptions.from_config(cfg)
-        if not json_out:
-            output.console.print(config_line("eval", cfg), soft_wrap=True, markup=False)
         with LiveProgress("eval", enabled=not json_out, transient=True) as bar:
 
             def on_batch(role: str, done: int, total: int) -> None:
@@ -42,6 +40,7 @@ def register(app: typer.Typer) -> None:
             output.emit_json({**result, "config": to_dict(cfg)})
         else:
             _print_table(result)
+            output.console.print(config_line("eval", cfg), soft_wrap=True, markup=False)
 
 
 def _print_table(result: dict) -> None:

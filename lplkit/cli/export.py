@@ -28,8 +28,6 @@ def register(app: typer.Typer) -> None:
 
         json_out = params.pop("json_out")
         cfg = resolve_config(ExportConfig, EXPORT_FLAGS, params)
-        if not json_out:
-            output.console.print(config_line("export", cfg), soft_wrap=True, markup=False)
         summary = export_run(cfg.run, cfg.out, ema=cfg.ema, steps=cfg.steps, vae=cfg.vae)
         if json_out:
             output.emit_json({**summary, "config": to_dict(cfg)})
@@ -41,3 +39,4 @@ def register(app: typer.Typer) -> None:
         )
         for note in summary["notes"]:
             output.console.print(f"note: {note}", soft_wrap=True)
+        output.console.print(config_line("export", cfg), soft_wrap=True, markup=False)

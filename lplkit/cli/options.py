@@ -207,10 +207,11 @@ def with_config_flags(
     for f in flags:
         tp = field_type(cls, f.key)
         try:
-            shown = _default_text(f, field_default(cls, f.key))
-            required = False
+            shown, required = _default_text(f, field_default(cls, f.key)), f.required
         except KeyError:  # no default: required
             shown, required = None, True
+        if required:
+            shown = None
         # the text matches typer's own defaults (the app escapes every help text's brackets)
         help_text = f.help if shown is None else f"{f.help} [default: {shown}]"
         if required:

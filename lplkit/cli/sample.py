@@ -27,8 +27,6 @@ def register(app: typer.Typer) -> None:
             SampleConfig, SAMPLE_FLAGS, params, config=params.pop("config"),
             overrides=params.pop("set_"),
         )  # fmt: skip
-        if not json_out:
-            output.console.print(config_line("sample", cfg), soft_wrap=True, markup=False)
         with LiveProgress("sampling", enabled=not json_out, transient=True) as bar:
             summary = sample_run(
                 cfg.run, out=cfg.out, ema=cfg.ema, n=cfg.n, steps=cfg.steps,
@@ -58,3 +56,4 @@ def register(app: typer.Typer) -> None:
         ):
             table.add_row(k, str(summary[k]))
         output.console.print(table)
+        output.console.print(config_line("sample", cfg), soft_wrap=True, markup=False)

@@ -33,8 +33,6 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         dist = init_distributed(cfg.device)  # under torchrun: join the group, pin this rank's GPU
         rank = dist.rank
-        if rank == 0 and not json_out:
-            output.console.print(config_line("stats", cfg), soft_wrap=True, markup=False)
         with LiveProgress(
             "items (this rank)", enabled=rank == 0, transient=True, log_every=30.0
         ) as bar:
@@ -65,6 +63,7 @@ def register(app: typer.Typer) -> None:
             output.emit_json({**meta, "config": to_dict(cfg)})
         else:
             _print_summary(meta)
+            output.console.print(config_line("stats", cfg), soft_wrap=True, markup=False)
 
 
 def _fmt_range(r: list[float]) -> str:

@@ -27,7 +27,7 @@ class EncodeConfig:
 
     dataset: str
     out: str
-    res: int = ranged(ge=1, le=8192)
+    res: int = ranged(256, ge=1, le=8192)  # `lplkit encode` requires --res
     vae: str | None = None  # None -> tiny-openmoji for --dataset openmoji, else an error
     vae_subfolder: str | None = None
     vae_revision: str | None = None  # hub branch/tag/commit of a hub-id --vae
@@ -74,7 +74,7 @@ ENCODE_FLAGS: tuple[ConfigFlag, ...] = (
         "hub id org/name. Prefixes folder:, parquet:, disk:, wds:, hub:, preset: force a kind. "
         "See docs/data-sources.md.",
     ),
-    ConfigFlag("res", "--res", "Image resolution (ADM center crop)."),
+    ConfigFlag("res", "--res", "Image resolution (ADM center crop).", required=True),
     ConfigFlag("out", "--out", "Store path or URL (s3://... via fsspec)."),
     ConfigFlag(
         "vae",
