@@ -1,12 +1,12 @@
 """CLI flags generated from typed config dataclasses: each option is declared once.
 
-A command lists its flags as `ConfigFlag(key, decl, help)` rows (declared next to its config, e.g.
-`lplkit.train.config.TRAIN_FLAGS`), `key` being the dotted field of
-the command's config dataclass (e.g. `lpl.loss.norm` of `TrainConfig`). `with_config_flags` gives the
-command function a typer signature built from those rows (the flag's type is the field's type), and
-`lplkit.config.resolve_config` merges the values the user gave over `--config` and `--set`: no `"key=value"`
-string round trip, no second list of names. (torchtitan builds its CLI from its config sections
-the same way.)
+A command lists its flags as `lplkit.config.ConfigFlag(key, decl, help)` rows declared next to its
+config (e.g. `lplkit.train.config.TRAIN_FLAGS`), `key` being the dotted field of the command's config
+dataclass (e.g. `lpl.loss.norm` of `TrainConfig`). `with_config_flags` gives the command function a
+typer signature built from those rows (the flag's type is the field's type), and
+`lplkit.config.resolve_config` merges the values the user gave over `--config` and `--set`: no
+`"key=value"` string round trip, no second list of names. (torchtitan builds its CLI from its config
+sections the same way.)
 """
 
 from __future__ import annotations
@@ -20,17 +20,13 @@ from typing import Any
 
 import typer
 
-from lplkit.config import ConfigFlag, Range, check_value, coerce, field_range, flags_table, to_dict
+from lplkit.config import ConfigFlag, Range, check_value, coerce, field_range, to_dict
 
 __all__ = [
-    "ConfigFlag",
     "command_extras",
     "config_line",
-    "config_option",
     "field_default",
     "field_type",
-    "flags_table",
-    "ranged_option",
     "with_config_flags",
 ]
 
@@ -113,19 +109,6 @@ def range_callback(rng: Range | None, parse: Any = None) -> Callable[..., Any] |
 def _sequence_type(tp: Any) -> Any:
     """`tp` when it is a list/tuple type (a flag given as comma-separated text), else None."""
     return tp if typing.get_origin(tp) in (list, tuple) else None
-
-
-def ranged_option(default: Any, *decls: str, rng: Range, **kwargs: Any) -> Any:
-    """`typer.Option(default, *decls, **kwargs)` whose value must lie in `rng`."""
-    return typer.Option(default, *decls, callback=range_callback(rng), **kwargs)
-
-
-def config_option(cls: type, key: str, *decls: str, **kwargs: Any) -> Any:
-    """`typer.Option` of config field `key` of dataclass `cls`: its default and its range."""
-    rng = field_range(cls, key)
-    if rng is None:
-        raise KeyError(f"{cls.__name__}.{key} declares no range")
-    return ranged_option(field_default(cls, key), *decls, rng=rng, **kwargs)
 
 
 def command_extras(

@@ -5,7 +5,8 @@
   .lplkit-lock.json    held by the running trainer (`lock_run_dir`; a second trainer is refused)
 
 Sampling, export and `--init RUN` read a run through this module without importing the trainer
-(`lplkit.train.run` is the `train()` entry point that uses it).
+(`lplkit.train.run` is the `train()` entry point that uses it). `resolve_train_config` is the config
+`lplkit train` runs with: the run's saved config.json under --config, --set and the flags.
 """
 
 from __future__ import annotations

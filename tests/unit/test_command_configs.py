@@ -202,7 +202,7 @@ def test_a_bad_value_from_any_layer_is_one_line_exit_2_and_writes_nothing(
     name, args, named, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # OUT would be created here
-    code, out, err = run_cli([name, *args], capsys)
+    code, _, err = run_cli([name, *args], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
     assert named in lines[0] and "internal error" not in lines[0], lines[0]
