@@ -43,8 +43,14 @@ def register(app: typer.Typer) -> None:
             preflight(cfg.dataset, cfg.revision)  # an unreachable/uncached hub dataset: one line
         from lplkit.encode import encode_dataset
 
-        if is_main and not json_out:
-            output.console.print(config_line("encode", cfg), soft_wrap=True, markup=False)
+        shown = not is_main or json_out
+
+        def show_config() -> None:  # once encoding started: a refusal stays one line
+            nonlocal shown
+            if not shown:
+                output.console.print(config_line("encode", cfg), soft_wrap=True, markup=False)
+                shown = True
+
         with LiveProgress(
             "encode",
             enabled=is_main,
@@ -53,12 +59,18 @@ def register(app: typer.Typer) -> None:
             log_every=cfg.log_every,
             log_unit="samples",
         ) as bar:
-            summary = encode_dataset(cfg, progress=bar.update)
+
+            def progress(done: int, total: int) -> None:
+                show_config()
+                bar.update(done, total)
+
+            summary = encode_dataset(cfg, progress=progress)
         if not is_main:
             return
         if json_out:
             output.emit_json({**summary.to_dict(), "config": to_dict(cfg)})
         else:
+            show_config()
             _print_summary(summary)
 
 
