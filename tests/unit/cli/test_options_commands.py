@@ -11,7 +11,7 @@ import typing
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from helpers.cli import run_cli
 
 from lplkit.config import ConfigFlag, field_range, flag_values, resolve_config
 from lplkit.demo.config import DEMO_FLAGS, DemoConfig
