@@ -291,3 +291,28 @@ def test_init_revision_picks_the_commit_and_a_model_folder_spec_loads_the_same(
     assert all(torch.equal(a[k], b[k] + 1.0) for k in a)
     local = _components(store, tmp_path / "l", f"{pipe_dir}:transformer").model.net.state_dict()
     assert all(torch.equal(local[k], b[k]) for k in b)
+
+
+def test_a_run_started_from_a_pipeline_resumes_bitwise(offline_hub, store, tmp_path, capsys):
+    """Checkpoint at step 1, the step-2 checkpoint lost (a kill before it was written): the re-run
+    re-resolves the hub checkpoint, resumes from step 1 and ends with the weights of an
+    uninterrupted run."""
+    import shutil
+
+    from lplkit.train.checkpoint import load_latest
+
+    args = ("--lpl", "--lpl-snr-min", "0", "--steps", "2", "--lr", "1e-3", "--ckpt-every", "1")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for run in (whole, cut):
+        code, _, err = _train(store, run, REPO_ID, *args, capsys=capsys)
+        assert code == 0, err
+    steps = sorted((cut / "checkpoints").glob("step_*"))
+    assert len(steps) == 2
+    shutil.rmtree(steps[-1])
+    assert load_latest(cut / "checkpoints").step == 1
+    code, _, err = _train(store, cut, REPO_ID, *args, capsys=capsys)
+    assert code == 0, err
+    a, b = load_latest(whole / "checkpoints"), load_latest(cut / "checkpoints")
+    assert a.step == b.step == 2
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
