@@ -44,7 +44,7 @@ from lplkit.autoencoders.loading import (
     load_autoencoder,
     missing_vae_message,
 )
-from lplkit.config import check_options
+from lplkit.config import check_options, check_ranges, ranged
 from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
@@ -61,6 +61,8 @@ from lplkit.errors import (
 from lplkit.preemption import StopRequest, stop_signals
 from lplkit.store import format as fmt
 from lplkit.store.writer import StoreWriter
+from lplkit.text.config import BATCH as TEXT_BATCH
+from lplkit.text.config import MAX_TOKENS, TextConfig
 
 __all__ = ["EncodeConfig", "EncodeSummary", "encode_dataset"]
 
@@ -104,10 +106,42 @@ class EncodeConfig:
     revision: str | None = None
     device: str = "auto"  # auto = cuda when available, else cpu
     min_side: int = MIN_IMAGE_SIDE
+    # Text encoders whose outputs on each row's caption are cached (lplkit.text.cache)
+    text_encoder: list[str] = field(default_factory=list)  # ORG/NAME[:SUBFOLDER] or DIR[:SUB]
+    text_encoder_revision: str | None = None  # hub branch/tag/commit of the hub-id encoders
+    text_preset: str | None = None  # sd3-clip, pixart-sigma-t5, ... (default: by family)
+    text_layer: str | None = None  # CLIP: last | penultimate (default: the preset's)
+    text_max_tokens: int | None = ranged(None, **MAX_TOKENS)  # default: the preset's L
+    text_dtype: str = fmt.DEFAULT_DTYPE  # stored dtype of the text states and pooled vectors
+    text_batch_size: int = ranged(64, **TEXT_BATCH)  # captions per text-encoder call
+
+    def text_configs(self) -> list[Any]:
+        """One `TextConfig` per --text-encoder (names: `default_name`, made unique)."""
+        from lplkit.text.spec import default_name
+
+        out, names = [], set()
+        for spec in self.text_encoder:
+            name = default_name(spec)
+            if name in names:
+                raise ConfigError(
+                    f"two --text-encoder store under the name {name!r}; use `lplkit encode-text "
+                    "--name` for the second"
+                )
+            names.add(name)
+            out.append(TextConfig(store=self.out, text_encoder=spec, name=name,
+                                  text_encoder_revision=self.text_encoder_revision,
+                                  text_preset=self.text_preset, text_layer=self.text_layer,
+                                  text_max_tokens=self.text_max_tokens, text_dtype=self.text_dtype,
+                                  text_batch_size=self.text_batch_size,
+                                  device=self.device))  # fmt: skip
+        return out
 
     def validate(self) -> None:
         names = ("res", "batch_size", "workers", "shard_size", "limit", "min_side")
         check_options("encode", **{name: getattr(self, name) for name in names})
+        check_ranges(self)
+        for text in self.text_configs():
+            text.validate()
         if self.dtype not in fmt.DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
         if self.autocast not in _AUTOCAST:
@@ -136,6 +170,8 @@ class EncodeSummary:
     input_wait_s: float = 0.0  # rank 0's loop time waiting for decoded batches (-> more --workers)
     write_wait_s: float = 0.0  # rank 0's loop time waiting for shard writes to finish
     images_per_s: float = 0.0  # (encoded + skipped) / encode_s, all ranks together
+    text: list[dict[str, Any]] = field(default_factory=list)  # one TextSummary per encoder
+    text_s: float = 0.0  # the text encoders' shard loops (after the images)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,6 +252,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
     with stop_signals() as stop, DistContext.from_env(cfg.device, error=StoreError) as ctx:
         device = resolve_device(cfg.device, ctx.local_rank)
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
+        texts = ctx.rank0_first(lambda: _load_text(cfg, source, device))
         f = info["downsample_factor"]
         if cfg.res % f:
             raise ConfigError(f"--res {cfg.res} is not a multiple of the autoencoder's factor {f}")
@@ -258,6 +295,10 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             if ctx.rank == 0:
                 summary.completed = bool(writer.finalize()["completed"])
             summary.completed = bool(ctx.broadcast(summary.completed))
+            t_text = time.perf_counter()
+            for text_cfg, te in texts:  # the images are in; rank 0 still holds the store lock
+                summary.text.append(_encode_text(cfg, ctx, text_cfg, te, stop))
+            summary.text_s = time.perf_counter() - t_text
         except KeyboardInterrupt as exc:
             if isinstance(exc, Interrupted):
                 raise
@@ -288,6 +329,64 @@ def _load(cfg: EncodeConfig, vae_spec: str, device: torch.device) -> tuple[Image
         vae_spec, subfolder=cfg.vae_subfolder, device=device, revision=cfg.vae_revision
     )
     return source, vae, autoencoder_info(vae, vae_spec, cfg.vae_subfolder)
+
+
+def _load_text(
+    cfg: EncodeConfig, source: ImageSource, device: torch.device
+) -> list[tuple[Any, Any]]:
+    """Load every --text-encoder before anything is written (a missing one fails first)."""
+    if not cfg.text_encoder:
+        return []
+    inner = getattr(source, "inner", source)
+    if getattr(inner, "caption_column", "") is None:  # a table source with no caption column
+        raise ConfigError(
+            f"--text-encoder needs captions, and {cfg.dataset} has no caption column (found "
+            "automatically: caption, captions, text, txt, prompt, sentence); columns: "
+            f"{', '.join(getattr(inner, 'columns', []))}; pass --caption-column"
+        )
+    from lplkit.text.encoders import load_text_encoder
+
+    return [
+        (
+            t,
+            load_text_encoder(
+                t.text_encoder,
+                revision=t.text_encoder_revision,
+                preset=t.text_preset,
+                layer=t.text_layer,
+                max_tokens=t.text_max_tokens,
+                device=device,
+            ),
+        )
+        for t in cfg.text_configs()
+    ]
+
+
+def _encode_text(
+    cfg: EncodeConfig, ctx: DistContext, text_cfg: Any, te: Any, stop: StopRequest
+) -> dict[str, Any]:
+    """One text encoder over the finished store: each rank its own shards, rank 0 finalizes."""
+    from lplkit.text.cache import encode_text_into
+    from lplkit.store.text import TextWriter
+
+    writer = ctx.rank0_first(
+        lambda: TextWriter.create_or_resume(
+            cfg.out,
+            text_cfg.name,
+            te.entry(text_cfg.text_dtype),
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            take_lock=False,
+        )
+    )
+    summary = encode_text_into(writer, te, text_cfg.text_batch_size, stop=stop, finalize=False)
+    ctx.sum_ints([summary.rows_encoded])  # every rank's shards are written before rank 0 finalizes
+    if ctx.rank == 0:
+        writer.finalize()
+        summary.completed, summary.counts = True, writer.entry["counts"]
+    out = summary.to_dict()
+    out.pop("entry")
+    return out
 
 
 def _encode_shards(

@@ -6,11 +6,13 @@ import typer
 
 from lplkit.autoencoders.choice import autoencoder_choices
 from lplkit.cli import output
+from lplkit.cli.encode_text import SPEC_HELP, text_options
 from lplkit.cli.options import ranged_option
 from lplkit.cli.progress import LiveProgress
 from lplkit.config import OPTION_RANGES
 
 _RANGES = OPTION_RANGES["encode"]
+_TEXT = text_options()
 
 
 def register(app: typer.Typer) -> None:
@@ -94,6 +96,14 @@ def register(app: typer.Typer) -> None:
             "rate, ETA) every this many seconds instead of a progress bar.",
         ),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+        text_encoder: list[str] = typer.Option(
+            [], "--text-encoder", help=SPEC_HELP + " Repeat for several; each row's caption."
+        ),
+        text_encoder_revision: str | None = _TEXT["text_encoder_revision"],
+        text_preset: str | None = _TEXT["text_preset"],
+        text_layer: str | None = _TEXT["text_layer"],
+        text_max_tokens: int | None = _TEXT["text_max_tokens"],
+        text_dtype: str = _TEXT["text_dtype"],
     ) -> None:
         """Encode images into posterior moments (mean, std) in a sharded Zarr v3 store.
 
@@ -133,6 +143,12 @@ def register(app: typer.Typer) -> None:
             caption_column=caption_column,
             revision=revision,
             device=device,
+            text_encoder=list(text_encoder),
+            text_encoder_revision=text_encoder_revision,
+            text_preset=text_preset,
+            text_layer=text_layer,
+            text_max_tokens=text_max_tokens,
+            text_dtype=text_dtype,
         )
         is_main = env_rank() == 0
         with LiveProgress(
@@ -176,6 +192,13 @@ def _print_summary(summary) -> None:
         )
     table.add_row("elapsed", f"{s.elapsed_s:.1f} s")
     table.add_row("store complete", "yes" if s.completed else "no")
+    for t in s.text:
+        counts = t["counts"] or {}
+        table.add_row(
+            f"text {t['name']}",
+            f"{t['rows_encoded']} captions, {counts.get('truncated', 0)} truncated, "
+            f"{counts.get('empty', 0)} empty",
+        )
     output.console.print(table)
     if s.encode_s > 1 and s.input_wait_s > 0.2 * s.encode_s:
         output.console.print(
