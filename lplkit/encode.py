@@ -366,8 +366,8 @@ def _encode_text(
     cfg: EncodeConfig, ctx: DistContext, text_cfg: Any, te: Any, stop: StopRequest
 ) -> dict[str, Any]:
     """One text encoder over the finished store: each rank its own shards, rank 0 finalizes."""
-    from lplkit.text.cache import encode_text_into
     from lplkit.store.text import TextWriter
+    from lplkit.text.cache import encode_text_into
 
     writer = ctx.rank0_first(
         lambda: TextWriter.create_or_resume(

@@ -72,8 +72,11 @@ class LatentDataset(Dataset):
         flip: draw flips when the store has flipped moments.
     """
 
-    def __init__(self, store: Any, *, seed: int = 0, flip: bool = True) -> None:
+    def __init__(
+        self, store: Any, *, seed: int = 0, flip: bool = True, text: bool | str | list[str] = False
+    ) -> None:
         self.store = store
+        self.text = store.text_names(text)  # checked now, not in a worker
         self.seed = int(seed)
         self._epoch = SharedEpoch()
         self.flip = bool(flip) and store.has_flips
@@ -105,13 +108,17 @@ class LatentDataset(Dataset):
         # Keys and captions: Arrow columns read on first use (in the worker; a forked one shares
         # its parent's), indexed per item: no Python list of every key in every worker.
         keys, captions = self.store.index_column("key"), self.store.index_column("caption")
-        return {
+        item = {
             "latent": latent,
             "label": int(self.store.labels[position]),
             "key": keys[position].as_py(),
             "caption": captions[position].as_py() or "",  # "" when the source has no captions
             "position": position,
         }
+        if self.text:  # name -> {states (L, D), mask (L,), pooled (P,)}: the default collate stacks
+            rows = self.store.read_text([position], self.text)
+            item["text"] = {n: {a: v[0] for a, v in r.items()} for n, r in rows.items()}
+        return item
 
 
 class LatentBatches(IterableDataset):
@@ -133,10 +140,12 @@ class LatentBatches(IterableDataset):
         with_index: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        text: bool | str | list[str] = False,
     ) -> None:
         self.store = store
         self.kwargs = dict(seed=seed, shuffle=shuffle, drop_last=drop_last, with_index=with_index,
-                           rank=rank, world_size=world_size)  # fmt: skip
+                           rank=rank, world_size=world_size,
+                           text=store.text_names(text))  # fmt: skip
         self.batch_size = int(batch_size)
         self._epoch = SharedEpoch()
 
