@@ -44,6 +44,7 @@ from lplkit.store.text import text_entries
 from lplkit.store.tooling import array_of
 
 RERUN = "re-run the same `lplkit encode` command (it resumes)"
+TEXT_PROBLEM = "text encoder "  # how a cached text encoder's problems start
 _MISSING_SHOWN = 20  # missing shards named one by one; the rest are counted
 
 
@@ -214,7 +215,7 @@ def _check_text(
     )
 
     def add(kind: str, message: str) -> None:
-        report.add(kind, f"text encoder {name!r}: {message}", fix=rerun)
+        report.add(kind, f"{TEXT_PROBLEM}{name!r}: {message}", fix=rerun)
 
     if not isinstance(entry, dict) or not entry.get("completed"):
         add("text_incomplete", "not finished (encode-text interrupted or running)")
@@ -541,7 +542,8 @@ def repair_store(url: str, report: VerifyReport) -> list[int]:
     try:
         for s in report.bad_shards:
             remove_if_exists(fs, fmt.marker_path(root, s))
-        if not report.ok:
+        # a text encoder's problem leaves the latents usable (its fix is an encode-text re-run)
+        if any(not p.message.startswith(TEXT_PROBLEM) for p in report.problems):
             group = zarr.open_group(str(url), mode="r+", use_consolidated=False)
             manifest = group.attrs.get(fmt.MANIFEST_KEY)
             if isinstance(manifest, dict) and manifest.get("completed"):

@@ -115,7 +115,7 @@ def check_against_direct(home, store, name, repo, subfolder, tokenizer, L, *, la
     skipped = [r["position"] for r in rows if r["status"] != "ok"]
     # each row's caption from the source's own metadata, by key (not from the store)
     captions = [CAPTIONS[rows[p]["key"]] or "" for p in ok]
-    want = direct(home, repo, subfolder, tokenizer, captions + [""], L, layer=layer,
+    want = direct(home, repo, subfolder, tokenizer, [*captions, ""], L, layer=layer,
                   mask_to_model=mask_to_model)  # fmt: skip
     for a in ("states", "pooled"):
         if a not in want:
@@ -165,15 +165,89 @@ def test_encode_with_clip_then_encode_text_t5_equal_transformers(hub_home, tmp_p
                                  mask_to_model=True)  # fmt: skip
     assert entry["revision"] == T5_COMMIT and entry["pooled_size"] is None
 
-    # the same name with another model is refused in one line; --name stores a second one
-    r = lplkit(hub_home, "encode-text", str(store), "--text-encoder", f"{PIPE}:text_encoder",
-               "--name", "tiny-t5")  # fmt: skip
-    assert r.returncode != 0 and "already caches text encoder 'tiny-t5'" in r.stderr
-    assert "pass --name" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # in-process from here (the hub was needed only to load): verify and info see both encoders
+    from lplkit.store import verify_store
+    from lplkit.store.inspect import store_info
 
-    r = lplkit(hub_home, "verify", str(store))
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = lplkit(hub_home, "info", str(store), "--json")
-    info = json.loads(r.stdout)["text_encoders"]
+    assert verify_store(str(store)).ok
+    info = store_info(str(store))["text_encoders"]
     assert info["tiny-t5"]["bytes_per_row"] == 10 * 16 * 2 + 10
     assert info["text_encoder_2"]["bytes_per_row"] == 8 * 16 * 2 + 8 + 8 * 2
+
+
+def test_same_name_with_another_model_is_refused_in_one_line(tmp_path, tiny_vae_dir, capsys):
+    from conftest import run_cli
+
+    images = write_captioned_folder(tmp_path / "img", dict(list(CAPTIONS.items())[:3]))
+    store = tmp_path / "s.zarr"
+    for seed in (0, 1):
+        m, tok = tm.t5_model(seed)
+        tm.save(m, tok, tmp_path / f"t5-{seed}")
+    (tmp_path / "t5-1").rename(tmp_path / "other")
+    code, _, err = run_cli(["encode", "--dataset", str(images), "--res", str(RES), "--vae",
+                            str(tiny_vae_dir), "--out", str(store), "--workers", "0", "--device",
+                            "cpu", "--text-encoder", str(tmp_path / "t5-0")], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["encode-text", str(store), "--text-encoder", str(tmp_path / "other"),
+                            "--name", "t5-0"], capsys)  # fmt: skip
+    assert code != 0 and "already caches text encoder 't5-0' with other settings" in err
+    assert "id: stored" in err
+    assert "pass --name" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["encode-text", str(store), "--text-encoder", str(tmp_path / "other"),
+                            "--device", "cpu"], capsys)  # fmt: skip
+    assert code == 0, err
+    from lplkit.store import LatentStore
+
+    assert set(LatentStore.open(str(store)).text_encoders) == {"t5-0", "other"}
+
+
+def test_kill_during_encode_text_then_rerun_is_bitwise_an_uninterrupted_run(tmp_path, tiny_vae_dir):
+    """SIGKILL `encode-text` once a text shard is complete; the same command resumes, and the text
+    arrays equal, bit for bit, those of a run that was never interrupted (from a copy of the store)."""
+    import shutil
+    import signal
+    import time
+
+    import zarr
+
+    from lplkit.encode import EncodeConfig, encode_dataset
+
+    captions = {f"{c}{i}.png": f"a {c} photo of a cat {i}" for c in "xyz" for i in range(4)}
+    images = write_captioned_folder(tmp_path / "img", captions)
+    store = tmp_path / "s.zarr"
+    encode_dataset(EncodeConfig(dataset=str(images), out=str(store), vae=str(tiny_vae_dir),
+                                res=RES, shard_size=2, workers=0, device="cpu"))  # fmt: skip
+    whole = tmp_path / "whole.zarr"
+    shutil.copytree(store, whole)
+    m, tok = tm.t5_model(7)
+    t5 = tm.save(m, tok, tmp_path / "t5")
+    args = ["--text-encoder", str(t5), "--text-max-tokens", "9", "--batch-size", "1"]
+    r = lplkit(tmp_path, "encode-text", str(whole), *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    env = subprocess_env(HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lplkit", "encode-text", str(store), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    progress = store / "text" / "t5" / "progress"
+    deadline = time.monotonic() + 180
+    while not (progress.exists() and any(progress.iterdir())) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no text shard completed in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(progress.iterdir()))
+    assert 1 <= done < 6, f"killed with {done}/6 shards done: not mid-run"
+    assert not zarr.open_group(str(store), mode="r").attrs["lplkit"]["text_encoders"]["t5"][
+        "completed"
+    ]
+
+    r = lplkit(tmp_path, "encode-text", str(store), *args, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["shards_written"] == 6 - done  # the complete shards were kept
+    a, b = read_text(store, "t5"), read_text(whole, "t5")
+    assert a.keys() == b.keys() == {"states", "mask", "empty_states", "empty_mask"}
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    from lplkit.store import verify_store
+
+    assert verify_store(str(store)).ok

@@ -118,7 +118,7 @@ def test_batches_and_datasets_yield_the_text_of_each_latent_row(store, memory_bu
 def test_unknown_text_name_and_mismatched_reencode_are_refused(store):
     write_text(store)
     ls = LatentStore.open(str(store))
-    with pytest.raises(StoreError, match="no completed text encoder 't5'.*cached: clip"):
+    with pytest.raises(StoreError, match=r"no completed text encoder .t5.*cached: clip"):
         list(ls.batches(4, seed=0, text="t5"))
     with pytest.raises(StoreMismatchError, match=r"revision: stored 'a+', requested 'b+'.*--name"):
         TextWriter.create_or_resume(str(store), "clip", entry(revision="b" * 40))
