@@ -84,7 +84,8 @@ def test_parquet_shuffled_with_a_bad_image_and_flips(tmp_path, t5_dir, tiny_vae_
               for i in order]  # fmt: skip
     table = pa.table({"image": images, "prompt": [captions[k] for k in keys], "name": keys})
     pq.write_table(table, tmp_path / "data.parquet")
-    expected = {f"img{i}.png": captions[f"img{i}"] for i in order}
+    # keys of rows read from bytes: "data/{row:09d}" (docs/data-sources.md): row j is keys[j]
+    expected = {f"data/{j:09d}": captions[k] for j, k in enumerate(keys)}
     store = _encode_and_check(f"parquet:{tmp_path / 'data.parquet'}", tmp_path / "p.zarr",
                               str(tiny_vae_dir), t5_dir, expected, flip=True)  # fmt: skip
     assert "moments_flip" in store and sum(r["status"] != "ok" for r in store["index"]) == 1
