@@ -9,7 +9,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/text_cache.py [--n 64 --res 64 --text clip-l] --json
 
-The tokenizer is the tiny offline one of tests/text_models.py (real CLIP tokenization, a small
+The tokenizer is the tiny offline one of tests/helpers/text_models.py (real CLIP tokenization, a small
 vocabulary): the encoder's cost depends on L and the config, not on the vocabulary.
 """
 
@@ -35,7 +35,7 @@ TEXT_CONFIGS = {  # CLIPTextConfig kwargs
 
 
 def _text_encoder(kind: str, folder: Path) -> Path:
-    import text_models as tm
+    import helpers.text_models as tm
     import torch
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
@@ -63,7 +63,7 @@ def _images(root: Path, n: int, res: int) -> Path:
 
 
 def bench_encode(args, tmp: Path) -> dict:
-    import text_models as tm  # noqa: F401  (tokenizer builder, checked importable early)
+    import helpers.text_models as tm  # noqa: F401  (checked importable early)
     from diffusers import AutoencoderKL
 
     from lplkit.encode import EncodeConfig, encode_dataset

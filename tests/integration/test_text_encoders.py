@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import text_models as tm
-from conftest import subprocess_env, write_hub_cache
+import helpers.text_models as tm
+from helpers.cli import subprocess_env
+from helpers.hub_cache import write_hub_cache
 from PIL import Image
 
 PIPE = "lplkit-test/tiny-sd3"
@@ -176,7 +177,7 @@ def test_encode_with_clip_then_encode_text_t5_equal_transformers(hub_home, tmp_p
 
 
 def test_same_name_with_another_model_is_refused_in_one_line(tmp_path, tiny_vae_dir, capsys):
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     images = write_captioned_folder(tmp_path / "img", dict(list(CAPTIONS.items())[:3]))
     store = tmp_path / "s.zarr"

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import text_models as tm
-from conftest import read_store
+import helpers.text_models as tm
+from helpers.stores import read_store
 from PIL import Image
 
 from lplkit.encode import EncodeConfig, encode_dataset
