@@ -242,7 +242,10 @@ class LatentStore:
         if not text:
             return []
         have = self.text_encoders
-        names = sorted(have) if text is True else [text] if isinstance(text, str) else list(text)
+        if text is True:
+            names = sorted(have)
+        else:
+            names = [text] if isinstance(text, str) else [str(n) for n in text]  # type: ignore[union-attr]
         if text is True and not names:
             raise StoreError(
                 f"{self.url} caches no text encoder; add one with `lplkit encode-text`"

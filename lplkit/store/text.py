@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -109,6 +109,11 @@ def geometry(group: zarr.Group) -> tuple[int, int]:
     return int(shards[0]), int(moments.chunks[0])
 
 
+def _manifest(group: zarr.Group) -> dict[str, Any]:
+    """A copy of the manifest stored in `group`'s attributes."""
+    return cast(dict[str, Any], copy.deepcopy(dict(group.attrs)[fmt.MANIFEST_KEY]))
+
+
 def _identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [
         f"{k}: stored {old.get(k)!r}, requested {new.get(k)!r}"
@@ -133,7 +138,7 @@ class TextWriter:
         self.name = name
         self.entry = entry
         self.rank, self.world_size = rank, world_size
-        self.count = int(group.attrs[fmt.MANIFEST_KEY]["source"]["count"])
+        self.count = int(_manifest(group)["source"]["count"])
         self.shard_rows, self.chunk_rows = geometry(group)
         self.text_root = f"{self.root}/{path(name)}"
         self.lock: StoreLock | None = None
@@ -208,7 +213,7 @@ class TextWriter:
                              fill_value=0, overwrite=True,
                              dimension_names=DIMENSION_NAMES[array])  # fmt: skip
         # the entry goes last: its presence says the arrays exist
-        m = copy.deepcopy(group.attrs[fmt.MANIFEST_KEY])
+        m = _manifest(group)
         m.setdefault(TEXT_KEY, {})[name] = entry
         group.attrs[fmt.MANIFEST_KEY] = m
         return entry
@@ -316,11 +321,11 @@ class TextWriter:
             for key in counts:
                 counts[key] += int(marker.get(f"n_{key}", 0))
         empty = {
-            a: fmt.sha256_array(array_of(self.group, path(self.name, EMPTY + a))[:])
+            a: fmt.sha256_array(np.asarray(array_of(self.group, path(self.name, EMPTY + a))[:]))
             for a in array_names(self.entry)
         }
         self.entry = {**self.entry, "completed": True, "counts": counts, "empty_sha256": empty}
-        m = copy.deepcopy(self.group.attrs[fmt.MANIFEST_KEY])
+        m = _manifest(self.group)
         m.setdefault(TEXT_KEY, {})[self.name] = self.entry
         try:
             self.group.attrs[fmt.MANIFEST_KEY] = m
@@ -381,7 +386,7 @@ class TextRows:
                 chunks = pos // self.chunk_rows
                 for c in np.unique(chunks).tolist():
                     lo = c * self.chunk_rows
-                    block = arr[lo : min(lo + self.chunk_rows, arr.shape[0])]
+                    block = np.asarray(arr[lo : min(lo + self.chunk_rows, arr.shape[0])])
                     mine = np.flatnonzero(chunks == c)
                     buf[mine] = block[pos[mine] - lo]
             out[a] = buf
@@ -389,4 +394,4 @@ class TextRows:
 
     def empty(self) -> dict[str, np.ndarray]:
         """The empty caption's outputs (1 row each), stored dtype."""
-        return {a: self.empty_arrays[a][:] for a in self.arrays}
+        return {a: np.asarray(self.empty_arrays[a][:]) for a in self.arrays}

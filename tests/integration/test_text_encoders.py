@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers.text_models as tm
 import numpy as np
 import pytest
-import helpers.text_models as tm
 from helpers.cli import subprocess_env
 from helpers.hub_cache import write_hub_cache
 from PIL import Image

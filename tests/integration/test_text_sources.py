@@ -9,11 +9,11 @@ import io
 import json
 import unicodedata
 
+import helpers.text_models as tm
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import helpers.text_models as tm
 from helpers.stores import read_store
 from PIL import Image
 
