@@ -22,7 +22,6 @@ from lplkit.cli import output
 # Order = order in `lplkit --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "encode",
-    "encode_text",
     "eval",
     "stats",
     "train",

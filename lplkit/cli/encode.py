@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from lplkit.autoencoders.choice import autoencoder_choices
-from lplkit.cli import output
+from lplkit.cli import encode_text, output
 from lplkit.cli.encode_text import SPEC_HELP, text_options
 from lplkit.cli.options import ranged_option
 from lplkit.cli.progress import LiveProgress
@@ -16,7 +16,7 @@ _TEXT = text_options()
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `encode` command to the app."""
+    """Add the `encode` and `encode-text` commands to the app."""
 
     @app.command("encode")
     def encode_command(
@@ -166,6 +166,8 @@ def register(app: typer.Typer) -> None:
             output.emit_json(summary.to_dict())
         else:
             _print_summary(summary)
+
+    encode_text.register(app)  # after `encode`: listed in that order
 
 
 def _print_summary(summary) -> None:
