@@ -5,10 +5,12 @@ Lightning, a plain ``DataLoader``).
   "position"}`` for the i-th ok sample. The latent is drawn ``z = mean + std * eps`` (with flips: the
   flipped image's moments with probability 1/2) from a generator seeded by ``(seed, epoch,
   position)``, so an item is the same in any worker, any order, any process; ``set_epoch`` gives new
-  draws. Raw latents, like ``LatentStore.batches``: normalize downstream.
+  draws. Raw latents, like ``LatentStore.batches``: normalize downstream. ``text=True`` (or names)
+  adds ``item["text"]``: cached text-encoder outputs of the row, name -> {states, mask[, pooled]}.
 - :class:`LatentBatches` (iterable): ``LatentStore.batches`` as a dataset of whole batches, bitwise the
   same batches at the same speed (``DataLoader(ds, batch_size=None)``). ``with_index=True`` adds each
-  batch's store positions, joined to ``index.parquet`` rows by ``LatentStore.rows(positions)``.
+  batch's store positions, joined to ``index.parquet`` rows by ``LatentStore.rows(positions)``;
+  ``text=`` adds the batches' cached text conditioning last (``LatentStore.batches``).
 """
 
 from __future__ import annotations
