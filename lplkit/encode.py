@@ -60,6 +60,7 @@ from lplkit.errors import (
 )
 from lplkit.preemption import StopRequest, stop_signals
 from lplkit.store import format as fmt
+from lplkit.store.text import check_compatible
 from lplkit.store.writer import StoreWriter
 from lplkit.text.config import BATCH as TEXT_BATCH
 from lplkit.text.config import MAX_TOKENS, TextConfig
@@ -253,6 +254,10 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
         device = resolve_device(cfg.device, ctx.local_rank)
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
         texts = ctx.rank0_first(lambda: _load_text(cfg, source, device))
+        if texts and ctx.rank == 0:  # an existing store's encoder of that name: refused up front
+            existing = _existing_manifest(cfg.out)
+            for text_cfg, te in texts:
+                check_compatible(cfg.out, existing, text_cfg.name, te.entry(text_cfg.text_dtype))
         f = info["downsample_factor"]
         if cfg.res % f:
             raise ConfigError(f"--res {cfg.res} is not a multiple of the autoencoder's factor {f}")
@@ -329,6 +334,15 @@ def _load(cfg: EncodeConfig, vae_spec: str, device: torch.device) -> tuple[Image
         vae_spec, subfolder=cfg.vae_subfolder, device=device, revision=cfg.vae_revision
     )
     return source, vae, autoencoder_info(vae, vae_spec, cfg.vae_subfolder)
+
+
+def _existing_manifest(url: str) -> Any:
+    """The manifest of the store at `url`, or None when there is none (yet) or it is unreadable
+    (the writer reports that)."""
+    try:
+        return fmt.read_manifest(url)
+    except (OSError, ValueError):
+        return None
 
 
 def _load_text(

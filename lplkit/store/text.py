@@ -122,6 +122,18 @@ def _identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
+def check_compatible(url: str, manifest: Any, name: str, entry: dict[str, Any]) -> None:
+    """`StoreMismatchError` (one line) when the store already caches `name` with another identity
+    (model, revision, layer, L, dtype, ...); `lplkit encode` checks this before writing anything."""
+    stored = text_entries(manifest).get(name) if isinstance(manifest, dict) else None
+    diffs = _identity_diffs(stored, entry) if isinstance(stored, dict) else []
+    if diffs:
+        raise StoreMismatchError(
+            f"{url} already caches text encoder {name!r} with other settings ({'; '.join(diffs)}); "
+            "pass --name (lplkit encode-text) to store a second one"
+        )
+
+
 class TextWriter:
     """Writes one text encoder's arrays shard by shard into a finished store.
 
@@ -172,12 +184,7 @@ class TextWriter:
             group = zarr.open_group(str(url), mode="r+", use_consolidated=False)
             stored = text_entries(manifest).get(name)
             if stored is not None:
-                diffs = _identity_diffs(stored, entry)
-                if diffs:
-                    raise StoreMismatchError(
-                        f"{url} already caches text encoder {name!r} with other settings "
-                        f"({'; '.join(diffs)}); pass --name to store a second one"
-                    )
+                check_compatible(str(url), manifest, name, entry)
                 entry = dict(stored)
             elif rank == 0:
                 entry = cls._create(group, manifest, name, entry)

@@ -152,3 +152,18 @@ def test_verify_checks_masks_nan_and_row_counts(store, tmp_path):
     assert ("text_mask", "shard 0: inconsistent attention mask at ") in kinds
     problems = verify_store(str(store)).problems
     assert any("positions [2]" in p.message for p in problems)
+
+
+def test_check_compatible_is_what_encode_checks_before_writing(store):
+    from lplkit.store.format import read_manifest
+    from lplkit.store.text import check_compatible
+
+    check_compatible(str(store), None, "clip", entry())  # no store yet: nothing to compare
+    write_text(store)
+    manifest = read_manifest(str(store))
+    check_compatible(str(store), manifest, "clip", entry())  # the same encoder resumes
+    check_compatible(str(store), manifest, "other", entry(layer="last"))  # another name is free
+    with pytest.raises(
+        StoreMismatchError, match=r"'clip'.*layer: stored 'penultimate', requested 'last'"
+    ):
+        check_compatible(str(store), manifest, "clip", entry(layer="last"))
