@@ -44,7 +44,6 @@ from lplkit.autoencoders.loading import (
     load_autoencoder,
     missing_vae_message,
 )
-from lplkit.config import check_options, check_ranges, ranged
 from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
@@ -60,16 +59,15 @@ from lplkit.errors import (
 )
 from lplkit.preemption import StopRequest, stop_signals
 from lplkit.store import format as fmt
+from lplkit.store.encode_config import AUTOCAST_DTYPES, EncodeConfig
 from lplkit.store.text import check_compatible
 from lplkit.store.writer import StoreWriter
-from lplkit.text.config import BATCH as TEXT_BATCH
-from lplkit.text.config import MAX_TOKENS, TextConfig
 
 __all__ = ["EncodeConfig", "EncodeSummary", "encode_dataset"]
 
 ProgressFn = Callable[[int, int], None]
 T = TypeVar("T")
-_AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_AUTOCAST = dict(zip(AUTOCAST_DTYPES, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 def default_workers() -> int:
@@ -80,75 +78,6 @@ def default_workers() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 2
     return max(1, min(8, cores - 1))
-
-
-@dataclass
-class EncodeConfig:
-    """What `lplkit encode` does (one field per CLI flag)."""
-
-    dataset: str
-    out: str
-    res: int = 256
-    vae: str | None = None  # None -> tiny-openmoji for --dataset openmoji, else an error
-    vae_subfolder: str | None = None
-    vae_revision: str | None = None  # hub branch/tag/commit of a hub-id --vae
-    split: str | None = None
-    flip: bool = False
-    batch_size: int = 32
-    workers: int | None = None  # None -> default_workers()
-    shard_size: int = fmt.DEFAULT_SHARD_SIZE
-    dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
-    autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
-    limit: int | None = None
-    strict: bool = False
-    image_column: str | None = None
-    label_column: str | None = None
-    caption_column: str | None = None
-    revision: str | None = None
-    device: str = "auto"  # auto = cuda when available, else cpu
-    min_side: int = MIN_IMAGE_SIDE
-    # Text encoders whose outputs on each row's caption are cached (lplkit.text.cache)
-    text_encoder: list[str] = field(default_factory=list)  # ORG/NAME[:SUBFOLDER] or DIR[:SUB]
-    text_encoder_revision: str | None = None  # hub branch/tag/commit of the hub-id encoders
-    text_preset: str | None = None  # sd3-clip, pixart-sigma-t5, ... (default: by family)
-    text_layer: str | None = None  # CLIP: last | penultimate (default: the preset's)
-    text_max_tokens: int | None = ranged(None, **MAX_TOKENS)  # default: the preset's L
-    text_dtype: str = fmt.DEFAULT_DTYPE  # stored dtype of the text states and pooled vectors
-    text_batch_size: int = ranged(64, **TEXT_BATCH)  # captions per text-encoder call
-
-    def text_configs(self) -> list[Any]:
-        """One `TextConfig` per --text-encoder (names: `default_name`, made unique)."""
-        from lplkit.text.spec import default_name
-
-        out, names = [], set()
-        for spec in self.text_encoder:
-            name = default_name(spec)
-            if name in names:
-                raise ConfigError(
-                    f"two --text-encoder store under the name {name!r}; use `lplkit encode-text "
-                    "--name` for the second"
-                )
-            names.add(name)
-            out.append(TextConfig(store=self.out, text_encoder=spec, name=name,
-                                  text_encoder_revision=self.text_encoder_revision,
-                                  text_preset=self.text_preset, text_layer=self.text_layer,
-                                  text_max_tokens=self.text_max_tokens, text_dtype=self.text_dtype,
-                                  text_batch_size=self.text_batch_size,
-                                  device=self.device))  # fmt: skip
-        return out
-
-    def validate(self) -> None:
-        names = ("res", "batch_size", "workers", "shard_size", "limit", "min_side")
-        check_options("encode", **{name: getattr(self, name) for name in names})
-        check_ranges(self)
-        for text in self.text_configs():
-            text.validate()
-        if self.dtype not in fmt.DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
-        if self.autocast not in _AUTOCAST:
-            raise ConfigError(
-                f"--autocast must be one of {', '.join(_AUTOCAST)}, got {self.autocast!r}"
-            )
 
 
 @dataclass
@@ -433,7 +362,7 @@ def _encode_shards(
     items, parts = split_batches(batches, WORKER_CHUNK)
     workers = default_workers() if cfg.workers is None else cfg.workers
     loader = DataLoader(
-        PreparedSource(source, cfg.res, min_side=cfg.min_side),
+        PreparedSource(source, cfg.res, min_side=cfg.min_side or MIN_IMAGE_SIDE),
         batch_sampler=items,
         num_workers=workers,
         collate_fn=collate_prepared,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lplkit.config import check_ranges, ranged
+from lplkit.config import ConfigFlag, check_ranges, ranged
 from lplkit.errors import ConfigError
 from lplkit.text.spec import PRESETS, default_name
 
-__all__ = ["BATCH", "MAX_TOKENS", "TextConfig"]
+__all__ = ["BATCH", "ENCODE_TEXT_FLAGS", "MAX_TOKENS", "TEXT_OPTION_FLAGS", "TextConfig"]
 
 MAX_TOKENS = {"ge": 1, "le": 4096}  # --text-max-tokens
 BATCH = {"ge": 1, "le": 1 << 16}  # --text-batch-size
@@ -44,3 +44,31 @@ class TextConfig:
                 f"--text-preset must be one of {', '.join(PRESETS)}, got {self.text_preset!r}"
             )
         check_name(self.name or default_name(self.text_encoder))
+
+
+#: the text options `lplkit encode` and `lplkit encode-text` share
+TEXT_OPTION_FLAGS: tuple[ConfigFlag, ...] = (
+    ConfigFlag("text_encoder_revision", "--text-encoder-revision",
+               "Hub branch, tag or commit of a hub-id text encoder (the commit is recorded)."),
+    ConfigFlag("text_preset", "--text-preset",
+               f"Pipeline choices ({', '.join(PRESETS)}); default sd3-clip for CLIP (penultimate "
+               "layer + pooled, 77 tokens), pixart-sigma-t5 for T5 (300 tokens, mask)."),
+    ConfigFlag("text_layer", "--text-layer", "CLIP hidden state: last or penultimate (default: "
+               "the preset's)."),
+    ConfigFlag("text_max_tokens", "--text-max-tokens",
+               "Tokens L per caption (padded; longer captions truncated and counted); default: "
+               "the preset's (CLIP 77, T5 300 PixArt-Sigma / 256 SD3)."),
+    ConfigFlag("text_dtype", "--text-dtype", "Stored text dtype: float16, bfloat16 or float32."),
+    ConfigFlag("text_batch_size", "--text-batch-size", "Captions per text-encoder call."),
+)  # fmt: skip
+
+#: every `lplkit encode-text` flag
+ENCODE_TEXT_FLAGS: tuple[ConfigFlag, ...] = (
+    ConfigFlag("store", "STORE", "A finished latent store (path or URL)."),
+    ConfigFlag("text_encoder", "--text-encoder",
+               "Text encoder: hub id ORG/NAME, a pipeline subfolder ORG/NAME:text_encoder_2, or a "
+               "local DIR[:SUBFOLDER]; loaded like --vae (HF_HUB_OFFLINE=1 reads the hub cache)."),
+    ConfigFlag("name", "--name", "Name in the store (default: the subfolder, else the repo name)."),
+    *TEXT_OPTION_FLAGS,
+    ConfigFlag("device", "--device", "auto, cpu, cuda, cuda:1 ..."),
+)  # fmt: skip

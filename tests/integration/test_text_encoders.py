@@ -222,7 +222,7 @@ def test_kill_during_encode_text_then_rerun_is_bitwise_an_uninterrupted_run(tmp_
     shutil.copytree(store, whole)
     m, tok = tm.t5_model(7)
     t5 = tm.save(m, tok, tmp_path / "t5")
-    args = ["--text-encoder", str(t5), "--text-max-tokens", "9", "--batch-size", "1"]
+    args = ["--text-encoder", str(t5), "--text-max-tokens", "9", "--text-batch-size", "1"]
     r = lplkit(tmp_path, "encode-text", str(whole), *args)
     assert r.returncode == 0, r.stderr[-2000:]
 
