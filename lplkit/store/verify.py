@@ -36,12 +36,15 @@ import zarr
 from lplkit.errors import StoreCorruptError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
+from lplkit.store import text as txt
 from lplkit.store.lock import StoreLock
 from lplkit.store.markers import marker_shards, read_marker_checked
 from lplkit.store.sidecar import remove_if_exists, url_to_fs
+from lplkit.store.text import text_entries
 from lplkit.store.tooling import array_of
 
 RERUN = "re-run the same `lplkit encode` command (it resumes)"
+TEXT_PROBLEM = "text encoder "  # how a cached text encoder's problems start
 _MISSING_SHOWN = 20  # missing shards named one by one; the rest are counted
 
 
@@ -187,7 +190,117 @@ def verify_store(
         if progress is not None:
             progress(i + 1, len(present))
     _check_index(report, group, manifest, fs, root, n_ok_markers)
+    for name, entry in text_entries(manifest).items():
+        _check_text(report, group, manifest, fs, root, name, entry, read_data, checksums)
     return report
+
+
+def _check_text(
+    report: VerifyReport,
+    group: zarr.Group,
+    manifest: dict[str, Any],
+    fs: Any,
+    root: str,
+    name: str,
+    entry: dict[str, Any],
+    read_data: bool,
+    checksums: bool,
+) -> None:
+    """One cached text encoder: arrays, markers, checksums, NaN/Inf, row counts, masks."""
+    rerun = (
+        f"delete {txt.path(name)}/{fmt.PROGRESS_DIR}/ (or just the named shard's marker) and "
+        f"re-run `lplkit encode-text {report.url} --text-encoder {entry.get('id')}"
+        + (f":{entry['subfolder']}" if entry.get("subfolder") else "")
+        + f" --name {name}` (it resumes)"
+    )
+
+    def add(kind: str, message: str) -> None:
+        report.add(kind, f"{TEXT_PROBLEM}{name!r}: {message}", fix=rerun)
+
+    if not isinstance(entry, dict) or not entry.get("completed"):
+        add("text_incomplete", "not finished (encode-text interrupted or running)")
+        return
+    count = manifest["source"]["count"]
+    arrays: dict[str, zarr.Array] = {}
+    for a, shape in txt.row_shapes(entry).items():
+        want = np.dtype("uint8") if a == txt.MASK else fmt.storage_dtype(entry["dtype"])
+        for full in (a, txt.EMPTY + a):
+            rows = count if full == a else 1
+            try:
+                arr = array_of(group, txt.path(name, full))
+            except Exception as exc:  # missing or damaged metadata
+                add("text_array", f"array {full!r} is missing or unreadable ({_one_line(exc)})")
+                return
+            if tuple(arr.shape) != (rows, *shape) or arr.dtype != want:
+                add("text_array", f"array {full!r} is {arr.dtype} {tuple(arr.shape)}, the "
+                    f"manifest says {want} {(rows, *shape)}")  # fmt: skip
+                return
+            arrays[full] = arr
+    try:
+        shard_rows, _ = txt.geometry(group)
+        ok = np.zeros(count, dtype=bool)
+        table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}")
+        ok[idx.ok_mask(table)] = True
+    except Exception as exc:  # the image side is reported by the checks above
+        add("text_count", f"cannot check rows against the index ({_one_line(exc)})")
+        return
+    text_root = f"{root}/{txt.path(name)}"
+    n_ok = 0
+    for s in range(fmt.n_shards(count, shard_rows)):
+        start, stop = fmt.shard_range(s, count, shard_rows)
+        marker, problem = read_marker_checked(fs, text_root, s, start, stop)
+        if marker is None:
+            add("text_shard", f"shard {s}: {problem or 'no completion marker'}")
+            continue
+        n_ok += marker["n_ok"]
+        if marker["n_ok"] != int(ok[start:stop].sum()):
+            add("text_count", f"shard {s}: {marker['n_ok']} rows encoded, the index has "
+                f"{int(ok[start:stop].sum())} ok rows")  # fmt: skip
+        if read_data:
+            _check_text_shard(add, entry, arrays, marker, ok[start:stop], s, start, checksums)
+    if n_ok != (entry.get("counts") or {}).get("ok"):
+        add("text_count", f"the markers count {n_ok} rows, the manifest {entry.get('counts')}")
+    if read_data:
+        for a in txt.row_shapes(entry):
+            data = np.asarray(arrays[txt.EMPTY + a][:])
+            if checksums and fmt.sha256_array(data) != (entry.get("empty_sha256") or {}).get(a):
+                add("checksum", f"the empty caption's {a!r} does not match its recorded sha256")
+
+
+def _check_text_shard(
+    add: Callable[[str, str], None],
+    entry: dict[str, Any],
+    arrays: dict[str, zarr.Array],
+    marker: dict[str, Any],
+    ok: np.ndarray,
+    s: int,
+    start: int,
+    checksums: bool,
+) -> None:
+    stop = start + len(ok)
+    for a in txt.row_shapes(entry):
+        try:
+            data = np.asarray(arrays[a][start:stop])
+        except Exception as exc:  # a damaged shard file
+            add("unreadable", f"shard {s}: {a!r} cannot be read ({_one_line(exc)})")
+            continue
+        if checksums and fmt.sha256_array(data) != marker["checksums"].get(a):
+            add("checksum", f"shard {s}: {a!r} does not match its recorded sha256 (data changed "
+                "after it was written)")  # fmt: skip
+        if a == txt.MASK:
+            m = data.astype(np.int64)
+            ones = m.sum(axis=1)
+            # a tokenizer mask is 1s then 0s (right padding); ok rows hold >= 1 token, others none
+            prefix = (m == (np.arange(m.shape[1]) < ones[:, None])).all(axis=1)
+            bad = ~prefix | (m > 1).any(axis=1) | ((ones > 0) != ok)
+            if bad.any():
+                where = (start + np.flatnonzero(bad)[:5]).tolist()
+                add("text_mask", f"shard {s}: inconsistent attention mask at positions {where}")
+            continue
+        finite = fmt.finite_rows(data, entry["dtype"])
+        if not finite.all():
+            where = (start + np.flatnonzero(~finite)[:5]).tolist()
+            add("nonfinite", f"shard {s}: {a!r} has NaN/Inf at positions {where}")
 
 
 def _check_arrays(
@@ -429,7 +542,8 @@ def repair_store(url: str, report: VerifyReport) -> list[int]:
     try:
         for s in report.bad_shards:
             remove_if_exists(fs, fmt.marker_path(root, s))
-        if not report.ok:
+        # a text encoder's problem leaves the latents usable (its fix is an encode-text re-run)
+        if any(not p.message.startswith(TEXT_PROBLEM) for p in report.problems):
             group = zarr.open_group(str(url), mode="r+", use_consolidated=False)
             manifest = group.attrs.get(fmt.MANIFEST_KEY)
             if isinstance(manifest, dict) and manifest.get("completed"):
