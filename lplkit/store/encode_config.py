@@ -153,9 +153,10 @@ ENCODE_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag(
         "text_encoder",
         "--text-encoder",
-        "Text encoder(s) whose outputs on each row's caption are cached in the store (comma-"
-        "separated for several): hub id ORG/NAME, pipeline subfolder ORG/NAME:text_encoder_2, or a "
-        "local DIR[:SUBFOLDER]; see docs/store-format.md.",
+        "Text encoder whose outputs on each row's caption are cached in the store (repeat the "
+        "flag, or separate with commas, for several): hub id ORG/NAME, pipeline subfolder "
+        "ORG/NAME:text_encoder_2, or a local DIR[:SUBFOLDER]; see docs/store-format.md.",
+        repeat=True,
     ),
     *TEXT_OPTION_FLAGS,
 )

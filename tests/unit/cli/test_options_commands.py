@@ -145,6 +145,18 @@ def test_eval_and_encode_take_recipes_and_set(tmp_path):
     )
 
 
+def test_a_repeatable_flag_collects_every_use_and_commas():
+    from lplkit.config import flag_values
+    from lplkit.store.encode_config import ENCODE_FLAGS
+
+    base = ["--dataset", "d", "--out", "o.zarr", "--res", "32"]
+    args = ["--text-encoder", "org/clip:text_encoder", "--text-encoder", "org/t5,dir/t5b"]
+    want = ["org/clip:text_encoder", "org/t5", "dir/t5b"]
+    assert _resolve("encode", [*base, *args]).text_encoder == want
+    assert _resolve("encode", [*base, "--text-encoder", "org/t5"]).text_encoder == ["org/t5"]
+    assert flag_values(ENCODE_FLAGS, args)["text_encoder"] == ",".join(want)
+
+
 def test_stats_positional_store_and_old_spellings_resolve(tmp_path):
     recipe = tmp_path / "stats.toml"
     recipe.write_text('store = "from-file.zarr"\nsamples = 0\n')
