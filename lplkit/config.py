@@ -144,6 +144,7 @@ OPTION_RANGES: dict[str, dict[str, Range]] = {
         "batch_size": _BATCH,
         "workers": Range(ge=0, le=1024),
         "shard_size": Range(ge=1, le=MAX_BATCH),
+        "shard_mb": Range(gt=0.0, le=float(1 << 16)),  # = EncodeConfig.shard_mb's
         "limit": Range(ge=1),
         "min_side": Range(ge=1),
         "log_every": Range(ge=0.0),

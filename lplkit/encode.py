@@ -44,7 +44,7 @@ from lplkit.autoencoders.loading import (
     load_autoencoder,
     missing_vae_message,
 )
-from lplkit.config import check_options
+from lplkit.config import check_options, check_value, field_range, ranged
 from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
@@ -93,7 +93,10 @@ class EncodeConfig:
     flip: bool = False
     batch_size: int = 32
     workers: int | None = None  # None -> default_workers()
-    shard_size: int = fmt.DEFAULT_SHARD_SIZE
+    shard_size: int | None = None  # rows per shard; given, it wins over shard_mb
+    # MiB of rows (moments + flip copy + label) per shard; rows per shard and per inner chunk
+    # derive from it (lplkit.store.format.store_geometry: why 128 MiB and 1 MiB chunks)
+    shard_mb: float = ranged(fmt.DEFAULT_SHARD_MB, gt=0.0, le=fmt.MAX_SHARD_MB)
     dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
     autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
     limit: int | None = None
@@ -108,6 +111,7 @@ class EncodeConfig:
     def validate(self) -> None:
         names = ("res", "batch_size", "workers", "shard_size", "limit", "min_side")
         check_options("encode", **{name: getattr(self, name) for name in names})
+        check_value(self.shard_mb, field_range(EncodeConfig, "shard_mb"), "encode: shard_mb")
         if self.dtype not in fmt.DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
         if self.autocast not in _AUTOCAST:
@@ -229,6 +233,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             dtype=cfg.dtype,
             flips=cfg.flip,
             shard_size=cfg.shard_size,
+            shard_mb=cfg.shard_mb,
             classes=source.class_names,
         )
         writer = ctx.rank0_first(

@@ -60,8 +60,19 @@ def register(app: typer.Typer) -> None:
             rng=_RANGES["workers"],
             help="DataLoader workers (decode + crop); default: cores - 1, at most 8.",
         ),
-        shard_size: int = ranged_option(
-            1024, "--shard-size", rng=_RANGES["shard_size"], help="Samples per store shard."
+        shard_size: int | None = ranged_option(
+            None,
+            "--shard-size",
+            rng=_RANGES["shard_size"],
+            help="Samples per store shard, instead of --shard-mb (not both).",
+        ),
+        shard_mb: float | None = ranged_option(
+            None,
+            "--shard-mb",
+            rng=_RANGES["shard_mb"],
+            show_default="128",
+            help="MiB per store shard (moments, flips, labels); rows per shard and per 1 MiB "
+            "inner chunk follow from the latent size. See docs/store-format.md.",
         ),
         dtype: str = typer.Option(
             "float16", "--dtype", help="Stored moments dtype: float16, bfloat16 or float32."
@@ -106,6 +117,8 @@ def register(app: typer.Typer) -> None:
 
         if vae is None and default_autoencoder(dataset) is None:  # before the heavy imports
             raise ConfigError(missing_vae_message(dataset))
+        if shard_size is not None and shard_mb is not None:
+            raise ConfigError("--shard-size and --shard-mb both size the shards: pass one")
         if env_rank() == 0:
             from lplkit.data.hf import preflight
 
@@ -124,6 +137,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             workers=workers,
             shard_size=shard_size,
+            **({} if shard_mb is None else {"shard_mb": shard_mb}),
             dtype=dtype,
             autocast=autocast,
             limit=limit,

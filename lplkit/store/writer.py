@@ -118,9 +118,15 @@ class StoreWriter:
                 group, stored = cls._wait_for(str(url), wait_timeout)
             diffs = fmt.identity_differences(stored, requested)
             if diffs:
+                only_rows = all(d.startswith("shard_size:") for d in diffs)
+                fix = (  # e.g. a store begun with row-sized shards (layout <= 2), resumed
+                    f"resume it with --shard-size {stored['shard_size']}, or write to a new --out"
+                    if only_rows
+                    else "write to a new --out, or delete the store to re-encode"
+                )
                 raise StoreMismatchError(
                     f"the store at {url} was made with different settings ({'; '.join(diffs)}); "
-                    "write to a new --out, or delete the store to re-encode"
+                    + fix
                 )
         except BaseException:
             if lock is not None:
