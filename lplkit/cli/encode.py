@@ -137,7 +137,6 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             workers=workers,
             shard_size=shard_size,
-            **({} if shard_mb is None else {"shard_mb": shard_mb}),
             dtype=dtype,
             autocast=autocast,
             limit=limit,
@@ -148,6 +147,8 @@ def register(app: typer.Typer) -> None:
             revision=revision,
             device=device,
         )
+        if shard_mb is not None:
+            cfg.shard_mb = shard_mb
         is_main = env_rank() == 0
         with LiveProgress(
             "encode",

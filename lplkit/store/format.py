@@ -46,6 +46,8 @@ INDEX_FILE = "index.parquet"
 INDEX_PARTS_DIR = "index_parts"
 PROGRESS_DIR = "progress"
 LOCK_FILE = ".lplkit-lock.json"
+RESHARD_DIR = ".reshard"  # `lplkit upgrade`'s staging (lplkit.store.reshard)
+RESHARD_READY = RESHARD_DIR + "/READY.json"  # present: a swap into place is unfinished
 
 DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_DTYPE = "float16"
@@ -204,7 +206,7 @@ def store_geometry(
     else:
         mb = DEFAULT_SHARD_MB if shard_mb is None else float(shard_mb)
         fit = max(1, int(mb * MIB) // per_row)
-        chunk = min(chunk, fit)
+        chunk = min(chunk, fit, max(1, int(count)))  # a 200-row store: one 200-row chunk
         shard = max(chunk, fit // chunk * chunk)
         shard = min(shard, max(chunk, -(-int(count) // chunk) * chunk))
         geometry = {"rule": "bytes", "shard_mb": mb}
@@ -506,13 +508,20 @@ def require_store_path(url: str) -> None:
         )
 
 
-def open_manifest(url: str) -> tuple[Any, dict[str, Any]]:
+def open_manifest(url: str, *, upgrading: bool = False) -> tuple[Any, dict[str, Any]]:
     """Open the store group read-only: `(zarr group, manifest dict)`. Raises StoreError when `url`
-    is not an lplkit latent store, StoreCorruptError when its metadata is damaged or the manifest
-    invalid. zarr is imported here so importing this module stays light."""
+    is not an lplkit latent store or an `lplkit upgrade` of it stopped halfway through its swap
+    (`upgrading` skips that check), StoreCorruptError when its metadata is damaged or the
+    manifest invalid. zarr is imported here so importing this module stays light."""
     import zarr
 
     require_store_path(url)
+    fs, root = url_to_fs(str(url))
+    if not upgrading and fs.exists(posixpath.join(root, RESHARD_READY)):
+        raise StoreError(
+            f"{url}: an `lplkit upgrade` stopped while moving the resharded arrays into place; "
+            f"re-run `lplkit upgrade {url}` to finish it"
+        )
     not_store = f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
     try:
         manifest = read_manifest(url)

@@ -12,6 +12,10 @@ Layout version 2 (``manifest["layout_version"]``; absent = 1, stores written bef
 lplkit itself always opens with ``use_consolidated=False`` (``open_root``): a consolidated view can
 lag a crashed writer, the directory cannot. The array data and the Parquet index are unchanged from
 layout 1, which lplkit reads as before; ``lplkit upgrade STORE`` adds the metadata in place.
+
+Layout version 3: shards sized in bytes (``manifest["geometry"]``, ``format.store_geometry``).
+Readers take the geometry from the manifest, so layouts 1-2 (row-sized shards) open unchanged;
+``lplkit upgrade`` copies their arrays into the new geometry (``lplkit.store.reshard``).
 """
 
 from __future__ import annotations
@@ -134,24 +138,60 @@ def _array_dims(path: str, shape: list[int]) -> tuple[str, ...]:
     return stats_dimension_names(name, len(shape))
 
 
-def upgrade_store(url: str) -> dict[str, Any]:
-    """Bring a finished store to the current layout in place: ``dimension_names`` on every array
-    that lacks them, ``layout_version`` in the manifest, consolidated metadata. Array data and the
-    index are untouched. Idempotent: a store already at the layout is not written at all
-    (``changed`` False), so a read-only one is fine; returns what was done (JSON-able)."""
+def upgrade_store(url: str, shard_mb: float | None = None) -> dict[str, Any]:
+    """Bring a finished store to the current layout in place: from layout <= 2 (or with
+    `shard_mb` given and not the store's) its arrays are copied into shards sized in bytes
+    (`lplkit.store.reshard`: bounded memory, interruption-safe, markers and index parts rewritten),
+    then ``dimension_names`` on every array that lacks them, ``layout_version`` and ``geometry`` in
+    the manifest, consolidated metadata. Values, index.parquet and the row order are unchanged.
+    Idempotent: a store already at the layout is not written at all (``changed`` False), so a
+    read-only one is fine; returns what was done (JSON-able)."""
+    from lplkit.store import reshard
+    from lplkit.store.lock import StoreLock
 
     url = str(url)
+    fs, root = url_to_fs(url)
+    resumed = False
+    if reshard.swap_pending(fs, root):  # an earlier upgrade stopped in its swap: finish it
+        fmt.open_manifest(url, upgrading=True)
+        with store_writes(url, f"upgrade {url}"):
+            reshard.finish_swap(url)
+        resumed = True
     group, manifest = fmt.open_manifest(url)
     if not manifest.get("completed"):
-        raise StoreError(f"{url} is not finished; re-run its encode command (it writes layout 2)")
-    fs, root = url_to_fs(url)
+        raise StoreError(
+            f"{url} is not finished; re-run its encode command (it writes layout {LAYOUT_VERSION})"
+        )
+    before = layout_version(manifest)
+    geo = reshard.new_geometry(manifest, shard_mb)
+    same = all(manifest[k] == geo[k] for k in ("shard_size", "chunk_size"))
+    resharded = None
+    if (before < 3 or shard_mb is not None) and not same:
+        require_writable(url, f"upgrade {url}")
+        lock = StoreLock(fs, root)
+        lock.acquire()
+        try:
+            with store_writes(url, f"upgrade {url}"):
+                new = reshard.reshard_store(url, manifest, geo)
+        finally:
+            lock.release()
+        resharded = {
+            "shard_size": [manifest["shard_size"], new["shard_size"]],
+            "chunk_size": [manifest["chunk_size"], new["chunk_size"]],
+            "shards": [
+                fmt.n_shards(new["source"]["count"], manifest["shard_size"]),
+                fmt.n_shards(new["source"]["count"], new["shard_size"]),
+            ],
+            "geometry": new["geometry"],
+        }
+        group, manifest = fmt.open_manifest(url)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_SIDECAR_WARNING)
         members = sorted(group.members(max_depth=None), key=lambda pa: pa[0])
     metas = {p: read_json(fs, f"{root}/{p}/zarr.json") for p, a in members if hasattr(a, "shape")}
     unnamed = [p for p, meta in metas.items() if meta.get("dimension_names") is None]
-    before = layout_version(manifest)
-    changed = bool(unnamed) or before < LAYOUT_VERSION
+    stale = layout_version(manifest) < LAYOUT_VERSION or "geometry" not in manifest
+    changed = bool(unnamed) or stale or resharded is not None or resumed
     changed = changed or not _consolidated_current(fs, root, [p for p, _ in members], metas)
     if changed:
         with store_writes(url, f"upgrade {url}"):
@@ -159,15 +199,24 @@ def upgrade_store(url: str) -> dict[str, Any]:
                 shape = metas[path]["shape"]
                 metas[path]["dimension_names"] = list(_array_dims(path, list(shape)))
                 write_json_atomic(fs, f"{root}/{path}/zarr.json", metas[path])
-            if before < LAYOUT_VERSION:
+            if stale:  # the geometry it has is the one bytes give: recorded, nothing copied
                 rw = open_root(url, "r+")
-                rw.attrs[fmt.MANIFEST_KEY] = {**manifest, "layout_version": LAYOUT_VERSION}
+                rw.attrs[fmt.MANIFEST_KEY] = {
+                    **manifest,
+                    "layout_version": LAYOUT_VERSION,
+                    "geometry": manifest.get("geometry") or geo["geometry"],
+                }
             consolidate(url)
+    stats_cached = fs.exists(f"{root}/stats")
     return {
         "url": url,
         "layout_version_before": before,
         "layout_version": LAYOUT_VERSION,
         "named_arrays": unnamed,
+        "resharded": resharded,  # None: the data was not copied
+        "finished_interrupted_upgrade": resumed,
+        # the statistics cache is keyed by the shards' checksums: `lplkit stats` recomputes it
+        "stats_need_recompute": bool(resharded and stats_cached),
         "consolidated": True,
         "changed": changed,
     }
