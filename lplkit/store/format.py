@@ -270,6 +270,7 @@ def new_manifest(
     codec: str = DEFAULT_CODEC,
     classes: list[str] | None = None,
     shard_mb: float | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> dict[str, Any]:
     """A complete manifest for `StoreWriter.create_or_resume` (source = {id, split, revision, count};
     classes = the names of labels 0..K-1, or None when the source has none). Shards hold
@@ -288,6 +289,7 @@ def new_manifest(
         shard_mb=shard_mb,
         shard_size=shard_size,
         chunk_size=chunk_size,
+        chunk_bytes=chunk_bytes,
     )
     return {
         "format_version": FORMAT_VERSION,

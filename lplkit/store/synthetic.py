@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lplkit.store.format import new_manifest
+from lplkit.store.format import DEFAULT_CHUNK_BYTES, new_manifest
 from lplkit.store.writer import StoreWriter
 
 
@@ -58,7 +58,9 @@ def stream_synthetic_store(
     shard_size: int | None = None,
     chunk_size: int | None = None,
     shard_mb: float | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     codec: str = "none",
+    captions: bool = False,
     skipped: Iterable[int] = (),
     num_classes: int = 10,
     seed: int = 0,
@@ -71,7 +73,7 @@ def stream_synthetic_store(
 
     A shard's moments come from `moments_of` (default: `shard_moments(seed, shard)`, the flip copy
     from `seed + 1`) and are dropped once written and passed to `on_shard`. Label of row p =
-    p % num_classes, key `img_{p:06d}`; rows in `skipped` are recorded as skipped (zeros). Geometry:
+    p % num_classes, key `img_{p:06d}` (caption `caption {p}` with `captions`); rows in `skipped` are recorded as skipped (zeros). Geometry:
     `format.store_geometry` (bytes unless `shard_size` rows are given).
     """
     manifest = new_manifest(
@@ -85,6 +87,7 @@ def stream_synthetic_store(
         shard_size=shard_size,
         chunk_size=chunk_size,
         shard_mb=shard_mb,
+        chunk_bytes=chunk_bytes,
         codec=codec,
     )
 
@@ -104,6 +107,7 @@ def stream_synthetic_store(
                     "key": f"img_{p:06d}",
                     "status": "skipped" if p in skip else "ok",
                     "reason": "synthetic skip" if p in skip else None,
+                    "caption": f"caption {p}" if captions else None,
                 }
                 for p in range(lo, hi)
             ]
@@ -134,6 +138,8 @@ def write_synthetic_store(
     moments: np.ndarray | None = None,
     moments_flip: np.ndarray | None = None,
     shard_mb: float | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    captions: bool = False,
 ) -> dict[str, np.ndarray]:
     """Write a complete store; returns the float32 arrays written ("moments", "moments_flip", "labels").
 
@@ -162,7 +168,9 @@ def write_synthetic_store(
         shard_size=shard_size,
         chunk_size=chunk_size,
         shard_mb=shard_mb,
+        chunk_bytes=chunk_bytes,
         codec=codec,
+        captions=captions,
         skipped=skipped,
         num_classes=num_classes,
         autoencoder=autoencoder,
