@@ -95,7 +95,7 @@ class EncodeConfig:
     workers: int | None = None  # None -> default_workers()
     shard_size: int | None = None  # rows per shard; given, it wins over shard_mb
     # MiB of rows (moments + flip copy + label) per shard; rows per shard and per inner chunk
-    # derive from it (lplkit.store.format.store_geometry: why 128 MiB and 1 MiB chunks)
+    # derive from it (lplkit.store.format.store_geometry: why 128 MiB, and the chunks)
     shard_mb: float = ranged(fmt.DEFAULT_SHARD_MB, gt=0.0, le=fmt.MAX_SHARD_MB)
     dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
     autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16

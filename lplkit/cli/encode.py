@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
             "--shard-mb",
             rng=_RANGES["shard_mb"],
             show_default="128",
-            help="MiB per store shard (moments, flips, labels); rows per shard and per 1 MiB "
-            "inner chunk follow from the latent size. See docs/store-format.md.",
+            help="MiB per store shard (moments, flips, labels); rows per shard follow from the "
+            "latent size (inner chunks: 64 rows, at most 1 MiB). See docs/store-format.md.",
         ),
         dtype: str = typer.Option(
             "float16", "--dtype", help="Stored moments dtype: float16, bfloat16 or float32."

@@ -56,11 +56,14 @@ DEFAULT_DTYPE = "float16"
 DEFAULT_CHUNK_SIZE = 64
 DEFAULT_SHARD_SIZE = 1024
 MIB = 1 << 20
-# Layout 3 sizes them in bytes (`store_geometry`). Inner chunk: 1 MiB of moments, the size of the
-# 64-row chunk store_read measured at 4x32x32 fp16 (docs/benchmarks.md "Codecs and inner chunks":
-# windowed reads 22.4k samples/s at 1 MiB chunks vs 12.0k at 256 KiB and 32.5k at 4 MiB; 4 MiB
-# chunks would make a window's block shuffle 4x coarser and a random read() move 4x the bytes).
+# Layout 3 sizes them in bytes (`store_geometry`). Inner chunk: 64 rows, the chunk store_read
+# measured, but at most 1 MiB of moments (that measurement's 64 rows at 4x32x32 fp16; docs/
+# benchmarks.md "Codecs and inner chunks": windowed reads 22.4k samples/s at 1 MiB chunks vs 12.0k at
+# 256 KiB and 32.5k at 4 MiB, which makes a window's block shuffle 4x coarser). Not more rows at
+# small latents: 1 MiB = 1,024-row chunks at 4x8x8 made store_scale's cold first batch 13x slower
+# (a batch of 256 random rows reads ~every chunk; docs/results/store_geometry_bytes_1mib_chunks.json).
 DEFAULT_CHUNK_BYTES = MIB
+MAX_CHUNK_ROWS = DEFAULT_CHUNK_SIZE
 # Shard: 128 MiB of rows (moments + flip copy + label). It keeps the measured 1024-row shard at the
 # largest shape issue #27 targets (ImageNet 512 px with flips: 128 KiB a row) and grows the 1 MiB
 # shards of small latents (4x8x8) 128x: MosaicML streaming, litdata and WebDataset use 64 MB-1 GB.
@@ -190,7 +193,7 @@ def store_geometry(
     """Rows per shard and per inner chunk of a new store: `{"shard_size", "chunk_size", "geometry"}`
     (geometry = how they were chosen, recorded in the manifest).
 
-    In bytes (layout 3): chunk = max(1, chunk_bytes // moment-row bytes) rows; shard = the largest
+    In bytes (layout 3): chunk = chunk_bytes // moment-row bytes rows, in [1, 64]; shard = the largest
     multiple of the chunk within `shard_mb` MiB of rows (`row_bytes`), at least one chunk, at most
     the chunks that cover `count` rows (a small store is one shard, not one 128 MiB index).
     `shard_size` (rows) overrides `shard_mb`; `chunk_size` (rows) overrides `chunk_bytes`; a chunk
@@ -199,7 +202,8 @@ def store_geometry(
     """
     per_row = row_bytes(latent_shape, dtype, flips)
     moment_row = 2 * math.prod(int(v) for v in latent_shape) * storage_dtype(dtype).itemsize
-    chunk = int(chunk_size) if chunk_size is not None else max(1, int(chunk_bytes) // moment_row)
+    by_bytes = max(1, min(MAX_CHUNK_ROWS, int(chunk_bytes) // moment_row))
+    chunk = int(chunk_size) if chunk_size is not None else by_bytes
     if shard_size is not None:
         shard = int(shard_size)
         geometry: dict[str, Any] = {"rule": "rows"}

@@ -95,10 +95,10 @@ def _assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> N
 
 
 def test_geometry_in_bytes_by_hand():
-    # 4x8x8 fp16, no flips: moments row 1024 B, row 1028 B; 1 MiB chunk = 1024 rows;
-    # 128 MiB // 1028 = 130561 rows -> 127 whole chunks = 130048 rows
+    # 4x8x8 fp16, no flips: moments row 1024 B, row 1028 B; chunk 64 rows (1 MiB would be 1024);
+    # 128 MiB // 1028 = 130561 rows -> 2040 whole chunks = 130560 rows
     g = fmt.store_geometry((4, 8, 8), "float16", False, 4_000_000)
-    assert (g["shard_size"], g["chunk_size"]) == (130048, 1024)
+    assert (g["shard_size"], g["chunk_size"]) == (130560, 64)
     assert g["geometry"] == {"rule": "bytes", "shard_mb": 128.0, "chunk_bytes": 1 << 20,
                              "row_bytes": 1028}  # fmt: skip
     # ImageNet 512 px with flips: 4x64x64 fp16, moments row 65536 B, row 131076 B; chunk 16 rows;
@@ -108,9 +108,11 @@ def test_geometry_in_bytes_by_hand():
     # bfloat16 is stored as uint16: the same bytes as float16; float32 twice
     assert fmt.row_bytes((4, 32, 32), "bfloat16", False) == 2 * 4096 * 2 + 4
     assert fmt.row_bytes((4, 32, 32), "float32", True) == 2 * (2 * 4096 * 4) + 4
-    # a store smaller than a chunk: one chunk and one shard of its rows
+    # a small store: one shard of the chunks covering it; smaller than a chunk: one chunk of its rows
     g = fmt.store_geometry((4, 8, 8), "float16", False, 200)
-    assert (g["shard_size"], g["chunk_size"]) == (200, 200)
+    assert (g["shard_size"], g["chunk_size"]) == (256, 64)
+    g = fmt.store_geometry((4, 8, 8), "float16", False, 40)
+    assert (g["shard_size"], g["chunk_size"]) == (40, 40)
     # rows given: they win over MiB; the chunk (1 MiB = 64 rows at 4x32x32) divides them
     g = fmt.store_geometry((4, 32, 32), "float16", False, 10_000, shard_mb=1, shard_size=1000)
     assert (g["shard_size"], g["chunk_size"], g["geometry"]["rule"]) == (1000, 50, "rows")
@@ -169,9 +171,9 @@ def test_upgrade_of_layout_2_store_keeps_every_row(tmp_path, capsys, shard_mb):
     code, out, _ = run_cli(["upgrade", str(url), *flags, "--json"], capsys)
     assert code == 0
     result = json.loads(out)
-    # hand-computed: default 128 MiB -> one 97-row shard of one chunk; 0.03 MiB -> 15 rows (1 MiB
-    # chunks are 512 rows, clamped to the shard)
-    new = 97 if shard_mb is None else 15
+    # hand-computed: default 128 MiB -> one shard of the two 64-row chunks covering 97 rows;
+    # 0.03 MiB -> 15 rows (31457 // 2052), one chunk
+    new = 128 if shard_mb is None else 15
     assert result["layout_version_before"] == 2 and result["layout_version"] == 3
     assert result["resharded"]["shard_size"] == [32, new]
     assert result["resharded"]["shards"] == [4, -(-N // new)]
