@@ -224,6 +224,17 @@ def store_geometry(
     }
 
 
+def array_geometry(manifest: dict[str, Any], row_nbytes: int) -> tuple[int, int]:
+    """`(rows per shard, rows per inner chunk)` for an array of `row_nbytes` bytes a row added to
+    the store of `manifest` (e.g. text-encoder outputs): its shards are the store's (shard s =
+    rows `[s*S, (s+1)*S)` of every array, one unit of writing and resume), its chunks follow the
+    rule of `store_geometry` (64 rows, at most `chunk_bytes`), cut to divide the shard."""
+    shard = int(manifest["shard_size"])
+    chunk_bytes = (manifest.get("geometry") or {}).get("chunk_bytes") or DEFAULT_CHUNK_BYTES
+    chunk = max(1, min(MAX_CHUNK_ROWS, int(chunk_bytes) // max(1, int(row_nbytes))))
+    return shard, chunk_size_for(shard, chunk)
+
+
 def n_shards(count: int, shard_size: int) -> int:
     """Number of shards covering `count` positions."""
     return -(-count // shard_size)

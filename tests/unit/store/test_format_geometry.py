@@ -53,6 +53,14 @@ def test_geometry_in_bytes_by_hand():
     assert (g["shard_size"], g["chunk_size"]) == (15, 5)
 
 
+def test_array_geometry_of_an_added_array_shares_the_shards():
+    m = {"shard_size": 130560, "geometry": {"chunk_bytes": 1 << 20}}
+    # 77x768 fp16 text embeddings: 118272 B a row -> 8 rows a chunk (1 MiB // 118272), dividing
+    assert fmt.array_geometry(m, 77 * 768 * 2) == (130560, 8)
+    assert fmt.array_geometry(m, 4) == (130560, 64)  # small rows: 64-row chunks
+    assert fmt.array_geometry({"shard_size": 1000}, 100_000) == (1000, 10)  # layout 2: no geometry
+
+
 def test_manifest_records_layout_3_and_passes_the_schema(tmp_path):
     stream_synthetic_store(tmp_path / "s.zarr", count=10, flips=True, shard_mb=0.01)
     m = fmt.read_manifest(str(tmp_path / "s.zarr"))
