@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         """Bring a finished store to the current layout: row-sized shards (layout <= 2) are copied
         into shards sized in bytes (no re-encoding; values, index and row order unchanged), then
         the zarr metadata is completed. Safe to interrupt: re-run it to finish."""
-        from lplkit.store.tooling import upgrade_store
+        from lplkit.store.upgrade import upgrade_store
 
         result = upgrade_store(store, shard_mb)
         if json_out:

@@ -15,7 +15,7 @@ layout 1, which lplkit reads as before; ``lplkit upgrade STORE`` adds the metada
 
 Layout version 3: shards sized in bytes (``manifest["geometry"]``, ``format.store_geometry``).
 Readers take the geometry from the manifest, so layouts 1-2 (row-sized shards) open unchanged;
-``lplkit upgrade`` copies their arrays into the new geometry (``lplkit.store.reshard``).
+``lplkit upgrade`` copies their arrays into the new geometry (``lplkit.store.reshard``); ``lplkit.store.upgrade`` does both.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
-from lplkit.store.sidecar import is_local, read_json, url_to_fs, write_json_atomic
+from lplkit.store.sidecar import is_local, read_json, url_to_fs
 
 if TYPE_CHECKING:
     import zarr
@@ -42,7 +42,6 @@ __all__ = [
     "require_writable",
     "stats_dimension_names",
     "store_writes",
-    "upgrade_store",
 ]
 
 LAYOUT_VERSION = fmt.LAYOUT_VERSION
@@ -54,7 +53,7 @@ DIMENSION_NAMES: dict[str, tuple[str, ...]] = {
     fmt.LABELS: ("sample",),
 }
 # zarr warns once per non-zarr object when it lists a directory; lplkit's own listings expect them.
-_SIDECAR_WARNING = r"Object at .* is not recognized as a component of a Zarr hierarchy"
+SIDECAR_WARNING = r"Object at .* is not recognized as a component of a Zarr hierarchy"
 
 
 def array_of(group: Any, name: str) -> zarr.Array:
@@ -87,7 +86,7 @@ def consolidate(url: str) -> None:
     import zarr
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SIDECAR_WARNING)
+        warnings.filterwarnings("ignore", message=SIDECAR_WARNING)
         # zarr notes that consolidated metadata is not (yet) in the v3 spec; zarr-python, xarray
         # and dask read it, and lplkit never depends on it (open_root)
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
@@ -131,98 +130,14 @@ def stats_dimension_names(name: str, ndim: int) -> tuple[str, ...]:
     return ("channel",) if ndim == 1 else tuple(f"{name}_dim{i}" for i in range(ndim))
 
 
-def _array_dims(path: str, shape: list[int]) -> tuple[str, ...]:
+def array_dims(path: str, shape: list[int]) -> tuple[str, ...]:
     name = path.rsplit("/", 1)[-1]
     if name in DIMENSION_NAMES and "/" not in path:
         return DIMENSION_NAMES[name]
     return stats_dimension_names(name, len(shape))
 
 
-def upgrade_store(url: str, shard_mb: float | None = None) -> dict[str, Any]:
-    """Bring a finished store to the current layout in place: from layout <= 2 (or with
-    `shard_mb` given and not the store's) its arrays are copied into shards sized in bytes
-    (`lplkit.store.reshard`: bounded memory, interruption-safe, markers and index parts rewritten),
-    then ``dimension_names`` on every array that lacks them, ``layout_version`` and ``geometry`` in
-    the manifest, consolidated metadata. Values, index.parquet and the row order are unchanged.
-    Idempotent: a store already at the layout is not written at all (``changed`` False), so a
-    read-only one is fine; returns what was done (JSON-able)."""
-    from lplkit.store import reshard
-    from lplkit.store.lock import StoreLock
-
-    url = str(url)
-    fs, root = url_to_fs(url)
-    resumed = False
-    if reshard.swap_pending(fs, root):  # an earlier upgrade stopped in its swap: finish it
-        fmt.open_manifest(url, upgrading=True)
-        with store_writes(url, f"upgrade {url}"):
-            reshard.finish_swap(url)
-        resumed = True
-    group, manifest = fmt.open_manifest(url)
-    if not manifest.get("completed"):
-        raise StoreError(
-            f"{url} is not finished; re-run its encode command (it writes layout {LAYOUT_VERSION})"
-        )
-    before = layout_version(manifest)
-    geo = reshard.new_geometry(manifest, shard_mb)
-    same = all(manifest[k] == geo[k] for k in ("shard_size", "chunk_size"))
-    resharded = None
-    if (before < 3 or shard_mb is not None) and not same:
-        require_writable(url, f"upgrade {url}")
-        lock = StoreLock(fs, root)
-        lock.acquire()
-        try:
-            with store_writes(url, f"upgrade {url}"):
-                new = reshard.reshard_store(url, manifest, geo)
-        finally:
-            lock.release()
-        resharded = {
-            "shard_size": [manifest["shard_size"], new["shard_size"]],
-            "chunk_size": [manifest["chunk_size"], new["chunk_size"]],
-            "shards": [
-                fmt.n_shards(new["source"]["count"], manifest["shard_size"]),
-                fmt.n_shards(new["source"]["count"], new["shard_size"]),
-            ],
-            "geometry": new["geometry"],
-        }
-        group, manifest = fmt.open_manifest(url)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SIDECAR_WARNING)
-        members = sorted(group.members(max_depth=None), key=lambda pa: pa[0])
-    metas = {p: read_json(fs, f"{root}/{p}/zarr.json") for p, a in members if hasattr(a, "shape")}
-    unnamed = [p for p, meta in metas.items() if meta.get("dimension_names") is None]
-    stale = layout_version(manifest) < LAYOUT_VERSION or "geometry" not in manifest
-    changed = bool(unnamed) or stale or resharded is not None or resumed
-    changed = changed or not _consolidated_current(fs, root, [p for p, _ in members], metas)
-    if changed:
-        with store_writes(url, f"upgrade {url}"):
-            for path in unnamed:
-                shape = metas[path]["shape"]
-                metas[path]["dimension_names"] = list(_array_dims(path, list(shape)))
-                write_json_atomic(fs, f"{root}/{path}/zarr.json", metas[path])
-            if stale:  # the geometry it has is the one bytes give: recorded, nothing copied
-                rw = open_root(url, "r+")
-                rw.attrs[fmt.MANIFEST_KEY] = {
-                    **manifest,
-                    "layout_version": LAYOUT_VERSION,
-                    "geometry": manifest.get("geometry") or geo["geometry"],
-                }
-            consolidate(url)
-    stats_cached = fs.exists(f"{root}/stats")
-    return {
-        "url": url,
-        "layout_version_before": before,
-        "layout_version": LAYOUT_VERSION,
-        "named_arrays": unnamed,
-        "resharded": resharded,  # None: the data was not copied
-        "finished_interrupted_upgrade": resumed,
-        # the statistics cache is keyed by the shards' checksums: `lplkit stats` recomputes it
-        "stats_need_recompute": bool(resharded and stats_cached),
-        "consolidated": True,
-        "changed": changed,
-    }
-
-
-def _consolidated_current(
+def consolidated_current(
     fs: Any, root: str, paths: list[str], arrays: dict[str, dict[str, Any]]
 ) -> bool:
     """Whether the root's consolidated metadata lists exactly `paths` and holds each array's
