@@ -7,8 +7,9 @@ from __future__ import annotations
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import ranged_option
-from lplkit.config import OPTION_RANGES
+from lplkit.cli.options import range_callback
+from lplkit.config import field_range
+from lplkit.store.encode_config import EncodeConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -17,10 +18,10 @@ def register(app: typer.Typer) -> None:
     @app.command("upgrade")
     def upgrade_command(
         store: str = typer.Argument(..., help="Latent store URL or path."),
-        shard_mb: float | None = ranged_option(
+        shard_mb: float | None = typer.Option(
             None,
             "--shard-mb",
-            rng=OPTION_RANGES["encode"]["shard_mb"],
+            callback=range_callback(field_range(EncodeConfig, "shard_mb")),
             show_default="128",
             help="MiB per shard of the rewritten arrays; given, a layout-3 store is resharded too.",
         ),
