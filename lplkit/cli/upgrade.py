@@ -22,8 +22,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--shard-mb",
             callback=range_callback(field_range(EncodeConfig, "shard_mb")),
-            show_default="128",
-            help="MiB per shard of the rewritten arrays; given, a layout-3 store is resharded too.",
+            help="MiB per shard of the rewritten arrays (default 128); given, a layout-3 store is "
+            "resharded too.",
         ),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
