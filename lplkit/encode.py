@@ -200,6 +200,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             dtype=cfg.dtype,
             flips=cfg.flip,
             shard_size=cfg.shard_size,
+            shard_mb=cfg.shard_mb,
             classes=source.class_names,
         )
         writer = ctx.rank0_first(

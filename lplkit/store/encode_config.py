@@ -38,7 +38,10 @@ class EncodeConfig:
     flip: bool = False
     batch_size: int = ranged(32, ge=1, le=MAX_BATCH)
     workers: int | None = ranged(None, ge=0, le=1024)  # None -> lplkit.encode.default_workers()
-    shard_size: int = ranged(fmt.DEFAULT_SHARD_SIZE, ge=1, le=MAX_BATCH)
+    shard_size: int | None = ranged(None, ge=1, le=MAX_BATCH)  # rows per shard, instead of shard_mb
+    # MiB of rows (moments + flip copy + label) per shard, None = fmt.DEFAULT_SHARD_MB; rows per
+    # shard and per inner chunk derive from it (fmt.store_geometry: why 128 MiB, and the chunks)
+    shard_mb: float | None = ranged(None, gt=0.0, le=fmt.MAX_SHARD_MB)
     dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
     autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
     limit: int | None = ranged(None, ge=1)
@@ -81,6 +84,8 @@ class EncodeConfig:
     def validate(self) -> None:
         """The choices that are not ranges (ranges are checked where the config is built)."""
         check_ranges(self, "encode: ")
+        if self.shard_size is not None and self.shard_mb is not None:
+            raise ConfigError("--shard-size and --shard-mb both size the shards: pass one")
         if self.dtype not in fmt.DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
         if self.autocast not in AUTOCAST_DTYPES:
@@ -132,7 +137,14 @@ ENCODE_FLAGS: tuple[ConfigFlag, ...] = (
         "--workers",
         "DataLoader workers (decode + crop); default: cores - 1, at most 8.",
     ),
-    ConfigFlag("shard_size", "--shard-size", "Samples per store shard."),
+    ConfigFlag("shard_size", "--shard-size", "Samples per store shard, instead of --shard-mb."),
+    ConfigFlag(
+        "shard_mb",
+        "--shard-mb",
+        f"MiB per store shard (default {fmt.DEFAULT_SHARD_MB:g}; moments, flips and labels): rows "
+        "per shard follow from the latent size, inner chunks are 64 rows, at most 1 MiB. Not with "
+        "--shard-size. See docs/store-format.md.",
+    ),
     ConfigFlag("dtype", "--dtype", "Stored moments dtype: float16, bfloat16 or float32."),
     ConfigFlag("autocast", "--autocast", "Autoencoder compute: none (fp32), bfloat16 or float16."),
     ConfigFlag("limit", "--limit", "Encode only the first N images."),

@@ -53,6 +53,29 @@ def compressors_for(codec: str) -> Any:
     raise ValueError(f"codec must be one of {fmt.CODECS}, got {codec!r}")
 
 
+def array_spec(name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """zarr `create_array` arguments of store array `name` (shape, dtype, chunk and shard geometry,
+    codec, fill value, dimension names) for a store with this manifest."""
+    count, latent = manifest["source"]["count"], tuple(manifest["latent_shape"])
+    shard, chunk = manifest["shard_size"], manifest["chunk_size"]
+    common = {
+        "compressors": compressors_for(manifest["codec"]),
+        "dimension_names": DIMENSION_NAMES[name],
+    }
+    if name == fmt.LABELS:
+        return dict(
+            common, shape=(count,), dtype="int32", chunks=(chunk,), shards=(shard,), fill_value=-1
+        )
+    return dict(
+        common,
+        shape=(count, 2, *latent),
+        dtype=fmt.storage_dtype(manifest["dtype"]),
+        chunks=(chunk, 2, *latent),
+        shards=(shard, 2, *latent),
+        fill_value=0,
+    )
+
+
 def open_group(url: str, mode: str = "r") -> zarr.Group:
     """Open the store's zarr group (raises FileNotFoundError when absent)."""
     return zarr.open_group(str(url), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
@@ -118,9 +141,15 @@ class StoreWriter:
                 group, stored = cls._wait_for(str(url), wait_timeout)
             diffs = fmt.identity_differences(stored, requested)
             if diffs:
+                only_rows = all(d.startswith("shard_size:") for d in diffs)
+                fix = (  # e.g. a store begun with row-sized shards (layout <= 2), resumed
+                    f"resume it with --shard-size {stored['shard_size']}, or write to a new --out"
+                    if only_rows
+                    else "write to a new --out, or delete the store to re-encode"
+                )
                 raise StoreMismatchError(
                     f"the store at {url} was made with different settings ({'; '.join(diffs)}); "
-                    "write to a new --out, or delete the store to re-encode"
+                    + fix
                 )
         except BaseException:
             if lock is not None:
@@ -147,36 +176,8 @@ class StoreWriter:
         if group is None and fs.exists(root) and fs.isfile(root):
             raise StoreError(f"{url} is a file, not a store directory; choose another --out")
         group = zarr.open_group(url, mode="a", use_consolidated=False)
-        count = manifest["source"]["count"]
-        latent = tuple(manifest["latent_shape"])
-        shard, chunk = manifest["shard_size"], manifest["chunk_size"]
-        sdtype = fmt.storage_dtype(manifest["dtype"])
-        comp = compressors_for(manifest["codec"])
         for name in fmt.array_names(manifest):
-            if name == fmt.LABELS:
-                group.create_array(
-                    name,
-                    shape=(count,),
-                    dtype="int32",
-                    chunks=(chunk,),
-                    shards=(shard,),
-                    fill_value=-1,
-                    compressors=comp,
-                    overwrite=True,
-                    dimension_names=DIMENSION_NAMES[name],
-                )
-            else:
-                group.create_array(
-                    name,
-                    shape=(count, 2, *latent),
-                    dtype=sdtype,
-                    chunks=(chunk, 2, *latent),
-                    shards=(shard, 2, *latent),
-                    fill_value=0,
-                    compressors=comp,
-                    overwrite=True,
-                    dimension_names=DIMENSION_NAMES[name],
-                )
+            group.create_array(name, **array_spec(name, manifest), overwrite=True)
         # The manifest goes last: its presence tells other ranks the arrays exist.
         group.attrs[fmt.MANIFEST_KEY] = manifest
         return group, manifest

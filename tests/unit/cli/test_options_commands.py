@@ -136,13 +136,8 @@ def test_eval_and_encode_take_recipes_and_set(tmp_path):
     assert (cfg.swd_dirs, cfg.swd_repeats, cfg.n, cfg.batch_size) == (64, 2, 8, 64)
     enc = _resolve("encode", ["--set", "dataset=openmoji", "--set", "out=o.zarr",
                               "--set", "res=32", "--res", "64", "--flip"])  # fmt: skip
-    assert (enc.dataset, enc.out, enc.res, enc.flip, enc.shard_size) == (
-        "openmoji",
-        "o.zarr",
-        64,
-        True,
-        1024,
-    )
+    assert (enc.dataset, enc.out, enc.res, enc.flip) == ("openmoji", "o.zarr", 64, True)
+    assert (enc.shard_size, enc.shard_mb) == (None, None)  # shards of the default 128 MiB
 
 
 def test_a_repeatable_flag_collects_every_use_and_commas():
