@@ -164,6 +164,7 @@ OPTION_RANGES: dict[str, dict[str, Range]] = {
         "labels": Range(ge=0),  # and < the run's class count (checked against the run)
     },
     "export": {"steps": _SAMPLER_STEPS},
+    "verify": {"workers": Range(ge=1, le=256), "sample": Range(gt=0.0, le=1.0), "seed": _SEED},
     "eval": {
         "n": Range(ge=1),
         "seed": _SEED,

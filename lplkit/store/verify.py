@@ -135,6 +135,8 @@ def verify_store(
     of the complete shards (`sample_shards(..., seed)`), named in `report.sample`; damage in a
     shard outside the sample is not found. Markers, files, counts and the index are checked whole.
     """
+    if workers < 1 or (sample is not None and not 0 < sample <= 1):
+        raise ValueError(f"workers must be >= 1 and sample in (0, 1], got {workers}, {sample}")
     url = str(url)
     report = VerifyReport(url)
     damaged = "the store's metadata is damaged: restore it, or re-encode into a new --out"
