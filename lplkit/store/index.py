@@ -9,6 +9,7 @@ index parts concatenate.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -121,6 +122,12 @@ class IndexWriter:
         if self._rows:
             self._flush(self._rows)
         self._writer.close()
+
+    def abort(self) -> None:
+        """Close after a failure (the caller discards the file): no footer error from `__del__`."""
+        self._pending, self._rows = [], 0
+        with contextlib.suppress(Exception):
+            self._writer.close()
 
 
 def sha256_bytes(data: bytes) -> str:

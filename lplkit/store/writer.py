@@ -416,8 +416,17 @@ class StoreWriter:
 
     def _write_index(self, sink: Any, parts: set[int]) -> int:
         """Stream every shard's index rows into `sink`; returns the ok count."""
-        previous: idx.IndexFile | None = None
         writer = idx.IndexWriter(sink)
+        try:
+            n_ok = self._write_shards(writer, parts)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        return n_ok
+
+    def _write_shards(self, writer: idx.IndexWriter, parts: set[int]) -> int:
+        previous: idx.IndexFile | None = None
         n_ok = 0
         for s in range(self.n_shards):
             start, stop = self.shard_range(s)
@@ -436,7 +445,6 @@ class StoreWriter:
                 )
             n_ok += int(idx.ok_mask(table).sum())
             writer.write(table)
-        writer.close()
         return n_ok
 
     def _previous_index(self, shard: int) -> idx.IndexFile:
