@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from store_scale import CHUNK, SHAPE, SHARD, shard_moments  # noqa: E402
+from store_scale import CHUNK, SHAPE, SHARD, shard_moments
 
 
 def write_unfinished(url: str, count: int, seed: int = 0) -> float:
@@ -129,11 +129,10 @@ def old_finalize(url: str) -> None:
     import pyarrow as pa
     import zarr
 
-    from lplkit.store.tooling import consolidate
-
     from lplkit.store import format as fmt
     from lplkit.store import index as idx
     from lplkit.store.sidecar import url_to_fs, write_bytes_atomic
+    from lplkit.store.tooling import consolidate
 
     fs, root = url_to_fs(url)
     manifest = fmt.read_manifest(url)
@@ -154,7 +153,7 @@ def child(what: str, url: str) -> dict[str, Any]:
     # one-time import costs, not measured (no bytecode cache here: torch, which verify's bfloat16
     # conversion imports, and pandas, which pyarrow pulls in, compile from source in seconds)
     import pandas  # noqa: F401
-    import pyarrow.dataset  # noqa: F401
+    import pyarrow.dataset
     import pyarrow.parquet  # noqa: F401
     import torch  # noqa: F401
     import zarr  # noqa: F401

@@ -27,15 +27,22 @@ def register(app: typer.Typer) -> None:
         ),
         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
         workers: int = ranged_option(
-            1, "--workers", rng=_RANGES["workers"],
+            1,
+            "--workers",
+            rng=_RANGES["workers"],
             help="Shards checked in parallel (threads); the report is the same as with 1.",
         ),
         sample: float | None = ranged_option(
-            None, "--sample", rng=_RANGES["sample"], metavar="FRACTION",
+            None,
+            "--sample",
+            rng=_RANGES["sample"],
+            metavar="FRACTION",
             help="Read the data of only this fraction of the shards (seeded random draw, named "
             "in the report); damage in a shard outside the sample is not found.",
         ),
-        seed: int = ranged_option(0, "--seed", rng=_RANGES["seed"], help="Seed of --sample's draw."),
+        seed: int = ranged_option(
+            0, "--seed", rng=_RANGES["seed"], help="Seed of --sample's draw."
+        ),
     ) -> None:
         """Check for missing/partial shards, checksum mismatches, NaN/Inf, count and index problems."""
         from rich.progress import (

@@ -157,7 +157,9 @@ def scan_markers(
             continue
         size = entry.get("size")
         if isinstance(size, int) and size > MARKER_LIMIT:
-            scan.problems[s] = f"the completion marker is damaged (larger than {MARKER_LIMIT} bytes)"
+            scan.problems[s] = (
+                f"the completion marker is damaged (larger than {MARKER_LIMIT} bytes)"
+            )
             continue
         todo[str(entry["name"])] = s
     if not todo:

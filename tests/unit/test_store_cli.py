@@ -82,7 +82,7 @@ def test_verify_workers_and_whole_sample_find_a_flipped_byte(store, capsys, opti
     data = bytearray(shard.read_bytes())
     data[64] ^= 0x10
     shard.write_bytes(bytes(data))
-    code, out, err = run_cli(["verify", str(store), "--json", *options], capsys)
+    code, out, _ = run_cli(["verify", str(store), "--json", *options], capsys)
     report = json.loads(out)
     assert code == StoreCorruptError.exit_code and report["bad_shards"] == [2]
     sample = report["sample"]
@@ -90,7 +90,7 @@ def test_verify_workers_and_whole_sample_find_a_flipped_byte(store, capsys, opti
 
 
 def test_verify_sample_says_it_was_a_sample(store, capsys):
-    code, out, err = run_cli(["verify", str(store), "--sample", "0.5", "--seed", "7"], capsys)
+    code, _, err = run_cli(["verify", str(store), "--sample", "0.5", "--seed", "7"], capsys)
     assert code == 0
     text = " ".join(err.split())
     assert "sample: the data of 2 of 3 complete shards was read (--sample 0.5 --seed 7" in text

@@ -137,9 +137,10 @@ def test_an_old_store_with_index_parts_left_over_opens_and_verifies(unfinished):
     _finalize(unfinished)
     shutil.copytree(saved, unfinished / "index_parts")  # what a finalize before this one left
     assert verify_store(str(unfinished)).ok
-    assert LatentStore.open(str(unfinished)).index.column("key").to_pylist() == oracle.column(
-        "key"
-    ).to_pylist()
+    assert (
+        LatentStore.open(str(unfinished)).index.column("key").to_pylist()
+        == oracle.column("key").to_pylist()
+    )
     part = unfinished / "index_parts" / "shard-00002.parquet"
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 0xFF
