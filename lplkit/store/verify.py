@@ -5,9 +5,12 @@ Checks, in order (each problem names the shard when it has one, and the fix):
 - manifest present and valid (schemas/store.schema.json), arrays present with the manifest's shape;
 - every shard has a completion marker (else: missing/partial, an interrupted encode);
 - per shard: every array's stored bytes hash to the marker's sha256 (bit rot, truncation, another
-  writer), decode without error, moments finite with std >= 0, index part present and matching;
-- the index: readable, one row per position, ok count = markers' n_ok = manifest counts,
-  labels array = index labels;
+  writer), decode without error, moments finite with std >= 0, the index part (while there is one:
+  finalize removes them once index.parquet holds their rows) matching the marker's sha256;
+- every complete shard's index rows exist: in its part or in index.parquet (else the shards are
+  `unindexed_shards`, which `repair_store` marks for re-encoding);
+- the index: readable (pages' CRC32 checked), one row per position, ok count = markers' n_ok =
+  manifest counts, labels array = index labels;
 - the store is finalized (`completed`).
 
 All-zero chunks are not stored by zarr (write_empty_chunks=False) and read back as the fill value, so
@@ -18,6 +21,9 @@ array data is read; instead every shard with ok samples must have its moments sh
 (one listing per array), plus the manifest, marker, index and count checks above. It catches
 deleted shard files, missing/edited markers, manifest edits and a truncated index in about the time
 it takes to read the markers; bit flips and NaN need the full check (`lplkit verify`).
+
+Markers come from one scan (`scan_markers`: one listing, each read once). `workers` checks shards in
+threads (same report as serial); `sample` reads the data of a seeded fraction of the shards only.
 
 `repair_store` removes the markers of bad shards and clears `completed`, so re-running the same
 `lplkit encode` command re-encodes exactly those shards and rebuilds index.parquet.
