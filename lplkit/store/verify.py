@@ -212,6 +212,18 @@ def verify_store(
     if sample is not None and read_data:
         report.sample = {"fraction": sample, "seed": seed, "checked": to_read}
     reading = set(to_read) if read_data else set()
+    # index.parquet is read once, up front: each shard read compares its labels with it (so a
+    # full verify does not read the labels array a second time, and a sample only its shards')
+    index_table: Any = None
+    index_error: Exception | None = None
+    if manifest["completed"]:
+        try:
+            index_table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}", check_pages=True)
+        except Exception as exc:  # truncated/garbled parquet raises various Arrow errors
+            index_error = exc
+    index_labels = None
+    if read_data and index_table is not None and _aligned(index_table, count):
+        index_labels = index_table.column("label").to_numpy()
 
     def check(s: int) -> list[Problem]:
         start, stop = fmt.shard_range(s, count, size)
@@ -221,7 +233,7 @@ def verify_store(
         if s in reading:
             _check_shard(
                 shard_report, arrays, manifest, fs, root, s, start, stop, marker, checksums,
-                s in parts,
+                s in parts, index_labels,
             )  # fmt: skip
         return shard_report.problems
 
@@ -245,8 +257,16 @@ def verify_store(
                 f"{fmt.INDEX_FILE} cannot supply their rows",
                 fix=_unindexed_fix(url),
             )
-    _check_index(report, group, manifest, fs, root, n_ok_markers)
+    _check_index(
+        report, group, manifest, n_ok_markers, index_table, index_error, labels_read=read_data
+    )
     return report
+
+
+def _aligned(table: Any, count: int) -> bool:
+    return len(table) == count and np.array_equal(
+        table.column("position").to_numpy(), np.arange(count)
+    )
 
 
 def _shown(shards: list[int]) -> str:
@@ -331,6 +351,7 @@ def _check_shard(
     marker: dict[str, Any],
     checksums: bool,
     has_part: bool,
+    index_labels: np.ndarray | None,
 ) -> None:
     fix = _bad_shard_fix(report.url, s)
     for name, arr in arrays.items():
@@ -353,6 +374,13 @@ def _check_shard(
                 fix=fix,
             )
         if name == fmt.LABELS:
+            if index_labels is not None and not np.array_equal(data, index_labels[start:stop]):
+                report.add(
+                    "labels",
+                    f"shard {s}: labels array differs from {fmt.INDEX_FILE}",
+                    shard=s,
+                    fix=fix,
+                )
             continue
         values = fmt.from_storage(data, manifest["dtype"])
         bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
@@ -426,10 +454,15 @@ def _check_index(
     report: VerifyReport,
     group: zarr.Group,
     manifest: dict[str, Any],
-    fs: Any,
-    root: str,
     n_ok_markers: int,
+    table: Any,
+    error: Exception | None,
+    *,
+    labels_read: bool,
 ) -> None:
+    """The index (read by the caller: `table`, or the `error` reading it raised) against the
+    count, the markers, the manifest and (unless the shard checks compared them: `labels_read`)
+    the labels array."""
     url, count = report.url, manifest["source"]["count"]
     if not manifest["completed"]:
         if report.complete_shards == report.n_shards:
@@ -446,18 +479,14 @@ def _check_index(
     rebuild = f"run `lplkit verify {url} --repair`, then {RERUN} to rebuild {fmt.INDEX_FILE}"
     if report.unindexed_shards:
         rebuild = _unindexed_fix(url)
-    try:
-        table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}", check_pages=True)
-    except Exception as exc:  # truncated/garbled parquet raises various Arrow errors
+    if table is None:
         report.add(
             "index",
-            f"{fmt.INDEX_FILE} is unreadable or truncated ({type(exc).__name__}: {exc})",
+            f"{fmt.INDEX_FILE} is unreadable or truncated ({type(error).__name__}: {error})",
             fix=rebuild,
         )
         return
-    if len(table) != count or not np.array_equal(
-        table.column("position").to_numpy(), np.arange(count)
-    ):
+    if not _aligned(table, count):
         report.add(
             "count", f"{fmt.INDEX_FILE} has {len(table)} rows for {count} positions", fix=rebuild
         )
@@ -473,6 +502,8 @@ def _check_index(
             f"manifest {counts['ok']} (total {counts['total']} vs {count})",
             fix=rebuild,
         )
+    if labels_read:
+        return
     try:
         labels = array_of(group, fmt.LABELS)[:]
     except Exception:  # already reported per shard

@@ -190,3 +190,18 @@ def test_a_sample_reads_ceil_fraction_of_the_shards_drawn_from_the_seed(eight_sh
     _flip_moments_byte(store, outside)  # undone
     _flip_moments_byte(store, checked[0])
     assert verify_store(str(store), sample=0.5, seed=1).bad_shards == [checked[0]]
+
+
+def test_labels_that_differ_from_the_index_are_found_by_full_and_quick_checks(store):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = store / "index.parquet"
+    table = pq.read_table(path)
+    labels = table.column("label").to_numpy().copy()
+    labels[20] += 1  # position 20: shard 1
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
+    pq.write_table(table, path)
+    assert _kinds(verify_store(str(store))) == {("labels", 1)}
+    assert _kinds(verify_store(str(store), workers=2)) == {("labels", 1)}
+    assert _kinds(verify_store(str(store), read_data=False)) == {("labels", 1)}
