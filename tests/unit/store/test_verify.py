@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +167,6 @@ def test_parallel_and_whole_sample_find_a_flipped_byte_like_serial(eight_shards,
 
 
 def test_a_sample_reads_ceil_fraction_of_the_shards_drawn_from_the_seed(eight_shards, tmp_path):
-    import math
-
     from lplkit.store.verify import sample_shards
 
     checked = verify_store(str(eight_shards), sample=0.5, seed=1).sample["checked"]

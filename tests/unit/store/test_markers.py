@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_image_folder
 from fsspec.implementations.local import LocalFileSystem
+from helpers.cli import run_cli
+from helpers.images import write_image_folder
 
 from lplkit.store.markers import MARKER_LIMIT, scan_markers
 from lplkit.store.synthetic import write_synthetic_store
