@@ -23,6 +23,7 @@ then measures each figure in a fresh child process:
 
     python benchmarks/store_scan.py --rows 100000,1000000 --dir /tmp/scan \
         --json docs/results/store_scan.json
+    python benchmarks/store_scan.py --table docs/results/store_scan.json   # the docs table
 
 One run each on a shared machine: compare figures within a run.
 """
@@ -221,17 +222,70 @@ def run_child(what: str, url: Path, evicted: list[Path]) -> dict[str, Any]:
     return out
 
 
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Add the derived figures the docs table shows (MiB, before/after ratios) to each size."""
+    for r in results["sizes"].values():
+        for v in r.values():
+            if isinstance(v, dict) and "peak_added_bytes" in v:
+                v["peak_added_mib"] = round(v["peak_added_bytes"] / (1 << 20), 1)
+        for side in ("scan_before", "scan_after"):  # counted only when they happen
+            r[side].setdefault("progress_listings", 0)
+            r[side].setdefault("marker_opens", 0)
+        r["scan_speedup"] = round(r["scan_before"]["s"] / r["scan_after"]["s"], 2)
+        r["finalize_speedup"] = round(r["finalize_before"]["s"] / r["finalize_after"]["s"], 2)
+        r["verify_workers2_speedup"] = round(r["verify_serial"]["s"] / r["verify_workers2"]["s"], 2)
+        r["verify_sample_speedup"] = round(r["verify_serial"]["s"] / r["verify_sample0.1"]["s"], 2)
+    return results
+
+
+TABLE = [  # (label, key, field, format)
+    ("resume scan: listings of progress/, before / after", "scan", "progress_listings", "{}"),
+    ("resume scan: marker reads, before / after", "scan", "marker_opens", "{}"),
+    ("resume scan: time (s), before / after", "scan", "s", "{:.2f}"),
+    ("finalize: time (s), before / after", "finalize", "s", "{:.2f}"),
+    ("finalize: peak memory added (MiB), before / after", "finalize", "peak_added_mib", "{:.1f}"),
+]
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: one row per figure, one column per size."""
+    sizes = list(results["sizes"])
+    lines = ["| | " + " | ".join(f"{int(n):,} rows" for n in sizes) + " |",
+             "| --- |" + " --- |" * len(sizes)]  # fmt: skip
+    for label, key, field, form in TABLE:
+        cells = []
+        for n in sizes:
+            pair = [
+                results["sizes"][n][f"{key}_{side}"].get(field, 0) for side in ("before", "after")
+            ]
+            cells.append(" / ".join(form.format(v) for v in pair))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for label, key in (("verify serial (s)", "verify_serial"),
+                       ("verify --workers 2 (s)", "verify_workers2"),
+                       ("verify --sample 0.1 (s)", "verify_sample0.1")):  # fmt: skip
+        cells = [f"{results['sizes'][n][key]['s']:.1f}" for n in sizes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="100000,1000000")
     ap.add_argument("--dir", default="/tmp/lplkit-store-scan")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the stores for another run")
+    ap.add_argument("--table", default=None, help="add the derived figures to this result file, "
+                    "rewrite it and print its markdown table")  # fmt: skip
     ap.add_argument("--child", default=None)
     ap.add_argument("--url", default=None)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.url)))
+        return
+    if args.table:
+        results = summarize(json.loads(Path(args.table).read_text()))
+        Path(args.table).write_text(json.dumps(results, indent=2) + "\n")
+        print(table(results))
         return
     import lplkit
 
@@ -265,8 +319,10 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(url)
             shutil.rmtree(parts)
+    summarize(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
 
 
 if __name__ == "__main__":
