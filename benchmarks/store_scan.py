@@ -260,9 +260,9 @@ def table(results: dict[str, Any]) -> str:
             ]
             cells.append(" / ".join(form.format(v) for v in pair))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for label, key in (("verify serial (s)", "verify_serial"),
-                       ("verify --workers 2 (s)", "verify_workers2"),
-                       ("verify --sample 0.1 (s)", "verify_sample0.1")):  # fmt: skip
+    for label, key in (("`verify` serial (s)", "verify_serial"),
+                       ("`verify --workers 2` (s)", "verify_workers2"),
+                       ("`verify --sample 0.1` (s)", "verify_sample0.1")):  # fmt: skip
         cells = [f"{results['sizes'][n][key]['s']:.1f}" for n in sizes]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -196,7 +196,8 @@ _WORKER = """
 import sys, time, numpy as np
 from lplkit.store import StoreWriter
 from lplkit.store.synthetic import synthetic_moments
-from tests.unit.test_store_writer import _manifest
+sys.path.insert(0, "tests")  # the test module's `helpers` imports (pytest's pythonpath)
+from tests.unit.store.test_writer import _manifest
 url, rank, world, delay = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 m = synthetic_moments(40, (4, 4, 4))
 w = StoreWriter.create_or_resume(url, _manifest(), rank=rank, world_size=world, wait_timeout=60)
