@@ -5,10 +5,11 @@ from __future__ import annotations
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import ranged_option
-from lplkit.config import OPTION_RANGES
+from lplkit.cli.options import range_callback
+from lplkit.config import Range
 
-_RANGES = OPTION_RANGES["verify"]
+# verify has no config dataclass yet: its numeric options' ranges (checked while parsing, exit 2)
+_WORKERS, _SAMPLE, _SEED = Range(ge=1, le=256), Range(gt=0.0, le=1.0), Range(ge=0)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,22 +27,22 @@ def register(app: typer.Typer) -> None:
             False, "--no-checksums", help="Skip sha256 checks (faster; NaN/count checks still run)."
         ),
         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-        workers: int = ranged_option(
+        workers: int = typer.Option(
             1,
             "--workers",
-            rng=_RANGES["workers"],
+            callback=range_callback(_WORKERS),
             help="Shards checked in parallel (threads); the report is the same as with 1.",
         ),
-        sample: float | None = ranged_option(
+        sample: float | None = typer.Option(
             None,
             "--sample",
-            rng=_RANGES["sample"],
+            callback=range_callback(_SAMPLE),
             metavar="FRACTION",
             help="Read the data of only this fraction of the shards (seeded random draw, named "
             "in the report); damage in a shard outside the sample is not found.",
         ),
-        seed: int = ranged_option(
-            0, "--seed", rng=_RANGES["seed"], help="Seed of --sample's draw."
+        seed: int = typer.Option(
+            0, "--seed", callback=range_callback(_SEED), help="Seed of --sample's draw."
         ),
     ) -> None:
         """Check for missing/partial shards, checksum mismatches, NaN/Inf, count and index problems."""
