@@ -211,15 +211,17 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
         try:
             summary = _encode_shards(cfg, ctx, source, vae, writer, latent, device, progress, stop)
             # every rank reaches these collectives, a stopped one early; then all stop or finish
+            # each rank counts its own pending shards from the markers it knows (no rank reads
+            # another's markers; rank 0's finalize reads the ones it has not seen, once each)
             totals = ctx.sum_ints(
-                [summary.encoded, summary.skipped, summary.shards_written, int(stop.requested)]
-            )
-            summary.encoded, summary.skipped, summary.shards_written, stopped = totals
+                [summary.encoded, summary.skipped, summary.shards_written, int(stop.requested),
+                 len(writer.pending_shards())]
+            )  # fmt: skip
+            summary.encoded, summary.skipped, summary.shards_written, stopped, pending = totals
             summary.skip_reasons = dict(sum(ctx.gather(Counter(summary.skip_reasons)), Counter()))
             summary.encode_s = max(ctx.gather(summary.encode_s))  # the slowest rank's loop
             processed = summary.encoded + summary.skipped
             summary.images_per_s = processed / summary.encode_s if summary.encode_s > 0 else 0.0
-            pending = len(writer.all_pending_shards())
             summary.shards_already_done = writer.n_shards - pending - summary.shards_written
             if stopped and pending:  # (a signal after the last shard lets the store finish)
                 raise Preempted(

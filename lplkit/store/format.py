@@ -486,6 +486,11 @@ def read_json_bounded(fs: Any, path: str, what: str, limit: int = MAX_METADATA_B
     big, not UTF-8 JSON, nested too deep); FileNotFoundError propagates."""
     with fs.open(path, "rb") as f:
         raw = f.read(limit + 1)
+    return parse_json_bounded(raw, what, limit)
+
+
+def parse_json_bounded(raw: bytes, what: str, limit: int = MAX_METADATA_BYTES) -> Any:
+    """`read_json_bounded` for bytes already read (ValueError saying what is wrong with them)."""
     if len(raw) > limit:
         raise ValueError(f"{what} is larger than {limit} bytes")
     try:

@@ -39,7 +39,7 @@ from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store import shuffle as shf
 from lplkit.store.dataset import LatentDataset
-from lplkit.store.markers import marker_shards, read_marker
+from lplkit.store.markers import index_part_shards, scan_markers
 from lplkit.store.shard_rows import ShardRows
 from lplkit.store.sidecar import url_to_fs
 from lplkit.store.text import TextRows, text_entries
@@ -214,12 +214,23 @@ class LatentStore:
 
     @staticmethod
     def _index_of_complete_shards(fs: Any, root: str, manifest: dict[str, Any]) -> pa.Table:
+        """The index rows of the shards with a sound marker: from each one's index part, or from
+        the index.parquet an earlier finalize wrote (which removed the parts it merged)."""
         count, size = manifest["source"]["count"], manifest["shard_size"]
-        parts = []
-        for s in sorted(marker_shards(fs, root, fmt.n_shards(count, size))):
-            if read_marker(fs, root, s, *fmt.shard_range(s, count, size)) is not None:
-                parts.append(idx.read_table(fs, fmt.index_part_path(root, s)))
-        return pa.concat_tables(parts) if parts else idx.INDEX_SCHEMA.empty_table()
+        scan = scan_markers(fs, root, count, size)
+        parts = index_part_shards(fs, root, scan.n_shards)
+        previous: idx.IndexFile | None = None
+        tables = []
+        for s in sorted(scan.markers):
+            if s in parts:
+                tables.append(idx.read_table(fs, fmt.index_part_path(root, s)))
+                continue
+            if previous is None:
+                previous = idx.IndexFile(count, fs=fs, path=f"{root}/{fmt.INDEX_FILE}")
+                if not previous.aligned:
+                    raise ValueError(f"shard {s} has no index part and no aligned index")
+            tables.append(previous.rows(*fmt.shard_range(s, count, size)))
+        return pa.concat_tables(tables) if tables else idx.INDEX_SCHEMA.empty_table()
 
     def __len__(self) -> int:
         return self._count
