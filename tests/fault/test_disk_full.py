@@ -115,9 +115,12 @@ def test_write_error_is_clear_and_resumable(
         inject(mp)
         code, err = _main(_args(images, out, tiny_vae_dir), capsys)
     assert code == 4, err  # StoreError
-    # one error line; before it only the plain progress lines of a non-terminal stderr ("encode: ...")
+    # one error line; before it only the resolved-config line and the plain progress lines of a
+    # non-terminal stderr ("encode config: ...", "encode: ...")
     before, sep, _ = err.partition("error:")
-    assert sep and (not before or before.startswith("encode:")) and err.count("error:") == 1, err
+    lines = [line for line in before.splitlines() if line.strip()]
+    assert sep and err.count("error:") == 1, err
+    assert all(line.startswith(("encode:", "encode config:")) for line in lines), err
     assert "Traceback" not in err and "internal error" not in err
     assert words in err and str(out) in err and "re-run the same command" in err, err
     assert ("No space left on device" in err) or ("Input/output error" in err), err
