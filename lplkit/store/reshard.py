@@ -132,6 +132,9 @@ def finish_swap(url: str) -> dict[str, Any]:
     group.attrs[fmt.MANIFEST_KEY] = target
     remove_if_exists(fs, posixpath.join(staging, _READY))  # from here the store is consistent
     fs.rm(staging, recursive=True)
+    # index.parquet (unchanged) holds every row: the parts are dropped as after a finalize
+    if fs.exists(posixpath.join(root, fmt.INDEX_PARTS_DIR)):
+        fs.rm(posixpath.join(root, fmt.INDEX_PARTS_DIR), recursive=True)
     return dict(target)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from lplkit.errors import StoreError
+from lplkit.errors import ConfigError, StoreError
 from lplkit.store import format as fmt
 from lplkit.store import reshard
 from lplkit.store.lock import StoreLock
 from lplkit.store.sidecar import read_json, url_to_fs, write_json_atomic
+from lplkit.store.text import text_entries
 from lplkit.store.tooling import (
     LAYOUT_VERSION,
     SIDECAR_WARNING,
@@ -55,6 +56,13 @@ def upgrade_store(url: str, shard_mb: float | None = None) -> dict[str, Any]:
     same = all(manifest[k] == geo[k] for k in ("shard_size", "chunk_size"))
     resharded = None
     if (before < 3 or shard_mb is not None) and not same:
+        texts = sorted(text_entries(manifest))
+        if texts:  # their arrays and markers follow the moments' shards: not resharded (yet)
+            raise ConfigError(
+                f"{url} caches text encoders ({', '.join(texts)}), which `lplkit upgrade` does not "
+                "reshard: keep the store's layout (it opens as it is), or upgrade a copy without "
+                "text/ and re-run `lplkit encode-text` on it"
+            )
         require_writable(url, f"upgrade {url}")
         lock = StoreLock(fs, root)
         lock.acquire()

@@ -64,8 +64,30 @@ def test_upgrade_of_layout_2_store_keeps_every_row(tmp_path, capsys, shard_mb):
         fmt.shard_name(s) + ".json" for s in range(-(-N // new))
     ]
     assert not (url / fmt.RESHARD_DIR).exists()
+    assert not (url / fmt.INDEX_PARTS_DIR).exists()  # index.parquet holds every row, as finalized
     code, out, _ = run_cli(["upgrade", str(url), *flags, "--json"], capsys)
     assert code == 0 and json.loads(out)["changed"] is False
+
+
+def test_upgrade_refuses_to_reshard_a_store_with_cached_text(tmp_path, capsys):
+    url = tmp_path / "s.zarr"
+    write_test_store(url, shard_size=32, chunk_size=8)
+    as_layout_2(url)
+    group = zarr.open_group(str(url), mode="r+", use_consolidated=False)
+    manifest = dict(group.attrs[fmt.MANIFEST_KEY])
+    manifest["text_encoders"] = {"clip": {
+        "id": "org/clip", "subfolder": None, "revision": None, "class": "CLIPTextModel",
+        "family": "clip", "layer": "last", "pass_mask": False, "max_tokens": 8, "hidden_size": 4,
+        "pooled_size": 4, "dtype": "float16", "storage_dtype": "float16", "completed": True,
+        "counts": None,
+    }}  # fmt: skip
+    group.attrs[fmt.MANIFEST_KEY] = manifest
+    before = raw_arrays(url)
+    code, _, err = run_cli(["upgrade", str(url)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "text encoders (clip)" in err and "encode-text" in err
+    assert_same_arrays(raw_arrays(url), before)  # nothing was touched
+    assert LatentStore.open(str(url)).manifest["shard_size"] == 32
 
 
 def test_upgrade_interrupted_in_its_swap_is_refused_then_finished(tmp_path, monkeypatch, capsys):
