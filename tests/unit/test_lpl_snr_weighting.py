@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_train_loop import CountingLpl, _batch, _cfg
-from train_standins import tiny_components
+from train_standins import RUN_ID, tiny_components
 
 from lplkit.diffusion.objectives import build_objective
 from lplkit.train import loop
@@ -69,7 +69,7 @@ def test_trainer_passes_the_min_snr_weights(tmp_path, monkeypatch, weighting):
     cfg.lpl.enabled, cfg.lpl.snr_min = True, None
     cfg.lpl.snr_weighting, cfg.lpl.snr_gamma = weighting, 2.0
     parts = tiny_components(objective="flow", lpl=CountingLpl())
-    loop.Trainer(cfg, parts, tmp_path / "r").run()
+    loop.Trainer(cfg, parts, tmp_path / "r", run_id=RUN_ID).run()
     assert len(seen) == 1
     t, w = seen[0]
     if weighting == "none":
