@@ -1,7 +1,8 @@
 """store_scale: the latent store at 100k / 1M / 4M rows against np.memmap, cold and warm page cache.
 
-Writes synthetic stores of 4x8x8 fp16 latents (1 KiB a row; encode's default 1,024-row shards and
-64-row chunks, no flips, all rows ok) through the real `StoreWriter`, one shard in memory at a time,
+Writes synthetic stores of 4x8x8 fp16 latents (1 KiB a row; `--geometry rows`: layout 2's 1,024-row
+shards and 64-row chunks; `--geometry bytes`: layout 3's default, 128 MiB shards of 1 MiB chunks; no
+flips, all rows ok) through the real `StoreWriter` (`stream_synthetic_store`), one shard in memory,
 plus an `.npy` of the same fp16 moments for the memmap baseline. Then measures, each in a fresh
 child process (so imports, RSS and caches are the child's own):
 
@@ -44,43 +45,24 @@ SHARD, CHUNK, BATCH = 1024, 64, 256
 # -- writing ----------------------------------------------------------------------------------------
 
 
-def shard_moments(seed: int, shard: int, rows: int) -> np.ndarray:
-    """float32 (rows, 2, C, h, w) of one shard: mean ~ N(0, 1), std ~ U(0.05, 0.5)."""
-    rng = np.random.default_rng([seed, shard])
-    m = np.empty((rows, 2, *SHAPE), np.float32)
-    m[:, 0] = rng.standard_normal((rows, *SHAPE), dtype=np.float32)
-    m[:, 1] = 0.05 + 0.45 * rng.random((rows, *SHAPE), dtype=np.float32)
-    return m
+def write_store(url: str, npy: str, count: int, geometry: str = "rows", seed: int = 0) -> float:
+    """Stream `count` rows into a store (`stream_synthetic_store`: one shard in memory) and the
+    memmap file; returns seconds. geometry "rows": 1,024-row shards of 64-row chunks (layouts 1-2,
+    encode's default before layout 3); "bytes": `format.store_geometry`'s default (layout 3)."""
+    from lplkit.store.synthetic import stream_synthetic_store
 
-
-def write_store(url: str, npy: str, count: int, seed: int = 0) -> float:
-    """Stream `count` rows into a store and the memmap file; returns seconds."""
-    from lplkit.store import StoreWriter, new_manifest
-
-    manifest = new_manifest(
-        autoencoder={"id": "synthetic", "class": "AutoencoderKL", "config_hash": "0"},
-        resolution=8 * SHAPE[1],
-        latent_shape=SHAPE,
-        source={"id": "synthetic", "split": "train", "revision": None, "count": count},
-        dtype="float16",
-        flips=False,
-        shard_size=SHARD,
-        chunk_size=CHUNK,
-        codec="none",
-    )
+    sizes = {"shard_size": SHARD, "chunk_size": CHUNK} if geometry == "rows" else {}
     t = time.perf_counter()
     mm = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float16, shape=(count, 2, *SHAPE))
-    with StoreWriter.create_or_resume(url, manifest) as writer:
-        for s in writer.pending_shards():
-            lo, hi = writer.shard_range(s)
-            m = shard_moments(seed, s, hi - lo)
-            labels = (np.arange(lo, hi) % 1000).astype(np.int32)
-            rows = [{"key": f"img_{p:08d}", "status": "ok"} for p in range(lo, hi)]
-            writer.write_shard(s, m, None, labels, rows)
-            mm[lo:hi] = m.astype(np.float16)
-        writer.finalize()
-    mm.flush()
-    del mm
+
+    def to_memmap(lo: int, hi: int, m: np.ndarray, flip: np.ndarray | None) -> None:
+        mm[lo:hi] = m.astype(np.float16)
+
+    stream_synthetic_store(
+        url, count=count, latent_shape=SHAPE, num_classes=1000, seed=seed, on_shard=to_memmap,
+        **sizes,
+    )  # fmt: skip
+    mm.flush()  # closed when the last reference (here, the closure) goes
     return time.perf_counter() - t
 
 
@@ -277,6 +259,12 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated measurements to skip")
     ap.add_argument("--keep", action="store_true", help="keep the stores for another run")
     ap.add_argument(
+        "--geometry",
+        choices=("rows", "bytes"),
+        default="rows",
+        help="rows: 1,024-row shards, 64-row chunks (layout 2); bytes: layout 3's default",
+    )
+    ap.add_argument(
         "--table",
         nargs=2,
         metavar=("BEFORE", "AFTER"),
@@ -302,20 +290,22 @@ def main() -> None:
         "label": args.label,
         "lplkit": str(Path(lplkit.__file__).parent),
         "shape": SHAPE,
-        "shard_size": SHARD,
-        "chunk_size": CHUNK,
+        "geometry": args.geometry,
         "batch": BATCH,
         "samples": args.samples,
         "sizes": {},
     }
     for count in [int(r) for r in args.rows.split(",")]:
-        url, npy = str(base / f"s{count}.zarr"), str(base / f"s{count}.npy")
-        done = base / f"s{count}.done"
+        name = f"s{count}" if args.geometry == "rows" else f"s{count}-{args.geometry}"
+        url, npy = str(base / f"{name}.zarr"), str(base / f"{name}.npy")
+        done = base / f"{name}.done"
         r: dict[str, Any] = {}
         if not done.exists():
             shutil.rmtree(url, ignore_errors=True)
-            r["write_s"] = write_store(url, npy, count)
+            r["write_s"] = write_store(url, npy, count, args.geometry)
             done.write_text("ok")
+        m = json.loads((Path(url) / "zarr.json").read_text())["attributes"]["lplkit"]
+        r["shard_size"], r["chunk_size"] = m["shard_size"], m["chunk_size"]
         print(f"{count} rows ({args.label})", flush=True)
         for cold in (True, False):
             tag = "cold" if cold else "warm"
@@ -341,9 +331,10 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if not args.keep:
         for count in [int(r) for r in args.rows.split(",")]:
-            shutil.rmtree(base / f"s{count}.zarr", ignore_errors=True)
+            name = f"s{count}" if args.geometry == "rows" else f"s{count}-{args.geometry}"
+            shutil.rmtree(base / f"{name}.zarr", ignore_errors=True)
             for ext in ("npy", "done"):
-                (base / f"s{count}.{ext}").unlink(missing_ok=True)
+                (base / f"{name}.{ext}").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
