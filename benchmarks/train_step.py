@@ -217,13 +217,14 @@ def bench_loop(args) -> dict:
     cfg = TrainConfig(steps=10**9, batch_size=B, seed=0, device=args.device, bf16=args.bf16)
     cfg.log.every, cfg.log.tensorboard = 10, False
     parts = Components(model(), obj, norm, store, (4, args.latent, args.latent), 10, True)
-    trainer = Trainer(cfg, parts, tmp / "run")
+    trainer = Trainer(cfg, parts, tmp / "run", run_id="0" * 32)
 
     def trainer_steps(k: int) -> None:  # the body of Trainer.run minus checkpointing
         for _ in range(k):
             trainer.train_step()
-            if trainer.step % cfg.log.every == 0:
-                trainer._log_record(time.perf_counter(), B)
+            if trainer.window.due(trainer.step, done=False):
+                trainer.window.close(step=trainer.step, images_seen=trainer.step * B,
+                                     epoch=trainer.cursor.epoch, lr=trainer.step_lr)  # fmt: skip
 
     # bare loop: latents already in memory (the store's means), same model / optimizer / EMA
     lat = torch.from_numpy(store.read(list(range(n)))[0]).to(dev)

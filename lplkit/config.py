@@ -238,10 +238,6 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """`value` (from TOML, JSON or a `--set` string) as type `tp`; `ConfigError` naming `key`."""
-    return _coerce(value, tp, key)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -254,7 +250,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
         if len(errors) == 1:  # `X | None`: X's own message ("expected an integer, got 4.0")
@@ -276,7 +272,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         inner = args[0] if args else Any
-        items = [_coerce(v, inner, key) for v in value]
+        items = [coerce(v, inner, key) for v in value]
         return tuple(items) if origin is tuple else items
     if tp is bool:
         if isinstance(value, bool):
@@ -345,7 +341,7 @@ def fields_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
             f"valid keys: {', '.join(sorted(names))}"
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    kwargs = {k: coerce(v, hints[k], prefix + k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as exc:

@@ -28,6 +28,7 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
+    "broadcast_object",
     "env_rank",
     "env_world",
     "group_rank_world",
@@ -176,6 +177,17 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def broadcast_object(obj: T, info: DistInfo) -> T:
+    """Rank 0's `obj` on every rank (a picklable object; the identity single-process)."""
+    if not info.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Mean of `t` over ranks (in place for the collective; returns `t`)."""
     if info.enabled:
@@ -275,10 +287,4 @@ class DistContext:
         return out
 
     def broadcast(self, obj: Any) -> Any:
-        if self.world_size == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return broadcast_object(obj, self.info)

@@ -2,7 +2,8 @@
 Lightning, a plain ``DataLoader``).
 
 - :class:`LatentDataset` (map-style): ``ds[i]`` -> ``{"latent", "label", "key", "caption",
-  "position"}`` for the i-th ok sample. The latent is drawn ``z = mean + std * eps`` (with flips: the
+  "position"}`` for the i-th ok sample (``caption`` is ``""`` where the source had none, as in
+  ``LatentStore.rows``; a ``DataLoader``'s default collate batches it). The latent is drawn ``z = mean + std * eps`` (with flips: the
   flipped image's moments with probability 1/2) from a generator seeded by ``(seed, epoch,
   position)``, so an item is the same in any worker, any order, any process; ``set_epoch`` gives new
   draws. Raw latents, like ``LatentStore.batches``: normalize downstream. ``text=True`` (or names)
@@ -114,7 +115,7 @@ class LatentDataset(Dataset):
             "latent": latent,
             "label": int(self.store.labels[position]),
             "key": keys[position].as_py(),
-            "caption": captions[position].as_py() or "",  # "" when the source has no captions
+            "caption": captions[position].as_py(),  # "" when the source had none
             "position": position,
         }
         if self.text:  # name -> {states (L, D), mask (L,), pooled (P,)}: the default collate stacks

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import zarr
 from zarr.core.buffer.cpu import NDBuffer
@@ -89,6 +90,17 @@ def _as_tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
     if dtype == "bfloat16":
         return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(x)
+
+
+def _text_captions(table: pa.Table) -> pa.Table:
+    """`table` with "" in `caption` where index.parquet holds null (the source had no caption).
+
+    One value for "no caption" across the store API (`rows`, `index`, `index_column`,
+    `LatentDataset`): the string a text encoder takes as the empty prompt, and one torch's
+    `default_collate` can batch (it refuses None).
+    """
+    i = table.schema.get_field_index("caption")
+    return table.set_column(i, "caption", pc.fill_null(table.column(i), ""))
 
 
 class LatentStore:
@@ -160,14 +172,15 @@ class LatentStore:
     @property
     def index(self) -> pa.Table:
         """The whole `index.parquet` as a pyarrow table (read on first use, then kept; `rows`
-        reads only the row groups it needs)."""
-        return self._index.table()
+        reads only the row groups it needs). `caption` is "" where the source had none."""
+        return _text_captions(self._index.table())
 
     def index_column(self, name: str) -> pa.Array:
         """One index column (e.g. "key", "caption") aligned to positions: entry `p` is position
-        `p`'s (read on first use, then kept)."""
+        `p`'s (read on first use, then kept; `caption` is "" where the source had none)."""
         if name not in self._columns:
-            self._columns[name] = self._index.column(name)
+            column = self._index.column(name)
+            self._columns[name] = pc.fill_null(column, "") if name == "caption" else column
         return self._columns[name]
 
     @classmethod
@@ -539,11 +552,12 @@ class LatentStore:
 
     def rows(self, positions: Any) -> pa.Table:
         """The `index.parquet` rows (key, label, caption, ...) of store `positions`, in that order
-        (only the row groups holding them are read)."""
+        (only the row groups holding them are read). `caption` is "" where the source had none."""
         try:
-            return self._index.take(np.asarray(positions, dtype=np.int64).reshape(-1))
+            rows = self._index.take(np.asarray(positions, dtype=np.int64).reshape(-1))
         except IndexError:
             raise IndexError(f"positions without an index row in {self.url}") from None
+        return _text_captions(rows)
 
     def as_dataset(
         self, *, seed: int = 0, flip: bool = True, text: bool | str | list[str] = False

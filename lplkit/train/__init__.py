@@ -6,7 +6,8 @@ Public API::
     result = train(TrainConfig(store="data.zarr", out="runs/a", steps=1000))  # re-run = resume
 
 Submodules: `config` (TrainConfig), `builders` (config -> Components), `loop` (Trainer,
-Components), `losses` (objective + gated LPL), `checkpoint`, `ema`, `rng`, `loader`, `metrics_log`
+Components), `losses` (objective + gated LPL), `checkpoint` (files, `Checkpointer`), `ema`, `rng`,
+`loader`, `metrics_window` (log sums, skip-streak rule), `metrics_log`
 (metrics.jsonl, TensorBoard, W&B), `lr_schedule`, `normalization`, `previews` (the periodic sample
 grid), `base` (pre-trained bases: `load_base`, the weights behind `--init`), `pipeline_init`
 (`--init` from a diffusers DiTPipeline), `run_dir` (config.json,

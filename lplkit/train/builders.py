@@ -251,5 +251,4 @@ def build_components(
         num_classes=num_classes,
         model_spec=model.spec,
         init=init,
-        lpl_module=lpl,
     )

@@ -12,6 +12,9 @@ A checkpoint is written into `.tmp-step_*` next to the final directory, every fi
 renamed into place (rename is atomic on POSIX) and the parent fsynced: a crash leaves either the
 complete checkpoint or a `.tmp-*` leftover that the next run deletes. Loading walks the checkpoints
 newest first and falls back, with a warning, past any whose files are missing or fail the checksum.
+
+`Checkpointer` is a run's view of this: its run directory and run id fixed at construction, it
+writes (rank 0), rotates only the checkpoints its own run wrote, and resumes from the newest of them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +52,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor]
     state: dict
-    run_id: str | None = None  # the run that wrote it (None: written before run ids)
+    run_id: str | None = None  # the run that wrote it (None: an lplkit from before run ids)
 
 
 def _sha256(path: Path) -> str:
@@ -89,26 +93,16 @@ def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _recorded_run_id(path: Path) -> tuple[bool, str | None]:
-    """(readable, run id) of a checkpoint directory's meta.json: (False, None) when it has no
-    readable meta.json, (True, None) for a checkpoint written before run ids were recorded."""
+def _is_ours(path: Path, run_id: str) -> bool:
+    """Whether `path` is a checkpoint this run wrote (a readable meta.json records `run_id`)."""
     try:
         raw = (path / "meta.json").read_bytes()
         if len(raw) > _MAX_META_BYTES:
-            return False, None
+            return False
         meta = json.loads(raw)
     except (OSError, ValueError, RecursionError):
-        return False, None
-    if not isinstance(meta, dict):
-        return False, None
-    run_id = meta.get("run_id")
-    return True, run_id if isinstance(run_id, str) else None
-
-
-def _is_ours(path: Path, run_id: str | None) -> bool:
-    """Whether `path` is a checkpoint this run wrote (meta.json records the same run id)."""
-    readable, recorded = _recorded_run_id(path)
-    return readable and recorded == run_id
+        return False
+    return isinstance(meta, dict) and meta.get("run_id") == run_id
 
 
 def _write_failed(final: Path, tmp: Path, exc: BaseException) -> CheckpointError:
@@ -134,14 +128,14 @@ def save_checkpoint(
     state: dict,
     *,
     keep_last: int,
-    run_id: str | None = None,
+    run_id: str,
 ) -> Path:
     """Write checkpoint `step` atomically under `root`, recording `run_id` in its meta.json, then
     delete this run's older checkpoints beyond the newest `keep_last`.
 
-    Only checkpoints whose meta.json records the same `run_id` are ever deleted (`None` matches
-    checkpoints written without one); the checkpoint just written is always kept. A directory of
-    the same step that is not this run's is moved aside (`step_X.replaced-<ns>`), never deleted.
+    Only checkpoints whose meta.json records the same `run_id` are ever deleted; the checkpoint
+    just written is always kept. A directory of the same step that is not this run's is moved
+    aside (`step_X.replaced-<ns>`), never deleted.
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -153,8 +147,7 @@ def save_checkpoint(
         save_file(_plain(ema), tmp / "ema.safetensors", metadata={"step": str(step)})
         torch.save(state, tmp / "state.pt")
         meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "step": step, "sha256": {}}
-        if run_id is not None:
-            meta["run_id"] = run_id
+        meta["run_id"] = run_id
         for name in FILES:
             _fsync_file(tmp / name)
             meta["sha256"][name] = _sha256(tmp / name)
@@ -231,8 +224,10 @@ def load_latest(
 ) -> Checkpoint | None:
     """Newest valid checkpoint under `root` (warning for each invalid newer one), or None.
 
-    With `run_id`, a checkpoint recording another run id is skipped with a warning (it belongs to
-    another run); one recording none (written before run ids) is accepted.
+    Without `run_id` any run's checkpoint is taken (the weights of a finished run: sample, export,
+    --init). With `run_id` (a resume), a checkpoint recording another run id is skipped with a
+    warning; one recording none, written by an lplkit from before run ids (2026-11-30, also before
+    the fp16 scaler state), is refused: it cannot be resumed exactly.
     """
     for _, path in reversed(checkpoint_dirs(root)):
         try:
@@ -243,7 +238,13 @@ def load_latest(
             )
             continue
         recorded = found.run_id
-        if run_id is not None and recorded is not None and recorded != run_id:
+        if run_id is not None and recorded is None:
+            raise CheckpointError(
+                f"{path} was written by an lplkit from before run ids (its meta.json records "
+                f"none) and cannot be resumed; start a new run from its weights with "
+                f"`lplkit train --init {root.parent} --out NEW_DIR`"
+            )
+        if run_id is not None and recorded != run_id:
             warnings.warn(
                 f"skipping checkpoint {path}: written by another run (run id {recorded}, this "
                 f"run is {run_id}); falling back to the previous one",
@@ -252,3 +253,56 @@ def load_latest(
             continue
         return found
     return None
+
+
+class Checkpointer:
+    """One run's checkpoints, under `RUN_DIR/checkpoints`.
+
+    Written every `every` steps and at the last step (rank 0 writes, every rank records the step as
+    saved), recording `run_id`; rotation keeps this run's newest `keep_last` and never touches
+    another run's. `load_latest` resumes from this run's newest valid checkpoint.
+
+    Args:
+        run_dir: the run directory.
+        run_id: the run's id (`run.json` `run_id`: 32 hex digits).
+        every: checkpoint cadence in steps.
+        keep_last: how many of this run's checkpoints rotation keeps.
+        is_main: this process writes the files (rank 0).
+    """
+
+    def __init__(
+        self, run_dir: Path, run_id: str, *, every: int, keep_last: int, is_main: bool = True
+    ) -> None:
+        if not re.fullmatch(r"[0-9a-f]{32}", run_id):
+            raise ValueError(f"run id {run_id!r} is not 32 hex digits")
+        self.root = Path(run_dir) / "checkpoints"
+        self.run_id = run_id
+        self.every = every
+        self.keep_last = keep_last
+        self.is_main = is_main
+        self.saved_step: int | None = None  # step of the newest checkpoint written or resumed
+
+    def due(self, step: int, done: bool) -> bool:
+        return step % self.every == 0 or done
+
+    def save(
+        self,
+        step: int,
+        contents: Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]],
+    ) -> Path | None:
+        """Checkpoint `step`: rank 0 writes `contents()` = (model weights, EMA weights, state)."""
+        self.saved_step = step
+        if not self.is_main:
+            return None
+        model, ema, state = contents()
+        return save_checkpoint(self.root, step, model, ema, state, keep_last=self.keep_last,
+                               run_id=self.run_id)  # fmt: skip
+
+    def load_latest(self, *, map_location: str | torch.device = "cpu") -> Checkpoint | None:
+        """This run's newest valid checkpoint (rank 0 first removes partial writes), or None."""
+        if self.is_main:
+            remove_partial(self.root)
+        found = load_latest(self.root, map_location=map_location, run_id=self.run_id)
+        if found is not None:
+            self.saved_step = found.step
+        return found

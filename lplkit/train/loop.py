@@ -10,8 +10,11 @@ Step k (k = optimizer steps done so far, skipped ones included):
      (with fp16 the loss is scaled by a `GradScaler`, unscaled before the norm; an overflow skips
      the step the same way and lowers the scale).
   4. AdamW step, LR schedule (`lplkit.train.lr_schedule`: warm-up, constant/cosine/linear), EMA.
-Rank 0 writes `metrics.jsonl` every `log.every` steps and checkpoints every `ckpt.every` steps.
-The logged `lr` is the one step k's optimizer update used (read before the scheduler advances).
+The step's losses go to the metrics window (`lplkit.train.metrics_window`: the log sums and the
+skip-streak rule); rank 0 writes its record to `metrics.jsonl` every `log.every` steps, and the
+checkpointer (`lplkit.train.checkpoint.Checkpointer`, built with the run id) checkpoints every
+`ckpt.every` steps. The logged `lr` is the one step k's optimizer update used (read before the
+scheduler advances). `Trainer.run` is the loop itself, read top to bottom.
 
 On SIGTERM or SIGUSR1 (`lplkit.preemption`) the step in flight finishes, every rank agrees to stop
 after it (one all-reduced flag per step), rank 0 checkpoints it and every rank raises `Preempted`;
@@ -20,7 +23,6 @@ Ctrl-C raises `Interrupted` at once, naming the last checkpoint (no checkpoint i
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -34,16 +36,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lplkit.config import to_dict
 from lplkit.diffusion.objectives import Objective
-from lplkit.distributed import DistInfo, all_reduce_sum, barrier
+from lplkit.distributed import DistInfo, barrier
 from lplkit.errors import Interrupted, Preempted, TrainingError
 from lplkit.preemption import StopRequest, stop_agreed, stop_signals
-from lplkit.train import checkpoint as ckpt
+from lplkit.train.checkpoint import Checkpoint, Checkpointer
 from lplkit.train.config import TrainConfig
 from lplkit.train.ema import EMA
 from lplkit.train.loader import LoaderCursor
 from lplkit.train.losses import LplFn, micro_batch_loss
 from lplkit.train.lr_schedule import lr_lambda
 from lplkit.train.metrics_log import MetricsLog
+from lplkit.train.metrics_window import MetricsWindow
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.rng import (
     Stream,
@@ -52,13 +55,6 @@ from lplkit.train.rng import (
     restore_rng_state,
     step_generator,
 )
-
-# A logging window whose steps were all skipped stops the run once this many steps in a row were
-# skipped (or when the run ends having skipped every step): an occasional non-finite step is
-# survivable, a streak means the run diverged or its inputs are broken.
-_MIN_SKIP_STREAK = 8
-# Window accumulators: sums over the samples of the steps since the last log line.
-_ACC = ("diff_sum", "lpl_sum", "gated", "samples")
 
 
 @dataclass
@@ -78,7 +74,6 @@ class Components:
     num_classes: int | None = None
     model_spec: dict[str, Any] | None = None  # kwargs that rebuild the model (models.build_model)
     init: dict[str, Any] | None = None  # the --init base: {"spec", "source", "step"}
-    lpl_module: nn.Module | None = None  # the LatentPerceptualLoss behind `lpl` (its config, taps)
 
 
 @dataclass
@@ -91,14 +86,18 @@ class TrainResult:
     run_dir: Path
 
 
-def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup (k + 1) / warmup over the first `warmup_steps`, then 1
-    (= `lr_lambda("constant", warmup_steps, ...)`)."""
-    return lr_lambda("constant", warmup_steps, warmup_steps)
-
-
 class Trainer:
-    """Owns the optimizer, scheduler, EMA, loader cursor and the checkpoint/metrics files."""
+    """Owns the optimizer, scheduler, EMA and loader cursor; its checkpointer (the run's
+    checkpoints, under its run id) and metrics window (loss sums, skip-streak rule) own their
+    policies.
+
+    Args:
+        run_dir: the run directory (checkpoints/, metrics.jsonl, samples/).
+        run_id: the run's id (`run.json`), recorded in every checkpoint: rotation and resume touch
+            only this run's.
+        on_log: called with each metrics record (rank 0).
+        on_step: called after each step with the step count (every rank).
+    """
 
     def __init__(
         self,
@@ -106,12 +105,12 @@ class Trainer:
         parts: Components,
         run_dir: Path,
         dist: DistInfo | None = None,
+        *,
+        run_id: str,
         on_log: Callable[[dict[str, Any]], None] | None = None,
         on_step: Callable[[int], None] | None = None,
-        run_id: str | None = None,
     ) -> None:
         self.cfg = cfg
-        self.run_id = run_id  # recorded in every checkpoint; rotation deletes only this run's
         self.parts = parts
         self.run_dir = Path(run_dir)
         self.dist = dist or DistInfo()
@@ -136,10 +135,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.step = 0
-        self.saved_step: int | None = None  # step of the newest checkpoint written or resumed
         self.step_lr = self.opt.param_groups[0]["lr"]  # the LR the last optimizer step used
-        self.nan_skips = 0
-        self.acc = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in _ACC}
+        self.checkpointer = Checkpointer(self.run_dir, run_id, every=cfg.ckpt.every,
+                                         keep_last=cfg.ckpt.keep_last, is_main=self.dist.is_main)  # fmt: skip
+        self.window = MetricsWindow(every=cfg.log.every, lpl_weight=cfg.lpl.weight,
+                                    device=self.device, dist=self.dist)  # fmt: skip
         self.cursor = LoaderCursor(
             parts.store,
             self.micro,
@@ -157,61 +157,50 @@ class Trainer:
         self._pos_before_prefetch: dict[str, int] = self.cursor.position
 
     # ----------------------------------------------------------------------------- checkpoint
-    @property
-    def ckpt_root(self) -> Path:
-        return self.run_dir / "checkpoints"
-
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights, as plain tensors/dicts (loaded with weights_only=True)."""
         return {
             "step": self.step,
             "images_seen": self.step * self.cfg.batch_size,
-            "nan_skips": self.nan_skips,
+            "nan_skips": self.window.nan_skips,
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict(),
             "rng": capture_rng_state(),
             "loader": self._pos_before_prefetch if self._prefetched else self.cursor.position,
-            "log_acc": {k: v.detach().cpu() for k, v in self.acc.items()},
+            "log_acc": self.window.state_dict(),
         }
 
-    def save(self) -> Path | None:
-        self.saved_step = self.step
-        if not self.dist.is_main:
-            return None
-        return ckpt.save_checkpoint(
-            self.ckpt_root,
-            self.step,
-            self.model.state_dict(),
-            self.ema.weights(),
-            self.state_dict(),
-            keep_last=self.cfg.ckpt.keep_last,
-            run_id=self.run_id,
-        )
-
-    def resume(self) -> int | None:
-        """Load the newest valid checkpoint if any; returns its step."""
-        if self.dist.is_main:
-            ckpt.remove_partial(self.ckpt_root)
-        found = ckpt.load_latest(self.ckpt_root, map_location="cpu", run_id=self.run_id)
-        if found is None:
-            return None
+    def load_state_dict(self, found: Checkpoint) -> None:
+        """Restore a checkpoint (`state_dict` + the weights) into this trainer."""
         s = found.state
         self.model.load_state_dict(found.model)
         self.ema.load_state_dict(s["ema"], found.ema)
         self.opt.load_state_dict(s["optimizer"])
         self.sched.load_state_dict(s["scheduler"])
-        if s.get("scaler"):  # checkpoints before fp16 support have none
-            self.scaler.load_state_dict(s["scaler"])
+        self.scaler.load_state_dict(s["scaler"])  # a disabled scaler (no fp16) ignores it
         restore_rng_state(s["rng"])
         self.step = int(s["step"])
-        self.nan_skips = int(s["nan_skips"])
         self.cursor.epoch = int(s["loader"]["epoch"])
         self.cursor.batch = int(s["loader"]["batch"])
-        self.acc = {k: v.to(self.device) for k, v in s["log_acc"].items()}
-        self.resumed_from = self.saved_step = self.step
+        self.window.load_state_dict(s["log_acc"], int(s["nan_skips"]))
         self._prefetched = None
+
+    def _checkpoint_contents(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:
+        return self.model.state_dict(), self.ema.weights(), self.state_dict()
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes it; returns its directory there)."""
+        return self.checkpointer.save(self.step, self._checkpoint_contents)
+
+    def resume(self) -> int | None:
+        """Load this run's newest valid checkpoint if any; returns its step."""
+        found = self.checkpointer.load_latest(map_location="cpu")
+        if found is None:
+            return None
+        self.load_state_dict(found)
+        self.resumed_from = self.step
         return self.step
 
     # ----------------------------------------------------------------------------- step
@@ -267,7 +256,7 @@ class Trainer:
 
     def train_step(self) -> None:
         """One optimizer step over `grad_accum` micro-batches (see module docstring)."""
-        cfg, dist, dev = self.cfg, self.dist, self.device
+        cfg, dist = self.cfg, self.dist
         torch.manual_seed(derive_seed(cfg.seed, self.step, Stream.GLOBAL, dist.rank))
         if self._prefetched is not None and self._prefetched[0] == self.step:
             batches = self._prefetched[1]
@@ -275,7 +264,6 @@ class Trainer:
             batches = self._prepare(self.step)
         self._prefetched = None
         lpl_on = self._lpl_active()
-        step_acc = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in _ACC}
         crops = cfg.lpl.loss is not None and cfg.lpl.loss.crop is not None
         for m, (latents, labels, t, eps, drop, crop_u) in enumerate(batches):
             z0 = self.parts.normalizer.normalize(latents)
@@ -307,23 +295,18 @@ class Trainer:
                     fp16=cfg.fp16,
                 )
                 self.scaler.scale(parts.total / cfg.grad_accum).backward()
-            step_acc["diff_sum"] += parts.diffusion.double().sum()
-            step_acc["lpl_sum"] += parts.lpl.double().sum()
-            step_acc["gated"] += parts.gated.double().sum()
-            step_acc["samples"] += z0.shape[0]
+            self.window.add(parts)
         self._prefetch_next()
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         self.step_lr = self.opt.param_groups[0]["lr"]  # this step's; sched.step() sets the next
         self.scaler.unscale_(self.opt)  # no-op unless fp16
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if torch.isfinite(norm):  # identical on all ranks: DDP already averaged the gradients
+        applied = bool(torch.isfinite(norm))  # the same on all ranks: DDP averaged the gradients
+        if applied:
             self.scaler.step(self.opt)  # = opt.step() (the norm is finite, so no inf was found)
             self.ema.update(self.model)
-            for k in _ACC:
-                self.acc[k] += step_acc[k]
-        else:
-            self.nan_skips += 1
+        self.window.end_step(applied=applied, images=cfg.batch_size)
         self.scaler.update()  # fp16: halve the scale after an overflow, grow it after a streak
         self.opt.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
@@ -341,32 +324,10 @@ class Trainer:
             y = torch.where(drop.to(self.device), self.parts.null_label, y)
         return y
 
-    # ----------------------------------------------------------------------------- logging
-    def _log_record(self, t_start: float, imgs: int) -> dict[str, Any]:
-        acc = {k: all_reduce_sum(v.clone(), self.dist) for k, v in self.acc.items()}
-        n = max(acc["samples"].item(), 1.0)
-        diff, lpl = acc["diff_sum"].item() / n, acc["lpl_sum"].item() / n
-        elapsed = time.perf_counter() - t_start
-        rec = {
-            "step": self.step,
-            "images_seen": self.step * self.cfg.batch_size,
-            "epoch": self.cursor.epoch,
-            "loss": diff + self.cfg.lpl.weight * lpl,
-            "loss_diffusion": diff,
-            "loss_lpl": lpl,
-            "gate_frac": acc["gated"].item() / n,
-            "lr": self.step_lr,
-            "nan_skips": self.nan_skips,
-            "img_per_s": imgs / elapsed if elapsed > 0 else 0.0,
-            "time_s": elapsed,
-        }
-        self.acc = {k: torch.zeros_like(v) for k, v in self.acc.items()}
-        return rec
-
     # ----------------------------------------------------------------------------- run
     def run(self) -> TrainResult:
-        """Resume if possible, train to `cfg.steps`, checkpoint and log; returns a summary."""
-        cfg = self.cfg
+        """Resume if possible, train to `cfg.steps`, log and checkpoint; returns a summary."""
+        cfg, dist = self.cfg, self.dist
         self.resume()
         log = (
             MetricsLog(
@@ -376,13 +337,53 @@ class Trainer:
                 wandb_project=cfg.log.wandb_project if cfg.log.wandb else None,
                 config=to_dict(cfg),
             )
-            if self.dist.is_main
+            if dist.is_main
             else None
         )
         self.last_metrics: dict[str, Any] | None = None
+        self.window.begin(self.step)
         try:
             with stop_signals() as stop:
-                self._train_to_end(log, stop)
+                while self.step < cfg.steps:
+                    # Train one step.
+                    self.train_step()
+                    done = self.step == cfg.steps
+
+                    # Log the window; stop when it skipped too many steps (skip-streak rule).
+                    if self.window.due(self.step, done):
+                        diverged = self.window.diverged(self.step, done)
+                        record = self.last_metrics = self.window.close(
+                            step=self.step,
+                            images_seen=self.step * cfg.batch_size,
+                            epoch=self.cursor.epoch,
+                            lr=self.step_lr,
+                        )
+                        if log is not None:  # rank 0
+                            log.write(record)
+                            if self.on_log is not None:
+                                self.on_log(record)
+                        if diverged is not None:
+                            raise TrainingError(diverged)
+
+                    # Checkpoint.
+                    if self.checkpointer.due(self.step, done):
+                        self.save()
+
+                    # Sample a grid from the EMA model.
+                    sample_every = cfg.log.sample_every
+                    if (
+                        self.parts.sample_grid is not None
+                        and sample_every > 0
+                        and self.step % sample_every == 0
+                        and dist.is_main
+                    ):
+                        self.parts.sample_grid(self.ema.model, self.step, self.run_dir / "samples")
+                    if self.on_step is not None:
+                        self.on_step(self.step)
+
+                    # Preempted: every rank stops after the same step (a finished run just ends).
+                    if not done and stop_agreed(stop, dist):
+                        self._preempt(stop)
         except Interrupted:
             raise
         except KeyboardInterrupt as exc:
@@ -394,70 +395,28 @@ class Trainer:
             step=self.step,
             images_seen=self.step * cfg.batch_size,
             resumed_from=self.resumed_from,
-            nan_skips=self.nan_skips,
+            nan_skips=self.window.nan_skips,
             last_metrics=self.last_metrics,
             run_dir=self.run_dir,
         )
 
     def _interrupt_message(self) -> str:
         head = f"train interrupted after step {self.step} of {self.cfg.steps}"
-        if self.saved_step is None:
+        saved = self.checkpointer.saved_step
+        if saved is None:
             return f"{head}: no checkpoint yet; re-run the same command to start again"
         return (
-            f"{head}: the last checkpoint is step {self.saved_step}; re-run the same command to "
-            "resume from it"
+            f"{head}: the last checkpoint is step {saved}; re-run the same command to resume "
+            "from it"
         )
 
     def _preempt(self, stop: StopRequest) -> None:
         """Every rank agreed to stop after step `self.step`: checkpoint it (rank 0), wait for that
         write on every rank (a rank that exits first makes torchrun signal the others), stop."""
-        if self.saved_step != self.step:
+        if self.checkpointer.saved_step != self.step:
             self.save()
         barrier(self.dist)
         raise Preempted(
             f"train preempted by {stop.name} after step {self.step} of {self.cfg.steps}: "
             f"checkpoint step_{self.step:08d} written; re-run the same command to resume"
         )
-
-    def _train_to_end(self, log: MetricsLog | None, stop: StopRequest) -> None:
-        cfg = self.cfg
-        t0, imgs = time.perf_counter(), 0
-        window_start, skips_at_start = self.step, self.nan_skips
-        first_step, skips_at_first, streak = self.step, self.nan_skips, 0
-        while self.step < cfg.steps:
-            skips = self.nan_skips
-            self.train_step()
-            streak = streak + 1 if self.nan_skips > skips else 0
-            imgs += cfg.batch_size
-            done = self.step == cfg.steps
-            if self.step % cfg.log.every == 0 or done:
-                last = self.last_metrics = self._log_record(t0, imgs)
-                t0, imgs = time.perf_counter(), 0
-                if log is not None:
-                    log.write(last)
-                if self.on_log is not None and self.dist.is_main:
-                    self.on_log(last)
-                all_skipped = self.nan_skips - skips_at_start == self.step - window_start
-                whole_run = self.nan_skips - skips_at_first == self.step - first_step
-                if all_skipped and (streak >= _MIN_SKIP_STREAK or (done and whole_run)):
-                    raise TrainingError(
-                        f"every step of {window_start + 1}..{self.step} was skipped for a "
-                        "non-finite gradient norm: the run diverged or its inputs are broken "
-                        "(check `lplkit verify` on the store, the normalization in run.json, "
-                        "--lr); the last checkpoint is kept, nothing more is saved"
-                    )
-                window_start, skips_at_start = self.step, self.nan_skips
-            if self.step % cfg.ckpt.every == 0 or done:
-                self.save()
-            if (
-                self.parts.sample_grid is not None
-                and cfg.log.sample_every > 0
-                and self.step % cfg.log.sample_every == 0
-                and self.dist.is_main
-            ):
-                self.parts.sample_grid(self.ema.model, self.step, self.run_dir / "samples")
-            if self.on_step is not None:
-                self.on_step(self.step)
-            # a finished run ends normally; otherwise all ranks stop after the same step
-            if not done and stop_agreed(stop, self.dist):
-                self._preempt(stop)

@@ -61,7 +61,6 @@ def micro_batch_loss(
     gate: Tensor | None = None,
     lpl_sample_weight: Tensor | None = None,
     lpl_crop_u: Tensor | None = None,
-    batch_total: int | None = None,
     bf16: bool = False,
     fp16: bool = False,
 ) -> LossParts:
@@ -72,7 +71,6 @@ def micro_batch_loss(
         lpl_sample_weight: (B,) per-sample LPL weight (e.g. `Objective.min_snr_weight`); None = 1.
         lpl_crop_u: (B, 2) uniform draws placing each sample's LPL crop window (`lpl.loss.crop`);
             the gated rows' are passed to `lpl` as `crop_u`. None = `lpl` gets no crop draws.
-        batch_total: the B the LPL sum is divided by for this micro-batch (defaults to len(z0)).
         bf16, fp16: autocast the denoiser and LPL forward to that dtype (losses stay float32; fp16
             needs the caller's gradient scaler).
     """
@@ -102,5 +100,5 @@ def micro_batch_loss(
             if lpl_sample_weight is not None:
                 per = per * lpl_sample_weight[idx].float()
             lpl_B = lpl_B.index_put((idx,), per.detach())
-            total = total + lpl_weight * per.sum() / float(batch_total or B)
+            total = total + lpl_weight * per.sum() / float(B)
     return LossParts(total=total, diffusion=diff.detach(), lpl=lpl_B, gated=gated)

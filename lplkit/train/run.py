@@ -24,7 +24,7 @@ from typing import Any
 
 from lplkit import __version__
 from lplkit.config import to_dict
-from lplkit.distributed import barrier, init_distributed, shutdown
+from lplkit.distributed import barrier, broadcast_object, init_distributed, shutdown
 from lplkit.errors import ConfigError
 from lplkit.preemption import stop_signals
 from lplkit.stats.storage import store_content_hash
@@ -99,9 +99,11 @@ def _train(
             check_resume_store(run_dir, old, cfg.store, content_hash)
         n = parts.normalizer
         check_normalization(cfg, n.shift, n.scale, n.source)
-        trainer = Trainer(cfg, parts, run_dir, dist, on_log=on_log, on_step=on_step)
+        # The run id (kept from an earlier start's run.json) is rank 0's, known before anything is
+        # written: the trainer's checkpointer records it and resumes only its own checkpoints.
+        run_id = broadcast_object(run_id_of(run_dir) if dist.is_main else "", dist)
+        trainer = Trainer(cfg, parts, run_dir, dist, run_id=run_id, on_log=on_log, on_step=on_step)
         if dist.is_main:
-            run_id = run_id_of(run_dir)
             (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
             info = {
                 "format": RUN_FORMAT,
@@ -126,7 +128,6 @@ def _train(
             }
             (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
         barrier(dist)
-        trainer.run_id = run_id_of(run_dir) if not dist.is_main else run_id
         if on_start is not None and dist.is_main:
             on_start(
                 {

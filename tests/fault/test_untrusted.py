@@ -263,7 +263,7 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("ck")
     w = {"w": torch.arange(4.0)}
-    return save_checkpoint(root, 1, w, w, {"step": 1}, keep_last=2)
+    return save_checkpoint(root, 1, w, w, {"step": 1}, keep_last=2, run_id="0" * 32)
 
 
 @FUZZ

@@ -7,6 +7,8 @@ import torch
 
 from lplkit.train.config import TrainConfig
 
+RUN_ID = "5eed" * 8  # the run id trainers in tests record in their checkpoints
+
 
 class MemoryStore:
     """Implements the `LatentStore.batches` contract on in-memory moments.

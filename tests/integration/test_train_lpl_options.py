@@ -70,7 +70,7 @@ def _built_loss(cfg: TrainConfig):
     from lplkit.train.builders import build_components
 
     parts = build_components(cfg, torch.device("cpu"))
-    return parts.lpl_module
+    return parts.lpl.__self__  # the LatentPerceptualLoss behind the bound `forward_gathered`
 
 
 def _base(store: Path, tmp_path: Path) -> dict:

@@ -107,6 +107,23 @@ def test_latent_dataset_items(store_path):
     assert not torch.equal(ds[3]["latent"], before)
 
 
+def test_no_caption_is_the_empty_string_in_rows_index_and_dataset_items(store_path):
+    """index.parquet holds null where the source had no caption (odd positions here); every read
+    API gives "" for it (one value), and a caption where there is one, the same in each."""
+    on_disk = pq.read_table(store_path / "index.parquet").column("caption").to_pylist()
+    assert on_disk[7] is None and on_disk[6] == "a photo 6"  # the file is unchanged
+    want = [f"a photo {p}" if p % 2 == 0 else "" for p in range(N)]  # by hand
+    store = LatentStore.open(str(store_path))
+    ds = store.as_dataset()
+    positions = [int(p) for p in ds.positions]
+    assert [ds[i]["caption"] for i in range(len(ds))] == [want[p] for p in positions]
+    assert store.rows(positions).column("caption").to_pylist() == [want[p] for p in positions]
+    assert store.index_column("caption").to_pylist() == want
+    assert store.index.column("caption").to_pylist() == want
+    batch = next(iter(DataLoader(ds, batch_size=4)))  # torch's default collate (refuses None)
+    assert batch["caption"] == [want[p] for p in positions[:4]]
+
+
 def test_latent_dataset_in_a_shuffled_multiworker_dataloader(store_path):
     ds = LatentStore.open(str(store_path)).as_dataset(seed=1, flip=False)
     ref = {ds[i]["position"]: ds[i]["latent"] for i in range(len(ds))}

@@ -34,7 +34,9 @@ def _check(store: LatentStore, path) -> None:
     assert store.ok_positions.tolist() == [p for p in range(N) if p not in SKIPPED]
     assert store.n_ok == N - len(SKIPPED)
     pos = np.random.default_rng(0).permutation(N)[:13]
-    assert store.rows(pos).to_pylist() == [by_pos[p] for p in pos.tolist()]
+    # the rows as stored, but "" for a null caption (the store API's one "no caption")
+    want = [{**by_pos[p], "caption": by_pos[p]["caption"] or ""} for p in pos.tolist()]
+    assert store.rows(pos).to_pylist() == want
     assert store.index_column("key").to_pylist() == [by_pos[p]["key"] for p in range(N)]
     with pytest.raises(IndexError):
         store.rows([N])

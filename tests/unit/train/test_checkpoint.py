@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import warnings
 
@@ -19,11 +20,13 @@ def _weights(v: float) -> dict[str, torch.Tensor]:
     return {"w": torch.full((3, 2), float(v)), "b": torch.arange(4.0) + v}
 
 
+RUN_A, RUN_B = "a" * 32, "b" * 32
+
+
 def _save(root, step, **kw):
     state = {"step": step, "optimizer": {"state": {0: {"exp_avg": torch.ones(2) * step}}}}
-    return ckpt.save_checkpoint(
-        root, step, _weights(step), _weights(-step), state, keep_last=kw.get("keep", 5)
-    )
+    return ckpt.save_checkpoint(root, step, _weights(step), _weights(-step), state,
+                                keep_last=kw.get("keep", 5), run_id=kw.get("run_id", RUN_A))  # fmt: skip
 
 
 def test_roundtrip_and_layout(tmp_path):
@@ -41,8 +44,64 @@ def test_roundtrip_and_layout(tmp_path):
 
 def test_keep_last(tmp_path):
     for s in (1, 2, 3, 4, 5):
-        ckpt.save_checkpoint(tmp_path, s, _weights(s), _weights(s), {"step": s}, keep_last=2)
+        ckpt.save_checkpoint(tmp_path, s, _weights(s), _weights(s), {"step": s}, keep_last=2,
+                             run_id=RUN_A)  # fmt: skip
     assert [s for s, _ in ckpt.checkpoint_dirs(tmp_path)] == [4, 5]
+
+
+def _contents(step: int):
+    return lambda: (_weights(step), _weights(-step), {"step": step})
+
+
+def test_checkpointer_writes_rotates_and_resumes_only_its_own_run(tmp_path):
+    """A Checkpointer built with run A's id: every checkpoint it writes records A (meta.json), its
+    cadence is `every` steps plus the last one, rotation keeps A's newest `keep_last` and leaves
+    run B's checkpoints alone, and a resume takes A's newest even where B's is newer."""
+    mine = ckpt.Checkpointer(tmp_path, RUN_A, every=3, keep_last=2)
+    other = ckpt.Checkpointer(tmp_path, RUN_B, every=3, keep_last=1)
+    assert [s for s in range(1, 11) if mine.due(s, done=s == 10)] == [3, 6, 9, 10]
+    for step in (1, 2, 3):
+        mine.save(step, _contents(step))
+    other.save(4, _contents(4))
+    other.save(5, _contents(5))  # rotates B's step 4 away, none of A's
+    assert mine.saved_step == 3
+    root = tmp_path / "checkpoints"
+    metas = {s: json.loads((p / "meta.json").read_text()) for s, p in ckpt.checkpoint_dirs(root)}
+    assert {s: m["run_id"] for s, m in metas.items()} == {2: RUN_A, 3: RUN_A, 5: RUN_B}
+    with pytest.warns(UserWarning, match="written by another run"):
+        found = ckpt.Checkpointer(tmp_path, RUN_A, every=3, keep_last=2).load_latest()
+    assert found is not None and found.step == 3 and found.run_id == RUN_A
+    assert torch.equal(found.model["w"], _weights(3)["w"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed_b = ckpt.Checkpointer(tmp_path, RUN_B, every=3, keep_last=1)
+        assert resumed_b.load_latest().step == 5 and resumed_b.saved_step == 5
+
+
+def test_checkpointer_on_another_rank_writes_nothing(tmp_path):
+    rank1 = ckpt.Checkpointer(tmp_path, RUN_A, every=1, keep_last=2, is_main=False)
+    called = []
+    assert rank1.save(1, lambda: called.append(1)) is None  # type: ignore[func-returns-value]
+    assert rank1.saved_step == 1 and not called and not (tmp_path / "checkpoints").exists()
+
+
+def test_checkpointer_refuses_a_bad_run_id(tmp_path):
+    with pytest.raises(ValueError, match="32 hex"):
+        ckpt.Checkpointer(tmp_path, "run-1", every=1, keep_last=1)
+
+
+def test_a_checkpoint_from_before_run_ids_is_refused_on_resume_in_one_line(tmp_path):
+    """A meta.json without a run id (lplkit before run ids, and before the fp16 scaler state) is
+    not resumed: one CheckpointError naming it and `--init`; its weights still load without a run
+    id (sample, export, --init)."""
+    path = _save(tmp_path / "checkpoints", 4)
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["run_id"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="before run ids") as exc:
+        ckpt.Checkpointer(tmp_path, RUN_A, every=1, keep_last=1).load_latest()
+    assert "--init" in str(exc.value) and "\n" not in str(exc.value)
+    assert ckpt.load_latest(tmp_path / "checkpoints").step == 4
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])

@@ -6,7 +6,14 @@ import math
 
 import pytest
 import torch
-from helpers.standins import CountingLpl, MemoryStore, random_batch, small_config, tiny_components
+from helpers.standins import (
+    RUN_ID,
+    CountingLpl,
+    MemoryStore,
+    random_batch,
+    small_config,
+    tiny_components,
+)
 
 from lplkit.errors import ConfigError
 from lplkit.train.config import TrainConfig
@@ -110,7 +117,7 @@ def test_interrupted_then_resumed_is_bitwise_identical(tmp_path, accum, lpl):
     def parts():
         return tiny_components(objective="flow", lpl=CountingLpl() if lpl else None)
 
-    ref = Trainer(cfg(), parts(), tmp_path / "ref")
+    ref = Trainer(cfg(), parts(), tmp_path / "ref", run_id=RUN_ID)
     ref.run()
     ref_model, ref_ema = _final_state(ref)
 
@@ -122,8 +129,8 @@ def test_interrupted_then_resumed_is_bitwise_identical(tmp_path, accum, lpl):
             raise Killed
 
     with pytest.raises(Killed):
-        Trainer(cfg(), parts(), tmp_path / "run", on_step=die).run()
-    resumed = Trainer(cfg(), parts(), tmp_path / "run")
+        Trainer(cfg(), parts(), tmp_path / "run", on_step=die, run_id=RUN_ID).run()
+    resumed = Trainer(cfg(), parts(), tmp_path / "run", run_id=RUN_ID)
     result = resumed.run()
     assert result.resumed_from == 4
     model, ema = _final_state(resumed)
@@ -165,7 +172,7 @@ def test_lpl_crops_resume_exactly(tmp_path):
     """Crop windows come from the per-step seeded stream: a killed and resumed run sees the same
     windows and ends bitwise equal to the uninterrupted one."""
     ref_lpl = CropRecorder()
-    ref = Trainer(_crop_cfg(steps=8), tiny_components(lpl=ref_lpl), tmp_path / "ref")
+    ref = Trainer(_crop_cfg(steps=8), tiny_components(lpl=ref_lpl), tmp_path / "ref", run_id=RUN_ID)
     ref.run()
 
     class Killed(Exception):
@@ -177,9 +184,9 @@ def test_lpl_crops_resume_exactly(tmp_path):
 
     with pytest.raises(Killed):
         Trainer(_crop_cfg(steps=8), tiny_components(lpl=CropRecorder()), tmp_path / "run",
-                on_step=die).run()  # fmt: skip
+                on_step=die, run_id=RUN_ID).run()  # fmt: skip
     lpl = CropRecorder()
-    resumed = Trainer(_crop_cfg(steps=8), tiny_components(lpl=lpl), tmp_path / "run")
+    resumed = Trainer(_crop_cfg(steps=8), tiny_components(lpl=lpl), tmp_path / "run", run_id=RUN_ID)
     assert resumed.run().resumed_from == 4
     assert len(lpl.seen) == 4 and len(ref_lpl.seen) == 8  # one gated micro-batch per step
     for a, b in zip(ref_lpl.seen[4:], lpl.seen, strict=True):
@@ -200,7 +207,7 @@ def test_lpl_crops_do_not_depend_on_the_accumulation_split(tmp_path):
     for accum in (1, 2):
         rec = CropRecorder()
         tr = Trainer(_crop_cfg(steps=2, grad_accum=accum), tiny_components(lpl=rec),
-                     tmp_path / f"a{accum}")  # fmt: skip
+                     tmp_path / f"a{accum}", run_id=RUN_ID)  # fmt: skip
         got = []
         tr.opt.step = lambda got=got, tr=tr: got.append(  # type: ignore[method-assign]
             [p.grad.clone() for p in tr.model.parameters() if p.grad is not None]
@@ -222,7 +229,10 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
     grads = []
     for accum in (1, 2):
         tr = Trainer(
-            small_config(steps=2, grad_accum=accum), tiny_components(), tmp_path / f"a{accum}"
+            small_config(steps=2, grad_accum=accum),
+            tiny_components(),
+            tmp_path / f"a{accum}",
+            run_id=RUN_ID,
         )
         seen = []
         tr.opt.step = lambda seen=seen, tr=tr: seen.append(  # type: ignore[method-assign]
@@ -239,7 +249,7 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
 def test_nan_guard_skips_and_counts(tmp_path):
     store = MemoryStore()
     store.mean[5] = float("nan")  # 16 samples, batch 8: the NaN sample is in one batch per epoch
-    tr = Trainer(small_config(steps=4), tiny_components(store), tmp_path)
+    tr = Trainer(small_config(steps=4), tiny_components(store), tmp_path, run_id=RUN_ID)
     result = tr.run()
     assert result.nan_skips == 2
     assert all(torch.isfinite(v).all() for v in tr.model.state_dict().values())
@@ -253,7 +263,7 @@ def test_tiny_model_overfits_16_samples(tmp_path):
     cfg.model.label_dropout = 0.0
     cfg.log.every = 10
     cfg.ckpt.every = 1000
-    Trainer(cfg, tiny_components(objective="eps"), tmp_path).run()
+    Trainer(cfg, tiny_components(objective="eps"), tmp_path, run_id=RUN_ID).run()
     losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl")]
     assert losses[-1] < 0.5 * losses[0], losses
 

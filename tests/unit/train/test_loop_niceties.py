@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers.standins import tiny_components
+from helpers.standins import RUN_ID, tiny_components
 
 from lplkit.errors import ConfigError
 from lplkit.train.config import TrainConfig
@@ -57,7 +57,7 @@ def test_trainer_follows_and_records_the_schedule(tmp_path):
     cfg.log.every = 1
     cfg.optim.schedule = "cosine"
     cfg.optim.warmup_steps = 2
-    Trainer(cfg, tiny_components(), tmp_path).run()
+    Trainer(cfg, tiny_components(), tmp_path, run_id=RUN_ID).run()
     f = lr_lambda("cosine", 2, 6)
     lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl")]
     assert lrs == pytest.approx([1e-3 * f(k) for k in range(6)])  # the LR step k+1's update used
@@ -68,7 +68,7 @@ def test_tensorboard_mirrors_metrics_jsonl(tmp_path):
 
     cfg = _cfg()
     cfg.log.tensorboard = True
-    Trainer(cfg, tiny_components(), tmp_path).run()
+    Trainer(cfg, tiny_components(), tmp_path, run_id=RUN_ID).run()
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     for rec in read_metrics(tmp_path / "metrics.jsonl"):
@@ -121,7 +121,7 @@ def test_wandb_requested_but_missing_is_one_line(tmp_path, monkeypatch):
 
 
 def test_fp16_trains_scaled_and_resumes_bitwise(tmp_path):
-    ref = Trainer(_cfg(fp16=True), tiny_components(), tmp_path / "ref")
+    ref = Trainer(_cfg(fp16=True), tiny_components(), tmp_path / "ref", run_id=RUN_ID)
     ref.run()
     assert ref.scaler.is_enabled() and ref.scaler.get_scale() > 1
     recs = [{k: v for k, v in r.items() if k not in TIMING_FIELDS}
@@ -139,19 +139,21 @@ def test_fp16_trains_scaled_and_resumes_bitwise(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        Trainer(_cfg(fp16=True), tiny_components(), tmp_path / "run", on_step=die).run()
-    resumed = Trainer(_cfg(fp16=True), tiny_components(), tmp_path / "run")
+        Trainer(
+            _cfg(fp16=True), tiny_components(), tmp_path / "run", on_step=die, run_id=RUN_ID
+        ).run()
+    resumed = Trainer(_cfg(fp16=True), tiny_components(), tmp_path / "run", run_id=RUN_ID)
     assert resumed.run().resumed_from == 3
     for k, v in ref.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
 
 
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path):
-    tr = Trainer(_cfg(fp16=True), tiny_components(), tmp_path)
+    tr = Trainer(_cfg(fp16=True), tiny_components(), tmp_path, run_id=RUN_ID)
     tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # scaled grads overflow
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     tr.train_step()
-    assert tr.nan_skips == 1 and tr.scaler.get_scale() == 2.0**126  # torch's backoff 0.5
+    assert tr.window.nan_skips == 1 and tr.scaler.get_scale() == 2.0**126  # torch's backoff 0.5
     assert all(torch.equal(tr.model.state_dict()[k], v) for k, v in before.items())
 
 

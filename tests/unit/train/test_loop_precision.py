@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.standins import tiny_components
+from helpers.standins import RUN_ID, tiny_components
 
 from lplkit.train.config import TrainConfig
 from lplkit.train.loop import Trainer
@@ -21,7 +21,9 @@ def _cfg(clip: float) -> TrainConfig:
 
 def _grads_at_optimizer_step(tmp_path, clip: float) -> dict[str, torch.Tensor]:
     """The gradients the optimizer sees at the first step (after accumulation and clipping)."""
-    trainer = Trainer(_cfg(clip), tiny_components(objective="flow"), tmp_path / f"clip{clip}")
+    trainer = Trainer(
+        _cfg(clip), tiny_components(objective="flow"), tmp_path / f"clip{clip}", run_id=RUN_ID
+    )
     seen: dict[str, torch.Tensor] = {}
 
     def before_step(optimizer, args, kwargs):

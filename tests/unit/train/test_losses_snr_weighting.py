@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.standins import CountingLpl, random_batch, small_config, tiny_components
+from helpers.standins import RUN_ID, CountingLpl, random_batch, small_config, tiny_components
 
 from lplkit.diffusion.objectives import build_objective
 from lplkit.train import loop
@@ -68,7 +68,7 @@ def test_trainer_passes_the_min_snr_weights(tmp_path, monkeypatch, weighting):
     cfg.lpl.enabled, cfg.lpl.snr_min = True, None
     cfg.lpl.snr_weighting, cfg.lpl.snr_gamma = weighting, 2.0
     parts = tiny_components(objective="flow", lpl=CountingLpl())
-    loop.Trainer(cfg, parts, tmp_path / "r").run()
+    loop.Trainer(cfg, parts, tmp_path / "r", run_id=RUN_ID).run()
     assert len(seen) == 1
     t, w = seen[0]
     if weighting == "none":
