@@ -384,6 +384,28 @@ class LatentStore:
             window=self.window_chunks(),
         )
 
+    def rank_order(
+        self,
+        seed: int,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        shuffle: bool = True,
+    ) -> shf.RankOrder:
+        """The order `batches` serves rank `rank` in when the store exceeds the budget (ranks
+        partition the windows; see `lplkit.store.shuffle.RankOrder`)."""
+        return shf.RankOrder(
+            shf.ChunkTable(self._ok_positions, self._count, self.chunk_size),
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            window=self.window_chunks() or self.n_chunks,
+            drop_last=drop_last,
+            shuffle=shuffle,
+        )
+
     def batches(
         self,
         batch_size: int,
@@ -406,12 +428,12 @@ class LatentStore:
         `index.parquet` rows (keys, captions).
         """
         rank, world_size = self._split(rank, world_size)
-        plan = self.epoch_order(seed, epoch, shuffle)
-        n = len(plan.order)
-        total = shf.num_batches(n, batch_size, world_size, drop_last)
+        total = shf.num_batches(self.n_ok, batch_size, world_size, drop_last)
         if total == 0 or start_batch >= total:
             return
         if self.window_chunks() is None:  # the store fits the budget: read once, then kept
+            plan = self.epoch_order(seed, epoch, shuffle)
+            n = len(plan.order)
             loading = self._ram_loading()
             for j in range(start_batch, total):
                 span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
@@ -423,9 +445,8 @@ class LatentStore:
                 batch = self._make_batch([block], positions, span, seed, epoch)
                 yield (*batch, torch.from_numpy(positions)) if with_index else batch
             return
-        for batch, positions in self._stream(
-            plan, batch_size, seed, epoch, start_batch, total, rank, world_size, drop_last
-        ):
+        own = self.rank_order(seed, epoch, rank, world_size, drop_last, shuffle)
+        for batch, positions in self._stream(own, batch_size, seed, epoch, start_batch, total):
             yield (*batch, torch.from_numpy(positions)) if with_index else batch
 
     def rows(self, positions: Any) -> pa.Table:
@@ -443,19 +464,15 @@ class LatentStore:
 
     def _stream(
         self,
-        plan: shf.EpochOrder,
+        plan: shf.RankOrder,
         batch_size: int,
         seed: int,
         epoch: int,
         start_batch: int,
         total: int,
-        rank: int,
-        world_size: int,
-        drop_last: bool,
     ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]]:
-        """(batch, its positions) from windows read one ahead in a background thread."""
-        n = len(plan.order)
-        n_windows = len(plan.window_chunks)
+        """(batch, its positions) from this rank's windows, read one ahead in a background
+        thread."""
         loaded: dict[int, _Block] = {}
         pending: dict[int, Future[_Block]] = {}
         free: list[dict[str, np.ndarray]] = []  # buffers of dropped windows
@@ -463,9 +480,9 @@ class LatentStore:
         try:
 
             def request(k: int) -> None:
-                if k < n_windows and k not in loaded and k not in pending:
+                if k < plan.n_windows and k not in loaded and k not in pending:
                     buffers = free.pop() if free else None
-                    pending[k] = pool.submit(self._load, plan.window_chunks[k], buffers)
+                    pending[k] = pool.submit(self._load, plan.window_chunks(k), buffers)
 
             def get(k: int) -> _Block:
                 if k not in loaded:
@@ -474,10 +491,9 @@ class LatentStore:
                 return loaded[k]
 
             for j in range(start_batch, total):
-                span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
-                positions = plan.order[span]
-                found = np.unique(np.searchsorted(plan.window_starts, span, side="right") - 1)
-                windows = [int(k) for k in found]
+                span = plan.batch_span(j, batch_size)
+                positions = plan.positions(span)
+                windows = plan.windows_of(span)
                 for k in list(loaded):
                     if k not in windows:
                         free.append(loaded.pop(k).raw)
@@ -489,7 +505,8 @@ class LatentStore:
                     blocks = [get(k) for k in windows]
                 else:  # a window is still being read: serve this batch from its own chunks
                     blocks = [self._load_batch(positions)]
-                yield self._make_batch(blocks, positions, span, seed, epoch), positions
+                batch = self._make_batch(blocks, positions, span, seed, epoch, plan.stream)
+                yield batch, positions
 
         finally:  # an abandoned iteration does not wait for the windows queued ahead
             pool.shutdown(wait=self._direct is None, cancel_futures=True)
@@ -501,6 +518,7 @@ class LatentStore:
         span: np.ndarray,
         seed: int,
         epoch: int,
+        stream: tuple[int, ...] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather, pick flips, decode and sample `z = mean + std * eps` (draws: `shf.BatchDraws`).
 
@@ -517,7 +535,7 @@ class LatentStore:
         # Seeding and flips are many small Python-level calls: made here, before the threads start,
         # they do not fight over the GIL (2.5x slower when they did).
         cuts = shf.group_cuts(span, self.threads)
-        draws = [shf.BatchDraws(span[lo:hi], seed, epoch) for lo, hi in pairwise(cuts)]
+        draws = [shf.BatchDraws(span[lo:hi], seed, epoch, stream) for lo, hi in pairwise(cuts)]
 
         def sample(lo: int, hi: int, d: shf.BatchDraws) -> None:
             self._gather(blocks, positions[lo:hi], d.flips if self.has_flips else None, m16[lo:hi])
