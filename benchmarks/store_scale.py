@@ -39,28 +39,31 @@ import numpy as np
 
 SHAPE = (4, 8, 8)
 SHARD, CHUNK, BATCH = 1024, 64, 256
+STEADY_SKIP = 8  # batches before the steady-state timing starts (first batches: pipelined reads)
 
 
 # -- writing ----------------------------------------------------------------------------------------
 
 
-def shard_moments(seed: int, shard: int, rows: int) -> np.ndarray:
+def shard_moments(seed: int, shard: int, rows: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
     """float32 (rows, 2, C, h, w) of one shard: mean ~ N(0, 1), std ~ U(0.05, 0.5)."""
     rng = np.random.default_rng([seed, shard])
-    m = np.empty((rows, 2, *SHAPE), np.float32)
-    m[:, 0] = rng.standard_normal((rows, *SHAPE), dtype=np.float32)
-    m[:, 1] = 0.05 + 0.45 * rng.random((rows, *SHAPE), dtype=np.float32)
+    m = np.empty((rows, 2, *shape), np.float32)
+    m[:, 0] = rng.standard_normal((rows, *shape), dtype=np.float32)
+    m[:, 1] = 0.05 + 0.45 * rng.random((rows, *shape), dtype=np.float32)
     return m
 
 
-def write_store(url: str, npy: str, count: int, seed: int = 0) -> float:
+def write_store(
+    url: str, npy: str, count: int, seed: int = 0, shape: tuple[int, int, int] = SHAPE
+) -> float:
     """Stream `count` rows into a store and the memmap file; returns seconds."""
     from lplkit.store import StoreWriter, new_manifest
 
     manifest = new_manifest(
         autoencoder={"id": "synthetic", "class": "AutoencoderKL", "config_hash": "0"},
-        resolution=8 * SHAPE[1],
-        latent_shape=SHAPE,
+        resolution=8 * shape[1],
+        latent_shape=shape,
         source={"id": "synthetic", "split": "train", "revision": None, "count": count},
         dtype="float16",
         flips=False,
@@ -69,11 +72,11 @@ def write_store(url: str, npy: str, count: int, seed: int = 0) -> float:
         codec="none",
     )
     t = time.perf_counter()
-    mm = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float16, shape=(count, 2, *SHAPE))
+    mm = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float16, shape=(count, 2, *shape))
     with StoreWriter.create_or_resume(url, manifest) as writer:
         for s in writer.pending_shards():
             lo, hi = writer.shard_range(s)
-            m = shard_moments(seed, s, hi - lo)
+            m = shard_moments(seed, s, hi - lo, shape)
             labels = (np.arange(lo, hi) % 1000).astype(np.int32)
             rows = [{"key": f"img_{p:08d}", "status": "ok"} for p in range(lo, hi)]
             writer.write_shard(s, m, None, labels, rows)
@@ -133,6 +136,17 @@ def rss() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def proc_rss(pid: int) -> dict[str, int]:
+    """VmRSS and its anonymous / file parts of process `pid`, in bytes."""
+    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in fields:
+            out[fields[key]] = int(line.split()[1]) * 1024
+    return out
 
 
 def sample(m16: np.ndarray, g: Any) -> Any:
@@ -207,11 +221,37 @@ def child(what: str, url: str, npy: str, samples: int) -> dict[str, Any]:
         loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, generator=g)
         t = time.perf_counter()
         n = 0
-        for b in loader:
+        it = iter(loader)
+        for b in it:
             n += len(b["latent"])
             if n >= samples:
                 break
         out["s_per_sample"] = (time.perf_counter() - t) / n
+        # Resident memory of each worker after serving its share (anonymous = its own copies;
+        # file = mapped file pages, e.g. a memmap's, shared through the page cache)
+        pids = [w.pid for w in getattr(it, "_workers", [])]
+        out["worker_rss"] = [proc_rss(pid) for pid in pids]
+        out["main_rss"] = proc_rss(os.getpid())
+    elif what == "steady":
+        # Shuffled loader past its first batches vs a warm memmap gathering the same positions
+        # in the same batches and drawing z the same way (both single-threaded sampling)
+        store = LatentStore.open(url)
+        it = store.batches(BATCH, seed=0, with_index=True)
+        for _ in range(STEADY_SKIP):
+            next(it)
+        served = []
+        t = time.perf_counter()
+        for _ in range(samples // BATCH):
+            served.append(next(it)[2].numpy())
+        out["loader_s_per_sample"] = (time.perf_counter() - t) / (len(served) * BATCH)
+        out["window_chunks"] = store.window_chunks()
+        mm = np.load(npy, mmap_mode="r")
+        g = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        for pos in served:
+            sample(mm[pos], g)
+        out["memmap_s_per_sample"] = (time.perf_counter() - t) / (len(served) * BATCH)
+        out["throughput_vs_memmap"] = out["memmap_s_per_sample"] / out["loader_s_per_sample"]
     elif what == "verify":
         from lplkit.store import verify_store
 
@@ -276,6 +316,9 @@ def main() -> None:
     ap.add_argument("--verify-max-rows", type=int, default=1_000_000)
     ap.add_argument("--skip", default="", help="comma-separated measurements to skip")
     ap.add_argument("--keep", action="store_true", help="keep the stores for another run")
+    ap.add_argument("--wide-rows", default="", help="4x32x32 stores: steady state only")
+    ap.add_argument("--steady-samples", type=int, default=25600,
+                    help="samples timed in the steady-state comparison")  # fmt: skip
     ap.add_argument(
         "--table",
         nargs=2,
@@ -308,15 +351,26 @@ def main() -> None:
         "samples": args.samples,
         "sizes": {},
     }
-    for count in [int(r) for r in args.rows.split(",")]:
-        url, npy = str(base / f"s{count}.zarr"), str(base / f"s{count}.npy")
-        done = base / f"s{count}.done"
-        r: dict[str, Any] = {}
+    wide = (4, 32, 32)
+    runs = [(int(r), SHAPE) for r in args.rows.split(",") if r]
+    runs += [(int(r), wide) for r in args.wide_rows.split(",") if r]
+    for count, shape in runs:
+        name = f"s{count}" if shape == SHAPE else f"s{count}_{'x'.join(map(str, shape))}"
+        url, npy = str(base / f"{name}.zarr"), str(base / f"{name}.npy")
+        done = base / f"{name}.done"
+        r: dict[str, Any] = {"shape": shape}
         if not done.exists():
             shutil.rmtree(url, ignore_errors=True)
-            r["write_s"] = write_store(url, npy, count)
+            r["write_s"] = write_store(url, npy, count, shape=shape)
             done.write_text("ok")
-        print(f"{count} rows ({args.label})", flush=True)
+        print(f"{count} rows of {shape} ({args.label})", flush=True)
+        if shape != SHAPE:  # the wide latents: steady state only
+            warm_cache([url, npy])
+            r["steady"] = run_child("steady", url, npy, args.steady_samples, False)
+            results["sizes"][name] = r
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+            continue
         for cold in (True, False):
             tag = "cold" if cold else "warm"
             if "open" not in skip:
@@ -327,12 +381,15 @@ def main() -> None:
                     "first_batch_memmap", url, npy, args.samples, cold
                 )
         warm_cache([url, npy])  # the DataLoader rows compare warm store vs warm memmap
+        if "steady" not in skip:
+            r["steady"] = run_child("steady", url, npy, args.steady_samples, False)
         for w in (0, 2):
             if f"dataset_{w}" in skip:
                 continue
             d = run_child(f"dataset_{w}", url, npy, args.samples, False)
             mm = run_child(f"dataset_memmap_{w}", url, npy, args.samples, False)
             r[f"dataset_{w}w"] = {**d, "memmap_s_per_sample": mm["s_per_sample"],
+                                  "memmap_worker_rss": mm.get("worker_rss"),
                                   "vs_memmap": d["s_per_sample"] / mm["s_per_sample"]}  # fmt: skip
         if "verify" not in skip and count <= args.verify_max_rows:
             r["verify_cold"] = run_child("verify", url, npy, args.samples, True)
@@ -340,11 +397,11 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if not args.keep:
-        for count in [int(r) for r in args.rows.split(",")]:
-            shutil.rmtree(base / f"s{count}.zarr", ignore_errors=True)
+        for count, shape in runs:
+            name = f"s{count}" if shape == SHAPE else f"s{count}_{'x'.join(map(str, shape))}"
+            shutil.rmtree(base / f"{name}.zarr", ignore_errors=True)
             for ext in ("npy", "done"):
-                (base / f"s{count}.{ext}").unlink(missing_ok=True)
-
+                (base / f"{name}.{ext}").unlink(missing_ok=True)
 
 if __name__ == "__main__":
     main()

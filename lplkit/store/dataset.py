@@ -99,9 +99,9 @@ class LatentDataset(Dataset):
         flipped = self.flip and bool(torch.rand((), generator=gen) < 0.5)
         if not self.store.reads_rows:  # zarr: chunks; hold the store in RAM if it fits the budget
             self.store._ram_block()
-        mean, std = self.store.read([position], flip=flipped)
-        eps = torch.randn(mean.shape[1:], generator=gen)
-        latent = torch.from_numpy(mean[0]) + torch.from_numpy(std[0]) * eps
+        m = self.store.read_row(position, flip=flipped)  # float32 (2, C, h, w): mean, std
+        eps = torch.randn(m.shape[1:], generator=gen)
+        latent = m[0] + m[1] * eps
         # Keys and captions: Arrow columns read on first use (in the worker; a forked one shares
         # its parent's), indexed per item: no Python list of every key in every worker.
         keys, captions = self.store.index_column("key"), self.store.index_column("caption")

@@ -4,17 +4,20 @@ zarr costs ~0.3-0.6 ms per chunk, so per-sample fancy indexing caps near 3k samp
 reads whole inner chunks (merged into contiguous runs) and gathers in memory:
 
 - `read(indices)` groups the requested positions by chunk, reads each run of chunks once, gathers.
-- `batches(...)` reads the epoch in windows of chunks (`shuffle.epoch_order`: chunk order shuffled,
-  samples permuted within a window) and draws each batch from RAM. When the whole store fits
-  `memory_budget` it is loaded once and kept, and the order is a uniform permutation of all samples.
-  The next window is read in a background thread while the current one is consumed.
+- `batches(...)` draws each batch from RAM. When the whole store fits `memory_budget` it is loaded
+  once and kept, and the order is a uniform permutation of all samples (`shuffle.epoch_order`), split
+  over DDP ranks batch by batch. Otherwise each rank reads its own windows of chunks
+  (`shuffle.RankOrder`: chunk order shuffled and dealt to the ranks, samples permuted within a
+  window), so an epoch reads the store once over all ranks; the next window is read in a background
+  thread while the current one is consumed.
 
 Latents are sampled as `z = mean + std * eps`, `eps ~ N(0, I)`: the epoch order is cut into groups
 of 16 samples, each with its own torch generator seeded from `(seed, epoch, group)` that draws the
 group's flips (with flips, each sample uses the moments of the flipped image with probability 1/2)
 and then its eps (`shuffle.BatchDraws`). So batch `j` is a pure function of `(seed, epoch, j, rank,
-world_size, batch_size, memory_budget)`, and a sample's latent does not depend on the rank split:
-resuming at `start_batch=j` gives bitwise the batches an uninterrupted iteration would have given.
+world_size, batch_size, memory_budget)`; within the budget a sample's latent does not depend on the
+rank split (above it each rank draws its own stream). Resuming at `start_batch=j` gives bitwise the
+batches an uninterrupted iteration would have given.
 The draws and arithmetic of a batch run on `threads` threads (torch releases the GIL); the numbers
 are the same for any thread count.
 """
@@ -339,6 +342,24 @@ class LatentStore:
         rows = torch.from_numpy(block.rows(pos))
         m = torch.index_select(block.arrays[name], 0, rows).float().numpy()  # 1.7x adv. indexing
         return m[:, 0], m[:, 1]
+
+    def read_row(self, position: int, flip: bool = False) -> torch.Tensor:
+        """The stored moments of one position as float32 `(2, C, h, w)` (mean, std): one pread on
+        a raw local store (nothing held per process: the page cache is shared), else from the
+        store held in RAM or the position's chunk."""
+        name = fmt.MOMENTS_FLIP if flip else fmt.MOMENTS
+        if name not in self._arrays:
+            raise StoreError(f"{self.url} has no flipped moments (encoded without --flip)")
+        position = int(position)
+        if not 0 <= position < self._count:
+            raise IndexError(f"positions must be in [0, {self._count})")
+        if self._ram is None and self._direct is not None:
+            stored = self._direct[name].row(position)
+            if stored is None:
+                return torch.zeros((2, *self.latent_shape))
+            return _as_tensor(stored, self.dtype).float()
+        block = self._ram or self._load(np.asarray([position // self.chunk_size]))
+        return block.arrays[name][int(block.rows(np.asarray([position]))[0])].float()
 
     # -- training loader ------------------------------------------------------------------------
 

@@ -135,6 +135,20 @@ class ShardRows:
                 raise OSError(f"{self.dir}/{shard}: short read")
             out[i] = np.frombuffer(data, dtype=self.dtype).reshape(self.row_shape)
 
+    def row(self, position: int) -> np.ndarray | None:
+        """One row as a fresh array of the stored dtype (None: a chunk never stored, all zeros).
+        The per-item path of `LatentDataset`: no batch bookkeeping around the one pread."""
+        shard, rest = divmod(int(position), self.shard_rows)
+        chunk, row = divmod(rest, self.chunk_rows)
+        fd = self._fd(shard)
+        offset = _EMPTY if fd is None else self._chunk_table(shard, fd)[chunk, 0]
+        if fd is None or offset == _EMPTY:
+            return None
+        data = os.pread(fd, self.row_bytes, int(offset) + row * self.row_bytes)
+        if len(data) != self.row_bytes:
+            raise OSError(f"{self.dir}/{shard}: short read")
+        return np.frombuffer(bytearray(data), dtype=self.dtype).reshape(self.row_shape)
+
     def read_chunks(self, chunks: np.ndarray, out: np.ndarray) -> None:
         """Whole inner chunks `chunks` into `out` (len(chunks) * chunk_rows, *row_shape): one
         pread each (a partial last chunk is stored padded to full size)."""

@@ -15,9 +15,14 @@ When `W` >= the number of chunks there is a single window and the order is a uni
 permutation of all ok samples. Otherwise every ok sample still appears exactly once per epoch, but
 two samples of one chunk are always in the same window (a batch mixes `W * chunk` candidates).
 
-DDP: global batch `j` is `order[j*B*R : (j+1)*B*R]` and rank `r` takes its `r`-th block of `B`, so
-ranks are disjoint and have equal batch counts (`drop_last=True` drops the last `< B*R` samples;
-`drop_last=False` pads the last global batch from the start of the order, like DistributedSampler).
+DDP, one order (the store fits the budget: one window): global batch `j` is
+`order[j*B*R : (j+1)*B*R]` and rank `r` takes its `r`-th block of `B`, so ranks are disjoint and have
+equal batch counts (`drop_last=True` drops the last `< B*R` samples; `drop_last=False` pads the last
+global batch from the start of the order, like DistributedSampler).
+
+DDP above the budget: `RankOrder`, per-rank windows. Ranks partition each window's chunks, so an
+epoch reads the store once over all ranks instead of once per rank; each rank's order is computed a
+window at a time.
 """
 
 from __future__ import annotations
@@ -58,9 +63,10 @@ class BatchDraws:
     own generator seeded by (seed, epoch, group): first NOISE_GROUP flip draws (`rand < 1/2`), then
     NOISE_GROUP x shape standard normals. A sample's eps and flip therefore depend only on the seed,
     the epoch and its place in the epoch order, never on the batch size, the rank, the world size or
-    how the work is split over threads. So a K-rank run sees exactly the latents of a 1-process run
-    with the same global batch, and a resumed run those of an uninterrupted one. Cost: one seeding
-    per 16 samples.
+    how the work is split over threads. So with one epoch order a K-rank run sees exactly the
+    latents of a 1-process run with the same global batch, and a resumed run those of an
+    uninterrupted one. A `RankOrder` (per-rank windows) passes `stream = (rank, world_size)`,
+    hashed into the seed: each rank's places get their own draws. Cost: one seeding per 16 samples.
 
     Flips are drawn first because they decide which moments get gathered; eps is drawn later by
     `fill_eps`, straight into the output rows when a group is whole (no copy). A batch may be cut
