@@ -139,13 +139,16 @@ def rss() -> int:
 
 
 def proc_rss(pid: int) -> dict[str, int]:
-    """VmRSS and its anonymous / file parts of process `pid`, in bytes."""
-    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+    """VmRSS and its anonymous / file parts, and the proportional set size, of process `pid`, in
+    bytes."""
+    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem",
+              "Pss": "pss", "Pss_Anon": "pss_anon"}  # fmt: skip
     out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key = line.split(":")[0]
-        if key in fields:
-            out[fields[key]] = int(line.split()[1]) * 1024
+    for f in ("status", "smaps_rollup"):  # Pss: shared pages divided among their sharers
+        for line in Path(f"/proc/{pid}/{f}").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in fields:
+                out[fields[key]] = int(line.split()[1]) * 1024
     return out
 
 
@@ -216,7 +219,9 @@ def child(what: str, url: str, npy: str, samples: int) -> dict[str, Any]:
         if what.startswith("dataset_memmap"):
             ds: Any = MemmapDataset(npy)
         else:
-            ds = LatentStore.open(url).as_dataset(seed=0)
+            t = time.perf_counter()
+            ds = LatentStore.open(url).as_dataset(seed=0)  # reads the key + caption columns
+            out["dataset_init_s"] = time.perf_counter() - t
         g = torch.Generator().manual_seed(0)
         loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, generator=g)
         t = time.perf_counter()
