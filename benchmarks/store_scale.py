@@ -408,5 +408,6 @@ def main() -> None:
             for ext in ("npy", "done"):
                 (base / f"{name}.{ext}").unlink(missing_ok=True)
 
+
 if __name__ == "__main__":
     main()

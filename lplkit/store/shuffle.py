@@ -361,7 +361,11 @@ class RankOrder:
         else:
             pad = np.zeros(0, np.int64)
             if self._pad:
-                source = self.window_samples(0) if self._own else self.table.samples([0])
+                source = (
+                    self.window_samples(0)
+                    if self._own
+                    else self.table.samples(np.zeros(1, np.int64))
+                )
                 pad = source[np.arange(self._pad) % len(source)]
             samples = np.concatenate([self._tail, pad])
         while len(self._cache) >= 3:
