@@ -11,6 +11,11 @@ child process (so imports, RSS and caches are the child's own):
 - `dataset_{0,2}w` (warm: every file of the store and the memmap read once first): a shuffled `DataLoader(LatentDataset, batch_size=256, num_workers=0|2)` for
   `--samples` samples (worker start included), time per sample vs the same DataLoader over a
   map-style memmap dataset drawing z the same way;
+  with each worker's resident memory at the end (VmRSS, its anonymous part, and PSS, which divides
+  pages shared with the parent or the other worker among them) and the dataset's build time;
+- `steady` (warm): `store.batches(256)` past its first 8 batches, `--steady-samples` samples, vs a
+  memmap gathering the same positions in the same batches and drawing z the same way; also for
+  4x32x32 stores (`--wide-rows`, 16 KiB a row, steady state only);
 - `verify`: full `verify_store` (all checksums) at sizes up to `--verify-max-rows`.
 
 "Cold" drops the page cache before the child starts (`echo 3 > /proc/sys/vm/drop_caches`, needs
