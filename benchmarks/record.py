@@ -5,7 +5,7 @@
 The record holds what a reader needs to trust and re-run a number in the docs: the exact command and
 environment variables that change timings, the versions of python/torch/diffusers/zarr/lplkit (git
 commit), the machine (CPU model, cores, GPU, load average before and after: the dev box is shared) and
-the command's JSON output unchanged under "result". tests/unit/test_docs_numbers.py checks the docs'
+the command's JSON output unchanged under "result". tests/unit/project/test_docs_numbers.py checks the docs'
 tables against these files.
 """
 

@@ -9,9 +9,13 @@ What is written (``save_pretrained`` layout):
   every row (any label gives the unconditional model).
 - ``scheduler/``: eps / v -> ``DDIMScheduler`` (the run's betas, ``clip_sample=False``,
   ``set_alpha_to_one=True``, ``leading`` spacing: exactly ``lplkit sample``'s DDIM); flow ->
-  ``FlowMatchEulerDiscreteScheduler`` whose grid ``1, 1 - 1/S, ..., 1/S, 0`` is lplkit's Euler grid
-  for the exported step count S (``shift_terminal = 1/S``; another step count runs, on a grid ending
-  at ``1/S`` instead).
+  ``FlowMapEulerDiscreteScheduler(shift=1)``: its grid ``linspace(1, 0, S + 1)`` is lplkit's Euler
+  grid for every step count S, its step ``z - (t_i - t_{i+1}) v`` is lplkit's Euler step, its
+  timesteps ``1000 t`` are the denoiser's inputs, and it has the ``scale_model_input`` that
+  ``DiTPipeline`` calls, so the exported directory runs in a stock ``DiTPipeline`` as written.
+  With a diffusers that lacks it (it is in 0.42), ``FlowMatchEulerDiscreteScheduler`` with
+  ``shift_terminal = 1/S`` gives the same grid for the exported S only and needs the one-line
+  ``scale_model_input`` shim listed in ``notes``.
 - ``vae/``: the run's autoencoder with lplkit's per-channel normalization folded in. lplkit feeds the
   decoder ``z_raw = z / s_c + m_c`` (``s_c = 1/std_c``, ``m_c = mean_c`` from the store statistics),
   which a scalar ``scaling_factor`` cannot express. The 1x1 ``post_quant_conv`` (``W, b``) becomes
@@ -25,8 +29,7 @@ Not representable by a stock pipeline (one line each, raised as ``ConfigError``)
 (``UNet-T``), more than 1000 classes (DiT's null id is 1000), deterministic autoencoders (DC-AE: no
 1x1 convs to fold into). lplkit's flow Heun sampler has no stock equivalent (diffusers'
 ``FlowMatchHeunDiscreteScheduler`` uses another grid and an Euler last step): the export reproduces
-``--sampler euler``. diffusers 0.42's ``DiTPipeline`` calls ``scheduler.scale_model_input``, which the
-flow-matching schedulers lack; the result lists that in ``notes`` with the one-line shim.
+``--sampler euler``.
 """
 
 from __future__ import annotations
@@ -136,6 +139,10 @@ def _export_transformer(model: Any) -> nn.Module:
 def _scheduler(tcfg: Any, steps: int) -> Any:
     o = tcfg.objective
     if o.kind == "flow":
+        import diffusers
+
+        if hasattr(diffusers, "FlowMapEulerDiscreteScheduler"):
+            return diffusers.FlowMapEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         # diffusers' grid is linspace(1, sigma_min, S) + [0]; stretched to end at 1/S it is lplkit's
@@ -206,8 +213,9 @@ def export_run(
     scheduler = _scheduler(tcfg, steps)
     id2label, notes = _class_names(info, info["num_classes"])
     if tcfg.objective.kind == "flow":
-        notes.append("flow: reproduces `lplkit sample --sampler euler` at --steps "
-                     f"{steps} (lplkit's Heun has no stock scheduler)")  # fmt: skip
+        at = "any --steps" if hasattr(scheduler, "scale_model_input") else f"--steps {steps}"
+        notes.append(f"flow: reproduces `lplkit sample --sampler euler` at {at} "
+                     "(lplkit's Heun has no stock scheduler)")  # fmt: skip
         if not hasattr(scheduler, "scale_model_input"):
             notes.append(
                 "DiTPipeline calls scheduler.scale_model_input, which "

@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import read_store, run_cli, subprocess_env, write_image_folder
+from helpers.cli import run_cli, subprocess_env
+from helpers.images import write_image_folder
+from helpers.slow_source import SCRIPT as SLOW_SOURCE
+from helpers.stores import read_store
 
 HERE = Path(__file__).resolve().parent
 # Some shards are encoded here (the reference, the re-run) and some in the subprocess.
@@ -53,7 +56,7 @@ def images(tmp_path_factory) -> Path:
 
 def test_second_encoder_is_refused_and_the_first_finishes(images, tiny_vae_dir, tmp_path, capsys):
     out = tmp_path / "s.zarr"
-    cmd = [sys.executable, str(HERE / "slow_source.py"),
+    cmd = [sys.executable, str(SLOW_SOURCE),
            *_args(f"slowfolder:{images}", out, tiny_vae_dir)]  # fmt: skip
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

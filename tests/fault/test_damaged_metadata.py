@@ -8,7 +8,6 @@ refuse the store in one line (exit 4) instead of an internal error (exit 70) or 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import run_cli, subprocess_env
-
-from lplkit.store.synthetic import write_synthetic_store
+from helpers.cli import run_cli, subprocess_env
 
 COUNT, SHARD = 16, 8
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("meta") / "s.zarr"
-    write_synthetic_store(path, count=COUNT, shard_size=SHARD, chunk_size=4, num_classes=3,
-                          autoencoder={"id": "synthetic", "scaling_factor": 0.5})  # fmt: skip
-    return path
-
-
 @pytest.fixture
-def store(pristine, tmp_path) -> Path:
-    path = tmp_path / "s.zarr"
-    shutil.copytree(pristine, path)
-    return path
+def store(damageable_store, tmp_path) -> Path:
+    return damageable_store(
+        tmp_path / "s.zarr",
+        count=COUNT,
+        shard_size=SHARD,
+        chunk_size=4,
+        num_classes=3,
+        autoencoder={"id": "synthetic", "scaling_factor": 0.5},
+    )
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str, str]:

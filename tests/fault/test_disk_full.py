@@ -15,7 +15,9 @@ from pathlib import Path
 import fsspec.implementations.local
 import pytest
 import zarr
-from conftest import read_store, run_cli, write_image_folder
+from helpers.cli import run_cli
+from helpers.images import write_image_folder
+from helpers.stores import read_store
 
 import lplkit.store.sidecar
 

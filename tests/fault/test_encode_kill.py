@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_store, run_cli, subprocess_env, write_image_folder
+from helpers.cli import run_cli, subprocess_env
+from helpers.images import write_image_folder
+from helpers.slow_source import SCRIPT as SLOW_SOURCE
+from helpers.stores import read_store
 
 HERE = Path(__file__).resolve().parent
 N_IMAGES, SHARD = 24, 4  # 6 shards
@@ -57,7 +60,7 @@ def kill_and_resume(seed: int, images: Path, vae: Path, out: Path, monkeypatch, 
     """One trial; returns what the killed run had left (for the caller's statistics)."""
     rng = np.random.default_rng(seed)
     delay = float(rng.uniform(0.0, 2.0))
-    cmd = [sys.executable, str(HERE / "slow_source.py"), *_args(f"slowfolder:{images}", out, vae)]
+    cmd = [sys.executable, str(SLOW_SOURCE), *_args(f"slowfolder:{images}", out, vae)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     lock = out / ".lplkit-lock.json"
     deadline = time.monotonic() + 180
@@ -76,7 +79,7 @@ def kill_and_resume(seed: int, images: Path, vae: Path, out: Path, monkeypatch, 
         "finalized": (out / "index.parquet").exists(),
         "lock_left": lock.exists(),
     }
-    import slow_source  # noqa: F401  (registers slowfolder: in this process)
+    import helpers.slow_source  # noqa: F401  (registers slowfolder: in this process)
 
     monkeypatch.setenv("LPLKIT_SLOW_SOURCE_S", "0")
     capsys.readouterr()

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import read_store, run_cli
+from helpers.cli import run_cli
+from helpers.stores import read_store
 
 # Recovering from a killed/damaged writer is the point here: lplkit's recovery notice is expected
 # (shown, as users see it; not an error).

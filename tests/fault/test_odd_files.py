@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_store, subprocess_env
+from helpers.cli import subprocess_env
+from helpers.stores import read_store
 from PIL import Image
 
 from lplkit.data import resolve_source

@@ -29,7 +29,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_store, run_cli, subprocess_env, write_image_folder, write_stats_store
+from helpers.cli import run_cli, subprocess_env
+from helpers.images import write_image_folder
+from helpers.slow_source import SCRIPT as SLOW_SOURCE
+from helpers.stores import read_store, write_stats_store
 from safetensors.torch import load_file
 
 from lplkit.train.metrics_log import TIMING_FIELDS, read_metrics
@@ -234,7 +237,7 @@ def test_sigterm_to_encode_keeps_complete_shards_and_resumes_bitwise(tiny_vae_di
     assert run_cli(_encode_args(str(images), ref, tiny_vae_dir))[0] == 0
     out = tmp_path / "s.zarr"
     args = _encode_args(f"slowfolder:{images}", out, tiny_vae_dir)
-    proc = subprocess.Popen([sys.executable, str(HERE / "slow_source.py"), *args], env=ENV,
+    proc = subprocess.Popen([sys.executable, str(SLOW_SOURCE), *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     markers = out / "progress"
     err = _signal_when(proc, lambda: len(list(markers.glob("shard-*.json"))) >= 1,
@@ -246,7 +249,7 @@ def test_sigterm_to_encode_keeps_complete_shards_and_resumes_bitwise(tiny_vae_di
         "dropped; re-run the same command to resume"
     )
     assert done < 6 and not (out / ".lplkit-lock.json").exists()
-    import slow_source  # noqa: F401  (registers slowfolder: in this process)
+    import helpers.slow_source  # noqa: F401  (registers slowfolder: in this process)
 
     assert run_cli(args)[0] == 0
     got, want = read_store(out), read_store(ref)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, subprocess_env
+from helpers.cli import run_cli, subprocess_env
 from safetensors.torch import load_file
 
 from lplkit.store.synthetic import write_synthetic_store

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, subprocess_env
+from helpers.cli import run_cli, subprocess_env
 from PIL import Image
 
 from lplkit.cli.app import COMMAND_MODULES

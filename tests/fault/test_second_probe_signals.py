@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, subprocess_env, write_image_folder, write_stats_store
+from helpers.cli import run_cli, subprocess_env
+from helpers.images import write_image_folder
+from helpers.slow_source import SCRIPT as SLOW_SOURCE
+from helpers.stores import write_stats_store
 
 HERE = Path(__file__).resolve().parent
 ENV = subprocess_env()
@@ -97,7 +100,7 @@ def test_sigint_to_encode_exits_130_counting_complete_shards(tiny_vae_dir, tmp_p
     args = ["encode", "--dataset", f"slowfolder:{images}", "--res", "32", "--vae",
             str(tiny_vae_dir), "--out", str(out), "--shard-size", "4", "--batch-size", "2",
             "--workers", "0", "--device", "cpu"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(HERE / "slow_source.py"), *args], env=ENV,
+    proc = subprocess.Popen([sys.executable, str(SLOW_SOURCE), *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     markers = out / "progress"
     err = _signal_when(proc, lambda: len(list(markers.glob("shard-*.json"))) >= 1, signal.SIGINT)
@@ -107,7 +110,7 @@ def test_sigint_to_encode_exits_130_counting_complete_shards(tiny_vae_dir, tmp_p
         f"encode interrupted: {done}/6 shards complete; re-run the same command to resume"
     )
     assert 1 <= done < 6 and not (out / "index.parquet").exists()
-    import slow_source  # noqa: F401  (registers slowfolder: in this process)
+    import helpers.slow_source  # noqa: F401  (registers slowfolder: in this process)
 
     assert run_cli(args)[0] == 0  # the same command finishes the store
 

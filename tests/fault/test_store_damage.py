@@ -10,13 +10,12 @@ that needs reading every byte (flipped bytes, NaN) is refused with `--verify-sto
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from conftest import run_cli
+from helpers.cli import run_cli
 
 from lplkit.store.synthetic import write_synthetic_store
 
@@ -24,18 +23,11 @@ COUNT, SHARD = 48, 16  # shards 0, 1, 2
 SHARD_FILE = Path("moments/c/1/0/0/0/0")  # zarr v3 key of shard 1 of `moments`
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("damage") / "s.zarr"
-    write_synthetic_store(path, count=COUNT, shard_size=SHARD, chunk_size=4, num_classes=3)
-    return path
-
-
 @pytest.fixture
-def store(pristine, tmp_path) -> Path:
-    path = tmp_path / "s.zarr"
-    shutil.copytree(pristine, path)
-    return path
+def store(damageable_store, tmp_path) -> Path:
+    return damageable_store(
+        tmp_path / "s.zarr", count=COUNT, shard_size=SHARD, chunk_size=4, num_classes=3
+    )
 
 
 def _verify(store: Path, capsys) -> tuple[int, set[tuple[str, int | None]], list[dict]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_store
+from helpers.stores import read_store
 from PIL import Image
 
 from lplkit.data import resolve_source
@@ -280,7 +280,7 @@ def empty_caches(tmp_path, monkeypatch):
 
 
 def test_offline_preset_with_empty_cache_is_one_line(empty_caches, tiny_vae_dir, capsys):
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     code, out, err = run_cli(["encode", "--dataset", "imagenet", "--res", "16", "--vae",
                               str(tiny_vae_dir), "--out", str(empty_caches / "s.zarr")], capsys)  # fmt: skip
@@ -340,7 +340,7 @@ def test_gated_dataset_says_log_in(monkeypatch):
 
 
 def test_class_names_in_manifest_reader_and_info(image_folder, tiny_vae_dir, tmp_path, capsys):
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     from lplkit.store import LatentStore
 

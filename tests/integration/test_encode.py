@@ -12,22 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import read_store, write_image_folder
+from helpers.images import reference_crop, write_image_folder
+from helpers.stores import read_store
 from PIL import Image
 
 from lplkit.encode import EncodeConfig, encode_dataset
 from lplkit.errors import StoreMismatchError
-
-
-def reference_crop(img: Image.Image, res: int) -> np.ndarray:
-    """guided-diffusion center_crop_arr, written from its definition."""
-    while min(*img.size) >= 2 * res:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
-    scale = res / min(*img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
-    arr = np.array(img)
-    y, x = (arr.shape[0] - res) // 2, (arr.shape[1] - res) // 2
-    return arr[y : y + res, x : x + res]
 
 
 def direct_moments(vae_dir: Path, arr_HWC: np.ndarray, flip: bool = False):
@@ -210,7 +200,7 @@ def test_missing_vae_and_bad_res_are_config_errors(image_folder, tiny_vae_dir, t
 def test_progress_lines_when_stderr_is_not_a_terminal(image_folder, tiny_vae_dir, tmp_path, capsys):
     import re
 
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     args = ["encode", "--dataset", str(image_folder), "--res", "32", "--vae", str(tiny_vae_dir),
             "--out", str(tmp_path / "s.zarr"), "--batch-size", "4", "--workers", "0",

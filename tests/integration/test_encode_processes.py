@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_store, run_cli, subprocess_env, write_image_folder
-from forked_ranks import run_forked_ranks
+from helpers.cli import run_cli, subprocess_env
+from helpers.images import write_image_folder
+from helpers.ranks import run_forked_ranks
+from helpers.stores import read_store
 
 from lplkit.encode import EncodeConfig, encode_dataset
 

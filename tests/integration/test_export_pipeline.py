@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers.cli import run_cli
 
 from lplkit.diffusion.image_files import to_uint8
 
@@ -51,17 +51,13 @@ def _run(*args: str, capsys=None) -> str:
     return out
 
 
-def _pipeline_images(pipe_dir: Path, labels: list[int], flow: bool) -> np.ndarray:
+def _pipeline_images(pipe_dir: Path, labels: list[int]) -> np.ndarray:
     from diffusers import DiTPipeline
-
-    from lplkit.export import flow_scheduler_shim
 
     pipe = DiTPipeline.from_pretrained(str(pipe_dir))
     # id2label (the store's class names) came back from model_index.json; DiT splits synonyms at ","
     assert pipe.labels == {"ant": 0, "bee": 1, "cat": 2, "wasp": 1}
     assert pipe.get_label_ids(["cat", "wasp"]) == [2, 1]
-    if flow and not hasattr(pipe.scheduler, "scale_model_input"):
-        exec(flow_scheduler_shim, {"pipe": pipe})  # the documented one-line shim
     out = pipe(class_labels=labels, guidance_scale=CFG, num_inference_steps=STEPS,
                generator=torch.Generator().manual_seed(SEED), output_type="pt").images  # fmt: skip
     return to_uint8(out * 2 - 1)  # DiTPipeline returns (x + 1) / 2 clamped to [0, 1]
@@ -80,13 +76,15 @@ def test_exported_pipeline_matches_lplkit_sample(objective, store, tmp_path, cap
     ref = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
     summary = json.loads(_run("export", "--run", str(run), "--out", str(tmp_path / "pipe"),
                               "--steps", str(STEPS), "--json", capsys=capsys))  # fmt: skip
-    assert summary["scheduler"] == ("FlowMatchEulerDiscreteScheduler" if objective == "flow"
+    assert summary["scheduler"] == ("FlowMapEulerDiscreteScheduler" if objective == "flow"
                                     else "DDIMScheduler")  # fmt: skip
     assert "model_index.json" in summary["files"]
-    assert any("scale_model_input" in n for n in summary["notes"]) == (objective == "flow")
+    assert not any(
+        "scale_model_input" in n for n in summary["notes"]
+    )  # a stock DiTPipeline runs it
     assert not any("id2label" in n for n in summary["notes"])  # the store has class names
 
-    got = _pipeline_images(tmp_path / "pipe", [0, 1, 2], objective == "flow")
+    got = _pipeline_images(tmp_path / "pipe", [0, 1, 2])  # stock, as exported
     assert got.shape == ref.shape == (N, 32, 32, 3)
     diff = np.abs(got.astype(int) - ref.astype(int))
     # float tolerance: a 1e-6 difference can cross a uint8 rounding boundary, nothing more

@@ -10,16 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
-    make_tiny_vae,
-    read_store,
-    run_cli,
-    subprocess_env,
-    write_hub_cache,
-    write_image_folder,
-)
+from helpers.cli import run_cli, subprocess_env
+from helpers.hub_cache import write_hub_cache
+from helpers.images import reference_crop, write_image_folder
+from helpers.models import make_tiny_vae
+from helpers.stores import read_store
 from PIL import Image
-from test_encode import reference_crop
 
 from lplkit.errors import AutoencoderError
 

@@ -21,7 +21,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from conftest import read_store, run_cli, write_image_folder
+from helpers.cli import run_cli
+from helpers.images import write_image_folder
+from helpers.stores import read_store
 
 pytest.importorskip("moto.server", reason="needs moto[s3], flask, flask-cors (in the `test` extra)")
 pytest.importorskip("s3fs", reason="needs s3fs (in the `test` and `s3` extras)")

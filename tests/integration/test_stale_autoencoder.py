@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_tiny_vae
+from helpers.models import make_tiny_vae
 
 from lplkit.encode import EncodeConfig, encode_dataset
 from lplkit.errors import StoreMismatchError

@@ -9,7 +9,8 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, write_stats_store
+from helpers.cli import run_cli
+from helpers.stores import write_stats_store
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "stats.schema.json"
 
@@ -136,7 +137,7 @@ def test_stats_under_torchrun_gloo_equals_single_process(cli_store, capsys, tmp_
 def test_stats_on_two_forked_gloo_ranks_equals_single_process(cli_store, tmp_path) -> None:
     """The torchrun test above in the default suite: two ranks with torchrun's environment (gloo),
     forked from this process (`forked_ranks`), each taking half the items; merged == one process."""
-    from forked_ranks import run_forked_ranks
+    from helpers.ranks import run_forked_ranks
 
     from lplkit.stats.storage import load_stats
 

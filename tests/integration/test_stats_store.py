@@ -8,16 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    STATS_STORE_N as N_POS,
-)
-from conftest import (
-    STATS_STORE_SKIPPED as SKIPPED,
-)
-from conftest import (
-    make_tiny_vae,
-    write_stats_store,
-)
+from helpers.models import make_tiny_vae
+from helpers.stores import STATS_STORE_N as N_POS
+from helpers.stores import STATS_STORE_SKIPPED as SKIPPED
+from helpers.stores import write_stats_store
 
 SEED = 3
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, write_exact_store
+from helpers.cli import run_cli
+from helpers.stores import write_exact_store
 from safetensors.torch import load_file
 
 from lplkit.train.metrics_log import TIMING_FIELDS, read_metrics

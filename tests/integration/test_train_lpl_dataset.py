@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers.cli import run_cli
 
 STAT_FIELDS = ("mean", "std", "q_low", "q_high")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from helpers.cli import run_cli
 
 from lplkit.store import LatentStore
 from lplkit.store.synthetic import write_synthetic_store

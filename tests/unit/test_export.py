@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_vae
+from helpers.models import make_tiny_vae
 
 from lplkit.diffusion.denoisers import build_model
 from lplkit.errors import ConfigError
@@ -73,3 +73,28 @@ def test_id2label_falls_back_to_numbers_with_a_note(tmp_path):
     labels, notes = _class_names({"store": {"url": str(tmp_path / "gone.zarr")}}, 2)
     assert labels == {"0": "0", "1": "1"} and "could not be opened" in notes[0]
     assert _class_names({"store": {"url": "x"}}, None) == ({}, [])
+
+
+@pytest.mark.parametrize("steps", [1, 7, 50])
+def test_flow_scheduler_walks_lplkits_euler_grid_at_any_step_count(steps):
+    """The exported flow scheduler, driven as DiTPipeline drives it (set_timesteps, then step with
+    the model's velocity), equals Euler on t_i = 1 - i/S written out here, for every S."""
+    from types import SimpleNamespace
+
+    from lplkit.export import _scheduler
+
+    sched = _scheduler(SimpleNamespace(objective=SimpleNamespace(kind="flow")), 50)
+    assert hasattr(sched, "scale_model_input")
+    sched.set_timesteps(steps)
+    grid = [1 - i / steps for i in range(steps + 1)]
+    assert torch.allclose(
+        sched.timesteps.double(), 1000 * torch.tensor(grid[:-1], dtype=torch.float64)
+    )
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, 4, 4, generator=g)
+    velocities = torch.randn(steps, 2, 4, 4, 4, generator=g)
+    ref = z.clone()
+    for i, t in enumerate(sched.timesteps):
+        z = sched.step(velocities[i], t, sched.scale_model_input(z, t)).prev_sample
+        ref = ref - (grid[i] - grid[i + 1]) * velocities[i]
+    torch.testing.assert_close(z, ref)
