@@ -13,7 +13,8 @@ child process (so imports, RSS and caches are the child's own):
   map-style memmap dataset drawing z the same way;
   with each worker's resident memory at the end (VmRSS, its anonymous part, and PSS, which divides
   pages shared with the parent or the other worker among them) and the dataset's build time;
-- `steady` (warm): `store.batches(256)` past its first 8 batches, `--steady-samples` samples, vs a
+- `steady` (warm): `store.batches(256)` past its first 8 batches (and, for a store within the
+  memory budget, once it is held in RAM), `--steady-samples` samples, vs a
   memmap gathering the same positions in the same batches and drawing z the same way; also for
   4x32x32 stores (`--wide-rows`, 16 KiB a row, steady state only);
 - `verify`: full `verify_store` (all checksums) at sizes up to `--verify-max-rows`.
@@ -249,6 +250,8 @@ def child(what: str, url: str, npy: str, samples: int) -> dict[str, Any]:
         it = store.batches(BATCH, seed=0, with_index=True)
         for _ in range(STEADY_SKIP):
             next(it)
+        if store.window_chunks() is None:  # within the budget: steady = the store held in RAM
+            store._ram_loading().result()
         served = []
         t = time.perf_counter()
         for _ in range(samples // BATCH):

@@ -63,27 +63,43 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 class _Block:
-    """Stored rows of a set of chunks (as torch tensors sharing the numpy memory) + position -> row.
+    """Stored rows held in RAM (as torch tensors sharing the numpy memory) + position -> row.
 
-    Every chunk takes `chunk_size` rows (the store's partial last chunk is padded, never read), so
-    blocks concatenate without renumbering.
+    Either whole chunks (every chunk takes `chunk_size` rows: the store's partial last chunk is
+    padded, never read, so blocks concatenate without renumbering) or, with `positions`, just the
+    rows of those sorted positions (a batch read row by row).
     """
 
     def __init__(
-        self, arrays: dict[str, torch.Tensor], chunks: np.ndarray, chunk_size: int, n_chunks: int
+        self,
+        arrays: dict[str, torch.Tensor],
+        chunks: np.ndarray,
+        chunk_size: int,
+        n_chunks: int,
+        positions: np.ndarray | None = None,
     ):
         self.arrays = arrays
         self.chunk_size = chunk_size
-        self.slot = np.full(n_chunks, -1, dtype=np.int64)
-        self.slot[chunks] = np.arange(len(chunks)) * chunk_size
+        self.positions = positions
+        self.slot = np.full(0 if positions is not None else n_chunks, -1, dtype=np.int64)
+        if positions is None:
+            self.slot[chunks] = np.arange(len(chunks)) * chunk_size
         self.raw: dict[str, np.ndarray] = {}  # the full numpy buffers, for reuse
 
-    def rows(self, positions: np.ndarray) -> np.ndarray:
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(held: bool per position, row of each held one; undefined where not held)."""
+        if self.positions is not None:
+            row = np.minimum(np.searchsorted(self.positions, positions), len(self.positions) - 1)
+            return self.positions[row] == positions, row
         chunk = positions // self.chunk_size
         slots = self.slot[chunk]
-        if (slots < 0).any():
+        return slots >= 0, slots + positions - chunk * self.chunk_size
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        held, rows = self.locate(positions)
+        if not held.all():
             raise KeyError("positions outside this block")
-        return slots + positions - chunk * self.chunk_size
+        return rows
 
 
 def _as_tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
@@ -251,8 +267,18 @@ class LatentStore:
     # -- chunk I/O ------------------------------------------------------------------------------
 
     def _load_batch(self, positions: np.ndarray) -> _Block:
-        """The chunks of one batch (served while a background read of the store or window runs)."""
-        return self._load(np.unique(positions // self.chunk_size))
+        """The rows of one batch, served while a background read of the store or window runs:
+        one pread per row from raw local shard files (a chunk is 64 rows: reading the batch's
+        chunks would copy 64x what it serves), else its chunks."""
+        if self._direct is None:
+            return self._load(np.unique(positions // self.chunk_size))
+        pos = np.unique(positions)
+        arrays = {}
+        for name, rows in self._direct.items():
+            out = np.empty((len(pos), *rows.row_shape), dtype=rows.dtype)
+            rows.read(pos, out)
+            arrays[name] = _as_tensor(out, self.dtype)
+        return _Block(arrays, pos, self.chunk_size, self.n_chunks, positions=pos)
 
     def _load(self, chunks: np.ndarray, buffers: dict[str, np.ndarray] | None = None) -> _Block:
         """Read `chunks` (sorted ids) of every moment array, one zarr read per run of consecutive
@@ -585,11 +611,10 @@ class LatentStore:
     ) -> None:
         """Stored moments of `positions` into `out` (flipped copy where `flips`)."""
         b = len(positions)
-        chunk = positions // self.chunk_size
         for block in blocks:  # a batch may straddle two windows: gather from each, no merging
-            slot = block.slot[chunk]
-            mine = slot >= 0 if len(blocks) > 1 else np.ones(b, dtype=bool)
-            rows = torch.from_numpy(slot[mine] + positions[mine] - chunk[mine] * self.chunk_size)
+            held, at = block.locate(positions)
+            mine = held if len(blocks) > 1 else np.ones(b, dtype=bool)
+            rows = torch.from_numpy(at[mine])
             if mine.all():
                 torch.index_select(block.arrays[fmt.MOMENTS], 0, rows, out=out)
             else:
