@@ -160,6 +160,7 @@ class LatentStore:
         self._ram_future_pid = 0
         self._scratch: dict[str, torch.Tensor] = {}
         self._columns: dict[str, pa.Array] = {}
+        self._chunk_table: shf.ChunkTable | None = None
 
     @property
     def reads_rows(self) -> bool:
@@ -442,8 +443,10 @@ class LatentStore:
     ) -> shf.RankOrder:
         """The order `batches` serves rank `rank` in when the store exceeds the budget (ranks
         partition the windows; see `lplkit.store.shuffle.RankOrder`)."""
+        if self._chunk_table is None:  # the same every epoch: built once
+            self._chunk_table = shf.ChunkTable(self._ok_positions, self._count, self.chunk_size)
         return shf.RankOrder(
-            shf.ChunkTable(self._ok_positions, self._count, self.chunk_size),
+            self._chunk_table,
             seed=seed,
             epoch=epoch,
             rank=rank,
