@@ -8,6 +8,10 @@ Numbers are typed exactly (an int field takes an integer, never a float or a boo
 numeric field declares its valid `Range` once, as field metadata (`ranged(default, ge=1)`); every
 config built here is checked against those ranges before anything uses it, and the CLI checks its
 flags against the same declarations (`lplkit.cli.options`).
+
+A command's options are `ConfigFlag` rows of its config, declared next to it (e.g.
+`lplkit.train.config.TRAIN_FLAGS`); `resolve_config` layers defaults <- a saved record <- `--config`
+<- `--set` <- flags into the config the command runs with.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,72 +135,93 @@ def check_value(value: Any, rng: Range | None, name: str) -> None:
             raise ConfigError(f"{name} must be {rng.describe(integer)}, got {item!r}")
 
 
-_SEED = Range(ge=0)
-_BATCH = Range(ge=1, le=MAX_BATCH)
-_SAMPLER_STEPS = Range(ge=1, le=MAX_SAMPLER_STEPS)
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One CLI flag setting one config field: a command's options are these rows of its config.
 
-#: The ranges of the numeric options that are not (yet) fields of a config dataclass in a module
-#: the CLI can import without torch: command -> option (the library's parameter name) -> range.
-#: The CLI checks each such flag against its row while parsing (`lplkit.cli.options`), the library
-#: functions check their arguments with `check_options`. (Issue #26: these become config fields.)
-OPTION_RANGES: dict[str, dict[str, Range]] = {
-    "encode": {
-        "res": Range(ge=1, le=8192),
-        "batch_size": _BATCH,
-        "workers": Range(ge=0, le=1024),
-        "shard_size": Range(ge=1, le=MAX_BATCH),
-        "limit": Range(ge=1),
-        "min_side": Range(ge=1),
-        "log_every": Range(ge=0.0),
-    },
-    "stats": {
-        "samples": Range(ge=0),  # 0 = all
-        "depth": Range(ge=0, le=64),
-        "batch_size": _BATCH,
-        "seed": _SEED,
-        "bins": Range(ge=2, le=1 << 20),
-    },
-    "sample": {
-        "n": _BATCH,
-        "steps": _SAMPLER_STEPS,
-        "guidance": Range(ge=0.0),
-        "seed": _SEED,
-        "batch_size": _BATCH,
-        "labels": Range(ge=0),  # and < the run's class count (checked against the run)
-    },
-    "export": {"steps": _SAMPLER_STEPS},
-    "eval": {
-        "n": Range(ge=1),
-        "seed": _SEED,
-        "batch_size": _BATCH,
-        "dirs_per_repeat": Range(ge=1, le=1 << 16),
-        "dir_repeats": Range(ge=1, le=1024),
-    },
-    "demo": {
-        "res": Range(ge=8, le=8192),
-        "limit": Range(ge=1),
-        "steps": Range(ge=1),
-        "lpl_fraction": Range(ge=0.0, le=1.0),
-        "lpl_weight": Range(ge=0.0),
-        "batch_size": _BATCH,
-        "lr": Range(gt=0.0),
-        "ema_decay": Range(ge=0.0, lt=1.0),
-        "n_samples": _BATCH,
-        "sample_steps": _SAMPLER_STEPS,
-        "guidance": Range(ge=0.0),
-        "eval_n": Range(ge=1),
-        "swd_dirs": Range(ge=1, le=1 << 16),
-        "stats_samples": Range(ge=1),
-        "seed": _SEED,
-    },
-}
+    Attributes:
+        key: dotted config field, e.g. ``lpl.loss.norm``.
+        decl: the flag, e.g. ``--lpl-norm``; a bool field takes ``--lpl/--no-lpl``; a name without
+            dashes (``STORE``) is a positional argument.
+        help: one line for `--help`.
+        aliases: further spellings of the same flag (``--guidance`` for ``--cfg``).
+        name: the parameter name when it is not the flag's (kept where callers read it).
+        required: the command needs it although the library field has a default (``--res``).
+    """
+
+    key: str
+    decl: str
+    help: str
+    aliases: tuple[str, ...] = ()
+    name: str | None = None
+    required: bool = False
+
+    @property
+    def param(self) -> str:
+        """The Python parameter name: ``--lpl-norm`` -> ``lpl_norm``."""
+        return self.name or self.decl.split("/")[0].lstrip("-").replace("-", "_").lower()
+
+    @property
+    def is_argument(self) -> bool:
+        """A positional argument (``STORE``) rather than an option."""
+        return not self.decl.startswith("-")
+
+    @property
+    def label(self) -> str:
+        """How errors name it: ``--lpl-norm``, ``STORE``."""
+        return self.decl.split("/")[0]
 
 
-def check_options(command: str, **values: Any) -> None:
-    """Check keyword `values` against `OPTION_RANGES[command]` (`ConfigError` naming the option)."""
-    table = OPTION_RANGES[command]
+def flags_table(flags: Iterable[ConfigFlag], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested `{section: {field: value}}` of the flags given (value not None), typed as parsed."""
+    out: dict[str, Any] = {}
+    for f in flags:
+        value = values.get(f.param)
+        if value is None:
+            continue
+        *sections, last = f.key.split(".")
+        node = out
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[last] = value
+    return out
+
+
+def flag_values(flags: Iterable[ConfigFlag], args: Sequence[str]) -> dict[str, Any]:
+    """`{param: value}` of command-line style `args` (``["--lpl", "--lpl-norm", "dataset"]``) for
+    library callers that speak a command's flags (pipelines/); values stay strings, typed when the
+    config is built. `ConfigError` naming an unknown flag or one without its value."""
+    spellings: dict[str, tuple[ConfigFlag, Any]] = {}
+    for f in flags:
+        if f.is_argument:
+            continue
+        on, _, off = f.decl.partition("/")
+        if off:
+            spellings[on], spellings[off] = (f, True), (f, False)
+        for decl in (on, *f.aliases):
+            spellings.setdefault(decl, (f, None))
+    out: dict[str, Any] = {}
+    it = iter(args)
+    for arg in it:
+        flag, _, inline = arg.partition("=")
+        if flag not in spellings:
+            raise ConfigError(f"unknown flag {flag!r}")
+        row, switch = spellings[flag]
+        if switch is not None:
+            out[row.param] = switch
+            continue
+        value = inline if inline else next(it, None)
+        if value is None:
+            raise ConfigError(f"{flag} expects a value")
+        out[row.param] = value
+    return out
+
+
+def check_fields(cls: type, command: str, **values: Any) -> None:
+    """Check keyword `values` of a library call against the declared ranges of the same-named
+    fields of config `cls` (`ConfigError` naming ``command: field``)."""
     for name, value in values.items():
-        check_value(value, table[name], f"{command}: {name}")
+        check_value(value, field_range(cls, name), f"{command}: {name}")
 
 
 def check_ranges(obj: Any, prefix: str = "") -> None:
@@ -366,6 +392,15 @@ def load_config(
 
     `flags` is a nested dict of already-typed values (CLI flags), merged last.
     """
+    return from_dict(cls, _layered(path, overrides, base, flags))
+
+
+def _layered(
+    path: str | Path | None,
+    overrides: list[str] | None,
+    base: dict[str, Any] | None,
+    flags: dict[str, Any] | None,
+) -> dict[str, Any]:
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         p = Path(path)
@@ -376,5 +411,35 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
     data = merge(data, parse_overrides(overrides))
-    data = merge(data, flags or {})
+    return merge(data, flags or {})
+
+
+def resolve_config(
+    cls: type[T],
+    flags: Iterable[ConfigFlag],
+    values: Mapping[str, Any],
+    *,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> T:
+    """A command's config: defaults <- `base` (a saved run's or store's record) <- TOML `config`
+    <- `--set` `overrides` <- the flags' `values` (`{param: value}`, None = not given).
+
+    A field without a default (or a `required` flag's) that no layer sets is refused naming its
+    flag, as a missing required option would be.
+    """
+    flags = tuple(flags)
+    data = _layered(config, overrides, base, flags_table(flags, values))
+    labels = {f.key: f.label for f in flags}
+    needed = [f.key for f in flags if f.required]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            needed.append(f.name)
+    for key in needed:
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise ConfigError(f"missing {labels.get(key, key)} (or {key} in --config / --set)")
     return from_dict(cls, data)

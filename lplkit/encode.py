@@ -44,7 +44,6 @@ from lplkit.autoencoders.loading import (
     load_autoencoder,
     missing_vae_message,
 )
-from lplkit.config import check_options
 from lplkit.data.background import background
 from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
 from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
@@ -60,13 +59,14 @@ from lplkit.errors import (
 )
 from lplkit.preemption import StopRequest, stop_signals
 from lplkit.store import format as fmt
+from lplkit.store.encode_config import AUTOCAST_DTYPES, EncodeConfig
 from lplkit.store.writer import StoreWriter
 
 __all__ = ["EncodeConfig", "EncodeSummary", "encode_dataset"]
 
 ProgressFn = Callable[[int, int], None]
 T = TypeVar("T")
-_AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_AUTOCAST = dict(zip(AUTOCAST_DTYPES, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 def default_workers() -> int:
@@ -77,43 +77,6 @@ def default_workers() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 2
     return max(1, min(8, cores - 1))
-
-
-@dataclass
-class EncodeConfig:
-    """What `lplkit encode` does (one field per CLI flag)."""
-
-    dataset: str
-    out: str
-    res: int = 256
-    vae: str | None = None  # None -> tiny-openmoji for --dataset openmoji, else an error
-    vae_subfolder: str | None = None
-    vae_revision: str | None = None  # hub branch/tag/commit of a hub-id --vae
-    split: str | None = None
-    flip: bool = False
-    batch_size: int = 32
-    workers: int | None = None  # None -> default_workers()
-    shard_size: int = fmt.DEFAULT_SHARD_SIZE
-    dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
-    autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
-    limit: int | None = None
-    strict: bool = False
-    image_column: str | None = None
-    label_column: str | None = None
-    caption_column: str | None = None
-    revision: str | None = None
-    device: str = "auto"  # auto = cuda when available, else cpu
-    min_side: int = MIN_IMAGE_SIDE
-
-    def validate(self) -> None:
-        names = ("res", "batch_size", "workers", "shard_size", "limit", "min_side")
-        check_options("encode", **{name: getattr(self, name) for name in names})
-        if self.dtype not in fmt.DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
-        if self.autocast not in _AUTOCAST:
-            raise ConfigError(
-                f"--autocast must be one of {', '.join(_AUTOCAST)}, got {self.autocast!r}"
-            )
 
 
 @dataclass
@@ -320,7 +283,7 @@ def _encode_shards(
     items, parts = split_batches(batches, WORKER_CHUNK)
     workers = default_workers() if cfg.workers is None else cfg.workers
     loader = DataLoader(
-        PreparedSource(source, cfg.res, min_side=cfg.min_side),
+        PreparedSource(source, cfg.res, min_side=cfg.min_side or MIN_IMAGE_SIDE),
         batch_sampler=items,
         num_workers=workers,
         collate_fn=collate_prepared,

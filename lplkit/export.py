@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lplkit.config import check_options
+from lplkit.config import check_fields
+from lplkit.diffusion.export_config import ExportConfig
 from lplkit.errors import ConfigError
 from lplkit.store import LatentStore
 from lplkit.train.base import load_run_model
@@ -199,7 +200,7 @@ def export_run(
     from diffusers import DiTPipeline
 
     run_dir, out = Path(run_dir), Path(out)
-    check_options("export", steps=steps)
+    check_fields(ExportConfig, "export", steps=steps)
     if out.exists() and any(out.iterdir()) and not (out / "model_index.json").is_file():
         raise ConfigError(f"{out} exists and is not a pipeline directory; choose an empty --out")
     tcfg, info, model, step = load_run_model(run_dir, ema=ema)

@@ -7,9 +7,10 @@ from typing import Any
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import ranged_option
+from lplkit.cli.options import command_extras, config_line, with_config_flags
 from lplkit.cli.progress import LiveProgress
-from lplkit.config import OPTION_RANGES
+from lplkit.config import resolve_config
+from lplkit.demo.config import DEMO_FLAGS, DemoConfig
 
 _STAGE_TEXT = {
     "encode": "encoding OpenMoji (train + held-out test split) with the bundled tiny-openmoji AE",
@@ -20,90 +21,25 @@ _STAGE_TEXT = {
     "compare": "side-by-side picture: real | baseline | LPL",
 }
 
-_RANGES = OPTION_RANGES["demo"]
-
 
 def register(app: typer.Typer) -> None:
     """Add the `demo` command to the app."""
 
     @app.command("demo")
-    def demo_command(
-        out: str = typer.Option("demo-out", "--out", help="Output directory (re-run = resume)."),
-        res: int = ranged_option(64, "--res", rng=_RANGES["res"], help="Image resolution."),
-        limit: int | None = ranged_option(
-            None,
-            "--limit",
-            rng=_RANGES["limit"],
-            help="Encode only the first N glyphs of each split (a quick check).",
-        ),
-        base: str = typer.Option(
-            "openmoji-base",
-            "--base",
-            help="Pre-trained denoiser both arms start from: a bundled base, a run directory, "
-            "or none (from scratch).",
-        ),
-        model: str = typer.Option(
-            "UNet-S",
-            "--model",
-            help="Denoiser (see lplkit.diffusion.denoisers); must match --base.",
-        ),
-        objective: str = typer.Option("flow", "--objective", help="flow, eps or v."),
-        steps: int = ranged_option(
-            60, "--steps", rng=_RANGES["steps"], help="Post-training steps of each arm."
-        ),
-        lpl_fraction: float = ranged_option(
-            1.0,
-            "--lpl-fraction",
-            rng=_RANGES["lpl_fraction"],
-            help="LPL arm: last fraction of its steps trained with the LPL.",
-        ),
-        lpl_weight: float = ranged_option(
-            1.0, "--lpl-weight", rng=_RANGES["lpl_weight"], help="w in L + w LPL."
-        ),
-        batch_size: int = ranged_option(
-            32, "--batch-size", rng=_RANGES["batch_size"], help="Training batch."
-        ),
-        lr: float = ranged_option(
-            1e-4, "--lr", rng=_RANGES["lr"], help="Post-training learning rate."
-        ),
-        n_samples: int = ranged_option(
-            64, "--n", rng=_RANGES["n_samples"], help="Images to sample per arm (grid + eval)."
-        ),
-        sample_steps: int = ranged_option(
-            32, "--sample-steps", rng=_RANGES["sample_steps"], help="Sampler steps."
-        ),
-        guidance: float = ranged_option(
-            2.0,
-            "--cfg",
-            "--guidance",
-            rng=_RANGES["guidance"],
-            help="Classifier-free guidance scale.",
-        ),
-        eval_n: int = ranged_option(
-            256, "--eval-n", rng=_RANGES["eval_n"], help="Reference images for eval."
-        ),
-        swd_dirs: int = ranged_option(
-            128, "--swd-dirs", rng=_RANGES["swd_dirs"], help="SWD directions per repeat."
-        ),
-        stats_samples: int = ranged_option(
-            256, "--stats-samples", rng=_RANGES["stats_samples"], help="Items for `stats`."
-        ),
-        seed: int = ranged_option(0, "--seed", rng=_RANGES["seed"], help="Seed of every stage."),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda ..."),
-        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    ) -> None:
+    @with_config_flags(DemoConfig, DEMO_FLAGS, command_extras())
+    def demo_command(**params: Any) -> None:
         """The paper's protocol in miniature, offline on OpenMoji: post-train the bundled base
         without and with the LPL, sample both from the same noise, evaluate both against the
         held-out floor, and print where the picture is."""
-        from lplkit.demo import DemoConfig, run_demo
+        from lplkit.demo import run_demo
 
-        cfg = DemoConfig(
-            out=out, res=res, limit=limit, base=None if base.lower() == "none" else base,
-            model=model, objective=objective, steps=steps, lpl_fraction=lpl_fraction,
-            lpl_weight=lpl_weight, batch_size=batch_size, lr=lr, n_samples=n_samples,
-            sample_steps=sample_steps, guidance=guidance, eval_n=eval_n, swd_dirs=swd_dirs,
-            stats_samples=stats_samples, seed=seed, device=device,
+        json_out = params.pop("json_out")
+        cfg = resolve_config(
+            DemoConfig, DEMO_FLAGS, params, config=params.pop("config"),
+            overrides=params.pop("set_"),
         )  # fmt: skip
+        if not json_out:
+            output.console.print(config_line("demo", cfg), soft_wrap=True, markup=False)
         with _Progress(cfg.steps, enabled=not json_out) as prog:
             summary = run_demo(cfg, on_stage=prog.on_stage, on_train_log=prog.on_log)
         if json_out:

@@ -2,153 +2,75 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-from lplkit.autoencoders.choice import autoencoder_choices
 from lplkit.cli import output
-from lplkit.cli.options import ranged_option
+from lplkit.cli.options import command_extras, config_line, with_config_flags
 from lplkit.cli.progress import LiveProgress
-from lplkit.config import OPTION_RANGES
-
-_RANGES = OPTION_RANGES["encode"]
+from lplkit.config import resolve_config
+from lplkit.store.encode_config import ENCODE_FLAGS, EncodeConfig
 
 
 def register(app: typer.Typer) -> None:
     """Add the `encode` command to the app."""
 
     @app.command("encode")
-    def encode_command(
-        dataset: str = typer.Option(
-            ...,
-            "--dataset",
-            help="Preset (imagenet, cifar10, cifar100, mnist, openmoji), image folder (class "
-            "folders, or datasets imagefolder with metadata.jsonl/split folders), parquet "
-            "file/glob/directory (hub layout), save_to_disk directory, WebDataset shards "
-            "(shards/{00000..00099}.tar), or hub id org/name. Prefixes folder:, parquet:, disk:, "
-            "wds:, hub:, preset: force a kind. See docs/data-sources.md.",
-        ),
-        res: int = ranged_option(
-            ..., "--res", rng=_RANGES["res"], help="Image resolution (ADM center crop)."
-        ),
-        out: str = typer.Option(..., "--out", help="Store path or URL (s3://... via fsspec)."),
-        vae: str | None = typer.Option(
-            None,
-            "--vae",
-            help="Autoencoder: hub id, local diffusers dir, or bundled name. Required unless "
-            f"--dataset openmoji (default tiny-openmoji). Common: {autoencoder_choices()}.",
-        ),
-        vae_subfolder: str | None = typer.Option(
-            None, "--vae-subfolder", help="Subfolder of the autoencoder (e.g. vae)."
-        ),
-        vae_revision: str | None = typer.Option(
-            None,
-            "--vae-revision",
-            help="Hub branch, tag or commit of a hub-id --vae (the resolved commit is recorded).",
-        ),
-        split: str | None = typer.Option(
-            None,
-            "--split",
-            help="Dataset split (default train); a split that does not exist lists those that do.",
-        ),
-        flip: bool = typer.Option(False, "--flip", help="Also store the flipped image's moments."),
-        batch_size: int = ranged_option(
-            32, "--batch-size", rng=_RANGES["batch_size"], help="Images per autoencoder call."
-        ),
-        workers: int | None = ranged_option(
-            None,
-            "--workers",
-            rng=_RANGES["workers"],
-            help="DataLoader workers (decode + crop); default: cores - 1, at most 8.",
-        ),
-        shard_size: int = ranged_option(
-            1024, "--shard-size", rng=_RANGES["shard_size"], help="Samples per store shard."
-        ),
-        dtype: str = typer.Option(
-            "float16", "--dtype", help="Stored moments dtype: float16, bfloat16 or float32."
-        ),
-        autocast: str = typer.Option(
-            "none", "--autocast", help="Autoencoder compute: none (fp32), bfloat16 or float16."
-        ),
-        limit: int | None = ranged_option(
-            None, "--limit", rng=_RANGES["limit"], help="Encode only the first N images."
-        ),
-        strict: bool = typer.Option(
-            False, "--strict", help="Stop at the first bad image instead of skipping it."
-        ),
-        image_column: str | None = typer.Option(
-            None, "--image-column", help="Image column (hub/parquet; auto-detected)."
-        ),
-        label_column: str | None = typer.Option(
-            None, "--label-column", help="Label column (hub/parquet; auto-detected)."
-        ),
-        caption_column: str | None = typer.Option(
-            None, "--caption-column", help="Caption column (hub/parquet; auto-detected)."
-        ),
-        revision: str | None = typer.Option(None, "--revision", help="Hub dataset revision."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-        log_every: float = ranged_option(
-            30.0,
-            "--log-every",
-            rng=_RANGES["log_every"],
-            help="When stderr is not a terminal (a SLURM log, a pipe): one progress line (count, "
-            "rate, ETA) every this many seconds instead of a progress bar.",
-        ),
-        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    ) -> None:
+    @with_config_flags(EncodeConfig, ENCODE_FLAGS, command_extras())
+    def encode_command(**params: Any) -> None:
         """Encode images into posterior moments (mean, std) in a sharded Zarr v3 store.
 
         Re-running the same command resumes; a different autoencoder/res/dtype is refused.
         Under `torchrun --nproc-per-node K -m lplkit encode ...` each rank writes its own shards.
         """
         from lplkit.autoencoders.choice import default_autoencoder, missing_vae_message
+        from lplkit.config import to_dict
         from lplkit.distributed import env_rank
         from lplkit.errors import ConfigError
 
-        if vae is None and default_autoencoder(dataset) is None:  # before the heavy imports
-            raise ConfigError(missing_vae_message(dataset))
-        if env_rank() == 0:
+        json_out = params.pop("json_out")
+        cfg = resolve_config(
+            EncodeConfig, ENCODE_FLAGS, params, config=params.pop("config"),
+            overrides=params.pop("set_"),
+        )  # fmt: skip
+        if cfg.vae is None and default_autoencoder(cfg.dataset) is None:  # before heavy imports
+            raise ConfigError(missing_vae_message(cfg.dataset))
+        is_main = env_rank() == 0
+        if is_main:
             from lplkit.data.hf import preflight
 
-            preflight(dataset, revision)  # an unreachable/uncached hub dataset: one line at once
-        from lplkit.encode import EncodeConfig, encode_dataset
+            preflight(cfg.dataset, cfg.revision)  # an unreachable/uncached hub dataset: one line
+        from lplkit.encode import encode_dataset
 
-        cfg = EncodeConfig(
-            dataset=dataset,
-            out=out,
-            res=res,
-            vae=vae,
-            vae_subfolder=vae_subfolder,
-            vae_revision=vae_revision,
-            split=split,
-            flip=flip,
-            batch_size=batch_size,
-            workers=workers,
-            shard_size=shard_size,
-            dtype=dtype,
-            autocast=autocast,
-            limit=limit,
-            strict=strict,
-            image_column=image_column,
-            label_column=label_column,
-            caption_column=caption_column,
-            revision=revision,
-            device=device,
-        )
-        is_main = env_rank() == 0
+        shown = not is_main or json_out
+
+        def show_config() -> None:  # once encoding started: a refusal stays one line
+            nonlocal shown
+            if not shown:
+                output.console.print(config_line("encode", cfg), soft_wrap=True, markup=False)
+                shown = True
+
         with LiveProgress(
             "encode",
             enabled=is_main,
             rate_unit="img",
             transient=True,
-            log_every=log_every,
+            log_every=cfg.log_every,
             log_unit="samples",
         ) as bar:
-            summary = encode_dataset(cfg, progress=bar.update)
+
+            def progress(done: int, total: int) -> None:
+                show_config()
+                bar.update(done, total)
+
+            summary = encode_dataset(cfg, progress=progress)
         if not is_main:
             return
         if json_out:
-            output.emit_json(summary.to_dict())
+            output.emit_json({**summary.to_dict(), "config": to_dict(cfg)})
         else:
+            show_config()
             _print_summary(summary)
 
 

@@ -2,91 +2,45 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import ranged_option
+from lplkit.cli.options import command_extras, config_line, with_config_flags
 from lplkit.cli.progress import LiveProgress
-from lplkit.config import OPTION_RANGES
-
-_RANGES = OPTION_RANGES["eval"]
+from lplkit.config import resolve_config, to_dict
+from lplkit.metrics.config import EVAL_FLAGS, EvalConfig
 
 
 def register(app: typer.Typer) -> None:
     """Add the `eval` command to the app."""
 
     @app.command("eval")
-    def eval_command(
-        samples: str = typer.Option(
-            ..., "--samples", help="Folder of PNG/JPEG or .npz (arr_0 uint8 NHWC)."
-        ),
-        ref: str = typer.Option(
-            ...,
-            "--ref",
-            help="Reference: latent store, image folder, or .npz (images and/or mu/sigma).",
-        ),
-        floor: str | None = typer.Option(
-            None,
-            "--floor",
-            help="Held-out real images (e.g. the test split's store): also report their metrics "
-            "against --ref, the floor a perfect model reaches, and samples/floor per SWD level.",
-        ),
-        metrics: str = typer.Option(
-            "swd,spectrum", "--metrics", help="Comma list of swd, spectrum, fid."
-        ),
-        n: int | None = ranged_option(
-            None, "--n", rng=_RANGES["n"], help="Max images per set (seeded random subset)."
-        ),
-        seed: int = ranged_option(
-            0, "--seed", rng=_RANGES["seed"], help="Seed for subsets, SWD patches and directions."
-        ),
-        inception: Path | None = typer.Option(
-            None, "--inception", help="inception-2015-12-05.pt TorchScript file (for fid)."
-        ),
-        batch_size: int = ranged_option(
-            64, "--batch-size", rng=_RANGES["batch_size"], help="Images per batch."
-        ),
-        device: str = typer.Option(
-            "cpu", "--device", help="torch device (decoding, features, SWD)."
-        ),
-        swd_dirs: int = ranged_option(
-            512,
-            "--swd-dirs",
-            rng=_RANGES["dirs_per_repeat"],
-            help="SWD random directions per repeat.",
-        ),
-        swd_repeats: int = ranged_option(
-            4, "--swd-repeats", rng=_RANGES["dir_repeats"], help="SWD direction repeats."
-        ),
-        spectrum_mode: str = typer.Option("gray", "--spectrum-mode", help="gray or rgb."),
-        json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
-    ) -> None:
+    @with_config_flags(
+        EvalConfig, EVAL_FLAGS, command_extras(json_help="Print the results as JSON on stdout.")
+    )
+    def eval_command(**params: Any) -> None:
         """Compare generated samples with references (SWD x1e3 per level, spectra, FID)."""
-        from lplkit.metrics.evaluate import EvalOptions, evaluate, parse_metrics
-        from lplkit.metrics.swd import SWDConfig
+        from lplkit.metrics.evaluate import EvalOptions, evaluate
 
-        opts = EvalOptions(
-            metrics=parse_metrics(metrics),
-            n=n,
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            inception=inception,
-            swd=SWDConfig(dirs_per_repeat=swd_dirs, dir_repeats=swd_repeats),
-            spectrum_mode=spectrum_mode,
-        )
+        json_out = params.pop("json_out")
+        cfg = resolve_config(
+            EvalConfig, EVAL_FLAGS, params, config=params.pop("config"),
+            overrides=params.pop("set_"),
+        )  # fmt: skip
+        opts = EvalOptions.from_config(cfg)
         with LiveProgress("eval", enabled=not json_out, transient=True) as bar:
 
             def on_batch(role: str, done: int, total: int) -> None:
                 bar.update(done, total, info=f"{role} images")
 
-            result = evaluate(samples, ref, opts, floor=floor, progress=on_batch)
+            result = evaluate(cfg.samples, cfg.ref, opts, floor=cfg.floor, progress=on_batch)
         if json_out:
-            output.emit_json(result)
+            output.emit_json({**result, "config": to_dict(cfg)})
         else:
             _print_table(result)
+            output.console.print(config_line("eval", cfg), soft_wrap=True, markup=False)
 
 
 def _print_table(result: dict) -> None:

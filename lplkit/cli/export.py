@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import ranged_option
-from lplkit.config import OPTION_RANGES
+from lplkit.cli.options import command_extras, config_line, with_config_flags
+from lplkit.config import resolve_config, to_dict
+from lplkit.diffusion.export_config import EXPORT_FLAGS, ExportConfig
 
 
 def register(app: typer.Typer) -> None:
     """Add the `export` command to the app."""
 
+    # No --config/--set: five flags naming one run and one output leave nothing to keep in a recipe.
     @app.command("export")
-    def export_command(
-        run: str = typer.Option(..., "--run", help="Run directory written by `lplkit train`."),
-        out: str = typer.Option(..., "--out", help="Pipeline directory to write."),
-        ema: bool = typer.Option(True, "--ema/--no-ema", help="EMA weights (default) or raw."),
-        steps: int = ranged_option(
-            50,
-            "--steps",
-            rng=OPTION_RANGES["export"]["steps"],
-            help="Flow runs: the Euler step count the exported grid reproduces.",
-        ),
-        vae: str | None = typer.Option(None, "--vae", help="Override the autoencoder."),
-        json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
-    ) -> None:
+    @with_config_flags(
+        ExportConfig,
+        EXPORT_FLAGS,
+        command_extras(config=False, json_help="Print what was written as JSON."),
+    )
+    def export_command(**params: Any) -> None:
         """Write a DiTPipeline directory (`DiTPipeline.from_pretrained(OUT)`) of the run."""
         from lplkit.export import export_run
 
-        summary = export_run(run, out, ema=ema, steps=steps, vae=vae)
+        json_out = params.pop("json_out")
+        cfg = resolve_config(ExportConfig, EXPORT_FLAGS, params)
+        summary = export_run(cfg.run, cfg.out, ema=cfg.ema, steps=cfg.steps, vae=cfg.vae)
         if json_out:
-            output.emit_json(summary)
+            output.emit_json({**summary, "config": to_dict(cfg)})
             return
         output.console.print(
             f"wrote {summary['pipeline']} ({summary['scheduler']}, step "
@@ -40,3 +39,4 @@ def register(app: typer.Typer) -> None:
         )
         for note in summary["notes"]:
             output.console.print(f"note: {note}", soft_wrap=True)
+        output.console.print(config_line("export", cfg), soft_wrap=True, markup=False)

@@ -1,12 +1,12 @@
 """CLI flags generated from typed config dataclasses: each option is declared once.
 
-A command lists its flags as `ConfigFlag(key, decl, help)` rows, `key` being the dotted field of
-the command's config dataclass (e.g. `lpl.loss.norm` of `TrainConfig`). `with_config_flags` gives the
-command function a typer signature built from those rows (the flag's type is the field's type), and
-`flags_table` turns the values the user gave into a nested table of typed values that
-`lplkit.config.load_config(..., flags=)` merges over `--config` and `--set`: no `"key=value"`
-string round trip, no second list of names. (torchtitan builds its CLI from its config sections
-the same way.)
+A command lists its flags as `lplkit.config.ConfigFlag(key, decl, help)` rows declared next to its
+config (e.g. `lplkit.train.config.TRAIN_FLAGS`), `key` being the dotted field of the command's config
+dataclass (e.g. `lpl.loss.norm` of `TrainConfig`). `with_config_flags` gives the command function a
+typer signature built from those rows (the flag's type is the field's type), and
+`lplkit.config.resolve_config` merges the values the user gave over `--config` and `--set`: no
+`"key=value"` string round trip, no second list of names. (torchtitan builds its CLI from its config
+sections the same way.)
 """
 
 from __future__ import annotations
@@ -15,43 +15,20 @@ import dataclasses
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import typer
 
-from lplkit.config import Range, check_value, field_range
+from lplkit.config import ConfigFlag, Range, check_value, coerce, field_range, to_dict
 
 __all__ = [
-    "ConfigFlag",
-    "config_option",
+    "command_extras",
+    "config_line",
     "field_default",
     "field_type",
-    "flags_table",
-    "ranged_option",
     "with_config_flags",
 ]
-
-
-@dataclass(frozen=True)
-class ConfigFlag:
-    """One CLI flag setting one config field.
-
-    Attributes:
-        key: dotted config field, e.g. ``lpl.loss.norm``.
-        decl: the flag, e.g. ``--lpl-norm``; a bool field takes ``--lpl/--no-lpl``.
-        help: one line for `--help`.
-    """
-
-    key: str
-    decl: str
-    help: str
-
-    @property
-    def param(self) -> str:
-        """The Python parameter name: ``--lpl-norm`` -> ``lpl_norm``."""
-        return self.decl.split("/")[0].lstrip("-").replace("-", "_")
 
 
 def _strip_optional(tp: Any) -> Any:
@@ -112,31 +89,68 @@ def _default_text(flag: ConfigFlag, value: Any) -> str | None:
     return str(value)
 
 
-def range_callback(rng: Range | None) -> Callable[..., Any] | None:
-    """A typer option callback raising `ConfigError` (one line, exit 2) naming the flag when the
-    parsed value is outside `rng`; None when there is no range to check."""
-    if rng is None:
+def range_callback(rng: Range | None, parse: Any = None) -> Callable[..., Any] | None:
+    """A typer callback raising `ConfigError` (one line, exit 2) naming the flag when the parsed
+    value is outside `rng`; with `parse` (a sequence field's type) the text is first read as that
+    type (``1,2,3`` -> ``(1, 2, 3)``) so each item is checked; None when there is nothing to do."""
+    if rng is None and parse is None:
         return None
 
     def check(param: typer.CallbackParam, value: Any) -> Any:
-        flag = next((o for o in param.opts if o.startswith("--")), param.name)  # as declared
-        check_value(value, rng, str(flag))
+        flag = str(next((o for o in param.opts if o.startswith("--")), param.name))  # as declared
+        if parse is not None and value is not None:
+            value = coerce(value, parse, flag)
+        check_value(value, rng, flag)
         return value
 
     return check
 
 
-def ranged_option(default: Any, *decls: str, rng: Range, **kwargs: Any) -> Any:
-    """`typer.Option(default, *decls, **kwargs)` whose value must lie in `rng`."""
-    return typer.Option(default, *decls, callback=range_callback(rng), **kwargs)
+def _sequence_type(tp: Any) -> Any:
+    """`tp` when it is a list/tuple type (a flag given as comma-separated text), else None."""
+    return tp if typing.get_origin(tp) in (list, tuple) else None
 
 
-def config_option(cls: type, key: str, *decls: str, **kwargs: Any) -> Any:
-    """`typer.Option` of config field `key` of dataclass `cls`: its default and its range."""
-    rng = field_range(cls, key)
-    if rng is None:
-        raise KeyError(f"{cls.__name__}.{key} declares no range")
-    return ranged_option(field_default(cls, key), *decls, rng=rng, **kwargs)
+def command_extras(
+    *, config: bool = True, json_help: str = "Print the summary as JSON on stdout."
+) -> tuple[inspect.Parameter, ...]:
+    """The parameters every config-driven command shares besides its flags: `--config` and
+    `--set` (when the command takes recipes) and `--json`."""
+
+    def param(name: str, annotation: Any, option: Any) -> inspect.Parameter:
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option
+        )
+
+    out = [param("json_out", bool, typer.Option(False, "--json", help=json_help))]
+    if config:
+        out[:0] = [
+            param("config", str | None, typer.Option(
+                None, "--config", help="TOML file of this command's settings (field = value).",
+                rich_help_panel="Config",
+            )),
+            param("set_", list[str] | None, typer.Option(
+                None, "--set", help="Dotted override, e.g. --set batch_size=8 (repeatable).",
+                rich_help_panel="Config",
+            )),
+        ]  # fmt: skip
+    return tuple(out)
+
+
+def config_line(command: str, cfg: Any) -> str:
+    """The resolved config of `command` as one line (printed at start unless --json): every
+    field that is set, as TOML keys (`--config` takes them back)."""
+
+    def flat(table: dict[str, Any], prefix: str = "") -> list[str]:
+        items = []
+        for k, v in table.items():
+            if isinstance(v, dict):
+                items += flat(v, f"{prefix}{k}.")
+            elif v is not None:
+                items.append(f"{prefix}{k}={','.join(map(str, v)) if isinstance(v, list) else v}")
+        return items
+
+    return f"{command} config: " + ", ".join(flat(to_dict(cfg)))
 
 
 #: --help panel titles of config sections (a section not listed shows its own name)
@@ -166,28 +180,45 @@ def with_config_flags(
     """Decorator: give a `**kwargs` command function the typer signature of `flags` + `extra`.
 
     Every generated flag defaults to None (= not given), so that --config and --set stay visible
-    under it; --help shows the dataclass default instead. The function receives all parameters as
-    keyword arguments; pass them to `flags_table` to get the nested overrides.
+    under it; --help shows the dataclass default instead. A field without a default is required
+    (refused by `lplkit.config.resolve_config` when no layer sets it). The function receives all
+    parameters as keyword arguments; pass them to `resolve_config`.
     """
     flags = tuple(flags)
+    sections = any("." in f.key for f in flags)  # a flat config keeps typer's one "Options" panel
     params = []
     for f in flags:
-        tp = _cli_type(field_type(cls, f.key))
-        shown = _default_text(f, field_default(cls, f.key))
+        tp = field_type(cls, f.key)
+        try:
+            shown, required = _default_text(f, field_default(cls, f.key)), f.required
+        except KeyError:  # no default: required
+            shown, required = None, True
+        if required:
+            shown = None
         # the text matches typer's own defaults (the app escapes every help text's brackets)
         help_text = f.help if shown is None else f"{f.help} [default: {shown}]"
+        if required:
+            help_text += " [required]"
+        callback = range_callback(field_range(cls, f.key), _sequence_type(tp))
+        if f.is_argument:
+            default = typer.Argument(
+                None, help=help_text, callback=callback, metavar=f.decl, show_default=False
+            )
+        else:
+            default = typer.Option(
+                None,
+                f.decl,
+                *f.aliases,
+                help=help_text,
+                callback=callback,
+                rich_help_panel=help_panel(cls, f.key) if sections else None,
+            )
         params.append(
             inspect.Parameter(
                 f.param,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(
-                    None,
-                    f.decl,
-                    help=help_text,
-                    callback=range_callback(field_range(cls, f.key)),
-                    rich_help_panel=help_panel(cls, f.key),
-                ),
-                annotation=tp | None,
+                default=default,
+                annotation=_cli_type(tp) | None,
             )
         )
     params.extend(extra)
@@ -201,18 +232,3 @@ def with_config_flags(
         return fn
 
     return decorate
-
-
-def flags_table(flags: Iterable[ConfigFlag], values: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested `{section: {field: value}}` of the flags given (value not None), typed as parsed."""
-    out: dict[str, Any] = {}
-    for f in flags:
-        value = values.get(f.param)
-        if value is None:
-            continue
-        *sections, last = f.key.split(".")
-        node = out
-        for s in sections:
-            node = node.setdefault(s, {})
-        node[last] = value
-    return out

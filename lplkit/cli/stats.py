@@ -2,88 +2,52 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import ranged_option
+from lplkit.cli.options import command_extras, config_line, with_config_flags
 from lplkit.cli.progress import LiveProgress
-from lplkit.config import OPTION_RANGES
-
-_RANGES = OPTION_RANGES["stats"]
+from lplkit.config import resolve_config, to_dict
+from lplkit.stats.config import STATS_FLAGS, StatsConfig
 
 
 def register(app: typer.Typer) -> None:
     """Add the `stats` command to the app."""
 
     @app.command("stats")
-    def stats_command(
-        store: str = typer.Argument(
-            ..., help="Latent store URL or path (a finished `lplkit encode`)."
-        ),
-        vae: str | None = typer.Option(
-            None, "--vae", help="Autoencoder (default: the store's own; another one is refused)."
-        ),
-        subfolder: str | None = typer.Option(
-            None, "--vae-subfolder", "--subfolder", help="Subfolder of --vae (as in encode/train)."
-        ),
-        samples: int = ranged_option(
-            1024,
-            "--samples",
-            rng=_RANGES["samples"],
-            help="Items (position, flip) to use; 0 = all of them.",
-        ),
-        depth: int | None = ranged_option(
-            None,
-            "--lpl-depth",
-            "--depth",
-            rng=_RANGES["depth"],
-            help="Decoder up blocks tapped after the mid block, as train --lpl-depth (default: all).",
-        ),
-        batch_size: int = ranged_option(
-            16, "--batch-size", rng=_RANGES["batch_size"], help="Items per decoder call."
-        ),
-        seed: int = ranged_option(
-            0, "--seed", rng=_RANGES["seed"], help="Seed of the item subset and latent noise."
-        ),
-        device: str = typer.Option(
-            "auto", "--device", help="torch device; auto = CUDA if present."
-        ),
-        bins: int = ranged_option(
-            2048, "--bins", rng=_RANGES["bins"], help="Histogram bins per channel (quantiles)."
-        ),
-        post_quant_conv: bool = typer.Option(
-            True,
-            "--post-quant-conv/--no-post-quant-conv",
-            help="Tap after the AE's post_quant_conv (the true decoder); --no-... matches an LPL "
-            "with apply_post_quant_conv=false (diffusers-reference).",
-        ),
-        latents_only: bool = typer.Option(
-            False, "--latents-only", help="Skip the decoder: latent statistics only."
-        ),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    ) -> None:
+    @with_config_flags(
+        StatsConfig, STATS_FLAGS, command_extras(json_help="Print the result as JSON on stdout.")
+    )
+    def stats_command(**params: Any) -> None:
         """Per-channel latent mean/std (+ suggested scale/shift) and decoder-feature mean, std and
         2%/98% quantiles per tapped layer, for the LPL's `dataset` norm and outlier mask."""
         from lplkit.distributed import init_distributed
         from lplkit.stats.job import run_stats
 
-        dist = init_distributed(device)  # under torchrun: join the group, pin this rank's GPU
+        json_out = params.pop("json_out")
+        cfg = resolve_config(
+            StatsConfig, STATS_FLAGS, params, config=params.pop("config"),
+            overrides=params.pop("set_"),
+        )  # fmt: skip
+        dist = init_distributed(cfg.device)  # under torchrun: join the group, pin this rank's GPU
         rank = dist.rank
         with LiveProgress(
             "items (this rank)", enabled=rank == 0, transient=True, log_every=30.0
         ) as bar:
             _, meta = run_stats(
-                store,
-                vae=vae,
-                subfolder=subfolder,
-                samples=samples or None,
-                depth=depth,
-                batch_size=batch_size,
-                seed=seed,
+                cfg.store,
+                vae=cfg.vae,
+                subfolder=cfg.subfolder,
+                samples=cfg.samples or None,
+                depth=cfg.depth,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
                 device=str(dist.device),
-                bins=bins,
-                features=not latents_only,
-                apply_post_quant_conv=post_quant_conv,
+                bins=cfg.bins,
+                features=not cfg.latents_only,
+                apply_post_quant_conv=cfg.post_quant_conv,
                 on_progress=bar.update,
             )
         if rank != 0:
@@ -96,9 +60,10 @@ def register(app: typer.Typer) -> None:
                 f"the statistics use all {used}"
             )
         if json_out:
-            output.emit_json(meta)
+            output.emit_json({**meta, "config": to_dict(cfg)})
         else:
             _print_summary(meta)
+            output.console.print(config_line("stats", cfg), soft_wrap=True, markup=False)
 
 
 def _fmt_range(r: list[float]) -> str:

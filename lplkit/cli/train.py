@@ -3,98 +3,15 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import ConfigFlag, flags_table, with_config_flags
+from lplkit.cli.options import with_config_flags
 from lplkit.cli.progress import LiveProgress
-from lplkit.lpl.config import LPL_PRESETS
-from lplkit.train.config import TrainConfig
-
-# Every `lplkit train` flag that sets a TrainConfig field, declared once: the typer signature,
-# the overrides table and the docs' flag list all come from these rows (lplkit.cli.options).
-TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
-    ConfigFlag("store", "--store", "Latent store (lplkit encode)."),
-    ConfigFlag("out", "--out", "Run directory (re-run = resume)."),
-    ConfigFlag("lpl.enabled", "--lpl/--no-lpl", "Add the gated LPL term."),
-    ConfigFlag("objective.kind", "--objective", "eps, v or flow."),
-    ConfigFlag("model.name", "--model", "Denoiser, e.g. DiT-S/2."),
-    ConfigFlag("steps", "--steps", "Total optimizer steps."),
-    ConfigFlag("batch_size", "--batch-size", "Global batch (all ranks and accumulation steps)."),
-    ConfigFlag("optim.lr", "--lr", "AdamW learning rate."),
-    ConfigFlag("optim.warmup_steps", "--warmup", "Linear LR warmup steps."),
-    ConfigFlag(
-        "optim.schedule", "--lr-schedule", "After warm-up: constant, cosine or linear decay."
-    ),
-    ConfigFlag("seed", "--seed", "Seed of every random draw."),
-    ConfigFlag(
-        "init",
-        "--init",
-        "Start from pre-trained weights: a bundled base (openmoji-base) or a run directory.",
-    ),
-    ConfigFlag("lpl.preset", "--lpl-preset", f"LPL options preset: {', '.join(LPL_PRESETS)}."),
-    ConfigFlag("lpl.weight", "--lpl-weight", "w in L + w LPL."),
-    ConfigFlag("lpl.snr_min", "--lpl-snr-min", "Gate: LPL only where SNR(t) >= this."),
-    ConfigFlag(
-        "lpl.max_timestep",
-        "--lpl-max-timestep",
-        "DDPM gate t < T (replaces the SNR gate if alone).",
-    ),
-    ConfigFlag("lpl.start_step", "--lpl-start", "Step the LPL starts."),
-    ConfigFlag(
-        "lpl.snr_weighting",
-        "--lpl-snr-weighting",
-        "Per-sample LPL weight: none or min-snr (diffusers' --lpl_scale with --snr_gamma).",
-    ),
-    ConfigFlag("lpl.snr_gamma", "--lpl-snr-gamma", "gamma of --lpl-snr-weighting min-snr."),
-    ConfigFlag("lpl.loss.depth", "--lpl-depth", "Decoder up blocks tapped after the mid block."),
-    ConfigFlag(
-        "lpl.loss.norm",
-        "--lpl-norm",
-        "Feature normalization: l2, l2-shared, standardize-shared, dataset (lplkit stats), none.",
-    ),
-    ConfigFlag("lpl.loss.layer_weights", "--lpl-layer-weights", "uniform, pow2 or upsampling."),
-    ConfigFlag(
-        "lpl.loss.outliers",
-        "--lpl-outliers",
-        "Outlier mask: true, false, layers (2,3) or layer:down_factor (2:2,3:1).",
-    ),
-    ConfigFlag(
-        "lpl.loss.compile",
-        "--lpl-compile/--no-lpl-compile",
-        "torch.compile the LPL's decoder taps and loss math (default off: docs/benchmarks.md).",
-    ),
-    ConfigFlag(
-        "lpl.loss.crop",
-        "--lpl-crop",
-        "Decode a CROP x CROP window of each gated latent instead of the whole latent.",
-    ),
-    ConfigFlag("lpl.vae", "--vae", "Override the store's autoencoder."),
-    ConfigFlag("lpl.vae_subfolder", "--vae-subfolder", "e.g. vae."),
-    ConfigFlag("grad_accum", "--grad-accum", "Micro-steps per step."),
-    ConfigFlag("bf16", "--bf16/--no-bf16", "bf16 autocast."),
-    ConfigFlag("fp16", "--fp16/--no-fp16", "fp16 autocast with a gradient scaler."),
-    ConfigFlag("compile", "--compile/--no-compile", "torch.compile."),
-    ConfigFlag("ema_decay", "--ema-decay", "EMA decay."),
-    ConfigFlag("ckpt.every", "--ckpt-every", "Checkpoint period."),
-    ConfigFlag("ckpt.keep_last", "--keep-last", "Checkpoints kept."),
-    ConfigFlag("log.every", "--log-every", "metrics.jsonl period."),
-    ConfigFlag("log.sample_every", "--sample-every", "PNG sample grid period (0 = never)."),
-    ConfigFlag(
-        "log.wandb",
-        "--wandb/--no-wandb",
-        "Log to Weights & Biases (pip install 'lplkit[wandb]'; WANDB_MODE=offline: no network).",
-    ),
-    ConfigFlag("device", "--device", "auto, cpu, cuda, cuda:1 ..."),
-    ConfigFlag(
-        "verify_store",
-        "--verify-store/--no-verify-store",
-        "Fully verify the store first (checksums, NaN); a quick check always runs.",
-    ),
-)
+from lplkit.train.config import TRAIN_FLAGS, TrainConfig
+from lplkit.train.run_dir import resolve_train_config
 
 _EXTRA = (
     inspect.Parameter(
@@ -116,20 +33,6 @@ _EXTRA = (
 )  # fmt: skip
 
 
-def resolve_config(config: str | None, overrides: list[str], flags: dict[str, Any]):
-    """defaults <- saved run config (when resuming) <- --config <- --set <- flags."""
-
-    from lplkit.config import load_config
-    from lplkit.train.run_dir import read_json_object
-
-    out = flags.get("out")
-    saved = Path(out) / "config.json" if out else None
-    base = read_json_object(saved) if saved and saved.is_file() else None
-    return load_config(
-        TrainConfig, config, overrides, base=base, flags=flags_table(TRAIN_FLAGS, flags)
-    )
-
-
 def resolve_argv(args: list[str]):
     """The `TrainConfig` that `lplkit train ARGS` would train with (parsed by this very command)."""
     from typer.main import get_command
@@ -140,7 +43,7 @@ def resolve_argv(args: list[str]):
     ctx = group.make_context("lplkit", ["train", *args])
     command = group.get_command(ctx, "train")  # type: ignore[attr-defined]
     params = command.make_context("train", list(args), parent=ctx).params
-    return resolve_config(params.get("config"), params.get("set_") or [], params)
+    return resolve_train_config(params.get("config"), params.get("set_") or [], params)
 
 
 def lpl_summary(cfg: Any) -> str:
@@ -168,7 +71,7 @@ def register(app: typer.Typer) -> None:
         from lplkit.train import train
 
         json_out = params.pop("json_out")
-        cfg = resolve_config(params.pop("config"), params.pop("set_") or [], params)
+        cfg = resolve_train_config(params.pop("config"), params.pop("set_") or [], params)
         is_main = env_rank() == 0
         if is_main and cfg.lpl.enabled and not json_out:
             output.console.print(lpl_summary(cfg), soft_wrap=True, markup=False)

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from lplkit.config import check_options, from_dict
+from lplkit.config import check_fields, from_dict
 from lplkit.diffusion.image_files import save_grid, save_npz, to_uint8
+from lplkit.diffusion.sample_config import SampleConfig
 from lplkit.diffusion.samplers import sample
 from lplkit.distributed import resolve_device
 from lplkit.errors import ConfigError
@@ -48,9 +49,9 @@ def sample_run(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Sample `n` images from the latest checkpoint of `run_dir`; returns a JSON-able summary."""
-    check_options(
-        "sample", n=n, steps=steps, guidance=guidance, seed=seed, batch_size=batch_size,
-        labels=labels,
+    check_fields(
+        SampleConfig, "sample", n=n, steps=steps, guidance=guidance, seed=seed,
+        batch_size=batch_size, labels=labels,
     )  # fmt: skip
     dev = resolve_device(device)
     if str(run_dir) in BUNDLED_BASES or (Path(run_dir) / "model.safetensors").is_file():

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lplkit.config import check_options
+from lplkit.config import check_fields
 from lplkit.errors import ConfigError, EvaluationError
+from lplkit.metrics.config import EvalConfig
 from lplkit.metrics.frechet import GaussianStats, frechet_distance
 from lplkit.metrics.image_sets import ImageSet, NpzImages, open_image_set, select
 from lplkit.metrics.inception import find_inception, inception_features, load_inception
@@ -40,6 +41,16 @@ class EvalOptions:
     inception: str | Path | None = None
     swd: SWDConfig = field(default_factory=SWDConfig)
     spectrum_mode: str = "gray"
+
+    @classmethod
+    def from_config(cls, cfg: EvalConfig) -> EvalOptions:
+        """The options of `lplkit eval`'s resolved config."""
+        return cls(
+            metrics=parse_metrics(cfg.metrics), n=cfg.n, seed=cfg.seed,
+            batch_size=cfg.batch_size, device=cfg.device, inception=cfg.inception,
+            swd=SWDConfig(dirs_per_repeat=cfg.swd_dirs, dir_repeats=cfg.swd_repeats),
+            spectrum_mode=cfg.spectrum_mode,
+        )  # fmt: skip
 
 
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -106,8 +117,8 @@ def evaluate(
     holds samples / floor per SWD level: 1.0 is as close to the references as real held-out data.
     """
     opts = options or EvalOptions()
-    check_options("eval", n=opts.n, seed=opts.seed, batch_size=opts.batch_size,
-                  dirs_per_repeat=opts.swd.dirs_per_repeat, dir_repeats=opts.swd.dir_repeats)  # fmt: skip
+    check_fields(EvalConfig, "eval", n=opts.n, seed=opts.seed, batch_size=opts.batch_size,
+                 swd_dirs=opts.swd.dirs_per_repeat, swd_repeats=opts.swd.dir_repeats)  # fmt: skip
     metrics = parse_metrics(opts.metrics)
     inception, inception_path = None, None
     if "fid" in metrics:  # fail before any decoding if the weights are missing

@@ -21,7 +21,7 @@ import torch
 
 from lplkit import __version__
 from lplkit.autoencoders.loading import autoencoder_info, check_store_autoencoder, load_autoencoder
-from lplkit.config import check_options
+from lplkit.config import check_fields
 from lplkit.distributed import DistInfo, group_rank_world
 from lplkit.errors import ConfigError, Interrupted, Preempted
 from lplkit.lpl.decoder_taps import DecoderTaps
@@ -35,6 +35,7 @@ from lplkit.stats.compute import (
     StoreStats,
     compute_stats,
 )
+from lplkit.stats.config import StatsConfig
 from lplkit.stats.storage import store_content_hash, write_stats
 from lplkit.store.reader import LatentStore
 from lplkit.store.tooling import require_writable, store_writes
@@ -126,9 +127,10 @@ def run_stats(
 
     if samples is not None and samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
-    check_options(
-        "stats", samples=samples, depth=depth, batch_size=batch_size, seed=seed, bins=bins
-    )
+    check_fields(
+        StatsConfig, "stats", samples=samples, depth=depth, batch_size=batch_size, seed=seed,
+        bins=bins,
+    )  # fmt: skip
     store = LatentStore.open(url)
     if write:  # before the work: a read-only store is one line now, not after the decoder pass
         require_writable(url, f"write statistics into {url}")

@@ -10,9 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lplkit.config import MAX_BATCH, MAX_SAMPLER_STEPS, check_ranges, fields_from_dict, ranged
+from lplkit.config import (
+    MAX_BATCH,
+    MAX_SAMPLER_STEPS,
+    ConfigFlag,
+    check_ranges,
+    fields_from_dict,
+    ranged,
+)
 from lplkit.errors import ConfigError
-from lplkit.lpl.config import LPLConfig, lpl_options, resolve_lpl_config
+from lplkit.lpl.config import LPL_PRESETS, LPLConfig, lpl_options, resolve_lpl_config
 
 ObjectiveKind = Literal["eps", "v", "flow"]  # the class is lplkit.diffusion.objectives.Objective
 
@@ -193,4 +200,87 @@ class TrainConfig:
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
     {"steps", "device", "compile", "ckpt", "log", "out", "store", "verify_store"}
     | {"lpl.loss.compile", "lpl.loss.channels_last"}
+)
+
+
+# Every `lplkit train` flag that sets a TrainConfig field, declared once: the typer signature
+# (lplkit.cli.options), the overrides table and the docs' flag list all come from these rows.
+TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
+    ConfigFlag("store", "--store", "Latent store (lplkit encode)."),
+    ConfigFlag("out", "--out", "Run directory (re-run = resume)."),
+    ConfigFlag("lpl.enabled", "--lpl/--no-lpl", "Add the gated LPL term."),
+    ConfigFlag("objective.kind", "--objective", "eps, v or flow."),
+    ConfigFlag("model.name", "--model", "Denoiser, e.g. DiT-S/2."),
+    ConfigFlag("steps", "--steps", "Total optimizer steps."),
+    ConfigFlag("batch_size", "--batch-size", "Global batch (all ranks and accumulation steps)."),
+    ConfigFlag("optim.lr", "--lr", "AdamW learning rate."),
+    ConfigFlag("optim.warmup_steps", "--warmup", "Linear LR warmup steps."),
+    ConfigFlag(
+        "optim.schedule", "--lr-schedule", "After warm-up: constant, cosine or linear decay."
+    ),
+    ConfigFlag("seed", "--seed", "Seed of every random draw."),
+    ConfigFlag(
+        "init",
+        "--init",
+        "Start from pre-trained weights: a bundled base (openmoji-base) or a run directory.",
+    ),
+    ConfigFlag("lpl.preset", "--lpl-preset", f"LPL options preset: {', '.join(LPL_PRESETS)}."),
+    ConfigFlag("lpl.weight", "--lpl-weight", "w in L + w LPL."),
+    ConfigFlag("lpl.snr_min", "--lpl-snr-min", "Gate: LPL only where SNR(t) >= this."),
+    ConfigFlag(
+        "lpl.max_timestep",
+        "--lpl-max-timestep",
+        "DDPM gate t < T (replaces the SNR gate if alone).",
+    ),
+    ConfigFlag("lpl.start_step", "--lpl-start", "Step the LPL starts."),
+    ConfigFlag(
+        "lpl.snr_weighting",
+        "--lpl-snr-weighting",
+        "Per-sample LPL weight: none or min-snr (diffusers' --lpl_scale with --snr_gamma).",
+    ),
+    ConfigFlag("lpl.snr_gamma", "--lpl-snr-gamma", "gamma of --lpl-snr-weighting min-snr."),
+    ConfigFlag("lpl.loss.depth", "--lpl-depth", "Decoder up blocks tapped after the mid block."),
+    ConfigFlag(
+        "lpl.loss.norm",
+        "--lpl-norm",
+        "Feature normalization: l2, l2-shared, standardize-shared, dataset (lplkit stats), none.",
+    ),
+    ConfigFlag("lpl.loss.layer_weights", "--lpl-layer-weights", "uniform, pow2 or upsampling."),
+    ConfigFlag(
+        "lpl.loss.outliers",
+        "--lpl-outliers",
+        "Outlier mask: true, false, layers (2,3) or layer:down_factor (2:2,3:1).",
+    ),
+    ConfigFlag(
+        "lpl.loss.compile",
+        "--lpl-compile/--no-lpl-compile",
+        "torch.compile the LPL's decoder taps and loss math (default off: docs/benchmarks.md).",
+    ),
+    ConfigFlag(
+        "lpl.loss.crop",
+        "--lpl-crop",
+        "Decode a CROP x CROP window of each gated latent instead of the whole latent.",
+    ),
+    ConfigFlag("lpl.vae", "--vae", "Override the store's autoencoder."),
+    ConfigFlag("lpl.vae_subfolder", "--vae-subfolder", "e.g. vae."),
+    ConfigFlag("grad_accum", "--grad-accum", "Micro-steps per step."),
+    ConfigFlag("bf16", "--bf16/--no-bf16", "bf16 autocast."),
+    ConfigFlag("fp16", "--fp16/--no-fp16", "fp16 autocast with a gradient scaler."),
+    ConfigFlag("compile", "--compile/--no-compile", "torch.compile."),
+    ConfigFlag("ema_decay", "--ema-decay", "EMA decay."),
+    ConfigFlag("ckpt.every", "--ckpt-every", "Checkpoint period."),
+    ConfigFlag("ckpt.keep_last", "--keep-last", "Checkpoints kept."),
+    ConfigFlag("log.every", "--log-every", "metrics.jsonl period."),
+    ConfigFlag("log.sample_every", "--sample-every", "PNG sample grid period (0 = never)."),
+    ConfigFlag(
+        "log.wandb",
+        "--wandb/--no-wandb",
+        "Log to Weights & Biases (pip install 'lplkit[wandb]'; WANDB_MODE=offline: no network).",
+    ),
+    ConfigFlag("device", "--device", "auto, cpu, cuda, cuda:1 ..."),
+    ConfigFlag(
+        "verify_store",
+        "--verify-store/--no-verify-store",
+        "Fully verify the store first (checksums, NaN); a quick check always runs.",
+    ),
 )

@@ -5,7 +5,8 @@
   .lplkit-lock.json    held by the running trainer (`lock_run_dir`; a second trainer is refused)
 
 Sampling, export and `--init RUN` read a run through this module without importing the trainer
-(`lplkit.train.run` is the `train()` entry point that uses it).
+(`lplkit.train.run` is the `train()` entry point that uses it). `resolve_train_config` is the config
+`lplkit train` runs with: the run's saved config.json under --config, --set and the flags.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lplkit.config import from_dict, to_dict
+from lplkit.config import from_dict, resolve_config, to_dict
 from lplkit.errors import ConfigError, RunLockedError, StoreCorruptError
 from lplkit.store.lock import StoreLock
 from lplkit.store.sidecar import url_to_fs
-from lplkit.train.config import RESUMABLE_CHANGES, TrainConfig
+from lplkit.train.config import RESUMABLE_CHANGES, TRAIN_FLAGS, TrainConfig
 from lplkit.validation import require_valid
 
 RUN_FORMAT = 1
@@ -137,3 +139,17 @@ def lock_run_dir(run_dir: Path) -> StoreLock:
                      what="run directory")  # fmt: skip
     lock.acquire()
     return lock
+
+
+def resolve_train_config(
+    config: str | Path | None, overrides: list[str], values: Mapping[str, Any]
+) -> TrainConfig:
+    """The config `lplkit train` runs with: defaults <- the run's saved config.json (when resuming
+    RUN_DIR = the `out` value) <- TOML `config` <- `--set` `overrides` <- the flags' `values`
+    (`{param: value}` of `TRAIN_FLAGS`; `lplkit.config.flag_values` reads them from argv)."""
+    out = values.get("out")
+    saved = Path(out) / "config.json" if out else None
+    base = read_json_object(saved) if saved and saved.is_file() else None
+    return resolve_config(
+        TrainConfig, TRAIN_FLAGS, values, config=config, overrides=overrides, base=base
+    )

@@ -20,7 +20,7 @@ Every stage is skipped when its output exists, so re-running continues an interr
     python pipelines/openmoji-lpl/ablation.py --store STORE --runs runs/openmoji-lpl \
         --pretrain 1500 --post 300 --seeds 0,1,2
 
-An LPL variant is a fork tag plus train flags, resolved by ``lplkit train``'s own parser. The
+An LPL variant is a fork tag plus train flags, resolved as ``lplkit train`` resolves it. The
 dataset-normalization arm needs the store's decoder-feature statistics first (training refuses
 without them); compute them before any pre-training you want to compare, since a run started after
 ``lplkit stats`` normalizes its latents with them (a resumed run keeps its own normalization):
@@ -166,12 +166,14 @@ def main() -> None:
 
 
 def _lpl_overrides(recipe: Path, flags: list[str]) -> dict:
-    """The LPL fork's whole ``lpl`` config section, resolved by ``lplkit train``'s own parser
-    (recipe <- fork flags), so every LPL flag and its preset resolve exactly as in training."""
-    from lplkit.cli.train import resolve_argv
-    from lplkit.config import to_dict
+    """The LPL fork's whole ``lpl`` config section, resolved as ``lplkit train`` resolves it
+    (recipe <- fork flags, read as `TRAIN_FLAGS` rows), so every LPL flag and its preset resolve
+    exactly as in training."""
+    from lplkit.config import flag_values, to_dict
+    from lplkit.train.config import TRAIN_FLAGS
+    from lplkit.train.run_dir import resolve_train_config
 
-    return to_dict(resolve_argv(["--config", str(recipe), *flags]))["lpl"]
+    return to_dict(resolve_train_config(recipe, [], flag_values(TRAIN_FLAGS, flags)))["lpl"]
 
 
 if __name__ == "__main__":

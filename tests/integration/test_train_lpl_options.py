@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lplkit.cli.train import resolve_argv, resolve_config
+from lplkit.cli.train import resolve_argv
 from lplkit.config import to_dict
 from lplkit.errors import ConfigError
 from lplkit.lpl.config import LPLConfig, resolve_lpl_config
 from lplkit.train.config import TrainConfig
 from lplkit.train.run_dir import check_resume_config
+from lplkit.train.run_dir import resolve_train_config as resolve_config
 
 # field -> (TOML literal, --set string, the value the loss must end up with); none is the
 # `paper` preset's value, so an option that is dropped on the way shows as a mismatch.

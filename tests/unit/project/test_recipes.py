@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from helpers.cli import REPO
 
-from lplkit.cli.train import resolve_config
 from lplkit.diffusion.denoisers import list_models
+from lplkit.train.run_dir import resolve_train_config as resolve_config
 
 ROOT = REPO
 RECIPES = sorted(

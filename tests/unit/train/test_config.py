@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from lplkit.cli.train import resolve_config
 from lplkit.errors import ConfigError
 from lplkit.train.config import TrainConfig
 from lplkit.train.run_dir import check_resume_config
+from lplkit.train.run_dir import resolve_train_config as resolve_config
 
 
 def test_precedence_file_set_flags(tmp_path):

@@ -25,15 +25,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lplkit.config import OPTION_RANGES, check_options, from_dict
+from lplkit.config import from_dict
+from lplkit.demo.config import DemoConfig
 from lplkit.diffusion.generate import sample_run
 from lplkit.diffusion.image_files import make_grid
 from lplkit.encode import EncodeConfig, encode_dataset
-from lplkit.errors import ConfigError
 from lplkit.metrics.evaluate import EvalOptions, evaluate
 from lplkit.metrics.image_sets import open_image_set
 from lplkit.metrics.swd import SWDConfig
@@ -41,68 +41,13 @@ from lplkit.stats.job import run_stats
 from lplkit.train import train
 from lplkit.train.config import TrainConfig
 
-__all__ = ["ARMS", "DemoConfig", "run_demo", "train_config"]
+__all__ = ["ARMS", "run_demo", "train_config"]
 
 #: ``on_stage(name, info)``: called when a stage starts (info = {}) and ends (info = its summary).
 StageFn = Callable[[str, dict[str, Any]], None]
 #: ``on_train_log(arm, metrics row)``.
 TrainLogFn = Callable[[str, dict[str, Any]], None]
 ARMS = ("baseline", "lpl")
-
-
-@dataclass
-class DemoConfig:
-    """Settings of one demo run; the defaults fit ~4 minutes on 2 CPU cores."""
-
-    out: str
-    res: int = 64
-    limit: int | None = None  # encode only the first N glyphs of each split (CI)
-    base: str | None = "openmoji-base"  # pre-trained weights; None = both arms from scratch
-    model: str = "UNet-S"
-    objective: str = "flow"
-    steps: int = 60  # post-training steps of each arm
-    lpl_fraction: float = 1.0  # the LPL arm adds the LPL in the last fraction of its steps
-    lpl_weight: float = 1.0
-    batch_size: int = 32
-    lr: float = 1e-4
-    ema_decay: float = 0.99
-    stats_samples: int = 256
-    n_samples: int = 64
-    sample_steps: int = 32
-    guidance: float = 2.0
-    eval_n: int = 256  # reference (train store) images
-    swd_dirs: int = 128
-    seed: int = 0
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        """Reject settings the stages would only fail on later."""
-        check_options("demo", **{name: getattr(self, name) for name in OPTION_RANGES["demo"]})
-        if self.objective not in ("flow", "eps", "v"):
-            raise ConfigError(f"demo: objective must be flow, eps or v, got {self.objective!r}")
-        if self.base and self.res != 64:
-            raise ConfigError(
-                f"demo: the bundled base was trained at 64 px; --res {self.res} needs --base none"
-            )
-
-    @property
-    def lpl_start(self) -> int:
-        """First step of the LPL arm with the LPL term."""
-        return self.steps - round(self.lpl_fraction * self.steps)
-
-    @property
-    def store(self) -> Path:
-        """The train split's latent store."""
-        return Path(self.out) / f"openmoji-{self.res}.zarr"
-
-    @property
-    def test_store(self) -> Path:
-        """The held-out test split's latent store (the floor)."""
-        return Path(self.out) / f"openmoji-{self.res}-test.zarr"
-
-    def run_dir(self, arm: str) -> Path:
-        """The training run directory of ``arm`` (baseline or lpl)."""
-        return Path(self.out) / "runs" / arm
 
 
 def train_config(cfg: DemoConfig, arm: str):

@@ -1,0 +1,121 @@
+"""`EncodeConfig`: what `lplkit encode` writes into a store, and its flags (`ENCODE_FLAGS`).
+
+Torch-free, so that `lplkit encode --help` is built from it without importing the encoder
+(`lplkit.encode.encode_dataset` runs it). A new option is a field here plus a row in
+`ENCODE_FLAGS`: the CLI flag, its range check, `--config`/`--set` and the printed config follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lplkit.autoencoders.choice import autoencoder_choices
+from lplkit.config import MAX_BATCH, ConfigFlag, check_ranges, ranged
+from lplkit.errors import ConfigError
+from lplkit.store import format as fmt
+
+__all__ = ["AUTOCAST_DTYPES", "ENCODE_FLAGS", "EncodeConfig"]
+
+#: `--autocast` values: the autoencoder's compute dtype (none = fp32).
+AUTOCAST_DTYPES = ("none", "bfloat16", "float16")
+
+
+@dataclass
+class EncodeConfig:
+    """What `lplkit encode` does (one field per CLI flag, plus `min_side`)."""
+
+    dataset: str
+    out: str
+    res: int = ranged(256, ge=1, le=8192)  # `lplkit encode` requires --res
+    vae: str | None = None  # None -> tiny-openmoji for --dataset openmoji, else an error
+    vae_subfolder: str | None = None
+    vae_revision: str | None = None  # hub branch/tag/commit of a hub-id --vae
+    split: str | None = None
+    flip: bool = False
+    batch_size: int = ranged(32, ge=1, le=MAX_BATCH)
+    workers: int | None = ranged(None, ge=0, le=1024)  # None -> lplkit.encode.default_workers()
+    shard_size: int = ranged(fmt.DEFAULT_SHARD_SIZE, ge=1, le=MAX_BATCH)
+    dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
+    autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
+    limit: int | None = ranged(None, ge=1)
+    strict: bool = False
+    image_column: str | None = None
+    label_column: str | None = None
+    caption_column: str | None = None
+    revision: str | None = None
+    device: str = "auto"  # auto = cuda when available, else cpu
+    log_every: float = ranged(30.0, ge=0.0)  # progress line period when stderr is not a terminal
+    min_side: int | None = ranged(None, ge=1)  # None: lplkit.data.transforms.MIN_IMAGE_SIDE
+
+    def validate(self) -> None:
+        """The choices that are not ranges (ranges are checked where the config is built)."""
+        check_ranges(self, "encode: ")
+        if self.dtype not in fmt.DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ConfigError(
+                f"--autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}"
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """The settings worth a line at start (unset options left out)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+# Every `lplkit encode` flag, declared once (lplkit.cli.options builds the typer signature).
+ENCODE_FLAGS: tuple[ConfigFlag, ...] = (
+    ConfigFlag(
+        "dataset",
+        "--dataset",
+        "Preset (imagenet, cifar10, cifar100, mnist, openmoji), image folder (class folders, or "
+        "datasets imagefolder with metadata.jsonl/split folders), parquet file/glob/directory "
+        "(hub layout), save_to_disk directory, WebDataset shards (shards/{00000..00099}.tar), or "
+        "hub id org/name. Prefixes folder:, parquet:, disk:, wds:, hub:, preset: force a kind. "
+        "See docs/data-sources.md.",
+    ),
+    ConfigFlag("res", "--res", "Image resolution (ADM center crop).", required=True),
+    ConfigFlag("out", "--out", "Store path or URL (s3://... via fsspec)."),
+    ConfigFlag(
+        "vae",
+        "--vae",
+        "Autoencoder: hub id, local diffusers dir, or bundled name. Required unless --dataset "
+        f"openmoji (default tiny-openmoji). Common: {autoencoder_choices()}.",
+    ),
+    ConfigFlag("vae_subfolder", "--vae-subfolder", "Subfolder of the autoencoder (e.g. vae)."),
+    ConfigFlag(
+        "vae_revision",
+        "--vae-revision",
+        "Hub branch, tag or commit of a hub-id --vae (the resolved commit is recorded).",
+    ),
+    ConfigFlag(
+        "split",
+        "--split",
+        "Dataset split (default train); a split that does not exist lists those that do.",
+    ),
+    ConfigFlag("flip", "--flip", "Also store the flipped image's moments."),
+    ConfigFlag("batch_size", "--batch-size", "Images per autoencoder call."),
+    ConfigFlag(
+        "workers",
+        "--workers",
+        "DataLoader workers (decode + crop); default: cores - 1, at most 8.",
+    ),
+    ConfigFlag("shard_size", "--shard-size", "Samples per store shard."),
+    ConfigFlag("dtype", "--dtype", "Stored moments dtype: float16, bfloat16 or float32."),
+    ConfigFlag("autocast", "--autocast", "Autoencoder compute: none (fp32), bfloat16 or float16."),
+    ConfigFlag("limit", "--limit", "Encode only the first N images."),
+    ConfigFlag("strict", "--strict", "Stop at the first bad image instead of skipping it."),
+    ConfigFlag("image_column", "--image-column", "Image column (hub/parquet; auto-detected)."),
+    ConfigFlag("label_column", "--label-column", "Label column (hub/parquet; auto-detected)."),
+    ConfigFlag(
+        "caption_column", "--caption-column", "Caption column (hub/parquet; auto-detected)."
+    ),
+    ConfigFlag("revision", "--revision", "Hub dataset revision."),
+    ConfigFlag("device", "--device", "auto, cpu, cuda, cuda:1 ..."),
+    ConfigFlag(
+        "log_every",
+        "--log-every",
+        "When stderr is not a terminal (a SLURM log, a pipe): one progress line (count, rate, "
+        "ETA) every this many seconds instead of a progress bar.",
+    ),
+)
