@@ -2,7 +2,8 @@
 Lightning, a plain ``DataLoader``).
 
 - :class:`LatentDataset` (map-style): ``ds[i]`` -> ``{"latent", "label", "key", "caption",
-  "position"}`` for the i-th ok sample (``text=False``: without key and caption). The latent is drawn ``z = mean + std * eps`` (with flips: the
+  "position"}`` for the i-th ok sample (``keys=False``: without key and caption). The latent is
+  drawn ``z = mean + std * eps`` (with flips: the
   flipped image's moments with probability 1/2) from a generator seeded by ``(seed, epoch,
   position)``, so an item is the same in any worker, any order, any process; ``set_epoch`` gives new
   draws. Raw latents, like ``LatentStore.batches``: normalize downstream.
@@ -69,7 +70,7 @@ class LatentDataset(Dataset):
     Memory in DataLoader workers: a raw local store is read one row per item (``os.pread``, through
     the page cache that every worker shares; nothing of the store is held per worker); other stores
     read the item's chunk, or hold the store in RAM when it fits ``memory_budget``. The per-row
-    arrays (ok positions, labels, and with ``text`` the key and caption columns) are built here, in
+    arrays (ok positions, labels, and with ``keys`` the key and caption columns) are built here, in
     the process that makes the dataset, so forked workers share them instead of each reading its
     own copy (with the spawn start method each worker unpickles a copy).
 
@@ -77,18 +78,18 @@ class LatentDataset(Dataset):
         store: an open :class:`lplkit.store.LatentStore`.
         seed: seeds the per-item draws (eps, flip).
         flip: draw flips when the store has flipped moments.
-        text: items carry "key" and "caption" (their columns read here: about 40 B a row with
+        keys: items carry "key" and "caption" (their columns read here: about 40 B a row with
             short keys); False leaves them out and reads nothing per row beyond the positions.
     """
 
-    def __init__(self, store: Any, *, seed: int = 0, flip: bool = True, text: bool = True) -> None:
+    def __init__(self, store: Any, *, seed: int = 0, flip: bool = True, keys: bool = True) -> None:
         self.store = store
         self.seed = int(seed)
         self._epoch = SharedEpoch()
         self.flip = bool(flip) and store.has_flips
         self.positions = np.asarray(store.ok_positions, dtype=np.int64)
-        self.text = bool(text)
-        if self.text:  # read once here, shared by forked workers (Arrow buffers are never written)
+        self.keys = bool(keys)
+        if self.keys:  # read once here, shared by forked workers (Arrow buffers are never written)
             self._keys = store.index_column("key")
             self._captions = store.index_column("caption")
 
@@ -116,7 +117,7 @@ class LatentDataset(Dataset):
         eps = torch.randn(m.shape[1:], generator=gen)
         latent = m[0] + m[1] * eps
         item = {"latent": latent, "label": int(self.store.labels[position]), "position": position}
-        if self.text:  # Arrow columns indexed per item: no Python list of every key
+        if self.keys:  # Arrow columns indexed per item: no Python list of every key
             item["key"] = self._keys[position].as_py()
             item["caption"] = self._captions[position].as_py() or ""  # "": no captions
         return item

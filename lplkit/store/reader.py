@@ -507,9 +507,9 @@ class LatentStore:
         except IndexError:
             raise IndexError(f"positions without an index row in {self.url}") from None
 
-    def as_dataset(self, *, seed: int = 0, flip: bool = True, text: bool = True) -> Any:
+    def as_dataset(self, *, seed: int = 0, flip: bool = True, keys: bool = True) -> Any:
         """A map-style `torch.utils.data.Dataset` over the ok samples (`LatentDataset`)."""
-        return LatentDataset(self, seed=seed, flip=flip, text=text)
+        return LatentDataset(self, seed=seed, flip=flip, keys=keys)
 
     def _stream(
         self,

@@ -95,7 +95,7 @@ def test_latent_dataset_items(store_path):
     assert item["label"] == int(raw["labels"][6]) and ds[4]["caption"] == "a photo 4"
     assert ds[6]["caption"] == ""  # position 7: no caption
     bare = LatentStore.open(str(store_path))
-    plain = bare.as_dataset(seed=7, text=False)
+    plain = bare.as_dataset(seed=7, keys=False)
     assert set(plain[5]) == {"latent", "label", "position"} and not bare._columns  # nothing read
     assert torch.equal(plain[5]["latent"], item["latent"])
     flips = []
