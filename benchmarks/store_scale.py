@@ -1,7 +1,8 @@
 """store_scale: the latent store at 100k / 1M / 4M rows against np.memmap, cold and warm page cache.
 
-Writes synthetic stores of 4x8x8 fp16 latents (1 KiB a row; encode's default 1,024-row shards and
-64-row chunks, no flips, all rows ok) through the real `StoreWriter`, one shard in memory at a time,
+Writes synthetic stores of 4x8x8 fp16 latents (1 KiB a row; `--geometry rows`: layout 2's 1,024-row
+shards and 64-row chunks; `--geometry bytes`: layout 3's default, 128 MiB shards of 1 MiB chunks; no
+flips, all rows ok) through the real `StoreWriter` (`stream_synthetic_store`), one shard in memory,
 plus an `.npy` of the same fp16 moments for the memmap baseline. Then measures, each in a fresh
 child process (so imports, RSS and caches are the child's own):
 
@@ -51,45 +52,31 @@ STEADY_SKIP = 8  # batches before the steady-state timing starts (first batches:
 # -- writing ----------------------------------------------------------------------------------------
 
 
-def shard_moments(seed: int, shard: int, rows: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
-    """float32 (rows, 2, C, h, w) of one shard: mean ~ N(0, 1), std ~ U(0.05, 0.5)."""
-    rng = np.random.default_rng([seed, shard])
-    m = np.empty((rows, 2, *shape), np.float32)
-    m[:, 0] = rng.standard_normal((rows, *shape), dtype=np.float32)
-    m[:, 1] = 0.05 + 0.45 * rng.random((rows, *shape), dtype=np.float32)
-    return m
-
-
 def write_store(
-    url: str, npy: str, count: int, seed: int = 0, shape: tuple[int, int, int] = SHAPE
+    url: str,
+    npy: str,
+    count: int,
+    geometry: str = "rows",
+    seed: int = 0,
+    shape: tuple[int, int, int] = SHAPE,
 ) -> float:
-    """Stream `count` rows into a store and the memmap file; returns seconds."""
-    from lplkit.store import StoreWriter, new_manifest
+    """Stream `count` rows into a store (`stream_synthetic_store`: one shard in memory) and the
+    memmap file; returns seconds. geometry "rows": 1,024-row shards of 64-row chunks (layouts 1-2,
+    encode's default before layout 3); "bytes": `format.store_geometry`'s default (layout 3)."""
+    from lplkit.store.synthetic import stream_synthetic_store
 
-    manifest = new_manifest(
-        autoencoder={"id": "synthetic", "class": "AutoencoderKL", "config_hash": "0"},
-        resolution=8 * shape[1],
-        latent_shape=shape,
-        source={"id": "synthetic", "split": "train", "revision": None, "count": count},
-        dtype="float16",
-        flips=False,
-        shard_size=SHARD,
-        chunk_size=CHUNK,
-        codec="none",
-    )
+    sizes = {"shard_size": SHARD, "chunk_size": CHUNK} if geometry == "rows" else {}
     t = time.perf_counter()
     mm = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float16, shape=(count, 2, *shape))
-    with StoreWriter.create_or_resume(url, manifest) as writer:
-        for s in writer.pending_shards():
-            lo, hi = writer.shard_range(s)
-            m = shard_moments(seed, s, hi - lo, shape)
-            labels = (np.arange(lo, hi) % 1000).astype(np.int32)
-            rows = [{"key": f"img_{p:08d}", "status": "ok"} for p in range(lo, hi)]
-            writer.write_shard(s, m, None, labels, rows)
-            mm[lo:hi] = m.astype(np.float16)
-        writer.finalize()
-    mm.flush()
-    del mm
+
+    def to_memmap(lo: int, hi: int, m: np.ndarray, flip: np.ndarray | None) -> None:
+        mm[lo:hi] = m.astype(np.float16)
+
+    stream_synthetic_store(
+        url, count=count, latent_shape=shape, num_classes=1000, seed=seed, on_shard=to_memmap,
+        **sizes,
+    )  # fmt: skip
+    mm.flush()  # closed when the last reference (here, the closure) goes
     return time.perf_counter() - t
 
 
@@ -319,6 +306,11 @@ def table(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _store_name(count: int, shape: tuple[int, ...], geometry: str) -> str:
+    name = f"s{count}" if geometry == "rows" else f"s{count}-{geometry}"
+    return name if shape == SHAPE else f"{name}_{'x'.join(map(str, shape))}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="100000,1000000,4000000")
@@ -332,6 +324,12 @@ def main() -> None:
     ap.add_argument("--wide-rows", default="", help="4x32x32 stores: steady state only")
     ap.add_argument("--steady-samples", type=int, default=25600,
                     help="samples timed in the steady-state comparison")  # fmt: skip
+    ap.add_argument(
+        "--geometry",
+        choices=("rows", "bytes"),
+        default="rows",
+        help="rows: 1,024-row shards, 64-row chunks (layout 2); bytes: layout 3's default",
+    )
     ap.add_argument(
         "--table",
         nargs=2,
@@ -358,8 +356,7 @@ def main() -> None:
         "label": args.label,
         "lplkit": str(Path(lplkit.__file__).parent),
         "shape": SHAPE,
-        "shard_size": SHARD,
-        "chunk_size": CHUNK,
+        "geometry": args.geometry,
         "batch": BATCH,
         "samples": args.samples,
         "sizes": {},
@@ -368,14 +365,16 @@ def main() -> None:
     runs = [(int(r), SHAPE) for r in args.rows.split(",") if r]
     runs += [(int(r), wide) for r in args.wide_rows.split(",") if r]
     for count, shape in runs:
-        name = f"s{count}" if shape == SHAPE else f"s{count}_{'x'.join(map(str, shape))}"
+        name = _store_name(count, shape, args.geometry)
         url, npy = str(base / f"{name}.zarr"), str(base / f"{name}.npy")
         done = base / f"{name}.done"
         r: dict[str, Any] = {"shape": shape}
         if not done.exists():
             shutil.rmtree(url, ignore_errors=True)
-            r["write_s"] = write_store(url, npy, count, shape=shape)
+            r["write_s"] = write_store(url, npy, count, args.geometry, shape=shape)
             done.write_text("ok")
+        m = json.loads((Path(url) / "zarr.json").read_text())["attributes"]["lplkit"]
+        r["shard_size"], r["chunk_size"] = m["shard_size"], m["chunk_size"]
         print(f"{count} rows of {shape} ({args.label})", flush=True)
         if shape != SHAPE:  # the wide latents: steady state only
             warm_cache([url, npy])
@@ -411,7 +410,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if not args.keep:
         for count, shape in runs:
-            name = f"s{count}" if shape == SHAPE else f"s{count}_{'x'.join(map(str, shape))}"
+            name = _store_name(count, shape, args.geometry)
             shutil.rmtree(base / f"{name}.zarr", ignore_errors=True)
             for ext in ("npy", "done"):
                 (base / f"{name}.{ext}").unlink(missing_ok=True)

@@ -147,6 +147,8 @@ class ConfigFlag:
         aliases: further spellings of the same flag (``--guidance`` for ``--cfg``).
         name: the parameter name when it is not the flag's (kept where callers read it).
         required: the command needs it although the library field has a default (``--res``).
+        repeat: a list field whose flag may be given several times (``--text-encoder A
+            --text-encoder B``); each value may also hold comma-separated items.
     """
 
     key: str
@@ -155,6 +157,7 @@ class ConfigFlag:
     aliases: tuple[str, ...] = ()
     name: str | None = None
     required: bool = False
+    repeat: bool = False
 
     @property
     def param(self) -> str:
@@ -213,6 +216,8 @@ def flag_values(flags: Iterable[ConfigFlag], args: Sequence[str]) -> dict[str, A
         value = inline if inline else next(it, None)
         if value is None:
             raise ConfigError(f"{flag} expects a value")
+        if row.repeat and row.param in out:
+            value = f"{out[row.param]},{value}"
         out[row.param] = value
     return out
 

@@ -60,6 +60,7 @@ from lplkit.errors import (
 from lplkit.preemption import StopRequest, stop_signals
 from lplkit.store import format as fmt
 from lplkit.store.encode_config import AUTOCAST_DTYPES, EncodeConfig
+from lplkit.store.text import check_compatible
 from lplkit.store.writer import StoreWriter
 
 __all__ = ["EncodeConfig", "EncodeSummary", "encode_dataset"]
@@ -99,6 +100,8 @@ class EncodeSummary:
     input_wait_s: float = 0.0  # rank 0's loop time waiting for decoded batches (-> more --workers)
     write_wait_s: float = 0.0  # rank 0's loop time waiting for shard writes to finish
     images_per_s: float = 0.0  # (encoded + skipped) / encode_s, all ranks together
+    text: list[dict[str, Any]] = field(default_factory=list)  # one TextSummary per encoder
+    text_s: float = 0.0  # the text encoders' shard loops (after the images)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +182,11 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
     with stop_signals() as stop, DistContext.from_env(cfg.device, error=StoreError) as ctx:
         device = resolve_device(cfg.device, ctx.local_rank)
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
+        texts = ctx.rank0_first(lambda: _load_text(cfg, source, device))
+        if texts and ctx.rank == 0:  # an existing store's encoder of that name: refused up front
+            existing = _existing_manifest(cfg.out)
+            for text_cfg, te in texts:
+                check_compatible(cfg.out, existing, text_cfg.name, te.entry(text_cfg.text_dtype))
         f = info["downsample_factor"]
         if cfg.res % f:
             raise ConfigError(f"--res {cfg.res} is not a multiple of the autoencoder's factor {f}")
@@ -192,6 +200,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             dtype=cfg.dtype,
             flips=cfg.flip,
             shard_size=cfg.shard_size,
+            shard_mb=cfg.shard_mb,
             classes=source.class_names,
         )
         writer = ctx.rank0_first(
@@ -202,15 +211,17 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
         try:
             summary = _encode_shards(cfg, ctx, source, vae, writer, latent, device, progress, stop)
             # every rank reaches these collectives, a stopped one early; then all stop or finish
+            # each rank counts its own pending shards from the markers it knows (no rank reads
+            # another's markers; rank 0's finalize reads the ones it has not seen, once each)
             totals = ctx.sum_ints(
-                [summary.encoded, summary.skipped, summary.shards_written, int(stop.requested)]
-            )
-            summary.encoded, summary.skipped, summary.shards_written, stopped = totals
+                [summary.encoded, summary.skipped, summary.shards_written, int(stop.requested),
+                 len(writer.pending_shards())]
+            )  # fmt: skip
+            summary.encoded, summary.skipped, summary.shards_written, stopped, pending = totals
             summary.skip_reasons = dict(sum(ctx.gather(Counter(summary.skip_reasons)), Counter()))
             summary.encode_s = max(ctx.gather(summary.encode_s))  # the slowest rank's loop
             processed = summary.encoded + summary.skipped
             summary.images_per_s = processed / summary.encode_s if summary.encode_s > 0 else 0.0
-            pending = len(writer.all_pending_shards())
             summary.shards_already_done = writer.n_shards - pending - summary.shards_written
             if stopped and pending:  # (a signal after the last shard lets the store finish)
                 raise Preempted(
@@ -221,6 +232,10 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             if ctx.rank == 0:
                 summary.completed = bool(writer.finalize()["completed"])
             summary.completed = bool(ctx.broadcast(summary.completed))
+            t_text = time.perf_counter()
+            for text_cfg, te in texts:  # the images are in; rank 0 still holds the store lock
+                summary.text.append(_encode_text(cfg, ctx, text_cfg, te, stop))
+            summary.text_s = time.perf_counter() - t_text
         except KeyboardInterrupt as exc:
             if isinstance(exc, Interrupted):
                 raise
@@ -251,6 +266,73 @@ def _load(cfg: EncodeConfig, vae_spec: str, device: torch.device) -> tuple[Image
         vae_spec, subfolder=cfg.vae_subfolder, device=device, revision=cfg.vae_revision
     )
     return source, vae, autoencoder_info(vae, vae_spec, cfg.vae_subfolder)
+
+
+def _existing_manifest(url: str) -> Any:
+    """The manifest of the store at `url`, or None when there is none (yet) or it is unreadable
+    (the writer reports that)."""
+    try:
+        return fmt.read_manifest(url)
+    except (OSError, ValueError):
+        return None
+
+
+def _load_text(
+    cfg: EncodeConfig, source: ImageSource, device: torch.device
+) -> list[tuple[Any, Any]]:
+    """Load every --text-encoder before anything is written (a missing one fails first)."""
+    if not cfg.text_encoder:
+        return []
+    inner = getattr(source, "inner", source)
+    if getattr(inner, "caption_column", "") is None:  # a table source with no caption column
+        raise ConfigError(
+            f"--text-encoder needs captions, and {cfg.dataset} has no caption column (found "
+            "automatically: caption, captions, text, txt, prompt, sentence); columns: "
+            f"{', '.join(getattr(inner, 'columns', []))}; pass --caption-column"
+        )
+    from lplkit.text.encoders import load_text_encoder
+
+    return [
+        (
+            t,
+            load_text_encoder(
+                t.text_encoder,
+                revision=t.text_encoder_revision,
+                preset=t.text_preset,
+                layer=t.text_layer,
+                max_tokens=t.text_max_tokens,
+                device=device,
+            ),
+        )
+        for t in cfg.text_configs()
+    ]
+
+
+def _encode_text(
+    cfg: EncodeConfig, ctx: DistContext, text_cfg: Any, te: Any, stop: StopRequest
+) -> dict[str, Any]:
+    """One text encoder over the finished store: each rank its own shards, rank 0 finalizes."""
+    from lplkit.store.text import TextWriter
+    from lplkit.text.cache import encode_text_into
+
+    writer = ctx.rank0_first(
+        lambda: TextWriter.create_or_resume(
+            cfg.out,
+            text_cfg.name,
+            te.entry(text_cfg.text_dtype),
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            take_lock=False,
+        )
+    )
+    summary = encode_text_into(writer, te, text_cfg.text_batch_size, stop=stop, finalize=False)
+    ctx.sum_ints([summary.rows_encoded])  # every rank's shards are written before rank 0 finalizes
+    if ctx.rank == 0:
+        writer.finalize()
+        summary.completed, summary.counts = True, writer.entry["counts"]
+    out = summary.to_dict()
+    out.pop("entry")
+    return out
 
 
 def _encode_shards(

@@ -24,6 +24,12 @@ What is written (``save_pretrained`` layout):
   ``shift_factor = None``. The exported VAE thus encodes to and decodes from the denoiser's space
   (an autoencoder without those convs gets them, identity plus the fold).
 - ``model_index.json`` with ``id2label`` from the store's class names (numbers when unknown).
+- ``lplkit.json``: the run's normalization and the autoencoder it was folded from, so that
+  ``lplkit train --init OUT`` re-imports the export with that normalization and identical weights.
+
+A run post-trained from a DiT checkpoint (``--init org/DiT-pipeline``) keeps the checkpoint's label
+layout (its 1001-row table, null id 1000) and its ``id2label``; a learned-sigma transformer is
+written with its variance half (DiTPipeline steps with the eps half, as ``lplkit sample`` does).
 
 Not representable by a stock pipeline (one line each, raised as ``ConfigError``): non-DiT denoisers
 (``UNet-T``), more than 1000 classes (DiT's null id is 1000), deterministic autoencoders (DC-AE: no
@@ -47,6 +53,7 @@ from lplkit.errors import ConfigError
 from lplkit.store import LatentStore
 from lplkit.train.base import load_run_model
 from lplkit.train.builders import load_decoder_vae
+from lplkit.train.pipeline_init import EXPORT_RECORD
 
 __all__ = ["DIT_NULL_CLASS", "export_run", "flow_scheduler_shim", "fold_normalization"]
 
@@ -105,6 +112,12 @@ def fold_normalization(vae: Any, shift: list[float], scale: list[float]) -> nn.M
     return out.eval()
 
 
+def _keeps_layout(model: Any) -> bool:
+    """A run post-trained from a DiT checkpoint whose label table already is DiTPipeline's."""
+    config = getattr(model.net, "config", {})
+    return bool(model.spec.get("diffusers")) and config.get("num_embeds_ada_norm") == DIT_NULL_CLASS
+
+
 def _export_transformer(model: Any) -> nn.Module:
     """The run's DiT with its label table laid out for DiTPipeline (null class at row 1000)."""
     from diffusers import DiTTransformer2DModel
@@ -116,6 +129,11 @@ def _export_transformer(model: Any) -> nn.Module:
             "DiTTransformer2DModel (sample this run with `lplkit sample`)"
         )
     k = model.num_classes
+    if _keeps_layout(model):
+        # post-trained from a DiT checkpoint: its own label layout (null at 1000), unchanged
+        out = DiTTransformer2DModel.from_config(net.config)
+        out.load_state_dict(net.state_dict(), strict=True)
+        return out.eval()
     if k is not None and k > DIT_NULL_CLASS:
         raise ConfigError(
             f"the run has {k} classes; DiTPipeline's null class is id {DIT_NULL_CLASS}, so it "
@@ -125,12 +143,15 @@ def _export_transformer(model: Any) -> nn.Module:
     config["num_embeds_ada_norm"] = DIT_NULL_CLASS
     out = DiTTransformer2DModel.from_config(config)
     state = {}
+    rows = getattr(model, "label_map", None)  # model ids -> table rows (a remapped checkpoint)
+    rows = rows.cpu() if rows is not None else torch.arange((k or 0) + 1)
+    null_row = int(rows[-1]) if rows.numel() else model.null_class_id
     for name, w in net.state_dict().items():
         if name.endswith("class_embedder.embedding_table.weight"):
-            null = w[model.null_class_id]
+            null = w[null_row if k is not None else model.null_class_id]
             table = null.expand(DIT_NULL_CLASS + 1, -1).clone()
             if k is not None:
-                table[:k] = w[:k]
+                table[:k] = w[rows[:k]]
             w = table
         state[name] = w
     out.load_state_dict(state, strict=True)
@@ -213,6 +234,12 @@ def export_run(
     folded = fold_normalization(ae, list(nrm["shift"]), list(nrm["scale"]))
     scheduler = _scheduler(tcfg, steps)
     id2label, notes = _class_names(info, info["num_classes"])
+    checkpoint_labels = (model.spec.get("diffusers") or {}).get("id2label")
+    if checkpoint_labels and _keeps_layout(model):
+        id2label, notes = (
+            dict(checkpoint_labels),
+            [],
+        )  # the checkpoint's ids (see _export_transformer)
     if tcfg.objective.kind == "flow":
         at = "any --steps" if hasattr(scheduler, "scale_model_input") else f"--steps {steps}"
         notes.append(f"flow: reproduces `lplkit sample --sampler euler` at {at} "
@@ -231,6 +258,11 @@ def export_run(
     index = json.loads(index_path.read_text())
     index["id2label"] = id2label
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    # what `lplkit train --init OUT` needs to re-import it exactly: the normalization folded into
+    # vae/ and the autoencoder it was folded from (lplkit.train.pipeline_init)
+    record = {"normalization": nrm, "autoencoder": info["store"]["autoencoder"],
+              "objective": info["objective"], "checkpoint_step": step}  # fmt: skip
+    (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return {
         "run_dir": str(run_dir),
         "out": str(out),

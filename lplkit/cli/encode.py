@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from lplkit.cli import output
+from lplkit.cli import encode_text, output
 from lplkit.cli.options import command_extras, config_line, with_config_flags
 from lplkit.cli.progress import LiveProgress
 from lplkit.config import resolve_config
@@ -14,7 +14,7 @@ from lplkit.store.encode_config import ENCODE_FLAGS, EncodeConfig
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `encode` command to the app."""
+    """Add the `encode` and `encode-text` commands to the app."""
 
     @app.command("encode")
     @with_config_flags(EncodeConfig, ENCODE_FLAGS, command_extras())
@@ -73,6 +73,8 @@ def register(app: typer.Typer) -> None:
             show_config()
             _print_summary(summary)
 
+    encode_text.register(app)  # after `encode`: listed in that order
+
 
 def _print_summary(summary) -> None:
     from rich.table import Table
@@ -98,6 +100,13 @@ def _print_summary(summary) -> None:
         )
     table.add_row("elapsed", f"{s.elapsed_s:.1f} s")
     table.add_row("store complete", "yes" if s.completed else "no")
+    for t in s.text:
+        counts = t["counts"] or {}
+        table.add_row(
+            f"text {t['name']}",
+            f"{t['rows_encoded']} captions, {counts.get('truncated', 0)} truncated, "
+            f"{counts.get('empty', 0)} empty",
+        )
     output.console.print(table)
     if s.encode_s > 1 and s.input_wait_s > 0.2 * s.encode_s:
         output.console.print(

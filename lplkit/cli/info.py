@@ -97,3 +97,18 @@ def _print(info: dict) -> None:
         f"index.parquet {_size(b['index'])}; {b['per_ok_sample']} stored bytes per ok sample"
     )
     output.console.print(sizes)
+    if info.get("text_encoders"):
+        text = Table(title="text encoders")
+        for col in ("name", "model", "revision", "layer", "L x D (+P)", "dtype", "bytes/row",
+                    "truncated", "empty", "status"):  # fmt: skip
+            text.add_column(col, justify="left" if col in ("name", "model") else "right")
+        for name, t in info["text_encoders"].items():
+            c = t["counts"] or {}
+            model = t["id"] + (f":{t['subfolder']}" if t["subfolder"] else "")
+            shape = f"{t['max_tokens']}x{t['hidden_size']}" + (
+                f" +{t['pooled_size']}" if t["pooled_size"] else "")  # fmt: skip
+            text.add_row(name, f"{model} ({t['class']})", str(t["revision"] or "-")[:12],
+                         str(t["layer"]), shape, t["dtype"], str(t["bytes_per_row"]),
+                         str(c.get("truncated", "-")), str(c.get("empty", "-")),
+                         "complete" if t["completed"] else "unfinished")  # fmt: skip
+        output.console.print(text)

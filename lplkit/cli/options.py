@@ -98,6 +98,8 @@ def range_callback(rng: Range | None, parse: Any = None) -> Callable[..., Any] |
 
     def check(param: typer.CallbackParam, value: Any) -> Any:
         flag = str(next((o for o in param.opts if o.startswith("--")), param.name))  # as declared
+        if isinstance(value, list | tuple):  # a repeated flag: its values joined like commas
+            value = ",".join(map(str, value)) if value else None
         if parse is not None and value is not None:
             value = coerce(value, parse, flag)
         check_value(value, rng, flag)
@@ -207,7 +209,7 @@ def with_config_flags(
         else:
             default = typer.Option(
                 None,
-                f.decl,
+                f.decl,  # a `repeat` flag: its annotation is a list, typer then takes it many times
                 *f.aliases,
                 help=help_text,
                 callback=callback,
@@ -218,7 +220,7 @@ def with_config_flags(
                 f.param,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=default,
-                annotation=_cli_type(tp) | None,
+                annotation=(list[str] if f.repeat else _cli_type(tp)) | None,
             )
         )
     params.extend(extra)

@@ -1,11 +1,15 @@
-"""`lplkit upgrade STORE`: add the zarr tooling metadata (dimension names, consolidated metadata)
-to a store written before layout 2, in place (docs/store-format.md)."""
+"""`lplkit upgrade STORE`: bring a store to the current layout in place (docs/store-format.md):
+layout <= 2 arrays copied into shards sized in bytes, zarr tooling metadata (dimension names,
+consolidated metadata) added."""
 
 from __future__ import annotations
 
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.options import range_callback
+from lplkit.config import field_range
+from lplkit.store.encode_config import EncodeConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -14,12 +18,21 @@ def register(app: typer.Typer) -> None:
     @app.command("upgrade")
     def upgrade_command(
         store: str = typer.Argument(..., help="Latent store URL or path."),
+        shard_mb: float | None = typer.Option(
+            None,
+            "--shard-mb",
+            callback=range_callback(field_range(EncodeConfig, "shard_mb")),
+            help="MiB per shard of the rewritten arrays (default 128); given, a layout-3 store is "
+            "resharded too.",
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
-        """Bring a finished store to the current layout (metadata only; data untouched)."""
-        from lplkit.store.tooling import upgrade_store
+        """Bring a finished store to the current layout: row-sized shards (layout <= 2) are copied
+        into shards sized in bytes (no re-encoding; values, index and row order unchanged), then
+        the zarr metadata is completed. Safe to interrupt: re-run it to finish."""
+        from lplkit.store.upgrade import upgrade_store
 
-        result = upgrade_store(store)
+        result = upgrade_store(store, shard_mb)
         if json_out:
             output.emit_json(result)
             return
@@ -28,8 +41,17 @@ def register(app: typer.Typer) -> None:
                 f"{result['url']}: already at layout {result['layout_version']}; nothing to do"
             )
             return
+        moved = result["resharded"]
+        what = (
+            f"shards of {moved['shard_size'][0]} -> {moved['shard_size'][1]} rows "
+            f"({moved['shards'][0]} -> {moved['shards'][1]} shards), "
+            if moved
+            else ""
+        )
         output.console.print(
             f"{result['url']}: layout {result['layout_version_before']} -> "
-            f"{result['layout_version']}, dimension names added to {len(result['named_arrays'])} "
-            "array(s), metadata consolidated"
+            f"{result['layout_version']}, {what}dimension names added to "
+            f"{len(result['named_arrays'])} array(s), metadata consolidated"
         )
+        if result["stats_need_recompute"]:
+            output.console.print("cached statistics no longer match the shards: run `lplkit stats`")

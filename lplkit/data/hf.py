@@ -114,6 +114,7 @@ class DatasetsSource(ImageSource):
         self.image_column = _image_column(ds.features, image_column)
         self.label_column = _pick_column(ds.features, label_column, _LABEL_NAMES, "label")
         self.caption_column = _pick_column(ds.features, caption_column, _CAPTION_NAMES, "caption")
+        self.columns = list(ds.features)  # all of them, for a missing-caption error
         if isinstance(ds.features[self.image_column], ImageFeature):
             ds = ds.cast_column(self.image_column, ImageFeature(decode=False))
         label_feat = ds.features.get(self.label_column) if self.label_column else None

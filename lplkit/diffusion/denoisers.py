@@ -12,6 +12,13 @@ DiT sizes (Peebles & Xie 2023, Table 1) as ``DiTTransformer2DModel``:
 each with patch 2, 4 or 8 (``DiT-XL/2`` ...), plus ``DiT-T/2`` (depth 2, hidden 64, 2 heads) for tests.
 ``out_channels = in_channels`` (no learned sigma: lplkit's objectives regress eps, v or velocity only).
 
+A diffusers checkpoint of any size (``lplkit train --init org/DiT-pipeline``, `lplkit.train.pipeline_init`)
+is wrapped with :func:`wrap_diffusers`; its ``spec`` then holds the checkpoint's own model config
+(``spec["diffusers"]``), from which :func:`build_from_spec` rebuilds it. A learned-sigma checkpoint
+(``out_channels = 2 x in_channels``, DiT's eps + variance interpolation) keeps its variance half in
+the network, but ``Denoiser.forward`` returns the eps half only: lplkit's DDIM sampler and
+``DiTPipeline`` both step with eps alone (docs/post-training.md).
+
 Conditioning: diffusers' DiT embeds ``class_labels`` with a table of ``num_embeds_ada_norm + 1`` rows;
 the extra row is the null class used for classifier-free guidance, id ``num_classes``. It requires
 labels, so an unconditional model is built with one class and is always fed the null id. The
@@ -37,9 +44,11 @@ from lplkit.errors import ConfigError
 __all__ = [
     "DIT_SIZES",
     "Denoiser",
+    "build_from_spec",
     "build_model",
     "list_models",
     "register_model",
+    "wrap_diffusers",
 ]
 
 ModelFactory = Callable[..., "Denoiser"]
@@ -66,14 +75,30 @@ class Denoiser(nn.Module):
         spec: kwargs that rebuild this architecture with :func:`build_model` (JSON-serializable).
         num_classes: number of real classes, ``None`` for an unconditional model.
         null_class_id: label id meaning "no class" (classifier-free guidance / unconditional).
+        label_map: ``None``, or a non-persistent buffer ``(num_classes + 1,)`` mapping this model's
+            label ids (the store's classes, then the null id) to the rows of the network's label
+            table (a checkpoint's class ids, its own null id last); not in ``state_dict``.
     """
 
-    def __init__(self, net: nn.Module, *, spec: dict[str, Any], num_classes: int | None) -> None:
+    label_map: Tensor | None
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        spec: dict[str, Any],
+        num_classes: int | None,
+        label_map: list[int] | None = None,
+    ) -> None:
         super().__init__()
         self.net = net
         self.spec = dict(spec)
         self.num_classes = num_classes
         self.null_class_id = num_classes if num_classes is not None else 1
+        if label_map is not None and (num_classes is None or len(label_map) != num_classes + 1):
+            raise ConfigError(f"label_map needs num_classes + 1 entries, got {len(label_map)}")
+        buf = None if label_map is None else torch.tensor(label_map, dtype=torch.long)
+        self.register_buffer("label_map", buf, persistent=False)
 
     @property
     def conditional(self) -> bool:
@@ -95,7 +120,12 @@ class Denoiser(nn.Module):
             timestep = timestep.expand(batch)
         if labels is None or not self.conditional:
             labels = torch.full((batch,), self.null_class_id, dtype=torch.long, device=z_t.device)
-        out = self.net(z_t, timestep, class_labels=labels.long(), return_dict=False)[0]
+        labels = labels.long()
+        if self.label_map is not None:
+            labels = self.label_map[labels]
+        out = self.net(z_t, timestep, class_labels=labels, return_dict=False)[0]
+        if out.shape[1] == 2 * z_t.shape[1]:  # learned sigma: the eps half (see module doc)
+            out = out[:, : z_t.shape[1]]
         return out
 
 
@@ -130,6 +160,60 @@ def build_model(
     return _REGISTRY[name](
         in_channels=in_channels, sample_size=sample_size, num_classes=num_classes
     )
+
+
+def wrap_diffusers(
+    net: nn.Module,
+    *,
+    name: str,
+    num_classes: int | None,
+    label_map: list[int] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Denoiser:
+    """A pre-trained diffusers ``DiTTransformer2DModel`` as a :class:`Denoiser`, weights untouched.
+
+    ``spec["diffusers"]`` keeps the class and config (``extra`` adds JSON-able keys to it), so
+    :func:`build_from_spec` rebuilds the same architecture for sampling and export. The label
+    table's own random dropout is switched off as in the registered DiTs.
+    """
+    raw: Any = net.config  # a diffusers FrozenDict (nn.Module.__getattr__ types it Tensor | Module)
+    config = {k: v for k, v in dict(raw).items() if not k.startswith("_")}
+    for block in getattr(net, "transformer_blocks", ()):
+        emb = getattr(getattr(block, "norm1", None), "emb", None)
+        if emb is not None and hasattr(emb, "class_embedder"):
+            emb.class_embedder.dropout_prob = 0.0
+    spec = {
+        "name": name,
+        "in_channels": int(config["in_channels"]),
+        "sample_size": int(config["sample_size"]),
+        "num_classes": num_classes,
+        "diffusers": {"class": type(net).__name__, "config": config, **(extra or {})},
+    }
+    if label_map is not None:
+        spec["label_map"] = list(label_map)
+    return Denoiser(net, spec=spec, num_classes=num_classes, label_map=label_map)
+
+
+def build_from_spec(spec: dict[str, Any]) -> Denoiser:
+    """Rebuild a model (random weights) from its ``spec`` (run.json ``model``): a registered name,
+    or a diffusers checkpoint's own config (:func:`wrap_diffusers`)."""
+    extra = spec.get("diffusers")
+    if not extra:
+        return build_model(
+            spec["name"],
+            in_channels=int(spec["in_channels"]),
+            sample_size=int(spec["sample_size"]),
+            num_classes=spec.get("num_classes"),
+        )
+    import diffusers
+
+    cls = getattr(diffusers, str(extra.get("class")), None)
+    if cls is None or extra.get("class") != "DiTTransformer2DModel":
+        raise ConfigError(f"model {spec['name']!r}: class {extra.get('class')!r} is not supported")
+    net = cls.from_config(extra["config"])
+    rest = {k: v for k, v in extra.items() if k not in ("class", "config")}
+    return wrap_diffusers(net, name=spec["name"], num_classes=spec.get("num_classes"),
+                          label_map=spec.get("label_map"), extra=rest)  # fmt: skip
 
 
 def _dit(

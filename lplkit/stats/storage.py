@@ -34,7 +34,8 @@ from lplkit.stats.accumulators import ChannelHistogram
 from lplkit.stats.compute import LayerStats, StoreStats
 from lplkit.store import format as fmt
 from lplkit.store.format import MANIFEST_KEY
-from lplkit.store.sidecar import read_json, url_to_fs
+from lplkit.store.markers import scan_markers
+from lplkit.store.sidecar import url_to_fs
 from lplkit.store.tooling import consolidate, stats_dimension_names
 from lplkit.validation import require_valid
 
@@ -57,18 +58,17 @@ def store_content_hash(url: str, manifest: dict[str, Any]) -> str:
 
     fs, root = url_to_fs(str(url))
     count, size = int(manifest["source"]["count"]), int(manifest["shard_size"])
-    shards = []
-    for s in range(fmt.n_shards(count, size)):
-        try:
-            marker = read_json(fs, fmt.marker_path(root, s))
-        except (FileNotFoundError, ValueError) as exc:
-            raise StoreError(
-                f"{url}: shard {s} has no completion marker; finish the store with `lplkit encode` "
-                "before computing statistics"
-            ) from exc
-        shards.append(
-            {"checksums": marker.get("checksums"), "index": marker.get("index_part_sha256")}
+    scan = scan_markers(fs, root, count, size)  # one listing, each marker read once
+    pending = scan.pending()
+    if pending:
+        raise StoreError(
+            f"{url}: shard {pending[0]} has no sound completion marker; finish the store with "
+            "`lplkit encode` before computing statistics"
         )
+    shards = [
+        {"checksums": m.get("checksums"), "index": m.get("index_part_sha256")}
+        for _, m in sorted(scan.markers.items())
+    ]
     identity = {k: manifest.get(k) for k in fmt.IDENTITY_FIELDS}
     blob = json.dumps({"identity": identity, "shards": shards}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

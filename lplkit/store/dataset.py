@@ -6,10 +6,12 @@ Lightning, a plain ``DataLoader``).
   drawn ``z = mean + std * eps`` (with flips: the
   flipped image's moments with probability 1/2) from a generator seeded by ``(seed, epoch,
   position)``, so an item is the same in any worker, any order, any process; ``set_epoch`` gives new
-  draws. Raw latents, like ``LatentStore.batches``: normalize downstream.
+  draws. Raw latents, like ``LatentStore.batches``: normalize downstream. ``text=True`` (or names)
+  adds ``item["text"]``: cached text-encoder outputs of the row, name -> {states, mask[, pooled]}.
 - :class:`LatentBatches` (iterable): ``LatentStore.batches`` as a dataset of whole batches, bitwise the
   same batches at the same speed (``DataLoader(ds, batch_size=None)``). ``with_index=True`` adds each
-  batch's store positions, joined to ``index.parquet`` rows by ``LatentStore.rows(positions)``.
+  batch's store positions, joined to ``index.parquet`` rows by ``LatentStore.rows(positions)``;
+  ``text=`` adds the batches' cached text conditioning last (``LatentStore.batches``).
 """
 
 from __future__ import annotations
@@ -82,8 +84,17 @@ class LatentDataset(Dataset):
             short keys); False leaves them out and reads nothing per row beyond the positions.
     """
 
-    def __init__(self, store: Any, *, seed: int = 0, flip: bool = True, keys: bool = True) -> None:
+    def __init__(
+        self,
+        store: Any,
+        *,
+        seed: int = 0,
+        flip: bool = True,
+        text: bool | str | list[str] = False,
+        keys: bool = True,
+    ) -> None:
         self.store = store
+        self.text = store.text_names(text)  # checked now, not in a worker
         self.seed = int(seed)
         self._epoch = SharedEpoch()
         self.flip = bool(flip) and store.has_flips
@@ -120,6 +131,9 @@ class LatentDataset(Dataset):
         if self.keys:  # Arrow columns indexed per item: no Python list of every key
             item["key"] = self._keys[position].as_py()
             item["caption"] = self._captions[position].as_py() or ""  # "": no captions
+        if self.text:  # name -> {states (L, D), mask (L,), pooled (P,)}: the default collate stacks
+            rows = self.store.read_text([position], self.text)
+            item["text"] = {n: {a: v[0] for a, v in r.items()} for n, r in rows.items()}
         return item
 
 
@@ -142,10 +156,12 @@ class LatentBatches(IterableDataset):
         with_index: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        text: bool | str | list[str] = False,
     ) -> None:
         self.store = store
         self.kwargs = dict(seed=seed, shuffle=shuffle, drop_last=drop_last, with_index=with_index,
-                           rank=rank, world_size=world_size)  # fmt: skip
+                           rank=rank, world_size=world_size,
+                           text=store.text_names(text))  # fmt: skip
         self.batch_size = int(batch_size)
         self._epoch = SharedEpoch()
 

@@ -7,13 +7,16 @@ Torch-free, so that `lplkit encode --help` is built from it without importing th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lplkit.autoencoders.choice import autoencoder_choices
 from lplkit.config import MAX_BATCH, ConfigFlag, check_ranges, ranged
 from lplkit.errors import ConfigError
 from lplkit.store import format as fmt
+from lplkit.text.config import BATCH as TEXT_BATCH
+from lplkit.text.config import MAX_TOKENS, TEXT_OPTION_FLAGS, TextConfig
+from lplkit.text.spec import default_name
 
 __all__ = ["AUTOCAST_DTYPES", "ENCODE_FLAGS", "EncodeConfig"]
 
@@ -35,7 +38,10 @@ class EncodeConfig:
     flip: bool = False
     batch_size: int = ranged(32, ge=1, le=MAX_BATCH)
     workers: int | None = ranged(None, ge=0, le=1024)  # None -> lplkit.encode.default_workers()
-    shard_size: int = ranged(fmt.DEFAULT_SHARD_SIZE, ge=1, le=MAX_BATCH)
+    shard_size: int | None = ranged(None, ge=1, le=MAX_BATCH)  # rows per shard, instead of shard_mb
+    # MiB of rows (moments + flip copy + label) per shard, None = fmt.DEFAULT_SHARD_MB; rows per
+    # shard and per inner chunk derive from it (fmt.store_geometry: why 128 MiB, and the chunks)
+    shard_mb: float | None = ranged(None, gt=0.0, le=fmt.MAX_SHARD_MB)
     dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
     autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
     limit: int | None = ranged(None, ge=1)
@@ -47,16 +53,47 @@ class EncodeConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     log_every: float = ranged(30.0, ge=0.0)  # progress line period when stderr is not a terminal
     min_side: int | None = ranged(None, ge=1)  # None: lplkit.data.transforms.MIN_IMAGE_SIDE
+    # Text encoders whose outputs on each row's caption are cached (lplkit.text.cache)
+    text_encoder: list[str] = field(default_factory=list)  # ORG/NAME[:SUBFOLDER] or DIR[:SUB]
+    text_encoder_revision: str | None = None  # hub branch/tag/commit of the hub-id encoders
+    text_preset: str | None = None  # sd3-clip, pixart-sigma-t5, ... (default: by family)
+    text_layer: str | None = None  # CLIP: last | penultimate (default: the preset's)
+    text_max_tokens: int | None = ranged(None, **MAX_TOKENS)  # default: the preset's L
+    text_dtype: str = fmt.DEFAULT_DTYPE  # stored dtype of the text states and pooled vectors
+    text_batch_size: int = ranged(64, **TEXT_BATCH)  # captions per text-encoder call
+
+    def text_configs(self) -> list[TextConfig]:
+        """One `TextConfig` per --text-encoder (stored under `default_name`, which must differ)."""
+        out, names = [], set()
+        for spec in self.text_encoder:
+            name = default_name(spec)
+            if name in names:
+                raise ConfigError(
+                    f"two --text-encoder store under the name {name!r}; use `lplkit encode-text "
+                    "--name` for the second"
+                )
+            names.add(name)
+            out.append(TextConfig(store=self.out, text_encoder=spec, name=name,
+                                  text_encoder_revision=self.text_encoder_revision,
+                                  text_preset=self.text_preset, text_layer=self.text_layer,
+                                  text_max_tokens=self.text_max_tokens, text_dtype=self.text_dtype,
+                                  text_batch_size=self.text_batch_size,
+                                  device=self.device))  # fmt: skip
+        return out
 
     def validate(self) -> None:
         """The choices that are not ranges (ranges are checked where the config is built)."""
         check_ranges(self, "encode: ")
+        if self.shard_size is not None and self.shard_mb is not None:
+            raise ConfigError("--shard-size and --shard-mb both size the shards: pass one")
         if self.dtype not in fmt.DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(fmt.DTYPES)}, got {self.dtype!r}")
         if self.autocast not in AUTOCAST_DTYPES:
             raise ConfigError(
                 f"--autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}"
             )
+        for text in self.text_configs():
+            text.validate()
 
     def summary(self) -> dict[str, Any]:
         """The settings worth a line at start (unset options left out)."""
@@ -100,7 +137,14 @@ ENCODE_FLAGS: tuple[ConfigFlag, ...] = (
         "--workers",
         "DataLoader workers (decode + crop); default: cores - 1, at most 8.",
     ),
-    ConfigFlag("shard_size", "--shard-size", "Samples per store shard."),
+    ConfigFlag("shard_size", "--shard-size", "Samples per store shard, instead of --shard-mb."),
+    ConfigFlag(
+        "shard_mb",
+        "--shard-mb",
+        f"MiB per store shard (default {fmt.DEFAULT_SHARD_MB:g}; moments, flips and labels): rows "
+        "per shard follow from the latent size, inner chunks are 64 rows, at most 1 MiB. Not with "
+        "--shard-size. See docs/store-format.md.",
+    ),
     ConfigFlag("dtype", "--dtype", "Stored moments dtype: float16, bfloat16 or float32."),
     ConfigFlag("autocast", "--autocast", "Autoencoder compute: none (fp32), bfloat16 or float16."),
     ConfigFlag("limit", "--limit", "Encode only the first N images."),
@@ -118,4 +162,13 @@ ENCODE_FLAGS: tuple[ConfigFlag, ...] = (
         "When stderr is not a terminal (a SLURM log, a pipe): one progress line (count, rate, "
         "ETA) every this many seconds instead of a progress bar.",
     ),
+    ConfigFlag(
+        "text_encoder",
+        "--text-encoder",
+        "Text encoder whose outputs on each row's caption are cached in the store (repeat the "
+        "flag, or separate with commas, for several): hub id ORG/NAME, pipeline subfolder "
+        "ORG/NAME:text_encoder_2, or a local DIR[:SUBFOLDER]; see docs/store-format.md.",
+        repeat=True,
+    ),
+    *TEXT_OPTION_FLAGS,
 )

@@ -35,7 +35,8 @@ from lplkit.validation import schema_problems
 
 FORMAT_VERSION = 1
 # 2: dimension_names on every array + consolidated metadata (lplkit.store.tooling); absent = 1
-LAYOUT_VERSION = 2
+# 3: shards sized in bytes, the choice recorded in manifest["geometry"] (`store_geometry`)
+LAYOUT_VERSION = 3
 MANIFEST_KEY = "lplkit"
 
 MOMENTS = "moments"
@@ -45,14 +46,31 @@ INDEX_FILE = "index.parquet"
 INDEX_PARTS_DIR = "index_parts"
 PROGRESS_DIR = "progress"
 LOCK_FILE = ".lplkit-lock.json"
+RESHARD_DIR = ".reshard"  # `lplkit upgrade`'s staging (lplkit.store.reshard)
+RESHARD_READY = RESHARD_DIR + "/READY.json"  # present: a swap into place is unfinished
 
 DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_DTYPE = "float16"
-# Measured by benchmarks/store_read.py (docs/benchmarks.md, store_read): 64-sample inner chunks read
-# as fast as bigger ones and write ~20x faster than 1-sample chunks; 1024-sample shards keep the file
-# count low (1.28M images -> 1250 shard files per array) while a shard is a small unit of resume.
+# Layouts 1-2 sized shards and chunks in rows (1024 / 64: 1 MiB shards at 4x8x8, 128 MiB at 512 px
+# with flips); the defaults of a caller that passes rows without a chunk size.
 DEFAULT_CHUNK_SIZE = 64
 DEFAULT_SHARD_SIZE = 1024
+MIB = 1 << 20
+# Layout 3 sizes them in bytes (`store_geometry`). Inner chunk: 64 rows, the chunk store_read
+# measured, but at most 1 MiB of moments (that measurement's 64 rows at 4x32x32 fp16; docs/
+# benchmarks.md "Codecs and inner chunks": windowed reads 22.4k samples/s at 1 MiB chunks vs 12.0k at
+# 256 KiB and 32.5k at 4 MiB, which makes a window's block shuffle 4x coarser). Not more rows at
+# small latents: 1 MiB = 1,024-row chunks at 4x8x8 made store_scale's cold first batch 13x slower
+# (a batch of 256 random rows reads ~every chunk; docs/results/store_geometry_bytes_1mib_chunks.json).
+DEFAULT_CHUNK_BYTES = MIB
+MAX_CHUNK_ROWS = DEFAULT_CHUNK_SIZE
+# Shard: 128 MiB of rows (moments + flip copy + label). It keeps the measured 1024-row shard at the
+# largest shape issue #27 targets (ImageNet 512 px with flips: 128 KiB a row) and grows the 1 MiB
+# shards of small latents (4x8x8) 128x: MosaicML streaming, litdata and WebDataset use 64 MB-1 GB.
+# It bounds what a crash loses (one shard per rank) and what encode holds (float32 shard buffers:
+# ~2x the stored bytes, one filling + one queued for the writer).
+DEFAULT_SHARD_MB = 128.0
+MAX_SHARD_MB = float(1 << 16)
 # Lossless fp16 latents compress ~1.1x at best, and decompression costs read throughput: no codec.
 DEFAULT_CODEC = "none"
 CODECS = ("none", "zstd", "blosc-zstd")
@@ -154,6 +172,69 @@ def chunk_size_for(shard_size: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int
     return chunk
 
 
+def row_bytes(latent_shape: tuple[int, ...] | list[int], dtype: str, flips: bool) -> int:
+    """Stored bytes of one row over every array: moments `2*C*h*w*itemsize` (twice with the flip
+    copy) + 4 (the int32 label)."""
+    moments = 2 * math.prod(int(v) for v in latent_shape) * storage_dtype(dtype).itemsize
+    return moments * (2 if flips else 1) + 4
+
+
+def store_geometry(
+    latent_shape: tuple[int, ...] | list[int],
+    dtype: str,
+    flips: bool,
+    count: int,
+    *,
+    shard_mb: float | None = None,
+    shard_size: int | None = None,
+    chunk_size: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Rows per shard and per inner chunk of a new store: `{"shard_size", "chunk_size", "geometry"}`
+    (geometry = how they were chosen, recorded in the manifest).
+
+    In bytes (layout 3): chunk = chunk_bytes // moment-row bytes rows, in [1, 64]; shard = the largest
+    multiple of the chunk within `shard_mb` MiB of rows (`row_bytes`), at least one chunk, at most
+    the chunks that cover `count` rows (a small store is one shard, not one 128 MiB index).
+    `shard_size` (rows) overrides `shard_mb`; `chunk_size` (rows) overrides `chunk_bytes`; a chunk
+    always divides the shard. Deterministic from the manifest's fields: every rank and every
+    resume derives the same shards, shard s = rows `[s*S, (s+1)*S)`.
+    """
+    per_row = row_bytes(latent_shape, dtype, flips)
+    moment_row = 2 * math.prod(int(v) for v in latent_shape) * storage_dtype(dtype).itemsize
+    by_bytes = max(1, min(MAX_CHUNK_ROWS, int(chunk_bytes) // moment_row))
+    chunk = int(chunk_size) if chunk_size is not None else by_bytes
+    if shard_size is not None:
+        shard = int(shard_size)
+        geometry: dict[str, Any] = {"rule": "rows"}
+    else:
+        mb = DEFAULT_SHARD_MB if shard_mb is None else float(shard_mb)
+        fit = max(1, int(mb * MIB) // per_row)
+        chunk = min(chunk, fit, max(1, int(count)))  # a 200-row store: one 200-row chunk
+        shard = max(chunk, fit // chunk * chunk)
+        shard = min(shard, max(chunk, -(-int(count) // chunk) * chunk))
+        geometry = {"rule": "bytes", "shard_mb": mb}
+    geometry.update(
+        chunk_bytes=None if chunk_size is not None else int(chunk_bytes), row_bytes=per_row
+    )
+    return {
+        "shard_size": shard,
+        "chunk_size": chunk_size_for(shard, chunk),
+        "geometry": geometry,
+    }
+
+
+def array_geometry(manifest: dict[str, Any], row_nbytes: int) -> tuple[int, int]:
+    """`(rows per shard, rows per inner chunk)` for an array of `row_nbytes` bytes a row added to
+    the store of `manifest` (e.g. text-encoder outputs): its shards are the store's (shard s =
+    rows `[s*S, (s+1)*S)` of every array, one unit of writing and resume), its chunks follow the
+    rule of `store_geometry` (64 rows, at most `chunk_bytes`), cut to divide the shard."""
+    shard = int(manifest["shard_size"])
+    chunk_bytes = (manifest.get("geometry") or {}).get("chunk_bytes") or DEFAULT_CHUNK_BYTES
+    chunk = max(1, min(MAX_CHUNK_ROWS, int(chunk_bytes) // max(1, int(row_nbytes))))
+    return shard, chunk_size_for(shard, chunk)
+
+
 def n_shards(count: int, shard_size: int) -> int:
     """Number of shards covering `count` positions."""
     return -(-count // shard_size)
@@ -199,18 +280,32 @@ def new_manifest(
     crop: str = "adm_center",
     dtype: str = DEFAULT_DTYPE,
     flips: bool = False,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    shard_size: int | None = None,
+    chunk_size: int | None = None,
     codec: str = DEFAULT_CODEC,
     classes: list[str] | None = None,
+    shard_mb: float | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> dict[str, Any]:
     """A complete manifest for `StoreWriter.create_or_resume` (source = {id, split, revision, count};
-    classes = the names of labels 0..K-1, or None when the source has none)."""
+    classes = the names of labels 0..K-1, or None when the source has none). Shards hold
+    `shard_mb` MiB (default `DEFAULT_SHARD_MB`) unless `shard_size` rows are given; see
+    `store_geometry`."""
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+    geo = store_geometry(
+        latent_shape,
+        dtype,
+        flips,
+        int(source["count"]),
+        shard_mb=shard_mb,
+        shard_size=shard_size,
+        chunk_size=chunk_size,
+        chunk_bytes=chunk_bytes,
+    )
     return {
         "format_version": FORMAT_VERSION,
         "layout_version": LAYOUT_VERSION,
@@ -228,8 +323,9 @@ def new_manifest(
             "count": int(source["count"]),
         },
         "classes": None if classes is None else [str(c) for c in classes],
-        "shard_size": int(shard_size),
-        "chunk_size": chunk_size_for(int(shard_size), int(chunk_size)),
+        "shard_size": geo["shard_size"],
+        "chunk_size": geo["chunk_size"],
+        "geometry": geo["geometry"],
         "codec": codec,
         "lplkit_version": __version__,
         "completed": False,
@@ -249,7 +345,17 @@ def complete_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     m.setdefault("dtype", DEFAULT_DTYPE)
     m["storage_dtype"] = storage_dtype(m["dtype"]).name
     m.setdefault("flips", False)
-    m.setdefault("shard_size", DEFAULT_SHARD_SIZE)
+    m.setdefault("layout_version", LAYOUT_VERSION)
+    if "shard_size" not in m:  # sized in bytes (layout 3)
+        m.update(
+            store_geometry(
+                m["latent_shape"],
+                m["dtype"],
+                m["flips"],
+                int(m["source"]["count"]),
+                chunk_size=m.get("chunk_size"),
+            )
+        )
     m["chunk_size"] = chunk_size_for(
         int(m["shard_size"]), int(m.get("chunk_size", DEFAULT_CHUNK_SIZE))
     )
@@ -380,6 +486,11 @@ def read_json_bounded(fs: Any, path: str, what: str, limit: int = MAX_METADATA_B
     big, not UTF-8 JSON, nested too deep); FileNotFoundError propagates."""
     with fs.open(path, "rb") as f:
         raw = f.read(limit + 1)
+    return parse_json_bounded(raw, what, limit)
+
+
+def parse_json_bounded(raw: bytes, what: str, limit: int = MAX_METADATA_BYTES) -> Any:
+    """`read_json_bounded` for bytes already read (ValueError saying what is wrong with them)."""
     if len(raw) > limit:
         raise ValueError(f"{what} is larger than {limit} bytes")
     try:
@@ -419,13 +530,20 @@ def require_store_path(url: str) -> None:
         )
 
 
-def open_manifest(url: str) -> tuple[Any, dict[str, Any]]:
+def open_manifest(url: str, *, upgrading: bool = False) -> tuple[Any, dict[str, Any]]:
     """Open the store group read-only: `(zarr group, manifest dict)`. Raises StoreError when `url`
-    is not an lplkit latent store, StoreCorruptError when its metadata is damaged or the manifest
-    invalid. zarr is imported here so importing this module stays light."""
+    is not an lplkit latent store or an `lplkit upgrade` of it stopped halfway through its swap
+    (`upgrading` skips that check), StoreCorruptError when its metadata is damaged or the
+    manifest invalid. zarr is imported here so importing this module stays light."""
     import zarr
 
     require_store_path(url)
+    fs, root = url_to_fs(str(url))
+    if not upgrading and fs.exists(posixpath.join(root, RESHARD_READY)):
+        raise StoreError(
+            f"{url}: an `lplkit upgrade` stopped while moving the resharded arrays into place; "
+            f"re-run `lplkit upgrade {url}` to finish it"
+        )
     not_store = f"{url} is not an lplkit latent store (no manifest); run `lplkit encode`"
     try:
         manifest = read_manifest(url)

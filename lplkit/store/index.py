@@ -9,6 +9,7 @@ index parts concatenate.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -75,15 +76,58 @@ def ok_mask(table: pa.Table) -> np.ndarray:
 ROW_GROUP = 1 << 16
 
 
+def _parquet_options(names: Sequence[str]) -> dict[str, Any]:
+    # position is 0..n-1 in a finalized index: delta-encoded it costs bytes, so readers can check
+    # the row = position alignment cheaply (`IndexFile`). Page checksums let `verify` find bit rot.
+    return {
+        "compression": "zstd",
+        "use_dictionary": [n for n in names if n != "position"],
+        "column_encoding": {"position": "DELTA_BINARY_PACKED"},
+        "write_page_checksum": True,
+    }
+
+
 def table_to_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    # position is 0..n-1 in a finalized index: delta-encoded it costs bytes, so readers can check
-    # the row = position alignment cheaply (`IndexFile`).
-    dictionary = [n for n in table.schema.names if n != "position"]
-    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP,
-                   use_dictionary=dictionary,
-                   column_encoding={"position": "DELTA_BINARY_PACKED"})  # fmt: skip
+    pq.write_table(table, sink, row_group_size=ROW_GROUP, **_parquet_options(table.schema.names))
     return sink.getvalue().to_pybytes()
+
+
+class IndexWriter:
+    """Writes an index into one Parquet file table by table, in `ROW_GROUP`-row groups, holding
+    at most one row group plus the table being added (finalize streams the shards' parts through
+    it instead of concatenating them all in memory). The file equals `table_to_bytes` of the
+    concatenated tables in content, row groups and encodings."""
+
+    def __init__(self, sink: Any) -> None:
+        self._writer = pq.ParquetWriter(sink, INDEX_SCHEMA, **_parquet_options(INDEX_SCHEMA.names))
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+        self.rows = 0  # written so far
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(conform(table))
+        self._rows += len(table)
+        while self._rows >= ROW_GROUP:
+            self._flush(ROW_GROUP)
+
+    def _flush(self, n: int) -> None:
+        t = pa.concat_tables(self._pending)
+        self._writer.write_table(t.slice(0, n), row_group_size=ROW_GROUP)
+        rest = t.slice(n)
+        self._pending, self._rows = [rest.combine_chunks()] if len(rest) else [], len(rest)
+        self.rows += n
+
+    def close(self) -> None:
+        if self._rows:
+            self._flush(self._rows)
+        self._writer.close()
+
+    def abort(self) -> None:
+        """Close after a failure (the caller discards the file): no footer error from `__del__`."""
+        self._pending, self._rows = [], 0
+        with contextlib.suppress(Exception):
+            self._writer.close()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -105,11 +149,12 @@ def conform(table: pa.Table) -> pa.Table:
         raise ValueError(f"index column types do not match the index schema: {exc}") from None
 
 
-def read_table(fs: Any, path: str) -> pa.Table:
+def read_table(fs: Any, path: str, *, check_pages: bool = False) -> pa.Table:
     """Read an index (or index part) Parquet file as `INDEX_SCHEMA`; raises on missing/truncated
-    files (OSError/ArrowException) and on foreign columns (ValueError)."""
+    files (OSError/ArrowException) and on foreign columns (ValueError). `check_pages`: verify the
+    pages' CRC32 checksums (files written since they carry them; bit rot raises OSError)."""
     with fs.open(path, "rb") as f:
-        return conform(pq.read_table(f))
+        return conform(pq.read_table(f, page_checksum_verification=check_pages))
 
 
 def read_bytes(fs: Any, path: str) -> bytes:
@@ -141,6 +186,7 @@ class IndexFile:
         self._table = table
         self._starts = np.zeros(1, dtype=np.int64)  # row-group row offsets (+ total), file only
         self.aligned = False
+        self._group: tuple[int, pa.Table] | None = None  # `rows`' last row group
         if table is None:
             with fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f)
@@ -188,6 +234,20 @@ class IndexFile:
             ok[row : row + len(codes)] = codes == (names.index("ok") if "ok" in names else -1)
             row += len(codes)
         return labels, None if ok.all() else np.flatnonzero(ok).astype(np.int64)
+
+    def rows(self, start: int, stop: int) -> pa.Table:
+        """Rows of positions `[start, stop)` of an aligned index, read by row group; the last group
+        read is kept, so consecutive ranges (finalize, shard by shard) read each group once."""
+        if not self.aligned:
+            raise ValueError("the index rows are not aligned to positions")
+        first, last = np.searchsorted(self._starts, [start, stop - 1], side="right") - 1
+        pieces = []
+        for g in range(int(first), int(last) + 1):
+            if self._group is None or self._group[0] != g:
+                self._group = (g, conform(self._read(INDEX_SCHEMA.names, [g])))
+            lo, hi = max(start, self._starts[g]), min(stop, self._starts[g + 1])
+            pieces.append(self._group[1].slice(lo - self._starts[g], hi - lo))
+        return pa.concat_tables(pieces) if pieces else INDEX_SCHEMA.empty_table()
 
     def take(self, positions: np.ndarray) -> pa.Table:
         """The rows of `positions` (in that order); IndexError for a position without a row."""

@@ -6,8 +6,10 @@ from typing import Any
 
 from lplkit.errors import StoreCorruptError
 from lplkit.store import format as fmt
-from lplkit.store.markers import marker_shards, read_marker
+from lplkit.store.markers import scan_markers
 from lplkit.store.sidecar import url_to_fs
+from lplkit.store.text import bytes_per_row, text_entries
+from lplkit.store.text import path as text_path
 from lplkit.store.tooling import LAYOUT_VERSION, layout_version
 
 
@@ -29,9 +31,7 @@ def store_info(url: str) -> dict[str, Any]:
     count, size = int(manifest["source"]["count"]), int(manifest["shard_size"])
     n_shards = fmt.n_shards(count, size)
     # Markers are found by one listing, so the work is bounded by the files, not by the count.
-    present = sorted(marker_shards(fs, root, n_shards))
-    markers = [read_marker(fs, root, s, *fmt.shard_range(s, count, size)) for s in present]
-    done = [m for m in markers if m is not None]
+    done = list(scan_markers(fs, root, count, size).markers.values())
     if manifest.get("completed") and isinstance(manifest.get("counts"), dict):
         counts = dict(manifest["counts"])
     else:
@@ -71,6 +71,29 @@ def store_info(url: str) -> dict[str, Any]:
     logical = sum(a["logical_bytes"] for a in arrays.values())
     stored = sum(a["stored_bytes"] for a in arrays.values())
 
+    text = {}
+    for name, entry in text_entries(manifest).items():
+        text[name] = {
+            **{
+                k: entry.get(k)
+                for k in (
+                    "id",
+                    "subfolder",
+                    "revision",
+                    "class",
+                    "preset",
+                    "layer",
+                    "max_tokens",
+                    "hidden_size",
+                    "pooled_size",
+                    "dtype",
+                    "completed",
+                    "counts",
+                )
+            },
+            "bytes_per_row": bytes_per_row(entry),
+            "stored_bytes": _du(fs, f"{root}/{text_path(name)}"),
+        }
     layout = layout_version(manifest)
     return {
         "url": url,
@@ -81,6 +104,7 @@ def store_info(url: str) -> dict[str, Any]:
         "counts": counts,
         "shards": {"total": n_shards, "complete": len(done)},
         "arrays": arrays,
+        "text_encoders": text,
         "bytes": {
             "logical": logical,
             "stored": stored,

@@ -42,9 +42,10 @@ from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store import shuffle as shf
 from lplkit.store.dataset import LatentDataset
-from lplkit.store.markers import marker_shards, read_marker
+from lplkit.store.markers import index_part_shards, scan_markers
 from lplkit.store.shard_rows import ShardRows
 from lplkit.store.sidecar import url_to_fs
+from lplkit.store.text import TextRows, text_entries
 from lplkit.store.tooling import array_of
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of stored moments (all arrays) the loader may hold
@@ -161,6 +162,7 @@ class LatentStore:
         self._scratch: dict[str, torch.Tensor] = {}
         self._columns: dict[str, pa.Array] = {}
         self._chunk_table: shf.ChunkTable | None = None
+        self._text: dict[str, TextRows] = {}
 
     @property
     def reads_rows(self) -> bool:
@@ -232,12 +234,23 @@ class LatentStore:
 
     @staticmethod
     def _index_of_complete_shards(fs: Any, root: str, manifest: dict[str, Any]) -> pa.Table:
+        """The index rows of the shards with a sound marker: from each one's index part, or from
+        the index.parquet an earlier finalize wrote (which removed the parts it merged)."""
         count, size = manifest["source"]["count"], manifest["shard_size"]
-        parts = []
-        for s in sorted(marker_shards(fs, root, fmt.n_shards(count, size))):
-            if read_marker(fs, root, s, *fmt.shard_range(s, count, size)) is not None:
-                parts.append(idx.read_table(fs, fmt.index_part_path(root, s)))
-        return pa.concat_tables(parts) if parts else idx.INDEX_SCHEMA.empty_table()
+        scan = scan_markers(fs, root, count, size)
+        parts = index_part_shards(fs, root, scan.n_shards)
+        previous: idx.IndexFile | None = None
+        tables = []
+        for s in sorted(scan.markers):
+            if s in parts:
+                tables.append(idx.read_table(fs, fmt.index_part_path(root, s)))
+                continue
+            if previous is None:
+                previous = idx.IndexFile(count, fs=fs, path=f"{root}/{fmt.INDEX_FILE}")
+                if not previous.aligned:
+                    raise ValueError(f"shard {s} has no index part and no aligned index")
+            tables.append(previous.rows(*fmt.shard_range(s, count, size)))
+        return pa.concat_tables(tables) if tables else idx.INDEX_SCHEMA.empty_table()
 
     def __len__(self) -> int:
         return self._count
@@ -248,6 +261,62 @@ class LatentStore:
         or a store written before the manifest had them)."""
         classes = self.manifest.get("classes")
         return list(classes) if isinstance(classes, list) else None
+
+    @property
+    def text_encoders(self) -> dict[str, dict[str, Any]]:
+        """The cached text encoders: name -> manifest entry (model id, revision, class, layer,
+        max_tokens L, hidden_size D, pooled_size P, dtype, counts); completed ones only."""
+        return text_entries(self.manifest, completed_only=True)
+
+    def text_names(self, text: bool | str | list[str] | tuple[str, ...] | None) -> list[str]:
+        """`text` of `batches`/`as_dataset` as encoder names: True = every cached encoder."""
+        if not text:
+            return []
+        have = self.text_encoders
+        if text is True:
+            names = sorted(have)
+        else:
+            names = [text] if isinstance(text, str) else [str(n) for n in text]  # type: ignore[union-attr]
+        if text is True and not names:
+            raise StoreError(
+                f"{self.url} caches no text encoder; add one with `lplkit encode-text`"
+            )
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise StoreError(
+                f"{self.url} has no completed text encoder {', '.join(map(repr, missing))}; "
+                f"cached: {', '.join(sorted(have)) or 'none'}"
+            )
+        return names
+
+    def _text_rows(self, name: str) -> TextRows:
+        if name not in self._text:
+            self._text[name] = TextRows(self.url, self.group, name, self.text_encoders[name])
+        return self._text[name]
+
+    def read_text(
+        self, positions: Any, text: bool | str | list[str] | tuple[str, ...] = True
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """name -> {"states" (n, L, D), "mask" (n, L) bool[, "pooled" (n, P)]} of `positions`:
+        the stored values (float16 / bfloat16 / float32 tensors), rows in the order asked."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if len(pos) and (pos.min() < 0 or pos.max() >= self._count):
+            raise IndexError(f"positions must be in [0, {self._count})")
+        return {
+            n: self._text_tensors(n, self._text_rows(n).read(pos)) for n in self.text_names(text)
+        }
+
+    def empty_text(self, name: str) -> dict[str, torch.Tensor]:
+        """The empty caption's outputs of encoder `name` (rows of 1), for classifier-free guidance."""
+        self.text_names(name)
+        return self._text_tensors(name, self._text_rows(name).empty())
+
+    def _text_tensors(self, name: str, rows: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        dtype = self.text_encoders[name]["dtype"]
+        return {
+            a: torch.from_numpy(v).bool() if a == "mask" else _as_tensor(v, dtype)
+            for a, v in rows.items()
+        }
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -468,15 +537,57 @@ class LatentStore:
         world_size: int | None = None,
         drop_last: bool = True,
         with_index: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        text: bool | str | list[str] | tuple[str, ...] = False,
+    ) -> Iterator[tuple[Any, ...]]:
         """Yield `(latents (B, C, h, w) float32, labels (B,) int64)` for one epoch of one rank.
 
         `latents = mean + std * eps` (raw, unscaled; normalise downstream). Every ok sample is used
         once per epoch across ranks (`drop_last` drops the last partial global batch). rank and
         world_size default to torch.distributed's when it is initialised. `with_index=True` adds
         the batch's store positions `(B,)` int64 as a third element: `rows(positions)` gives their
-        `index.parquet` rows (keys, captions).
+        `index.parquet` rows (keys, captions). `text` (True: every cached encoder, or names) adds,
+        last, the batch's cached text conditioning `read_text(positions, text)`: name ->
+        {states, mask, pooled}, read one batch ahead in a background thread.
         """
+        names = self.text_names(text)
+        batches = self._batches(batch_size, seed, shuffle, epoch, start_batch, rank, world_size,
+                                drop_last)  # fmt: skip
+        if not names:
+            for batch, positions in batches:
+                yield (*batch, torch.from_numpy(positions)) if with_index else batch
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-text")
+        try:  # text rows of batch j are read while batch j+1's latents are sampled
+            ahead: tuple[Any, np.ndarray, Future[Any]] | None = None
+            for batch, positions in batches:
+                job = pool.submit(self.read_text, positions, names)
+                if ahead is not None:
+                    yield self._with_text(*ahead, with_index)
+                ahead = (batch, positions, job)
+            if ahead is not None:
+                yield self._with_text(*ahead, with_index)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _with_text(
+        batch: tuple[torch.Tensor, ...], positions: np.ndarray, job: Future[Any], with_index: bool
+    ) -> tuple[Any, ...]:
+        extra = (torch.from_numpy(positions),) if with_index else ()
+        return (*batch, *extra, job.result())
+
+    def _batches(
+        self,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        epoch: int,
+        start_batch: int,
+        rank: int | None,
+        world_size: int | None,
+        drop_last: bool,
+    ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]]:
+        """(latents, labels) and the positions of each batch of one epoch of one rank."""
         rank, world_size = self._split(rank, world_size)
         total = shf.num_batches(self.n_ok, batch_size, world_size, drop_last)
         if total == 0 or start_batch >= total:
@@ -492,12 +603,10 @@ class LatentStore:
                     self._ram = loading.result()
                 # Until the whole store is in, each batch reads its own chunks (pipelined start)
                 block = self._ram or self._load_batch(positions)
-                batch = self._make_batch([block], positions, span, seed, epoch)
-                yield (*batch, torch.from_numpy(positions)) if with_index else batch
+                yield self._make_batch([block], positions, span, seed, epoch), positions
             return
         own = self.rank_order(seed, epoch, rank, world_size, drop_last, shuffle)
-        for batch, positions in self._stream(own, batch_size, seed, epoch, start_batch, total):
-            yield (*batch, torch.from_numpy(positions)) if with_index else batch
+        yield from self._stream(own, batch_size, seed, epoch, start_batch, total)
 
     def rows(self, positions: Any) -> pa.Table:
         """The `index.parquet` rows (key, label, caption, ...) of store `positions`, in that order
@@ -507,9 +616,16 @@ class LatentStore:
         except IndexError:
             raise IndexError(f"positions without an index row in {self.url}") from None
 
-    def as_dataset(self, *, seed: int = 0, flip: bool = True, keys: bool = True) -> Any:
+    def as_dataset(
+        self,
+        *,
+        seed: int = 0,
+        flip: bool = True,
+        text: bool | str | list[str] = False,
+        keys: bool = True,
+    ) -> Any:
         """A map-style `torch.utils.data.Dataset` over the ok samples (`LatentDataset`)."""
-        return LatentDataset(self, seed=seed, flip=flip, keys=keys)
+        return LatentDataset(self, seed=seed, flip=flip, text=text, keys=keys)
 
     def _stream(
         self,

@@ -11,7 +11,8 @@ import json
 import os
 import posixpath
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import fsspec
 
@@ -27,27 +28,45 @@ def is_local(fs: Any) -> bool:
     return "file" in protocol or "local" in protocol
 
 
-def write_bytes_atomic(fs: Any, path: str, data: bytes) -> None:
-    """Write so that readers see the old file or the whole new one, never a partial one.
+@contextlib.contextmanager
+def open_atomic(fs: Any, path: str) -> Iterator[IO[bytes]]:
+    """A binary file to write `path` through, so that readers see the old file or the whole new
+    one, never a partial one; on an exception inside the block the old file stays.
 
-    Local: write a temp file in the same directory, fsync, `os.replace`. Object stores (s3, memory)
-    make a single put visible atomically, so a direct write already has that property.
+    Local: a temp file in the same directory, fsynced, then `os.replace`d over `path`. Object
+    stores (s3) make an upload visible atomically when the file closes, so a direct write already
+    has that property; an exception inside the block discards the upload instead of closing it.
     """
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     if not is_local(fs):
-        fs.pipe_file(path, data)
+        f = fs.open(path, "wb")
+        try:
+            yield f
+        except BaseException:
+            discard = getattr(f, "discard", None)  # s3fs: abort the multipart upload
+            if callable(discard):
+                with contextlib.suppress(Exception):
+                    discard()
+            raise
+        f.close()
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):  # a full disk must not also keep the partial temp file
             os.remove(tmp)
         raise
+
+
+def write_bytes_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one (`open_atomic`)."""
+    with open_atomic(fs, path) as f:
+        f.write(data)
 
 
 def read_json(fs: Any, path: str) -> Any:

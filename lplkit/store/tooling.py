@@ -12,6 +12,10 @@ Layout version 2 (``manifest["layout_version"]``; absent = 1, stores written bef
 lplkit itself always opens with ``use_consolidated=False`` (``open_root``): a consolidated view can
 lag a crashed writer, the directory cannot. The array data and the Parquet index are unchanged from
 layout 1, which lplkit reads as before; ``lplkit upgrade STORE`` adds the metadata in place.
+
+Layout version 3: shards sized in bytes (``manifest["geometry"]``, ``format.store_geometry``).
+Readers take the geometry from the manifest, so layouts 1-2 (row-sized shards) open unchanged;
+``lplkit upgrade`` copies their arrays into the new geometry (``lplkit.store.reshard``); ``lplkit.store.upgrade`` does both.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
-from lplkit.store.sidecar import is_local, read_json, url_to_fs, write_json_atomic
+from lplkit.store.sidecar import is_local, read_json, url_to_fs
 
 if TYPE_CHECKING:
     import zarr
@@ -38,7 +42,6 @@ __all__ = [
     "require_writable",
     "stats_dimension_names",
     "store_writes",
-    "upgrade_store",
 ]
 
 LAYOUT_VERSION = fmt.LAYOUT_VERSION
@@ -50,7 +53,7 @@ DIMENSION_NAMES: dict[str, tuple[str, ...]] = {
     fmt.LABELS: ("sample",),
 }
 # zarr warns once per non-zarr object when it lists a directory; lplkit's own listings expect them.
-_SIDECAR_WARNING = r"Object at .* is not recognized as a component of a Zarr hierarchy"
+SIDECAR_WARNING = r"Object at .* is not recognized as a component of a Zarr hierarchy"
 
 
 def array_of(group: Any, name: str) -> zarr.Array:
@@ -83,7 +86,7 @@ def consolidate(url: str) -> None:
     import zarr
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SIDECAR_WARNING)
+        warnings.filterwarnings("ignore", message=SIDECAR_WARNING)
         # zarr notes that consolidated metadata is not (yet) in the v3 spec; zarr-python, xarray
         # and dask read it, and lplkit never depends on it (open_root)
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
@@ -127,53 +130,14 @@ def stats_dimension_names(name: str, ndim: int) -> tuple[str, ...]:
     return ("channel",) if ndim == 1 else tuple(f"{name}_dim{i}" for i in range(ndim))
 
 
-def _array_dims(path: str, shape: list[int]) -> tuple[str, ...]:
+def array_dims(path: str, shape: list[int]) -> tuple[str, ...]:
     name = path.rsplit("/", 1)[-1]
     if name in DIMENSION_NAMES and "/" not in path:
         return DIMENSION_NAMES[name]
     return stats_dimension_names(name, len(shape))
 
 
-def upgrade_store(url: str) -> dict[str, Any]:
-    """Bring a finished store to the current layout in place: ``dimension_names`` on every array
-    that lacks them, ``layout_version`` in the manifest, consolidated metadata. Array data and the
-    index are untouched. Idempotent: a store already at the layout is not written at all
-    (``changed`` False), so a read-only one is fine; returns what was done (JSON-able)."""
-
-    url = str(url)
-    group, manifest = fmt.open_manifest(url)
-    if not manifest.get("completed"):
-        raise StoreError(f"{url} is not finished; re-run its encode command (it writes layout 2)")
-    fs, root = url_to_fs(url)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SIDECAR_WARNING)
-        members = sorted(group.members(max_depth=None), key=lambda pa: pa[0])
-    metas = {p: read_json(fs, f"{root}/{p}/zarr.json") for p, a in members if hasattr(a, "shape")}
-    unnamed = [p for p, meta in metas.items() if meta.get("dimension_names") is None]
-    before = layout_version(manifest)
-    changed = bool(unnamed) or before < LAYOUT_VERSION
-    changed = changed or not _consolidated_current(fs, root, [p for p, _ in members], metas)
-    if changed:
-        with store_writes(url, f"upgrade {url}"):
-            for path in unnamed:
-                shape = metas[path]["shape"]
-                metas[path]["dimension_names"] = list(_array_dims(path, list(shape)))
-                write_json_atomic(fs, f"{root}/{path}/zarr.json", metas[path])
-            if before < LAYOUT_VERSION:
-                rw = open_root(url, "r+")
-                rw.attrs[fmt.MANIFEST_KEY] = {**manifest, "layout_version": LAYOUT_VERSION}
-            consolidate(url)
-    return {
-        "url": url,
-        "layout_version_before": before,
-        "layout_version": LAYOUT_VERSION,
-        "named_arrays": unnamed,
-        "consolidated": True,
-        "changed": changed,
-    }
-
-
-def _consolidated_current(
+def consolidated_current(
     fs: Any, root: str, paths: list[str], arrays: dict[str, dict[str, Any]]
 ) -> bool:
     """Whether the root's consolidated metadata lists exactly `paths` and holds each array's

@@ -5,9 +5,12 @@ Checks, in order (each problem names the shard when it has one, and the fix):
 - manifest present and valid (schemas/store.schema.json), arrays present with the manifest's shape;
 - every shard has a completion marker (else: missing/partial, an interrupted encode);
 - per shard: every array's stored bytes hash to the marker's sha256 (bit rot, truncation, another
-  writer), decode without error, moments finite with std >= 0, index part present and matching;
-- the index: readable, one row per position, ok count = markers' n_ok = manifest counts,
-  labels array = index labels;
+  writer), decode without error, moments finite with std >= 0, the index part (while there is one:
+  finalize removes them once index.parquet holds their rows) matching the marker's sha256;
+- every complete shard's index rows exist: in its part or in index.parquet (else the shards are
+  `unindexed_shards`, which `repair_store` marks for re-encoding);
+- the index: readable (pages' CRC32 checked), one row per position, ok count = markers' n_ok =
+  manifest counts, labels array = index labels;
 - the store is finalized (`completed`).
 
 All-zero chunks are not stored by zarr (write_empty_chunks=False) and read back as the fill value, so
@@ -19,6 +22,9 @@ array data is read; instead every shard with ok samples must have its moments sh
 deleted shard files, missing/edited markers, manifest edits and a truncated index in about the time
 it takes to read the markers; bit flips and NaN need the full check (`lplkit verify`).
 
+Markers come from one scan (`scan_markers`: one listing, each read once). `workers` checks shards in
+threads (same report as serial); `sample` reads the data of a seeded fraction of the shards only.
+
 `repair_store` removes the markers of bad shards and clears `completed`, so re-running the same
 `lplkit encode` command re-encodes exactly those shards and rebuilds index.parquet.
 """
@@ -26,7 +32,9 @@ it takes to read the markers; bit flips and NaN need the full check (`lplkit ver
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,12 +44,15 @@ import zarr
 from lplkit.errors import StoreCorruptError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
+from lplkit.store import text as txt
 from lplkit.store.lock import StoreLock
-from lplkit.store.markers import marker_shards, read_marker_checked
+from lplkit.store.markers import index_part_shards, read_marker_checked, scan_markers
 from lplkit.store.sidecar import remove_if_exists, url_to_fs
+from lplkit.store.text import text_entries
 from lplkit.store.tooling import array_of
 
 RERUN = "re-run the same `lplkit encode` command (it resumes)"
+TEXT_PROBLEM = "text encoder "  # how a cached text encoder's problems start
 _MISSING_SHOWN = 20  # missing shards named one by one; the rest are counted
 
 
@@ -68,6 +79,10 @@ class VerifyReport:
     n_shards: int = 0
     complete_shards: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: complete shards whose index rows exist nowhere (no index part, index.parquet unusable)
+    unindexed_shards: list[int] = field(default_factory=list)
+    #: `sample_shards`: {"fraction", "seed", "checked"}; None when every shard's data was read
+    sample: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +93,7 @@ class VerifyReport:
         """Shards to re-encode (their markers are removed by `repair_store`)."""
         return sorted(
             {p.shard for p in self.problems if p.shard is not None and p.kind != "missing_shard"}
+            | set(self.unindexed_shards)
         )
 
     def add(self, kind: str, message: str, *, shard: int | None = None, fix: str = "") -> None:
@@ -91,6 +107,7 @@ class VerifyReport:
             "complete_shards": self.complete_shards,
             "bad_shards": self.bad_shards,
             "problems": [asdict(p) for p in self.problems],
+            "sample": self.sample,
         }
 
 
@@ -101,17 +118,34 @@ def _bad_shard_fix(url: str, shard: int) -> str:
     )
 
 
+def sample_shards(shards: list[int], fraction: float, seed: int) -> list[int]:
+    """The shards `--sample FRACTION` checks: ceil(fraction * len(shards)) of them, drawn without
+    replacement by numpy's PCG64 seeded with `seed` (the same store and seed give the same ones)."""
+    k = min(len(shards), math.ceil(fraction * len(shards)))
+    rng = np.random.default_rng(seed)
+    return sorted(int(s) for s in rng.choice(np.asarray(shards, dtype=np.int64), k, replace=False))
+
+
 def verify_store(
     url: str,
     *,
     checksums: bool = True,
     read_data: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
+    sample: float | None = None,
+    seed: int = 0,
 ) -> VerifyReport:
     """Check a store (see the module docstring). `progress(done, total)` is called per shard.
 
     `read_data=False`: the quick structural check (no array reads, so no checksum/NaN checks).
+    `workers`: shards checked by that many threads (zarr decoding, sha256 and numpy release the
+    GIL); the report is the same as a serial one. `sample`: read the data of only that fraction
+    of the complete shards (`sample_shards(..., seed)`), named in `report.sample`; damage in a
+    shard outside the sample is not found. Markers, files, counts and the index are checked whole.
     """
+    if workers < 1 or (sample is not None and not 0 < sample <= 1):
+        raise ValueError(f"workers must be >= 1 and sample in (0, 1], got {workers}, {sample}")
     url = str(url)
     report = VerifyReport(url)
     damaged = "the store's metadata is damaged: restore it, or re-encode into a new --out"
@@ -145,9 +179,10 @@ def verify_store(
         return report
     fs, root = url_to_fs(url)
     stored = _stored_files(fs, root, arrays)
-    # Only shards with a marker file are visited one by one, so the work is bounded by what is on
-    # disk, not by a count read from a file; missing ones are named (the first few) and counted.
-    present = marker_shards(fs, root, report.n_shards)
+    # One listing of progress/, each marker read once: the work is bounded by what is on disk,
+    # not by a count read from a file; missing ones are named (the first few) and counted.
+    scan = scan_markers(fs, root, count, size)
+    present = set(scan.markers) | set(scan.problems)
     missing = report.n_shards - len(present)
     shown = [s for s in range(min(report.n_shards, len(present) + _MISSING_SHOWN))
              if s not in present][:_MISSING_SHOWN]  # fmt: skip
@@ -166,28 +201,206 @@ def verify_store(
             f"{missing - len(shown)} more shards have no completion marker",
             fix=f"{RERUN} to encode them",
         )
-    n_ok_markers = 0
-    for i, s in enumerate(sorted(present)):
+    for s, problem in sorted(scan.problems.items()):
         start, stop = fmt.shard_range(s, count, size)
-        marker, problem = read_marker_checked(fs, root, s, start, stop)
-        if marker is None:
-            report.add(
-                "missing_shard" if problem is None else "marker",
-                f"shard {s} (positions {start}..{stop - 1}): "
-                + (problem or "no completion marker: missing or partially written"),
-                shard=s,
-                fix=_bad_shard_fix(url, s) if problem else f"{RERUN} to encode it",
-            )
+        report.add(
+            "marker", f"shard {s} (positions {start}..{stop - 1}): {problem}",
+            shard=s, fix=_bad_shard_fix(url, s),
+        )  # fmt: skip
+    complete = sorted(scan.markers)
+    report.complete_shards = len(complete)
+    n_ok_markers = sum(m["n_ok"] for m in scan.markers.values())
+    parts = index_part_shards(fs, root, report.n_shards)
+    to_read = complete if sample is None or not read_data else sample_shards(complete, sample, seed)
+    if sample is not None and read_data:
+        report.sample = {"fraction": sample, "seed": seed, "checked": to_read}
+    reading = set(to_read) if read_data else set()
+    # index.parquet is read once, up front: each shard read compares its labels with it (so a
+    # full verify does not read the labels array a second time, and a sample only its shards')
+    index_table: Any = None
+    index_error: Exception | None = None
+    if manifest["completed"]:
+        try:
+            index_table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}", check_pages=True)
+        except Exception as exc:  # truncated/garbled parquet raises various Arrow errors
+            index_error = exc
+    index_labels = None
+    if read_data and index_table is not None and _aligned(index_table, count):
+        index_labels = index_table.column("label").to_numpy()
+
+    def check(s: int) -> list[Problem]:
+        start, stop = fmt.shard_range(s, count, size)
+        shard_report = VerifyReport(url)
+        marker = scan.markers[s]
+        _check_shard_files(shard_report, arrays, stored, s, marker)
+        if s in reading:
+            _check_shard(
+                shard_report, arrays, manifest, fs, root, s, start, stop, marker, checksums,
+                s in parts, index_labels,
+            )  # fmt: skip
+        return shard_report.problems
+
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(workers, "lplkit-verify"))
+            results = pool.map(check, complete)  # in shard order: the same report as serial
         else:
-            report.complete_shards += 1
-            n_ok_markers += marker["n_ok"]
-            _check_shard_files(report, arrays, stored, s, marker)
-            if read_data:
-                _check_shard(report, arrays, manifest, fs, root, s, start, stop, marker, checksums)
-        if progress is not None:
-            progress(i + 1, len(present))
-    _check_index(report, group, manifest, fs, root, n_ok_markers)
+            results = map(check, complete)
+        for i, found in enumerate(results):
+            report.problems.extend(found)
+            if progress is not None:
+                progress(i + 1, len(complete))
+    unindexed = sorted(set(complete) - parts)
+    if unindexed and not _index_holds_rows(fs, root, count):
+        report.unindexed_shards = unindexed
+        if not manifest["completed"]:  # a finalized store's unreadable index is reported below
+            report.add(
+                "index",
+                f"{len(unindexed)} complete shard(s) ({_shown(unindexed)}) have no index part and "
+                f"{fmt.INDEX_FILE} cannot supply their rows",
+                fix=_unindexed_fix(url),
+            )
+    _check_index(
+        report, group, manifest, n_ok_markers, index_table, index_error, labels_read=read_data
+    )
+    for name, entry in text_entries(manifest).items():
+        _check_text(report, group, manifest, fs, root, name, entry, read_data, checksums)
     return report
+
+
+def _aligned(table: Any, count: int) -> bool:
+    return len(table) == count and np.array_equal(
+        table.column("position").to_numpy(), np.arange(count)
+    )
+
+
+def _shown(shards: list[int]) -> str:
+    return ", ".join(map(str, shards[:10])) + (" ..." if len(shards) > 10 else "")
+
+
+def _unindexed_fix(url: str) -> str:
+    return (
+        f"run `lplkit verify {url} --repair` (it marks the shards whose index rows are lost, "
+        f"their index parts having been merged and removed, for re-encoding), then {RERUN} to "
+        f"re-encode them and rebuild {fmt.INDEX_FILE}"
+    )
+
+
+def _index_holds_rows(fs: Any, root: str, count: int) -> bool:
+    """Whether index.parquet has one row per position (what a finalize takes the rows of shards
+    without an index part from); reads the metadata and the delta-encoded position column."""
+    try:
+        return idx.IndexFile(count, fs=fs, path=f"{root}/{fmt.INDEX_FILE}").aligned
+    except Exception:  # missing, truncated, foreign: it holds nothing usable
+        return False
+
+
+def _check_text(
+    report: VerifyReport,
+    group: zarr.Group,
+    manifest: dict[str, Any],
+    fs: Any,
+    root: str,
+    name: str,
+    entry: dict[str, Any],
+    read_data: bool,
+    checksums: bool,
+) -> None:
+    """One cached text encoder: arrays, markers, checksums, NaN/Inf, row counts, masks."""
+    rerun = (
+        f"delete {txt.path(name)}/{fmt.PROGRESS_DIR}/ (or just the named shard's marker) and "
+        f"re-run `lplkit encode-text {report.url} --text-encoder {entry.get('id')}"
+        + (f":{entry['subfolder']}" if entry.get("subfolder") else "")
+        + f" --name {name}` (it resumes)"
+    )
+
+    def add(kind: str, message: str) -> None:
+        report.add(kind, f"{TEXT_PROBLEM}{name!r}: {message}", fix=rerun)
+
+    if not isinstance(entry, dict) or not entry.get("completed"):
+        add("text_incomplete", "not finished (encode-text interrupted or running)")
+        return
+    count = manifest["source"]["count"]
+    arrays: dict[str, zarr.Array] = {}
+    for a, shape in txt.row_shapes(entry).items():
+        want = np.dtype("uint8") if a == txt.MASK else fmt.storage_dtype(entry["dtype"])
+        for full in (a, txt.EMPTY + a):
+            rows = count if full == a else 1
+            try:
+                arr = array_of(group, txt.path(name, full))
+            except Exception as exc:  # missing or damaged metadata
+                add("text_array", f"array {full!r} is missing or unreadable ({_one_line(exc)})")
+                return
+            if tuple(arr.shape) != (rows, *shape) or arr.dtype != want:
+                add("text_array", f"array {full!r} is {arr.dtype} {tuple(arr.shape)}, the "
+                    f"manifest says {want} {(rows, *shape)}")  # fmt: skip
+                return
+            arrays[full] = arr
+    try:
+        shard_rows, _ = txt.geometry(group)
+        ok = np.zeros(count, dtype=bool)
+        table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}")
+        ok[idx.ok_mask(table)] = True
+    except Exception as exc:  # the image side is reported by the checks above
+        add("text_count", f"cannot check rows against the index ({_one_line(exc)})")
+        return
+    text_root = f"{root}/{txt.path(name)}"
+    n_ok = 0
+    for s in range(fmt.n_shards(count, shard_rows)):
+        start, stop = fmt.shard_range(s, count, shard_rows)
+        marker, problem = read_marker_checked(fs, text_root, s, start, stop)
+        if marker is None:
+            add("text_shard", f"shard {s}: {problem or 'no completion marker'}")
+            continue
+        n_ok += marker["n_ok"]
+        if marker["n_ok"] != int(ok[start:stop].sum()):
+            add("text_count", f"shard {s}: {marker['n_ok']} rows encoded, the index has "
+                f"{int(ok[start:stop].sum())} ok rows")  # fmt: skip
+        if read_data:
+            _check_text_shard(add, entry, arrays, marker, ok[start:stop], s, start, checksums)
+    if n_ok != (entry.get("counts") or {}).get("ok"):
+        add("text_count", f"the markers count {n_ok} rows, the manifest {entry.get('counts')}")
+    if read_data:
+        for a in txt.row_shapes(entry):
+            data = np.asarray(arrays[txt.EMPTY + a][:])
+            if checksums and fmt.sha256_array(data) != (entry.get("empty_sha256") or {}).get(a):
+                add("checksum", f"the empty caption's {a!r} does not match its recorded sha256")
+
+
+def _check_text_shard(
+    add: Callable[[str, str], None],
+    entry: dict[str, Any],
+    arrays: dict[str, zarr.Array],
+    marker: dict[str, Any],
+    ok: np.ndarray,
+    s: int,
+    start: int,
+    checksums: bool,
+) -> None:
+    stop = start + len(ok)
+    for a in txt.row_shapes(entry):
+        try:
+            data = np.asarray(arrays[a][start:stop])
+        except Exception as exc:  # a damaged shard file
+            add("unreadable", f"shard {s}: {a!r} cannot be read ({_one_line(exc)})")
+            continue
+        if checksums and fmt.sha256_array(data) != marker["checksums"].get(a):
+            add("checksum", f"shard {s}: {a!r} does not match its recorded sha256 (data changed "
+                "after it was written)")  # fmt: skip
+        if a == txt.MASK:
+            m = data.astype(np.int64)
+            ones = m.sum(axis=1)
+            # a tokenizer mask is 1s then 0s (right padding); ok rows hold >= 1 token, others none
+            prefix = (m == (np.arange(m.shape[1]) < ones[:, None])).all(axis=1)
+            bad = ~prefix | (m > 1).any(axis=1) | ((ones > 0) != ok)
+            if bad.any():
+                where = (start + np.flatnonzero(bad)[:5]).tolist()
+                add("text_mask", f"shard {s}: inconsistent attention mask at positions {where}")
+            continue
+        finite = fmt.finite_rows(data, entry["dtype"])
+        if not finite.all():
+            where = (start + np.flatnonzero(~finite)[:5]).tolist()
+            add("nonfinite", f"shard {s}: {a!r} has NaN/Inf at positions {where}")
 
 
 def _check_arrays(
@@ -250,6 +463,8 @@ def _check_shard(
     stop: int,
     marker: dict[str, Any],
     checksums: bool,
+    has_part: bool,
+    index_labels: np.ndarray | None,
 ) -> None:
     fix = _bad_shard_fix(report.url, s)
     for name, arr in arrays.items():
@@ -272,6 +487,13 @@ def _check_shard(
                 fix=fix,
             )
         if name == fmt.LABELS:
+            if index_labels is not None and not np.array_equal(data, index_labels[start:stop]):
+                report.add(
+                    "labels",
+                    f"shard {s}: labels array differs from {fmt.INDEX_FILE}",
+                    shard=s,
+                    fix=fix,
+                )
             continue
         values = fmt.from_storage(data, manifest["dtype"])
         bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
@@ -292,10 +514,11 @@ def _check_shard(
                 shard=s,
                 fix=fix,
             )
+    if not has_part:  # finalized: the rows are in index.parquet (checked whole, page checksums)
+        return
     try:
         part = idx.read_bytes(fs, fmt.index_part_path(root, s))
-    except FileNotFoundError:
-        report.add("index", f"shard {s}: index part is missing", shard=s, fix=fix)
+    except FileNotFoundError:  # removed since the listing (a finalize running now)
         return
     if checksums and idx.sha256_bytes(part) != marker.get("index_part_sha256"):
         report.add(
@@ -344,10 +567,15 @@ def _check_index(
     report: VerifyReport,
     group: zarr.Group,
     manifest: dict[str, Any],
-    fs: Any,
-    root: str,
     n_ok_markers: int,
+    table: Any,
+    error: Exception | None,
+    *,
+    labels_read: bool,
 ) -> None:
+    """The index (read by the caller: `table`, or the `error` reading it raised) against the
+    count, the markers, the manifest and (unless the shard checks compared them: `labels_read`)
+    the labels array."""
     url, count = report.url, manifest["source"]["count"]
     if not manifest["completed"]:
         if report.complete_shards == report.n_shards:
@@ -362,18 +590,16 @@ def _check_index(
             )
         return
     rebuild = f"run `lplkit verify {url} --repair`, then {RERUN} to rebuild {fmt.INDEX_FILE}"
-    try:
-        table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}")
-    except Exception as exc:  # truncated/garbled parquet raises various Arrow errors
+    if report.unindexed_shards:
+        rebuild = _unindexed_fix(url)
+    if table is None:
         report.add(
             "index",
-            f"{fmt.INDEX_FILE} is unreadable or truncated ({type(exc).__name__}: {exc})",
+            f"{fmt.INDEX_FILE} is unreadable or truncated ({type(error).__name__}: {error})",
             fix=rebuild,
         )
         return
-    if len(table) != count or not np.array_equal(
-        table.column("position").to_numpy(), np.arange(count)
-    ):
+    if not _aligned(table, count):
         report.add(
             "count", f"{fmt.INDEX_FILE} has {len(table)} rows for {count} positions", fix=rebuild
         )
@@ -389,6 +615,8 @@ def _check_index(
             f"manifest {counts['ok']} (total {counts['total']} vs {count})",
             fix=rebuild,
         )
+    if labels_read:
+        return
     try:
         labels = array_of(group, fmt.LABELS)[:]
     except Exception:  # already reported per shard
@@ -427,9 +655,10 @@ def repair_store(url: str, report: VerifyReport) -> list[int]:
     lock = StoreLock(fs, root)
     lock.acquire()
     try:
-        for s in report.bad_shards:
+        for s in report.bad_shards:  # incl. shards whose index rows are lost: re-encoded
             remove_if_exists(fs, fmt.marker_path(root, s))
-        if not report.ok:
+        # a text encoder's problem leaves the latents usable (its fix is an encode-text re-run)
+        if any(not p.message.startswith(TEXT_PROBLEM) for p in report.problems):
             group = zarr.open_group(str(url), mode="r+", use_consolidated=False)
             manifest = group.attrs.get(fmt.MANIFEST_KEY)
             if isinstance(manifest, dict) and manifest.get("completed"):

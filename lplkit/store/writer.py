@@ -23,6 +23,7 @@ Rules that make it correct:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,9 +37,9 @@ from lplkit.errors import StoreCorruptError, StoreError, StoreMismatchError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store.lock import StoreLock
-from lplkit.store.markers import read_marker
+from lplkit.store.markers import MarkerScan, index_part_shards, scan_markers
 from lplkit.store.ownership import check_out_dir
-from lplkit.store.sidecar import remove_if_exists, url_to_fs, write_bytes_atomic, write_json_atomic
+from lplkit.store.sidecar import open_atomic, remove_if_exists, url_to_fs, write_json_atomic
 from lplkit.store.tooling import DIMENSION_NAMES, array_of, consolidate
 
 
@@ -51,6 +52,29 @@ def compressors_for(codec: str) -> Any:
     if codec == "blosc-zstd":
         return [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
     raise ValueError(f"codec must be one of {fmt.CODECS}, got {codec!r}")
+
+
+def array_spec(name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """zarr `create_array` arguments of store array `name` (shape, dtype, chunk and shard geometry,
+    codec, fill value, dimension names) for a store with this manifest."""
+    count, latent = manifest["source"]["count"], tuple(manifest["latent_shape"])
+    shard, chunk = manifest["shard_size"], manifest["chunk_size"]
+    common = {
+        "compressors": compressors_for(manifest["codec"]),
+        "dimension_names": DIMENSION_NAMES[name],
+    }
+    if name == fmt.LABELS:
+        return dict(
+            common, shape=(count,), dtype="int32", chunks=(chunk,), shards=(shard,), fill_value=-1
+        )
+    return dict(
+        common,
+        shape=(count, 2, *latent),
+        dtype=fmt.storage_dtype(manifest["dtype"]),
+        chunks=(chunk, 2, *latent),
+        shards=(shard, 2, *latent),
+        fill_value=0,
+    )
 
 
 def open_group(url: str, mode: str = "r") -> zarr.Group:
@@ -82,6 +106,7 @@ class StoreWriter:
         self.rank = rank
         self.world_size = world_size
         self.lock: StoreLock | None = None
+        self._scan: MarkerScan | None = None
 
     # -- creation -------------------------------------------------------------------------------
 
@@ -118,9 +143,15 @@ class StoreWriter:
                 group, stored = cls._wait_for(str(url), wait_timeout)
             diffs = fmt.identity_differences(stored, requested)
             if diffs:
+                only_rows = all(d.startswith("shard_size:") for d in diffs)
+                fix = (  # e.g. a store begun with row-sized shards (layout <= 2), resumed
+                    f"resume it with --shard-size {stored['shard_size']}, or write to a new --out"
+                    if only_rows
+                    else "write to a new --out, or delete the store to re-encode"
+                )
                 raise StoreMismatchError(
                     f"the store at {url} was made with different settings ({'; '.join(diffs)}); "
-                    "write to a new --out, or delete the store to re-encode"
+                    + fix
                 )
         except BaseException:
             if lock is not None:
@@ -147,36 +178,8 @@ class StoreWriter:
         if group is None and fs.exists(root) and fs.isfile(root):
             raise StoreError(f"{url} is a file, not a store directory; choose another --out")
         group = zarr.open_group(url, mode="a", use_consolidated=False)
-        count = manifest["source"]["count"]
-        latent = tuple(manifest["latent_shape"])
-        shard, chunk = manifest["shard_size"], manifest["chunk_size"]
-        sdtype = fmt.storage_dtype(manifest["dtype"])
-        comp = compressors_for(manifest["codec"])
         for name in fmt.array_names(manifest):
-            if name == fmt.LABELS:
-                group.create_array(
-                    name,
-                    shape=(count,),
-                    dtype="int32",
-                    chunks=(chunk,),
-                    shards=(shard,),
-                    fill_value=-1,
-                    compressors=comp,
-                    overwrite=True,
-                    dimension_names=DIMENSION_NAMES[name],
-                )
-            else:
-                group.create_array(
-                    name,
-                    shape=(count, 2, *latent),
-                    dtype=sdtype,
-                    chunks=(chunk, 2, *latent),
-                    shards=(shard, 2, *latent),
-                    fill_value=0,
-                    compressors=comp,
-                    overwrite=True,
-                    dimension_names=DIMENSION_NAMES[name],
-                )
+            group.create_array(name, **array_spec(name, manifest), overwrite=True)
         # The manifest goes last: its presence tells other ranks the arrays exist.
         group.attrs[fmt.MANIFEST_KEY] = manifest
         return group, manifest
@@ -215,16 +218,30 @@ class StoreWriter:
         """Whether this rank writes `shard` (static round-robin: `shard % world_size == rank`)."""
         return shard % self.world_size == self.rank
 
+    def scan(self, *, refresh: bool = False) -> MarkerScan:
+        """The completion markers as this writer knows them: scanned once (one listing, each marker
+        read once), then kept up to date with what this process writes. `refresh` lists again and
+        reads only the markers not yet known (other ranks' new shards). Ranks > 0 read only their
+        own shards' markers on the first scan."""
+        if self._scan is None or refresh:
+            only = None if self.rank == 0 or refresh else self.owns
+            self._scan = scan_markers(
+                self.fs, self.root, self.count, self.manifest["shard_size"],
+                only=only, known=self._scan,
+            )  # fmt: skip
+        return self._scan
+
     def is_complete(self, shard: int) -> bool:
-        return read_marker(self.fs, self.root, shard, *self.shard_range(shard)) is not None
+        return self.scan().complete(shard)
 
     def all_pending_shards(self) -> list[int]:
-        """Every shard (any rank's) without a valid completion marker."""
-        return [s for s in range(self.n_shards) if not self.is_complete(s)]
+        """Every shard (any rank's) without a valid completion marker. A single writer knows every
+        marker already; with several ranks the others' new markers are read (once each)."""
+        return self.scan(refresh=self.world_size > 1).pending()
 
     def pending_shards(self) -> list[int]:
         """This rank's shards without a valid completion marker, in order."""
-        return [s for s in range(self.n_shards) if self.owns(s) and not self.is_complete(s)]
+        return self.scan().pending(s for s in range(self.n_shards) if self.owns(s))
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -279,6 +296,7 @@ class StoreWriter:
         n = stop - start
         # Invalidate first: a crash from here until the new marker leaves the shard pending.
         remove_if_exists(self.fs, fmt.marker_path(self.root, shard))
+        self.scan().forget(shard)
         if self.manifest.get("completed"):  # rewriting a finished store: readers must not trust it
             self.manifest = dict(self.manifest, completed=False, counts=None)
             self.group.attrs[fmt.MANIFEST_KEY] = self.manifest
@@ -323,6 +341,7 @@ class StoreWriter:
         self.fs.makedirs(f"{self.root}/{fmt.INDEX_PARTS_DIR}", exist_ok=True)
         self.fs.pipe_file(fmt.index_part_path(self.root, shard), part)
         write_json_atomic(self.fs, fmt.marker_path(self.root, shard), marker)
+        self.scan().record(marker)
         return marker
 
     def _to_stored(
@@ -354,9 +373,15 @@ class StoreWriter:
     # -- finishing ------------------------------------------------------------------------------
 
     def finalize(self) -> dict[str, Any]:
-        """Rank 0, after every rank's shards are written: build index.parquet, mark completed.
+        """Rank 0, after every rank's shards are written: build index.parquet, mark completed, then
+        remove index_parts/ (the index now holds their rows).
 
-        Idempotent; raises `StoreError` naming the pending shards if some are not complete.
+        The index is streamed shard by shard (`index.IndexWriter`: one row group in memory, not
+        the whole index) to a temp file that replaces index.parquet only when whole. Each shard's
+        rows come from its index part, or, when it has none (parts are removed after a finalize;
+        a shard re-encoded since has a new one), from the previous index.parquet. A finalize
+        interrupted anywhere leaves a store the next one completes. Idempotent; raises
+        `StoreError` naming the pending shards if some are not complete.
         """
         if self.rank != 0:
             raise StoreError(f"finalize() is rank 0's job (called on rank {self.rank})")
@@ -367,30 +392,86 @@ class StoreWriter:
                 f"cannot finalize {self.url}: {len(pending)} shard(s) not complete ({shown}); "
                 "re-run the same encode command to finish them"
             )
-        parts = [
-            idx.read_table(self.fs, fmt.index_part_path(self.root, s)) for s in range(self.n_shards)
-        ]
-        table = pa.concat_tables(parts) if parts else idx.INDEX_SCHEMA.empty_table()
-        positions = table.column("position").to_numpy()
-        if not np.array_equal(positions, np.arange(self.count)):
-            raise StoreError(f"{self.url}: index parts do not cover positions 0..{self.count - 1}")
-
-        n_ok = int(idx.ok_mask(table).sum())
+        parts = index_part_shards(self.fs, self.root, self.n_shards)
+        if self.manifest.get("completed") and not parts:
+            return self.manifest  # finalized before and nothing rewritten since
+        index_path = f"{self.root}/{fmt.INDEX_FILE}"
+        try:
+            with open_atomic(self.fs, index_path) as sink:
+                n_ok = self._write_index(sink, parts)
+        except OSError as exc:
+            raise self._finalize_failed(exc) from exc
         manifest = dict(self.manifest)
         manifest["counts"] = {"total": self.count, "ok": n_ok, "skipped": self.count - n_ok}
         manifest["completed"] = True
         try:
-            write_bytes_atomic(self.fs, f"{self.root}/{fmt.INDEX_FILE}", idx.table_to_bytes(table))
             self.group.attrs[fmt.MANIFEST_KEY] = manifest
+            self.manifest = manifest
             consolidate(self.url)  # zarr/xarray/dask then open the store without listing sidecars
+            # Only now: until the manifest says completed, a rerun rebuilds from the parts.
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(f"{self.root}/{fmt.INDEX_PARTS_DIR}", recursive=True)
         except OSError as exc:
-            raise StoreError(
-                f"finalizing {self.url} failed writing {fmt.INDEX_FILE} or the manifest: "
-                f"{exc.strerror or exc}; free space or fix the storage, then re-run the same "
-                "command (every shard is written; only the index is rebuilt)"
-            ) from exc
-        self.manifest = manifest
+            raise self._finalize_failed(exc) from exc
         return manifest
+
+    def _write_index(self, sink: Any, parts: set[int]) -> int:
+        """Stream every shard's index rows into `sink`; returns the ok count."""
+        writer = idx.IndexWriter(sink)
+        try:
+            n_ok = self._write_shards(writer, parts)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        return n_ok
+
+    def _write_shards(self, writer: idx.IndexWriter, parts: set[int]) -> int:
+        previous: idx.IndexFile | None = None
+        n_ok = 0
+        for s in range(self.n_shards):
+            start, stop = self.shard_range(s)
+            if s in parts:
+                table = idx.read_table(self.fs, fmt.index_part_path(self.root, s))
+            else:
+                if previous is None:
+                    previous = self._previous_index(s)
+                table = previous.rows(start, stop)
+            positions = table.column("position").to_numpy()
+            if not np.array_equal(positions, np.arange(start, stop)):
+                raise StoreError(
+                    f"{self.url}: the index rows of shard {s} do not cover positions "
+                    f"{start}..{stop - 1}; run `lplkit verify {self.url} --repair`, then re-run the "
+                    "same command"
+                )
+            n_ok += int(idx.ok_mask(table).sum())
+            writer.write(table)
+        return n_ok
+
+    def _previous_index(self, shard: int) -> idx.IndexFile:
+        """The index.parquet a previous finalize wrote (rows of shards without a part)."""
+        problem = f"{fmt.INDEX_FILE} is missing"
+        try:
+            previous = idx.IndexFile(self.count, fs=self.fs, path=f"{self.root}/{fmt.INDEX_FILE}")
+            if previous.aligned:
+                return previous
+            problem = f"{fmt.INDEX_FILE} does not hold one row per position"
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            problem = f"{fmt.INDEX_FILE} is unreadable ({exc})"
+        raise StoreError(
+            f"cannot finalize {self.url}: shard {shard} has no index part and {problem}; run "
+            f"`lplkit verify {self.url} --repair` (it marks such shards for re-encoding), then "
+            "re-run the same command"
+        )
+
+    def _finalize_failed(self, exc: OSError) -> StoreError:
+        return StoreError(
+            f"finalizing {self.url} failed writing {fmt.INDEX_FILE} or the manifest: "
+            f"{exc.strerror or exc}; free space or fix the storage, then re-run the same "
+            "command (every shard is written; only the index is rebuilt)"
+        )
 
     def close(self) -> None:
         """Release the writer lock (rank 0). Safe to call twice."""

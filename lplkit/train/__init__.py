@@ -8,7 +8,8 @@ Public API::
 Submodules: `config` (TrainConfig), `builders` (config -> Components), `loop` (Trainer,
 Components), `losses` (objective + gated LPL), `checkpoint`, `ema`, `rng`, `loader`, `metrics_log`
 (metrics.jsonl, TensorBoard, W&B), `lr_schedule`, `normalization`, `previews` (the periodic sample
-grid), `base` (pre-trained bases: `load_base`, the weights behind `--init`), `run_dir` (config.json,
+grid), `base` (pre-trained bases: `load_base`, the weights behind `--init`), `pipeline_init`
+(`--init` from a diffusers DiTPipeline), `run_dir` (config.json,
 run.json, the run lock), `run` (`train()`).
 Sampling a finished run is `lplkit.diffusion.generate.sample_run`.
 Importing this package does not import torch (the CLI's `--help` relies on it).

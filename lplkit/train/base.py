@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lplkit.diffusion.denoisers import Denoiser, build_model
+from lplkit.diffusion.denoisers import Denoiser, build_from_spec
 from lplkit.errors import CheckpointError, ConfigError
 from lplkit.train.checkpoint import load_latest
 from lplkit.train.run_dir import load_run
@@ -74,13 +74,7 @@ def _read_info(path: Path) -> dict[str, Any]:
 
 
 def _build(info: dict[str, Any]) -> Denoiser:
-    spec = info["model"]
-    return build_model(
-        spec["name"],
-        in_channels=int(spec["in_channels"]),
-        sample_size=int(spec["sample_size"]),
-        num_classes=spec.get("num_classes"),
-    )
+    return build_from_spec(info["model"])
 
 
 def load_run_model(run_dir: Path, *, ema: bool = True) -> tuple[Any, dict[str, Any], Denoiser, int]:

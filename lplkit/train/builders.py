@@ -35,6 +35,7 @@ from lplkit.train.base import load_base
 from lplkit.train.config import TrainConfig
 from lplkit.train.loop import Components
 from lplkit.train.normalization import LatentNormalizer
+from lplkit.train.pipeline_init import init_from_pipeline, is_pipeline_spec
 from lplkit.train.previews import make_sample_grid
 
 
@@ -166,8 +167,11 @@ def init_from_base(
     cfg: TrainConfig, store: Any, num_classes: int | None
 ) -> tuple[nn.Module, LatentNormalizer, dict[str, Any]]:
     """The `--init` base's weights and its latent normalization, checked against this run: the same
-    architecture, latent shape, classes and objective, and a store of the same autoencoder."""
+    architecture, latent shape, classes and objective, and a store of the same autoencoder. A
+    diffusers checkpoint (hub id, pipeline or model directory) goes to `init_from_pipeline`."""
 
+    if is_pipeline_spec(str(cfg.init)):
+        return init_from_pipeline(cfg, store, num_classes)
     base = load_base(str(cfg.init))
     info = base.info
     problems = []

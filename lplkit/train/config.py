@@ -151,6 +151,8 @@ class TrainConfig:
     # Start from pre-trained weights (bundled base such as "openmoji-base", or a run directory's
     # newest EMA weights) instead of a random init; the run keeps the base's latent normalization.
     init: str | None = None
+    # hub branch, tag or commit of a diffusers `--init org/name` (the resolved commit goes to run.json)
+    init_revision: str | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -222,8 +224,10 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag(
         "init",
         "--init",
-        "Start from pre-trained weights: a bundled base (openmoji-base) or a run directory.",
+        "Start from pre-trained weights: a bundled base (openmoji-base), a run directory, or a "
+        "diffusers DiTPipeline (hub id, local directory, SPEC:transformer).",
     ),
+    ConfigFlag("init_revision", "--init-revision", "Hub branch, tag or commit of --init ORG/NAME."),
     ConfigFlag("lpl.preset", "--lpl-preset", f"LPL options preset: {', '.join(LPL_PRESETS)}."),
     ConfigFlag("lpl.weight", "--lpl-weight", "w in L + w LPL."),
     ConfigFlag("lpl.snr_min", "--lpl-snr-min", "Gate: LPL only where SNR(t) >= this."),

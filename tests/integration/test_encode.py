@@ -38,6 +38,17 @@ def _cfg(dataset, out, vae, **kw) -> EncodeConfig:
     return EncodeConfig(dataset=str(dataset), out=str(out), vae=str(vae), **{**base, **kw})
 
 
+def test_shards_sized_in_mib(image_folder, tiny_vae_dir, tmp_path):
+    # 4x8x8 fp16 without flips: 1028 B a row (moments 1024 + label 4); 0.004 MiB = 4194 B -> 4 rows
+    out = tmp_path / "s.zarr"
+    summary = encode_dataset(_cfg(image_folder, out, tiny_vae_dir, shard_size=None, shard_mb=0.004))
+    assert (summary.shards_total, summary.shards_written, summary.completed) == (3, 3, True)
+    m = read_store(out)["manifest"]
+    assert (m["shard_size"], m["chunk_size"], m["layout_version"]) == (4, 4, 3)
+    assert m["geometry"] == {"rule": "bytes", "shard_mb": 0.004, "chunk_bytes": 1 << 20,
+                             "row_bytes": 1028}  # fmt: skip
+
+
 def test_moments_flips_labels_match_direct_encode(image_folder, tiny_vae_dir, tmp_path):
     out = tmp_path / "s.zarr"
     summary = encode_dataset(_cfg(image_folder, out, tiny_vae_dir, flip=True, workers=1))

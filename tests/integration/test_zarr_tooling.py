@@ -85,6 +85,7 @@ def _make_layout_1(path: Path) -> None:
         meta.pop("consolidated_metadata", None)
         if meta_path.parent == path:
             meta["attributes"]["lplkit"].pop("layout_version")
+            meta["attributes"]["lplkit"].pop("geometry")
         meta_path.write_text(json.dumps(meta))
 
 
@@ -101,7 +102,7 @@ def test_layout_1_store_opens_in_lplkit_and_upgrades(tmp_path, capsys):
     path = _store(tmp_path / "old.zarr")
     want = _open_everything(path)
     _make_layout_1(path)
-    digest = _data_digest(path)
+    digest = _data_digest(path / "stats")
 
     store = LatentStore.open(str(path))  # lplkit reads the old layout as before
     assert len(list(store.batches(8, seed=0))) == 39 // 8
@@ -116,9 +117,12 @@ def test_layout_1_store_opens_in_lplkit_and_upgrades(tmp_path, capsys):
     code, out, err = run_cli(["upgrade", str(path), "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert result["layout_version_before"] == 1 and result["layout_version"] == 2
-    assert {"labels", "moments", "moments_flip"} <= set(result["named_arrays"])
-    assert _data_digest(path) == digest  # metadata only
+    assert result["layout_version_before"] == 1 and result["layout_version"] == 3
+    # the store's arrays are copied into byte-sized shards (named as they are written); the
+    # statistics arrays only get their names (metadata only)
+    assert result["resharded"]["shard_size"] == [16, N]
+    assert result["named_arrays"] and all(p.startswith("stats/") for p in result["named_arrays"])
+    assert _data_digest(path / "stats") == digest
 
     got = _open_everything(path)
     for key in ("names", "deep", "dims"):
@@ -126,4 +130,5 @@ def test_layout_1_store_opens_in_lplkit_and_upgrades(tmp_path, capsys):
     for key in ("xr_moments", "xr_flip", "xr_labels", "dask_moments", "xr_stats"):
         np.testing.assert_array_equal(got[key], want[key])
     again = json.loads(run_cli(["upgrade", str(path), "--json"], capsys)[1])
-    assert again["named_arrays"] == [] and again["layout_version_before"] == 2
+    assert again["named_arrays"] == [] and again["layout_version_before"] == 3
+    assert again["changed"] is False

@@ -76,6 +76,35 @@ def test_verify_corrupt_exits_nonzero_and_repair_removes_markers(store, capsys):
     assert (store / "progress" / "shard-00000.json").exists()
 
 
+@pytest.mark.parametrize("options", [["--workers", "2"], ["--sample", "1.0"]])
+def test_verify_workers_and_whole_sample_find_a_flipped_byte(store, capsys, options):
+    shard = store / "moments" / "c" / "2" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[64] ^= 0x10
+    shard.write_bytes(bytes(data))
+    code, out, _ = run_cli(["verify", str(store), "--json", *options], capsys)
+    report = json.loads(out)
+    assert code == StoreCorruptError.exit_code and report["bad_shards"] == [2]
+    sample = report["sample"]
+    assert sample is None if "--workers" in options else sample["checked"] == [0, 1, 2]
+
+
+def test_verify_sample_says_it_was_a_sample(store, capsys):
+    code, _, err = run_cli(["verify", str(store), "--sample", "0.5", "--seed", "7"], capsys)
+    assert code == 0
+    text = " ".join(err.split())
+    assert "sample: the data of 2 of 3 complete shards was read (--sample 0.5 --seed 7" in text
+    assert "not found by a sample" in text and "the sampled shards' checksums match" in text
+
+
+@pytest.mark.parametrize(
+    "option", [["--workers", "0"], ["--sample", "0"], ["--sample", "1.5"], ["--seed", "-1"]]
+)
+def test_verify_out_of_range_options_are_usage_errors(store, capsys, option):
+    code, _, err = run_cli(["verify", str(store), *option], capsys)
+    assert code == 2 and option[0] in err
+
+
 def test_verify_missing_store(tmp_path, capsys):
     code, _, err = run_cli(["verify", str(tmp_path / "nope.zarr")], capsys)
     assert code == StoreCorruptError.exit_code and "nope.zarr" in err

@@ -136,13 +136,20 @@ def test_eval_and_encode_take_recipes_and_set(tmp_path):
     assert (cfg.swd_dirs, cfg.swd_repeats, cfg.n, cfg.batch_size) == (64, 2, 8, 64)
     enc = _resolve("encode", ["--set", "dataset=openmoji", "--set", "out=o.zarr",
                               "--set", "res=32", "--res", "64", "--flip"])  # fmt: skip
-    assert (enc.dataset, enc.out, enc.res, enc.flip, enc.shard_size) == (
-        "openmoji",
-        "o.zarr",
-        64,
-        True,
-        1024,
-    )
+    assert (enc.dataset, enc.out, enc.res, enc.flip) == ("openmoji", "o.zarr", 64, True)
+    assert (enc.shard_size, enc.shard_mb) == (None, None)  # shards of the default 128 MiB
+
+
+def test_a_repeatable_flag_collects_every_use_and_commas():
+    from lplkit.config import flag_values
+    from lplkit.store.encode_config import ENCODE_FLAGS
+
+    base = ["--dataset", "d", "--out", "o.zarr", "--res", "32"]
+    args = ["--text-encoder", "org/clip:text_encoder", "--text-encoder", "org/t5,dir/t5b"]
+    want = ["org/clip:text_encoder", "org/t5", "dir/t5b"]
+    assert _resolve("encode", [*base, *args]).text_encoder == want
+    assert _resolve("encode", [*base, "--text-encoder", "org/t5"]).text_encoder == ["org/t5"]
+    assert flag_values(ENCODE_FLAGS, args)["text_encoder"] == ",".join(want)
 
 
 def test_stats_positional_store_and_old_spellings_resolve(tmp_path):

@@ -17,7 +17,7 @@ LAYERS = {
     "errors": 0, "config": 0, "validation": 0, "hub": 0, "distributed": 0, "lazy_exports": 0,
     "preemption": 0,
     "autoencoders": 1, "data": 1, "store": 1, "diffusion": 1,
-    "encode": 2, "lpl": 2, "stats": 2, "diffusion.samplers": 2,
+    "text": 1, "encode": 2, "lpl": 2, "stats": 2, "diffusion.samplers": 2,
     "train": 3,
     "diffusion.generate": 4, "metrics": 4, "export": 4,
     "demo": 5,

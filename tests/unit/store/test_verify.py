@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,69 @@ def test_verify_and_repair_work_on_fsspec_urls():
     assert _kinds(report) == {("missing_shard", 2)}
     fs.pipe_file("/lplkit-verify/s.zarr/index.parquet", b"PAR1 truncated")
     assert ("index", None) in _kinds(verify_store(url))
+
+
+@pytest.fixture(scope="module")
+def eight_shards(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("v8") / "s.zarr"
+    write_synthetic_store(path, count=64, shard_size=8, chunk_size=4)
+    return path
+
+
+def _flip_moments_byte(store: Path, shard: int) -> None:
+    path = store / "moments" / "c" / str(shard) / "0" / "0" / "0" / "0"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF  # inside the first chunk's payload (codec none)
+    path.write_bytes(bytes(data))
+
+
+def test_parallel_and_whole_sample_find_a_flipped_byte_like_serial(eight_shards, tmp_path):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(eight_shards, store)
+    _flip_moments_byte(store, 5)
+    (store / "progress" / "shard-00002.json").unlink()
+    serial = verify_store(str(store))
+    assert _kinds(serial) == {("checksum", 5), ("missing_shard", 2)}
+    done = []
+    parallel = verify_store(str(store), workers=2, progress=lambda d, t: done.append((d, t)))
+    assert parallel.to_dict() == serial.to_dict()  # same problems, in the same order
+    assert done == [(i, 7) for i in range(1, 8)]
+    whole = verify_store(str(store), sample=1.0, seed=3)
+    assert whole.problems == serial.problems and whole.bad_shards == [5]
+    assert whole.sample == {"fraction": 1.0, "seed": 3, "checked": [0, 1, 3, 4, 5, 6, 7]}
+
+
+def test_a_sample_reads_ceil_fraction_of_the_shards_drawn_from_the_seed(eight_shards, tmp_path):
+    from lplkit.store.verify import sample_shards
+
+    checked = verify_store(str(eight_shards), sample=0.5, seed=1).sample["checked"]
+    # the draw, computed here from numpy directly
+    expected = sorted(np.random.default_rng(1).choice(np.arange(8), 4, replace=False).tolist())
+    assert checked == expected and len(checked) == math.ceil(0.5 * 8)
+    assert verify_store(str(eight_shards), sample=0.5, seed=1).sample["checked"] == checked
+    assert len(sample_shards(list(range(8)), 0.1, 0)) == 1  # ceil(0.8)
+    draws = {tuple(sample_shards(list(range(8)), 0.5, s)) for s in range(5)}
+    assert len(draws) > 1  # the seed matters
+    store = tmp_path / "s.zarr"
+    shutil.copytree(eight_shards, store)
+    outside = min(set(range(8)) - set(checked))
+    _flip_moments_byte(store, outside)
+    assert verify_store(str(store), sample=0.5, seed=1).ok  # not in the sample: not found
+    _flip_moments_byte(store, outside)  # undone
+    _flip_moments_byte(store, checked[0])
+    assert verify_store(str(store), sample=0.5, seed=1).bad_shards == [checked[0]]
+
+
+def test_labels_that_differ_from_the_index_are_found_by_full_and_quick_checks(store):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = store / "index.parquet"
+    table = pq.read_table(path)
+    labels = table.column("label").to_numpy().copy()
+    labels[20] += 1  # position 20: shard 1
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
+    pq.write_table(table, path)
+    assert _kinds(verify_store(str(store))) == {("labels", 1)}
+    assert _kinds(verify_store(str(store), workers=2)) == {("labels", 1)}
+    assert _kinds(verify_store(str(store), read_data=False)) == {("labels", 1)}

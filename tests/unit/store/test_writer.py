@@ -193,13 +193,13 @@ def test_nonfinite_or_negative_std_is_refused_in_every_dtype(tmp_path, dtype, wh
 
 
 _WORKER = """
-import sys, time, numpy as np
+import json, sys, time, numpy as np
 from lplkit.store import StoreWriter
 from lplkit.store.synthetic import synthetic_moments
-from tests.unit.test_store_writer import _manifest
 url, rank, world, delay = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+manifest = json.loads(sys.argv[5])
 m = synthetic_moments(40, (4, 4, 4))
-w = StoreWriter.create_or_resume(url, _manifest(), rank=rank, world_size=world, wait_timeout=60)
+w = StoreWriter.create_or_resume(url, manifest, rank=rank, world_size=world, wait_timeout=60)
 for s in w.pending_shards():
     lo, hi = w.shard_range(s)
     w.write_shard(s, m[lo:hi], None, np.arange(lo, hi) % 3, [{"key": f"k{p}"} for p in range(lo, hi)])
@@ -209,13 +209,12 @@ w.close()
 
 
 def _spawn(url, rank, world, delay=0.0):
+    import json
     import subprocess
     import sys
 
-    root = REPO
-    return subprocess.Popen(
-        [sys.executable, "-c", _WORKER, url, str(rank), str(world), str(delay)], cwd=root
-    )
+    args = [url, str(rank), str(world), str(delay), json.dumps(_manifest())]
+    return subprocess.Popen([sys.executable, "-c", _WORKER, *args], cwd=REPO)
 
 
 def test_two_writer_processes_then_kill9_and_resume(tmp_path):
