@@ -36,17 +36,23 @@ def _open(url: str) -> LatentStore:
 
 
 def _counting(store: LatentStore) -> list[int]:
-    """Record every chunk the store reads from its shard files (the `moments` array)."""
-    assert store._direct is not None  # raw local store: chunks are read by ShardRows
+    """Record every chunk the store reads from its shard files (the `moments` array), whole (a
+    window) or a row of it (a batch served while its window is still being read)."""
+    assert store._direct is not None  # raw local store: chunks and rows are read by ShardRows
     reads: list[int] = []
     rows = store._direct["moments"]
-    inner = rows.read_chunks
+    whole, single = rows.read_chunks, rows.read
 
     def read_chunks(chunks, out):
         reads.extend(np.asarray(chunks).tolist())
-        inner(chunks, out)
+        whole(chunks, out)
+
+    def read(positions, out):
+        reads.extend((np.asarray(positions) // CHUNK).tolist())
+        single(positions, out)
 
     rows.read_chunks = read_chunks  # type: ignore[method-assign]
+    rows.read = read  # type: ignore[method-assign]
     return reads
 
 
