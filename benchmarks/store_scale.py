@@ -12,6 +12,12 @@ child process (so imports, RSS and caches are the child's own):
 - `dataset_{0,2}w` (warm: every file of the store and the memmap read once first): a shuffled `DataLoader(LatentDataset, batch_size=256, num_workers=0|2)` for
   `--samples` samples (worker start included), time per sample vs the same DataLoader over a
   map-style memmap dataset drawing z the same way;
+  with each worker's resident memory at the end (VmRSS, its anonymous part, and PSS, which divides
+  pages shared with the parent or the other worker among them) and the dataset's build time;
+- `steady` (warm): `store.batches(256)` past its first 8 batches (and, for a store within the
+  memory budget, once it is held in RAM), `--steady-samples` samples, vs a
+  memmap gathering the same positions in the same batches and drawing z the same way; also for
+  4x32x32 stores (`--wide-rows`, 16 KiB a row, steady state only);
 - `verify`: full `verify_store` (all checksums) at sizes up to `--verify-max-rows`.
 
 "Cold" drops the page cache before the child starts (`echo 3 > /proc/sys/vm/drop_caches`, needs
@@ -40,12 +46,20 @@ import numpy as np
 
 SHAPE = (4, 8, 8)
 SHARD, CHUNK, BATCH = 1024, 64, 256
+STEADY_SKIP = 8  # batches before the steady-state timing starts (first batches: pipelined reads)
 
 
 # -- writing ----------------------------------------------------------------------------------------
 
 
-def write_store(url: str, npy: str, count: int, geometry: str = "rows", seed: int = 0) -> float:
+def write_store(
+    url: str,
+    npy: str,
+    count: int,
+    geometry: str = "rows",
+    seed: int = 0,
+    shape: tuple[int, int, int] = SHAPE,
+) -> float:
     """Stream `count` rows into a store (`stream_synthetic_store`: one shard in memory) and the
     memmap file; returns seconds. geometry "rows": 1,024-row shards of 64-row chunks (layouts 1-2,
     encode's default before layout 3); "bytes": `format.store_geometry`'s default (layout 3)."""
@@ -53,13 +67,13 @@ def write_store(url: str, npy: str, count: int, geometry: str = "rows", seed: in
 
     sizes = {"shard_size": SHARD, "chunk_size": CHUNK} if geometry == "rows" else {}
     t = time.perf_counter()
-    mm = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float16, shape=(count, 2, *SHAPE))
+    mm = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float16, shape=(count, 2, *shape))
 
     def to_memmap(lo: int, hi: int, m: np.ndarray, flip: np.ndarray | None) -> None:
         mm[lo:hi] = m.astype(np.float16)
 
     stream_synthetic_store(
-        url, count=count, latent_shape=SHAPE, num_classes=1000, seed=seed, on_shard=to_memmap,
+        url, count=count, latent_shape=shape, num_classes=1000, seed=seed, on_shard=to_memmap,
         **sizes,
     )  # fmt: skip
     mm.flush()  # closed when the last reference (here, the closure) goes
@@ -115,6 +129,20 @@ def rss() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def proc_rss(pid: int) -> dict[str, int]:
+    """VmRSS and its anonymous / file parts, and the proportional set size, of process `pid`, in
+    bytes."""
+    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem",
+              "Pss": "pss", "Pss_Anon": "pss_anon"}  # fmt: skip
+    out = {}
+    for f in ("status", "smaps_rollup"):  # Pss: shared pages divided among their sharers
+        for line in Path(f"/proc/{pid}/{f}").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in fields:
+                out[fields[key]] = int(line.split()[1]) * 1024
+    return out
 
 
 def sample(m16: np.ndarray, g: Any) -> Any:
@@ -184,16 +212,46 @@ def child(what: str, url: str, npy: str, samples: int) -> dict[str, Any]:
         if what.startswith("dataset_memmap"):
             ds: Any = MemmapDataset(npy)
         else:
-            ds = LatentStore.open(url).as_dataset(seed=0)
+            t = time.perf_counter()
+            ds = LatentStore.open(url).as_dataset(seed=0)  # reads the key + caption columns
+            out["dataset_init_s"] = time.perf_counter() - t
         g = torch.Generator().manual_seed(0)
         loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, generator=g)
         t = time.perf_counter()
         n = 0
-        for b in loader:
+        it = iter(loader)
+        for b in it:
             n += len(b["latent"])
             if n >= samples:
                 break
         out["s_per_sample"] = (time.perf_counter() - t) / n
+        # Resident memory of each worker after serving its share (anonymous = its own copies;
+        # file = mapped file pages, e.g. a memmap's, shared through the page cache)
+        pids = [w.pid for w in getattr(it, "_workers", [])]
+        out["worker_rss"] = [proc_rss(pid) for pid in pids]
+        out["main_rss"] = proc_rss(os.getpid())
+    elif what == "steady":
+        # Shuffled loader past its first batches vs a warm memmap gathering the same positions
+        # in the same batches and drawing z the same way (both single-threaded sampling)
+        store = LatentStore.open(url)
+        it = store.batches(BATCH, seed=0, with_index=True)
+        for _ in range(STEADY_SKIP):
+            next(it)
+        if store.window_chunks() is None:  # within the budget: steady = the store held in RAM
+            store._ram_loading().result()
+        served = []
+        t = time.perf_counter()
+        for _ in range(samples // BATCH):
+            served.append(next(it)[2].numpy())
+        out["loader_s_per_sample"] = (time.perf_counter() - t) / (len(served) * BATCH)
+        out["window_chunks"] = store.window_chunks()
+        mm = np.load(npy, mmap_mode="r")
+        g = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        for pos in served:
+            sample(mm[pos], g)
+        out["memmap_s_per_sample"] = (time.perf_counter() - t) / (len(served) * BATCH)
+        out["throughput_vs_memmap"] = out["memmap_s_per_sample"] / out["loader_s_per_sample"]
     elif what == "verify":
         from lplkit.store import verify_store
 
@@ -248,6 +306,11 @@ def table(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _store_name(count: int, shape: tuple[int, ...], geometry: str) -> str:
+    name = f"s{count}" if geometry == "rows" else f"s{count}-{geometry}"
+    return name if shape == SHAPE else f"{name}_{'x'.join(map(str, shape))}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="100000,1000000,4000000")
@@ -258,6 +321,9 @@ def main() -> None:
     ap.add_argument("--verify-max-rows", type=int, default=1_000_000)
     ap.add_argument("--skip", default="", help="comma-separated measurements to skip")
     ap.add_argument("--keep", action="store_true", help="keep the stores for another run")
+    ap.add_argument("--wide-rows", default="", help="4x32x32 stores: steady state only")
+    ap.add_argument("--steady-samples", type=int, default=25600,
+                    help="samples timed in the steady-state comparison")  # fmt: skip
     ap.add_argument(
         "--geometry",
         choices=("rows", "bytes"),
@@ -295,18 +361,28 @@ def main() -> None:
         "samples": args.samples,
         "sizes": {},
     }
-    for count in [int(r) for r in args.rows.split(",")]:
-        name = f"s{count}" if args.geometry == "rows" else f"s{count}-{args.geometry}"
+    wide = (4, 32, 32)
+    runs = [(int(r), SHAPE) for r in args.rows.split(",") if r]
+    runs += [(int(r), wide) for r in args.wide_rows.split(",") if r]
+    for count, shape in runs:
+        name = _store_name(count, shape, args.geometry)
         url, npy = str(base / f"{name}.zarr"), str(base / f"{name}.npy")
         done = base / f"{name}.done"
-        r: dict[str, Any] = {}
+        r: dict[str, Any] = {"shape": shape}
         if not done.exists():
             shutil.rmtree(url, ignore_errors=True)
-            r["write_s"] = write_store(url, npy, count, args.geometry)
+            r["write_s"] = write_store(url, npy, count, args.geometry, shape=shape)
             done.write_text("ok")
         m = json.loads((Path(url) / "zarr.json").read_text())["attributes"]["lplkit"]
         r["shard_size"], r["chunk_size"] = m["shard_size"], m["chunk_size"]
-        print(f"{count} rows ({args.label})", flush=True)
+        print(f"{count} rows of {shape} ({args.label})", flush=True)
+        if shape != SHAPE:  # the wide latents: steady state only
+            warm_cache([url, npy])
+            r["steady"] = run_child("steady", url, npy, args.steady_samples, False)
+            results["sizes"][name] = r
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+            continue
         for cold in (True, False):
             tag = "cold" if cold else "warm"
             if "open" not in skip:
@@ -317,12 +393,15 @@ def main() -> None:
                     "first_batch_memmap", url, npy, args.samples, cold
                 )
         warm_cache([url, npy])  # the DataLoader rows compare warm store vs warm memmap
+        if "steady" not in skip:
+            r["steady"] = run_child("steady", url, npy, args.steady_samples, False)
         for w in (0, 2):
             if f"dataset_{w}" in skip:
                 continue
             d = run_child(f"dataset_{w}", url, npy, args.samples, False)
             mm = run_child(f"dataset_memmap_{w}", url, npy, args.samples, False)
             r[f"dataset_{w}w"] = {**d, "memmap_s_per_sample": mm["s_per_sample"],
+                                  "memmap_worker_rss": mm.get("worker_rss"),
                                   "vs_memmap": d["s_per_sample"] / mm["s_per_sample"]}  # fmt: skip
         if "verify" not in skip and count <= args.verify_max_rows:
             r["verify_cold"] = run_child("verify", url, npy, args.samples, True)
@@ -330,8 +409,8 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if not args.keep:
-        for count in [int(r) for r in args.rows.split(",")]:
-            name = f"s{count}" if args.geometry == "rows" else f"s{count}-{args.geometry}"
+        for count, shape in runs:
+            name = _store_name(count, shape, args.geometry)
             shutil.rmtree(base / f"{name}.zarr", ignore_errors=True)
             for ext in ("npy", "done"):
                 (base / f"{name}.{ext}").unlink(missing_ok=True)

@@ -2,8 +2,8 @@
 Lightning, a plain ``DataLoader``).
 
 - :class:`LatentDataset` (map-style): ``ds[i]`` -> ``{"latent", "label", "key", "caption",
-  "position"}`` for the i-th ok sample (``caption`` is ``""`` where the source had none, as in
-  ``LatentStore.rows``; a ``DataLoader``'s default collate batches it). The latent is drawn ``z = mean + std * eps`` (with flips: the
+  "position"}`` for the i-th ok sample (``keys=False``: without key and caption). The latent is
+  drawn ``z = mean + std * eps`` (with flips: the
   flipped image's moments with probability 1/2) from a generator seeded by ``(seed, epoch,
   position)``, so an item is the same in any worker, any order, any process; ``set_epoch`` gives new
   draws. Raw latents, like ``LatentStore.batches``: normalize downstream. ``text=True`` (or names)
@@ -69,14 +69,29 @@ def _item_generator(seed: int, epoch: int, position: int) -> torch.Generator:
 class LatentDataset(Dataset):
     """Map-style dataset over a store's ok samples (see the module docstring).
 
+    Memory in DataLoader workers: a raw local store is read one row per item (``os.pread``, through
+    the page cache that every worker shares; nothing of the store is held per worker); other stores
+    read the item's chunk, or hold the store in RAM when it fits ``memory_budget``. The per-row
+    arrays (ok positions, labels, and with ``keys`` the key and caption columns) are built here, in
+    the process that makes the dataset, so forked workers share them instead of each reading its
+    own copy (with the spawn start method each worker unpickles a copy).
+
     Args:
         store: an open :class:`lplkit.store.LatentStore`.
         seed: seeds the per-item draws (eps, flip).
         flip: draw flips when the store has flipped moments.
+        keys: items carry "key" and "caption" (their columns read here: about 40 B a row with
+            short keys); False leaves them out and reads nothing per row beyond the positions.
     """
 
     def __init__(
-        self, store: Any, *, seed: int = 0, flip: bool = True, text: bool | str | list[str] = False
+        self,
+        store: Any,
+        *,
+        seed: int = 0,
+        flip: bool = True,
+        text: bool | str | list[str] = False,
+        keys: bool = True,
     ) -> None:
         self.store = store
         self.text = store.text_names(text)  # checked now, not in a worker
@@ -84,6 +99,10 @@ class LatentDataset(Dataset):
         self._epoch = SharedEpoch()
         self.flip = bool(flip) and store.has_flips
         self.positions = np.asarray(store.ok_positions, dtype=np.int64)
+        self.keys = bool(keys)
+        if self.keys:  # read once here, shared by forked workers (Arrow buffers are never written)
+            self._keys = store.index_column("key")
+            self._captions = store.index_column("caption")
 
     @property
     def epoch(self) -> int:
@@ -105,19 +124,13 @@ class LatentDataset(Dataset):
         flipped = self.flip and bool(torch.rand((), generator=gen) < 0.5)
         if not self.store.reads_rows:  # zarr: chunks; hold the store in RAM if it fits the budget
             self.store._ram_block()
-        mean, std = self.store.read([position], flip=flipped)
-        eps = torch.randn(mean.shape[1:], generator=gen)
-        latent = torch.from_numpy(mean[0]) + torch.from_numpy(std[0]) * eps
-        # Keys and captions: Arrow columns read on first use (in the worker; a forked one shares
-        # its parent's), indexed per item: no Python list of every key in every worker.
-        keys, captions = self.store.index_column("key"), self.store.index_column("caption")
-        item = {
-            "latent": latent,
-            "label": int(self.store.labels[position]),
-            "key": keys[position].as_py(),
-            "caption": captions[position].as_py(),  # "" when the source had none
-            "position": position,
-        }
+        m = self.store.read_row(position, flip=flipped)  # float32 (2, C, h, w): mean, std
+        eps = torch.randn(m.shape[1:], generator=gen)
+        latent = m[0] + m[1] * eps
+        item = {"latent": latent, "label": int(self.store.labels[position]), "position": position}
+        if self.keys:  # Arrow columns indexed per item: no Python list of every key
+            item["key"] = self._keys[position].as_py()
+            item["caption"] = self._captions[position].as_py()  # "" when the source had none
         if self.text:  # name -> {states (L, D), mask (L,), pooled (P,)}: the default collate stacks
             rows = self.store.read_text([position], self.text)
             item["text"] = {n: {a: v[0] for a, v in r.items()} for n, r in rows.items()}

@@ -4,17 +4,20 @@ zarr costs ~0.3-0.6 ms per chunk, so per-sample fancy indexing caps near 3k samp
 reads whole inner chunks (merged into contiguous runs) and gathers in memory:
 
 - `read(indices)` groups the requested positions by chunk, reads each run of chunks once, gathers.
-- `batches(...)` reads the epoch in windows of chunks (`shuffle.epoch_order`: chunk order shuffled,
-  samples permuted within a window) and draws each batch from RAM. When the whole store fits
-  `memory_budget` it is loaded once and kept, and the order is a uniform permutation of all samples.
-  The next window is read in a background thread while the current one is consumed.
+- `batches(...)` draws each batch from RAM. When the whole store fits `memory_budget` it is loaded
+  once and kept, and the order is a uniform permutation of all samples (`shuffle.epoch_order`), split
+  over DDP ranks batch by batch. Otherwise each rank reads its own windows of chunks
+  (`shuffle.RankOrder`: chunk order shuffled and dealt to the ranks, samples permuted within a
+  window), so an epoch reads the store once over all ranks; the next window is read in a background
+  thread while the current one is consumed.
 
 Latents are sampled as `z = mean + std * eps`, `eps ~ N(0, I)`: the epoch order is cut into groups
 of 16 samples, each with its own torch generator seeded from `(seed, epoch, group)` that draws the
 group's flips (with flips, each sample uses the moments of the flipped image with probability 1/2)
 and then its eps (`shuffle.BatchDraws`). So batch `j` is a pure function of `(seed, epoch, j, rank,
-world_size, batch_size, memory_budget)`, and a sample's latent does not depend on the rank split:
-resuming at `start_batch=j` gives bitwise the batches an uninterrupted iteration would have given.
+world_size, batch_size, memory_budget)`; within the budget a sample's latent does not depend on the
+rank split (above it each rank draws its own stream). Resuming at `start_batch=j` gives bitwise the
+batches an uninterrupted iteration would have given.
 The draws and arithmetic of a batch run on `threads` threads (torch releases the GIL); the numbers
 are the same for any thread count.
 """
@@ -62,27 +65,43 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 class _Block:
-    """Stored rows of a set of chunks (as torch tensors sharing the numpy memory) + position -> row.
+    """Stored rows held in RAM (as torch tensors sharing the numpy memory) + position -> row.
 
-    Every chunk takes `chunk_size` rows (the store's partial last chunk is padded, never read), so
-    blocks concatenate without renumbering.
+    Either whole chunks (every chunk takes `chunk_size` rows: the store's partial last chunk is
+    padded, never read, so blocks concatenate without renumbering) or, with `positions`, just the
+    rows of those sorted positions (a batch read row by row).
     """
 
     def __init__(
-        self, arrays: dict[str, torch.Tensor], chunks: np.ndarray, chunk_size: int, n_chunks: int
+        self,
+        arrays: dict[str, torch.Tensor],
+        chunks: np.ndarray,
+        chunk_size: int,
+        n_chunks: int,
+        positions: np.ndarray | None = None,
     ):
         self.arrays = arrays
         self.chunk_size = chunk_size
-        self.slot = np.full(n_chunks, -1, dtype=np.int64)
-        self.slot[chunks] = np.arange(len(chunks)) * chunk_size
+        self.positions = positions
+        self.slot = np.full(0 if positions is not None else n_chunks, -1, dtype=np.int64)
+        if positions is None:
+            self.slot[chunks] = np.arange(len(chunks)) * chunk_size
         self.raw: dict[str, np.ndarray] = {}  # the full numpy buffers, for reuse
 
-    def rows(self, positions: np.ndarray) -> np.ndarray:
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(held: bool per position, row of each held one; undefined where not held)."""
+        if self.positions is not None:
+            row = np.minimum(np.searchsorted(self.positions, positions), len(self.positions) - 1)
+            return self.positions[row] == positions, row
         chunk = positions // self.chunk_size
         slots = self.slot[chunk]
-        if (slots < 0).any():
+        return slots >= 0, slots + positions - chunk * self.chunk_size
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        held, rows = self.locate(positions)
+        if not held.all():
             raise KeyError("positions outside this block")
-        return slots + positions - chunk * self.chunk_size
+        return rows
 
 
 def _as_tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
@@ -154,6 +173,7 @@ class LatentStore:
         self._ram_future_pid = 0
         self._scratch: dict[str, torch.Tensor] = {}
         self._columns: dict[str, pa.Array] = {}
+        self._chunk_table: shf.ChunkTable | None = None
         self._text: dict[str, TextRows] = {}
 
     @property
@@ -330,8 +350,18 @@ class LatentStore:
     # -- chunk I/O ------------------------------------------------------------------------------
 
     def _load_batch(self, positions: np.ndarray) -> _Block:
-        """The chunks of one batch (served while a background read of the store or window runs)."""
-        return self._load(np.unique(positions // self.chunk_size))
+        """The rows of one batch, served while a background read of the store or window runs:
+        one pread per row from raw local shard files (a chunk is 64 rows: reading the batch's
+        chunks would copy 64x what it serves), else its chunks."""
+        if self._direct is None:
+            return self._load(np.unique(positions // self.chunk_size))
+        pos = np.unique(positions)
+        arrays = {}
+        for name, rows in self._direct.items():
+            out = np.empty((len(pos), *rows.row_shape), dtype=rows.dtype)
+            rows.read(pos, out)
+            arrays[name] = _as_tensor(out, self.dtype)
+        return _Block(arrays, pos, self.chunk_size, self.n_chunks, positions=pos)
 
     def _load(self, chunks: np.ndarray, buffers: dict[str, np.ndarray] | None = None) -> _Block:
         """Read `chunks` (sorted ids) of every moment array, one zarr read per run of consecutive
@@ -422,6 +452,24 @@ class LatentStore:
         m = torch.index_select(block.arrays[name], 0, rows).float().numpy()  # 1.7x adv. indexing
         return m[:, 0], m[:, 1]
 
+    def read_row(self, position: int, flip: bool = False) -> torch.Tensor:
+        """The stored moments of one position as float32 `(2, C, h, w)` (mean, std): one pread on
+        a raw local store (nothing held per process: the page cache is shared), else from the
+        store held in RAM or the position's chunk."""
+        name = fmt.MOMENTS_FLIP if flip else fmt.MOMENTS
+        if name not in self._arrays:
+            raise StoreError(f"{self.url} has no flipped moments (encoded without --flip)")
+        position = int(position)
+        if not 0 <= position < self._count:
+            raise IndexError(f"positions must be in [0, {self._count})")
+        if self._ram is None and self._direct is not None:
+            stored = self._direct[name].row(position)
+            if stored is None:
+                return torch.zeros((2, *self.latent_shape))
+            return _as_tensor(stored, self.dtype).float()
+        block = self._ram or self._load(np.asarray([position // self.chunk_size]))
+        return block.arrays[name][int(block.rows(np.asarray([position]))[0])].float()
+
     # -- training loader ------------------------------------------------------------------------
 
     def _split(self, rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -464,6 +512,30 @@ class LatentStore:
             epoch=epoch,
             shuffle=shuffle,
             window=self.window_chunks(),
+        )
+
+    def rank_order(
+        self,
+        seed: int,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        shuffle: bool = True,
+    ) -> shf.RankOrder:
+        """The order `batches` serves rank `rank` in when the store exceeds the budget (ranks
+        partition the windows; see `lplkit.store.shuffle.RankOrder`)."""
+        if self._chunk_table is None:  # the same every epoch: built once
+            self._chunk_table = shf.ChunkTable(self._ok_positions, self._count, self.chunk_size)
+        return shf.RankOrder(
+            self._chunk_table,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            window=self.window_chunks() or self.n_chunks,
+            drop_last=drop_last,
+            shuffle=shuffle,
         )
 
     def batches(
@@ -530,12 +602,12 @@ class LatentStore:
     ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]]:
         """(latents, labels) and the positions of each batch of one epoch of one rank."""
         rank, world_size = self._split(rank, world_size)
-        plan = self.epoch_order(seed, epoch, shuffle)
-        n = len(plan.order)
-        total = shf.num_batches(n, batch_size, world_size, drop_last)
+        total = shf.num_batches(self.n_ok, batch_size, world_size, drop_last)
         if total == 0 or start_batch >= total:
             return
         if self.window_chunks() is None:  # the store fits the budget: read once, then kept
+            plan = self.epoch_order(seed, epoch, shuffle)
+            n = len(plan.order)
             loading = self._ram_loading()
             for j in range(start_batch, total):
                 span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
@@ -546,9 +618,8 @@ class LatentStore:
                 block = self._ram or self._load_batch(positions)
                 yield self._make_batch([block], positions, span, seed, epoch), positions
             return
-        yield from self._stream(
-            plan, batch_size, seed, epoch, start_batch, total, rank, world_size, drop_last
-        )
+        own = self.rank_order(seed, epoch, rank, world_size, drop_last, shuffle)
+        yield from self._stream(own, batch_size, seed, epoch, start_batch, total)
 
     def rows(self, positions: Any) -> pa.Table:
         """The `index.parquet` rows (key, label, caption, ...) of store `positions`, in that order
@@ -560,27 +631,27 @@ class LatentStore:
         return _text_captions(rows)
 
     def as_dataset(
-        self, *, seed: int = 0, flip: bool = True, text: bool | str | list[str] = False
+        self,
+        *,
+        seed: int = 0,
+        flip: bool = True,
+        text: bool | str | list[str] = False,
+        keys: bool = True,
     ) -> Any:
         """A map-style `torch.utils.data.Dataset` over the ok samples (`LatentDataset`)."""
-
-        return LatentDataset(self, seed=seed, flip=flip, text=text)
+        return LatentDataset(self, seed=seed, flip=flip, text=text, keys=keys)
 
     def _stream(
         self,
-        plan: shf.EpochOrder,
+        plan: shf.RankOrder,
         batch_size: int,
         seed: int,
         epoch: int,
         start_batch: int,
         total: int,
-        rank: int,
-        world_size: int,
-        drop_last: bool,
     ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]]:
-        """(batch, its positions) from windows read one ahead in a background thread."""
-        n = len(plan.order)
-        n_windows = len(plan.window_chunks)
+        """(batch, its positions) from this rank's windows, read one ahead in a background
+        thread."""
         loaded: dict[int, _Block] = {}
         pending: dict[int, Future[_Block]] = {}
         free: list[dict[str, np.ndarray]] = []  # buffers of dropped windows
@@ -588,9 +659,9 @@ class LatentStore:
         try:
 
             def request(k: int) -> None:
-                if k < n_windows and k not in loaded and k not in pending:
+                if k < plan.n_windows and k not in loaded and k not in pending:
                     buffers = free.pop() if free else None
-                    pending[k] = pool.submit(self._load, plan.window_chunks[k], buffers)
+                    pending[k] = pool.submit(self._load, plan.window_chunks(k), buffers)
 
             def get(k: int) -> _Block:
                 if k not in loaded:
@@ -599,10 +670,9 @@ class LatentStore:
                 return loaded[k]
 
             for j in range(start_batch, total):
-                span = shf.batch_span(n, j, batch_size, rank, world_size, drop_last)
-                positions = plan.order[span]
-                found = np.unique(np.searchsorted(plan.window_starts, span, side="right") - 1)
-                windows = [int(k) for k in found]
+                span = plan.batch_span(j, batch_size)
+                positions = plan.positions(span)
+                windows = plan.windows_of(span)
                 for k in list(loaded):
                     if k not in windows:
                         free.append(loaded.pop(k).raw)
@@ -614,7 +684,8 @@ class LatentStore:
                     blocks = [get(k) for k in windows]
                 else:  # a window is still being read: serve this batch from its own chunks
                     blocks = [self._load_batch(positions)]
-                yield self._make_batch(blocks, positions, span, seed, epoch), positions
+                batch = self._make_batch(blocks, positions, span, seed, epoch, plan.stream)
+                yield batch, positions
 
         finally:  # an abandoned iteration does not wait for the windows queued ahead
             pool.shutdown(wait=self._direct is None, cancel_futures=True)
@@ -626,6 +697,7 @@ class LatentStore:
         span: np.ndarray,
         seed: int,
         epoch: int,
+        stream: tuple[int, ...] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather, pick flips, decode and sample `z = mean + std * eps` (draws: `shf.BatchDraws`).
 
@@ -642,7 +714,7 @@ class LatentStore:
         # Seeding and flips are many small Python-level calls: made here, before the threads start,
         # they do not fight over the GIL (2.5x slower when they did).
         cuts = shf.group_cuts(span, self.threads)
-        draws = [shf.BatchDraws(span[lo:hi], seed, epoch) for lo, hi in pairwise(cuts)]
+        draws = [shf.BatchDraws(span[lo:hi], seed, epoch, stream) for lo, hi in pairwise(cuts)]
 
         def sample(lo: int, hi: int, d: shf.BatchDraws) -> None:
             self._gather(blocks, positions[lo:hi], d.flips if self.has_flips else None, m16[lo:hi])
@@ -672,11 +744,10 @@ class LatentStore:
     ) -> None:
         """Stored moments of `positions` into `out` (flipped copy where `flips`)."""
         b = len(positions)
-        chunk = positions // self.chunk_size
         for block in blocks:  # a batch may straddle two windows: gather from each, no merging
-            slot = block.slot[chunk]
-            mine = slot >= 0 if len(blocks) > 1 else np.ones(b, dtype=bool)
-            rows = torch.from_numpy(slot[mine] + positions[mine] - chunk[mine] * self.chunk_size)
+            held, at = block.locate(positions)
+            mine = held if len(blocks) > 1 else np.ones(b, dtype=bool)
+            rows = torch.from_numpy(at[mine])
             if mine.all():
                 torch.index_select(block.arrays[fmt.MOMENTS], 0, rows, out=out)
             else:

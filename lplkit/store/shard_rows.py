@@ -17,8 +17,8 @@ here: `lplkit verify` checks the stored data against the completion markers' sha
 
 from __future__ import annotations
 
-import contextlib
 import os
+import resource
 from collections import OrderedDict
 from typing import Any
 
@@ -27,7 +27,21 @@ import numpy as np
 from lplkit.store.sidecar import is_local
 
 _EMPTY = np.uint64(2**64 - 1)
-_MAX_OPEN = 64  # shard files kept open per process
+
+
+def _max_open() -> int:
+    """Shard files kept open per array and process: a random row of a store of many shards would
+    otherwise reopen its file nearly every time (an `open` costs more than the row's pread). An
+    eighth of the descriptor limit (a store has one reader per array; workers have their own)."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return 64
+    limit = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+    return max(64, min(4096, limit // 8))
+
+
+_MAX_OPEN = _max_open()
 
 
 def _is_raw_little(codecs: Any) -> bool:
@@ -135,6 +149,20 @@ class ShardRows:
                 raise OSError(f"{self.dir}/{shard}: short read")
             out[i] = np.frombuffer(data, dtype=self.dtype).reshape(self.row_shape)
 
+    def row(self, position: int) -> np.ndarray | None:
+        """One row as a fresh array of the stored dtype (None: a chunk never stored, all zeros).
+        The per-item path of `LatentDataset`: no batch bookkeeping around the one pread."""
+        shard, rest = divmod(int(position), self.shard_rows)
+        chunk, row = divmod(rest, self.chunk_rows)
+        fd = self._fd(shard)
+        offset = _EMPTY if fd is None else self._chunk_table(shard, fd)[chunk, 0]
+        if fd is None or offset == _EMPTY:
+            return None
+        data = os.pread(fd, self.row_bytes, int(offset) + row * self.row_bytes)
+        if len(data) != self.row_bytes:
+            raise OSError(f"{self.dir}/{shard}: short read")
+        return np.frombuffer(bytearray(data), dtype=self.dtype).reshape(self.row_shape)
+
     def read_chunks(self, chunks: np.ndarray, out: np.ndarray) -> None:
         """Whole inner chunks `chunks` into `out` (len(chunks) * chunk_rows, *row_shape): one
         pread each (a partial last chunk is stored padded to full size)."""
@@ -166,5 +194,7 @@ class ShardRows:
         self._fds = OrderedDict()
 
     def __del__(self) -> None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (contextlib may already be torn down at interpreter exit)
             self.close()
+        except (OSError, AttributeError, TypeError):  # closed already; or interpreter teardown
+            pass

@@ -3,7 +3,8 @@
 The store's loader is deterministic in (seed, epoch, start_batch, rank, world_size): it shuffles
 with the seed and epoch and samples latents from the stored moments with RNG derived from them. So
 the cursor only needs to remember where it is to resume exactly; no data is replayed or skipped.
-Each rank reads its own `1/world_size` share (the store's `rank`/`world_size` split).
+Each rank serves its own `1/world_size` share (the store's `rank`/`world_size` split; above the
+store's memory budget each rank also reads only its own chunks, see `lplkit.store.shuffle.RankOrder`).
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers.stores import read_store
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 from lplkit.errors import ConfigError
 from lplkit.store import LatentBatches, LatentDataset, LatentStore, StoreWriter, new_manifest
-from lplkit.store.synthetic import synthetic_moments
+from lplkit.store.synthetic import synthetic_moments, write_synthetic_store
 
 N, SHAPE = 40, (4, 4, 4)
 
@@ -94,6 +94,10 @@ def test_latent_dataset_items(store_path):
     assert item["position"] == 6 and item["key"] == "img6" and item["caption"] == "a photo 6"
     assert item["label"] == int(raw["labels"][6]) and ds[4]["caption"] == "a photo 4"
     assert ds[6]["caption"] == ""  # position 7: no caption
+    bare = LatentStore.open(str(store_path))
+    plain = bare.as_dataset(seed=7, keys=False)
+    assert set(plain[5]) == {"latent", "label", "position"} and not bare._columns  # nothing read
+    assert torch.equal(plain[5]["latent"], item["latent"])
     flips = []
     for i in range(len(ds)):
         it = ds[i]
@@ -153,3 +157,43 @@ def _in_fake_worker(ds):
     info = worker.WorkerInfo(id=0, num_workers=2, seed=0, dataset=ds)
     with mock.patch("lplkit.store.dataset.get_worker_info", return_value=info):
         return iter(ds)
+
+
+class _WhereServed(LatentDataset):
+    """Items tagged with the worker that served them and whether it held the store in RAM."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        info = get_worker_info()
+        item["worker"] = -1 if info is None else info.id
+        item["in_ram"] = self.store._ram is not None
+        return item
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])  # row preads / zarr chunk reads
+def test_latent_dataset_above_the_budget_in_two_workers_serves_every_row_once(tmp_path, codec):
+    """A store 5x the memory budget in a shuffled 2-worker DataLoader: every ok row once per epoch,
+    each item equal to the in-process one, from both workers, neither holding the store in RAM."""
+    url = str(tmp_path / "s.zarr")
+    write_synthetic_store(url, count=60, latent_shape=SHAPE, flips=True, shard_size=16,
+                          chunk_size=4, codec=codec, skipped=(7, 31))  # fmt: skip
+    store = LatentStore.open(url)
+    budget = store.n_chunks * store.bytes_per_chunk // 5
+    store = LatentStore.open(url, memory_budget=budget)
+    assert store.reads_rows == (codec == "none")
+    ds = _WhereServed(store, seed=2)
+    ok = [p for p in range(60) if p not in (7, 31)]
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        ref = {p: ds[i]["latent"] for i, p in enumerate(ok)}  # in this process
+        loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=2,
+                            generator=torch.Generator().manual_seed(epoch))  # fmt: skip
+        served, workers = [], set()
+        for batch in loader:
+            assert not batch["in_ram"].any()
+            workers |= set(batch["worker"].tolist())
+            for latent, pos in zip(batch["latent"], batch["position"].tolist(), strict=True):
+                assert torch.equal(latent, ref[pos])
+            served += batch["position"].tolist()
+        assert sorted(served) == ok
+        assert workers == {0, 1}

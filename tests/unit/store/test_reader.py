@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lplkit.store import LatentStore
-from lplkit.store.shuffle import NOISE_GROUP, batch_span, group_seed, num_batches
+from lplkit.store import shuffle as shf
+from lplkit.store.shuffle import NOISE_GROUP, batch_span, group_seed, num_batches, rng_for
 from lplkit.store.synthetic import synthetic_moments, write_synthetic_store
 
 COUNT, SHAPE, CHUNK = 203, (2, 4, 4), 4
@@ -216,13 +217,13 @@ def test_ranks_see_exactly_the_latents_of_one_process_with_the_global_batch(
     assert float(one[0][0].std()) > 0.5  # the draws really are noisy (std > 0 moments)
 
 
-def _reference_batch(mean16, flip16, positions, span, seed, epoch):
+def _reference_batch(mean16, flip16, positions, span, seed, epoch, stream=()):
     """The documented stream, written out plainly: order index i -> group i // 16, whose generator
     (seeded with group_seed) draws 16 flips (rand < 1/2) then 16 x shape normals; z = eps*std + mean
     in float32 from the float16-stored moments."""
     out = []
     for p, i in zip(positions.tolist(), span.tolist(), strict=True):
-        g = torch.Generator().manual_seed(group_seed(seed, epoch, i // NOISE_GROUP))
+        g = torch.Generator().manual_seed(group_seed(seed, epoch, i // NOISE_GROUP, stream))
         flip = bool((torch.rand(NOISE_GROUP, generator=g) < 0.5)[i % NOISE_GROUP])
         eps = torch.randn((NOISE_GROUP, *SHAPE), generator=g)[i % NOISE_GROUP]
         m = torch.from_numpy((flip16 if flip else mean16)[p])
@@ -230,10 +231,40 @@ def _reference_batch(mean16, flip16, positions, span, seed, epoch):
     return torch.stack(out)
 
 
+def _reference_rank_order(ok, chunk, seed, epoch, rank, world, window, drop_last):
+    """The per-rank order of `shuffle.RankOrder`, written out plainly with lists: chunks shuffled
+    and dealt round-robin, each rank keeps its first L samples, the surplus (permuted) fills the
+    short ranks in rank order, then padding repeats the rank's own first samples; the kept chunks'
+    windows of `window` chunks are permuted one by one."""
+    by_chunk: dict[int, list[int]] = {}
+    for p in ok:
+        by_chunk.setdefault(p // chunk, []).append(p)
+    chunks = sorted(by_chunk)
+    seq = [chunks[i] for i in rng_for(seed, epoch, shf._ORDER_TAG).permutation(len(chunks))]
+    n = len(ok)
+    length = n // world if drop_last else -(-n // world)
+    dealt = [[p for c in seq[q::world] for p in by_chunk[c]] for q in range(world)]
+    pool = [p for q in range(world) for p in dealt[q][length:]]
+    pool = [pool[i] for i in rng_for(seed, epoch, shf._TAIL_TAG).permutation(len(pool))]
+    kept = dealt[rank][:length]
+    mine = seq[rank::world]
+    order: list[int] = []
+    for k, lo in enumerate(range(0, len(mine), window)):
+        members = [p for p in kept if p // chunk in mine[lo : lo + window]]
+        perm = rng_for(seed, epoch, k, shf._WINDOW_TAG, rank, world).permutation(len(members))
+        order += [members[i] for i in perm]
+    short = [max(0, length - len(d)) for d in dealt]
+    lo = sum(short[:rank])
+    tail = pool[lo : lo + short[rank]]
+    tail += [order[i % len(order)] for i in range(short[rank] - len(tail))]
+    return np.asarray(order + tail)
+
+
 @pytest.mark.parametrize("windows", [False, True])
 def test_batches_follow_the_documented_noise_stream_for_any_thread_count(tmp_path, windows):
     """Bit for bit the reference stream, for 1..5 sampling threads, partial noise groups (batch 24),
-    several ranks and a wrapped, padded last batch (drop_last=False)."""
+    several ranks and a padded last batch (drop_last=False). In RAM: one epoch order split over
+    the ranks; in windows: each rank's own order (a hand-built reference) and noise stream."""
     url = str(tmp_path / "t.zarr")
     arrays = write_synthetic_store(
         url,
@@ -249,8 +280,8 @@ def test_batches_follow_the_documented_noise_stream_for_any_thread_count(tmp_pat
     flip16 = arrays["moments_flip"].astype(np.float16).astype(np.float32)
     seed, epoch, bs, world = 7, 2, 24, 2
     budget = 9 * LatentStore.open(url).bytes_per_chunk if windows else 2 << 30
-    plan = LatentStore.open(url, memory_budget=budget).epoch_order(seed, epoch)
-    n = len(plan.order)
+    plan = LatentStore.open(url, memory_budget=budget).epoch_order(seed, epoch)  # the RAM mode's
+    n = len(OK)
     for threads in (1, 2, 3, 5):
         store = LatentStore.open(url, memory_budget=budget, threads=threads)
         for rank in range(world):
@@ -260,9 +291,16 @@ def test_batches_follow_the_documented_noise_stream_for_any_thread_count(tmp_pat
                 )
             )
             assert len(batches) == num_batches(n, bs, world, drop_last=False)
+            if windows:
+                order = _reference_rank_order(OK, CHUNK, seed, epoch, rank, world, 3, False)
+                assert len(order) == -(-n // world)
             for j, (z, pos) in enumerate(batches):
-                span = batch_span(n, j, bs, rank, world, drop_last=False)
-                positions = plan.order[span]
+                if windows:
+                    span = np.arange(j * bs, min((j + 1) * bs, len(order)))
+                    positions, stream = order[span], (rank, world)
+                else:
+                    span = batch_span(n, j, bs, rank, world, drop_last=False)
+                    positions, stream = plan.order[span], ()
                 assert pos.tolist() == positions.tolist()
-                ref = _reference_batch(mean16, flip16, positions, span, seed, epoch)
+                ref = _reference_batch(mean16, flip16, positions, span, seed, epoch, stream)
                 assert torch.equal(z, ref), (threads, rank, j)

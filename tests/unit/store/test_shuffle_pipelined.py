@@ -46,6 +46,16 @@ def test_batches_while_the_background_read_runs(url, budget):
 
     store._load = load  # type: ignore[method-assign]
     store._load_batch = load_batch  # type: ignore[method-assign]
+    chunks_read_for_batches: list[int] = []  # raw local store: batches read rows, not chunks
+    assert store._direct is not None
+    for rows in store._direct.values():
+
+        def read_chunks(chunks, out, plain=rows.read_chunks):
+            if threading.current_thread() is threading.main_thread():
+                chunks_read_for_batches.append(len(chunks))
+            plain(chunks, out)
+
+        rows.read_chunks = read_chunks  # type: ignore[method-assign]
     it = store.batches(8, seed=2, epoch=1)
     try:
         got = [next(it) for _ in want]
@@ -57,3 +67,4 @@ def test_batches_while_the_background_read_runs(url, budget):
         assert torch.equal(z, zw) and torch.equal(y, yw)
     # every batch was served from its own chunks: at most 8 chunks each, never the whole store
     assert len(served) == len(want) and max(len(c) for c in served) <= 8
+    assert not chunks_read_for_batches  # a chunk read would copy CHUNK rows per row served
