@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from lplkit.cli import output
+from lplkit.cli.options import command_extras, with_config_flags
+from lplkit.config import resolve_config
+from lplkit.store.tools_config import INFO_FLAGS, InfoConfig
 
 
 def _size(size: int | None) -> str:
@@ -22,14 +27,17 @@ def register(app: typer.Typer) -> None:
     """Add the `info` command to the app."""
 
     @app.command("info")
-    def info_command(
-        store: str = typer.Argument(..., help="Latent store URL or path."),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    ) -> None:
+    @with_config_flags(
+        InfoConfig,
+        INFO_FLAGS,
+        command_extras(config=False, json_help="Print the result as JSON on stdout."),
+    )
+    def info_command(**params: Any) -> None:
         """Show what a latent store holds: autoencoder, resolution, counts, sizes, compression."""
         from lplkit.store.inspect import store_info
 
-        info = store_info(store)
+        json_out = params.pop("json_out")
+        info = store_info(resolve_config(InfoConfig, INFO_FLAGS, params).store)
         if json_out:
             output.emit_json(info)
         else:

@@ -4,35 +4,34 @@ consolidated metadata) added."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import range_callback
-from lplkit.config import field_range
-from lplkit.store.encode_config import EncodeConfig
+from lplkit.cli.options import command_extras, with_config_flags
+from lplkit.config import resolve_config
+from lplkit.store.tools_config import UPGRADE_FLAGS, UpgradeConfig
 
 
 def register(app: typer.Typer) -> None:
     """Add the `upgrade` command to the app."""
 
     @app.command("upgrade")
-    def upgrade_command(
-        store: str = typer.Argument(..., help="Latent store URL or path."),
-        shard_mb: float | None = typer.Option(
-            None,
-            "--shard-mb",
-            callback=range_callback(field_range(EncodeConfig, "shard_mb")),
-            help="MiB per shard of the rewritten arrays (default 128); given, a layout-3 store is "
-            "resharded too.",
-        ),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    ) -> None:
+    @with_config_flags(
+        UpgradeConfig,
+        UPGRADE_FLAGS,
+        command_extras(config=False, json_help="Print the result as JSON on stdout."),
+    )
+    def upgrade_command(**params: Any) -> None:
         """Bring a finished store to the current layout: row-sized shards (layout <= 2) are copied
         into shards sized in bytes (no re-encoding; values, index and row order unchanged), then
         the zarr metadata is completed. Safe to interrupt: re-run it to finish."""
         from lplkit.store.upgrade import upgrade_store
 
-        result = upgrade_store(store, shard_mb)
+        json_out = params.pop("json_out")
+        cfg = resolve_config(UpgradeConfig, UPGRADE_FLAGS, params)
+        result = upgrade_store(cfg.store, cfg.shard_mb)
         if json_out:
             output.emit_json(result)
             return

@@ -2,49 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from lplkit.cli import output
-from lplkit.cli.options import range_callback
-from lplkit.config import Range
-
-# verify has no config dataclass yet: its numeric options' ranges (checked while parsing, exit 2)
-_WORKERS, _SAMPLE, _SEED = Range(ge=1, le=256), Range(gt=0.0, le=1.0), Range(ge=0)
+from lplkit.cli.options import command_extras, with_config_flags
+from lplkit.config import resolve_config
+from lplkit.store.tools_config import VERIFY_FLAGS, VerifyConfig
 
 
 def register(app: typer.Typer) -> None:
     """Add the `verify` command to the app."""
 
+    # No --config/--set: a store and a few switches leave nothing to keep in a recipe.
     @app.command("verify")
-    def verify_command(
-        store: str = typer.Argument(..., help="Latent store URL or path."),
-        repair: bool = typer.Option(
-            False,
-            "--repair",
-            help="Remove bad shards' completion markers so re-running encode re-encodes them.",
-        ),
-        no_checksums: bool = typer.Option(
-            False, "--no-checksums", help="Skip sha256 checks (faster; NaN/count checks still run)."
-        ),
-        json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-        workers: int = typer.Option(
-            1,
-            "--workers",
-            callback=range_callback(_WORKERS),
-            help="Shards checked in parallel (threads); the report is the same as with 1.",
-        ),
-        sample: float | None = typer.Option(
-            None,
-            "--sample",
-            callback=range_callback(_SAMPLE),
-            metavar="FRACTION",
-            help="Read the data of only this fraction of the shards (seeded random draw, named "
-            "in the report); damage in a shard outside the sample is not found.",
-        ),
-        seed: int = typer.Option(
-            0, "--seed", callback=range_callback(_SEED), help="Seed of --sample's draw."
-        ),
-    ) -> None:
+    @with_config_flags(
+        VerifyConfig,
+        VERIFY_FLAGS,
+        command_extras(config=False, json_help="Print the report as JSON on stdout."),
+    )
+    def verify_command(**params: Any) -> None:
         """Check for missing/partial shards, checksum mismatches, NaN/Inf, count and index problems."""
         from rich.progress import (
             BarColumn,
@@ -56,6 +34,10 @@ def register(app: typer.Typer) -> None:
 
         from lplkit.errors import StoreCorruptError
         from lplkit.store.verify import repair_store, verify_store
+
+        json_out = params.pop("json_out")
+        cfg = resolve_config(VerifyConfig, VERIFY_FLAGS, params)
+        store, repair = cfg.store, cfg.repair
 
         columns = (
             TextColumn("verifying shards"),
@@ -70,8 +52,8 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, completed=done, total=total)
 
             report = verify_store(
-                store, checksums=not no_checksums, progress=on_progress,
-                workers=workers, sample=sample, seed=seed,
+                store, checksums=not cfg.no_checksums, progress=on_progress,
+                workers=cfg.workers, sample=cfg.sample, seed=cfg.seed,
             )  # fmt: skip
         repaired = repair_store(store, report) if repair and not report.ok else []
         result = report.to_dict() | {"repaired_shards": repaired if repair else None}

@@ -20,6 +20,15 @@ from lplkit.diffusion.sample_config import SAMPLE_FLAGS, SampleConfig
 from lplkit.metrics.config import EVAL_FLAGS, EvalConfig
 from lplkit.stats.config import STATS_FLAGS, StatsConfig
 from lplkit.store.encode_config import ENCODE_FLAGS, EncodeConfig
+from lplkit.store.tools_config import (
+    INFO_FLAGS,
+    UPGRADE_FLAGS,
+    VERIFY_FLAGS,
+    InfoConfig,
+    UpgradeConfig,
+    VerifyConfig,
+)
+from lplkit.text.config import ENCODE_TEXT_FLAGS, TextConfig
 from lplkit.train.config import TRAIN_FLAGS, TrainConfig
 
 CONFIGS: dict[str, tuple[type, tuple[ConfigFlag, ...]]] = {
@@ -30,11 +39,15 @@ CONFIGS: dict[str, tuple[type, tuple[ConfigFlag, ...]]] = {
     "export": (ExportConfig, EXPORT_FLAGS),
     "demo": (DemoConfig, DEMO_FLAGS),
     "train": (TrainConfig, TRAIN_FLAGS),
+    "encode-text": (TextConfig, ENCODE_TEXT_FLAGS),
+    "info": (InfoConfig, INFO_FLAGS),
+    "verify": (VerifyConfig, VERIFY_FLAGS),
+    "upgrade": (UpgradeConfig, UPGRADE_FLAGS),
 }
 #: Parameters a command has besides its config's flags.
 SHARED = {"config", "set_", "json_out"}
 #: Commands whose settings are not a recipe: no --config / --set.
-NO_RECIPE = {"export"}
+NO_RECIPE = {"export", "encode-text", "info", "verify", "upgrade"}
 
 
 def _command(name: str):
@@ -59,6 +72,15 @@ def _resolve(name: str, args: list[str]):
     return resolve_config(
         cls, flags, params, config=params.get("config"), overrides=params.get("set_")
     )
+
+
+def test_every_command_of_the_app_has_config_rows():
+    from typer.main import get_command
+
+    from lplkit.cli.app import app
+
+    group = get_command(app)
+    assert set(group.commands) == set(CONFIGS)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -102,7 +124,7 @@ def test_help_lists_every_row(name, capsys, monkeypatch):
     assert ("--config" in listed) == (name not in NO_RECIPE)
 
 
-@pytest.mark.parametrize("name", [n for n in CONFIGS if n != "train"])
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in ("train", "info")])
 def test_every_numeric_field_of_a_command_config_declares_a_range(name):
     cls, _ = CONFIGS[name]
     hints = typing.get_type_hints(cls)
