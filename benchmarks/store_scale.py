@@ -91,16 +91,20 @@ def drop_cache(paths: list[str]) -> str:
         return "drop_caches"
     except OSError:
         pass
-    for root in paths:
-        files = [Path(root)] if Path(root).is_file() else Path(root).rglob("*")
-        for f in files:
+    evict_files(paths)
+    return "fadvise_dontneed"
+
+
+def evict_files(paths: list[str] | list[Path]) -> None:
+    """Drop the files under `paths` (and only them) from the page cache (flushed beforehand)."""
+    for root in map(Path, paths):
+        for f in [root] if root.is_file() else root.rglob("*"):
             if f.is_file():
                 fd = os.open(f, os.O_RDONLY)
                 try:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
-    return "fadvise_dontneed"
 
 
 def warm_cache(paths: list[str]) -> None:

@@ -44,7 +44,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from store_scale import CHUNK, SHAPE, SHARD, shard_moments
+from store_scale import CHUNK, SHAPE, SHARD, evict_files
+
+from lplkit.store.synthetic import shard_moments
 
 
 def write_unfinished(url: str, count: int, seed: int = 0) -> float:
@@ -63,22 +65,14 @@ def write_unfinished(url: str, count: int, seed: int = 0) -> float:
             lo, hi = writer.shard_range(s)
             labels = (np.arange(lo, hi) % 1000).astype(np.int32)
             rows = [{"key": f"img_{p:08d}", "status": "ok"} for p in range(lo, hi)]
-            writer.write_shard(s, shard_moments(seed, s, hi - lo), None, labels, rows)
+            writer.write_shard(s, shard_moments(seed, s, hi - lo, SHAPE), None, labels, rows)
     return time.perf_counter() - t
 
 
 def evict(paths: list[Path]) -> None:
     """Drop these files (only) from the page cache."""
     os.sync()
-    for root in paths:
-        files = [root] if root.is_file() else root.rglob("*")
-        for f in files:
-            if f.is_file():
-                fd = os.open(f, os.O_RDONLY)
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                finally:
-                    os.close(fd)
+    evict_files(paths)
 
 
 def restore_unfinished(url: Path, parts: Path) -> None:
