@@ -46,7 +46,7 @@ from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store import text as txt
 from lplkit.store.lock import StoreLock
-from lplkit.store.markers import index_part_shards, read_marker_checked, scan_markers
+from lplkit.store.markers import index_part_shards, scan_markers
 from lplkit.store.sidecar import remove_if_exists, url_to_fs
 from lplkit.store.text import text_entries
 from lplkit.store.tooling import array_of
@@ -264,7 +264,10 @@ def verify_store(
         report, group, manifest, n_ok_markers, index_table, index_error, labels_read=read_data
     )
     for name, entry in text_entries(manifest).items():
-        _check_text(report, group, manifest, fs, root, name, entry, read_data, checksums)
+        _check_text(
+            report, group, manifest, fs, root, name, entry, read_data, checksums,
+            index_table, index_error,
+        )  # fmt: skip
     return report
 
 
@@ -305,6 +308,8 @@ def _check_text(
     entry: dict[str, Any],
     read_data: bool,
     checksums: bool,
+    index_table: Any,
+    index_error: Exception | None,
 ) -> None:
     """One cached text encoder: arrays, markers, checksums, NaN/Inf, row counts, masks."""
     rerun = (
@@ -337,20 +342,21 @@ def _check_text(
                 return
             arrays[full] = arr
     try:
+        if index_table is None:  # read once by verify_store; the image side reports why
+            raise index_error or ValueError(f"{fmt.INDEX_FILE} is not written")
         shard_rows, _ = txt.geometry(group)
         ok = np.zeros(count, dtype=bool)
-        table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}")
-        ok[idx.ok_mask(table)] = True
+        ok[idx.ok_mask(index_table)] = True
     except Exception as exc:  # the image side is reported by the checks above
         add("text_count", f"cannot check rows against the index ({_one_line(exc)})")
         return
-    text_root = f"{root}/{txt.path(name)}"
+    scan = scan_markers(fs, f"{root}/{txt.path(name)}", count, shard_rows)
     n_ok = 0
     for s in range(fmt.n_shards(count, shard_rows)):
         start, stop = fmt.shard_range(s, count, shard_rows)
-        marker, problem = read_marker_checked(fs, text_root, s, start, stop)
+        marker = scan.markers.get(s)
         if marker is None:
-            add("text_shard", f"shard {s}: {problem or 'no completion marker'}")
+            add("text_shard", f"shard {s}: {scan.problems.get(s) or 'no completion marker'}")
             continue
         n_ok += marker["n_ok"]
         if marker["n_ok"] != int(ok[start:stop].sum()):
