@@ -65,3 +65,31 @@ def damageable_store(tmp_path_factory) -> Callable[..., Path]:
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def text_encoder_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny text encoders saved with save_pretrained: "clip", "clip2" (with projection), "t5"."""
+    from helpers.text_stores import encoder_dirs
+
+    return encoder_dirs(tmp_path_factory.mktemp("text-encoders"))
+
+
+@pytest.fixture(scope="session")
+def text_store(tmp_path_factory, tiny_vae_dir, text_encoder_dirs) -> Callable[..., Path]:
+    """`text_store(*names, labels=True)`: a captioned 16-row store caching the tiny encoders
+    `names` (helpers.text_stores.write_text_store); each distinct store is written once per session
+    (the trainer only reads it)."""
+    from helpers.text_stores import write_text_store
+
+    made: dict[tuple, Path] = {}
+
+    def get(*names: str, labels: bool = True) -> Path:
+        key = (names, labels)
+        if key not in made:
+            path = tmp_path_factory.mktemp("text-store") / "s.zarr"
+            encoders = {n: text_encoder_dirs[n] for n in names}
+            made[key] = write_text_store(path, tiny_vae_dir, encoders, labels=labels)
+        return made[key]
+
+    return get
