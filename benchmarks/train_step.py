@@ -10,6 +10,13 @@ Part 2 (`loop`): images/s of `Trainer.run` (store loader from a real on-disk sto
 per-step seeded draws, NaN guard, metric accumulation, logging) vs a bare loop over the same model
 and in-memory latents doing the same math (noise, loss, backward, clip, AdamW, EMA).
 
+Part 3 (`--text-models`, issue #23): one optimizer step (no LPL) of each listed denoiser at the same
+latent shape and batch, text models conditioned on random cached-encoder outputs of
+`--text-tokens` x `--text-dim` (+ a pooled vector of `--text-dim`, MMDiT); ratios against the first
+model of the list (a class-conditional DiT), round-robin, median. Only part 3 runs.
+  python benchmarks/train_step.py --text-models DiT-S/2,MMDiT-S/2,PixArt-S/2,UNetText-S \
+      --latent 8 --batch 16 --reps 5
+
 Arms (issue #15): `--compile both` runs every configuration also with the denoiser and the LPL
 under `torch.compile` (ratios `x no-LPL` are within the same compile mode, `x eager` against the
 same configuration eager); `--crop N` adds LPL arms on N x N latent crops. Compilation happens in
@@ -117,6 +124,73 @@ def step_fn(args, gate_frac: float | None, compiled: bool = False, crop: int | N
         ema.update(model)
 
     return run, dev
+
+
+def text_step_fn(args, name: str):
+    """One optimizer step (flow, no LPL) of model `name`; a text model gets a random condition of
+    the bundled openmoji-clip's shape by default (16 tokens x 128, pooled 128)."""
+    from lplkit.diffusion.denoisers import build_model, is_text_model
+    from lplkit.diffusion.objectives import build_objective
+    from lplkit.train.ema import EMA
+    from lplkit.train.losses import micro_batch_loss
+    from lplkit.train.normalization import LatentNormalizer
+
+    dev = torch.device(args.device)
+    B, L, D = args.batch, args.text_tokens, args.text_dim
+    g = torch.Generator().manual_seed(1)
+    text = None
+    torch.manual_seed(0)
+    if is_text_model(name):
+        dims = {"tokens": L, "states_dim": D, "pooled_dim": D}
+        model = build_model(name, in_channels=4, sample_size=args.latent, text=dims).to(dev)
+        mask = torch.ones(B, L, dtype=torch.bool)
+        mask[:, L // 2 :] = False  # half the tokens padding, as short captions are
+        text = {"states": torch.randn(B, L, D, generator=g).to(dev), "mask": mask.to(dev),
+                "pooled": torch.randn(B, D, generator=g).to(dev)}  # fmt: skip
+        y = None
+    else:
+        model = build_model(name, in_channels=4, sample_size=args.latent, num_classes=10).to(dev)
+        y = torch.randint(0, 10, (B,), generator=g).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ema = EMA(model, 0.9999)
+    obj = build_objective("flow")
+    norm = LatentNormalizer((0.0,) * 4, (0.18215,) * 4, "autoencoder")
+    z0 = torch.randn(B, 4, args.latent, args.latent, generator=g).to(dev)
+    eps = torch.randn(z0.shape, generator=g).to(dev)
+    t = torch.rand(B, generator=g).to(dev)
+
+    def run() -> None:
+        parts = micro_batch_loss(model, obj, z0, y, eps, t, normalizer=norm, text=text,
+                                 bf16=args.bf16)  # fmt: skip
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    params = sum(p.numel() for p in model.parameters())
+    return run, dev, params
+
+
+def bench_text_models(args) -> list[dict]:
+    """Round-robin over the models (one step each per round); median step time per model."""
+    names = [n for n in args.text_models.split(",") if n]
+    fns = {n: text_step_fn(args, n) for n in names}
+    for n, (run, dev, _) in fns.items():
+        for _ in range(args.warmup):
+            run()
+        _sync(dev)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.reps):
+        for n, (run, dev, _) in fns.items():
+            t0 = time.perf_counter()
+            run()
+            _sync(dev)
+            times[n].append(time.perf_counter() - t0)
+    base = statistics.median(times[names[0]])
+    return [{"model": n, "params": fns[n][2], "step_s": statistics.median(times[n]),
+             "vs_first": statistics.median(times[n]) / base, "times_s": times[n]}
+            for n in names]  # fmt: skip
 
 
 def configurations(args) -> list[tuple[bool, float | None, int | None]]:
@@ -295,6 +369,9 @@ def main() -> None:
     p.add_argument("--no-loop", action="store_true")
     p.add_argument("--no-steps", action="store_true", help="only part 2 (trainer vs bare loop)")
     p.add_argument("--memory", action="store_true", help="CPU: peak RSS per config (subprocess)")
+    p.add_argument("--text-models", help="part 3 only: comma-separated models, the first the base")
+    p.add_argument("--text-tokens", type=int, default=16)
+    p.add_argument("--text-dim", type=int, default=128)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     model, ae, latent, batch = SIZES[args.size]
@@ -310,6 +387,20 @@ def main() -> None:
         print(json.dumps({"peak_rss_mib": peak}))
         return
     torch.set_num_threads(torch.get_num_threads())
+    if args.text_models:
+        rows = bench_text_models(args)
+        print(f"# latent 4x{args.latent}x{args.latent}, batch {args.batch}, text {args.text_tokens}"
+              f" x {args.text_dim}, {args.device}{' bf16' if args.bf16 else ''}, threads "
+              f"{torch.get_num_threads()}, torch {torch.__version__}")  # fmt: skip
+        print(f"| model | params M | step s | x {rows[0]['model']} |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['model']} | {r['params'] / 1e6:.1f} | {r['step_s']:.4f} | "
+                  f"{r['vs_first']:.2f} |")  # fmt: skip
+        keep = ("text_models", "text_tokens", "text_dim", "latent", "batch", "device", "bf16",
+                "reps", "warmup")  # fmt: skip
+        print(json.dumps({"args": {k: getattr(args, k) for k in keep}, "text_models": rows}))
+        return
     print(f"# {args.model}, AE {args.ae}, latent 4x{args.latent}x{args.latent}, batch "
           f"{args.batch}, {args.device}{' bf16' if args.bf16 else ''}, LPL depth "
           f"{args.depth if args.depth is not None else 'preset'}, threads {torch.get_num_threads()}, "
