@@ -176,7 +176,7 @@ def bench_text_models(args) -> list[dict]:
     """Round-robin over the models (one step each per round); median step time per model."""
     names = [n for n in args.text_models.split(",") if n]
     fns = {n: text_step_fn(args, n) for n in names}
-    for n, (run, dev, _) in fns.items():
+    for run, dev, _ in fns.values():
         for _ in range(args.warmup):
             run()
         _sync(dev)

@@ -204,12 +204,25 @@ def make_lpl(cfg: TrainConfig, vae: nn.Module, store: Any) -> nn.Module:
     return LatentPerceptualLoss(vae, cfg.lpl.preset, **kwargs)
 
 
+#: what identifies a cached text encoder's outputs (the empty caption's hashes stand for weights)
+TEXT_IDENTITY = ("class", "config_hash", "layer", "pass_mask", "max_tokens", "empty_sha256")
+
+
+def text_identity(records: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The `TEXT_IDENTITY` fields of run.json `text_encoders` records, in order (names aside)."""
+    return [{k: r.get(k) for k in TEXT_IDENTITY} for r in records or []]
+
+
 def init_from_base(
-    cfg: TrainConfig, store: Any, num_classes: int | None
+    cfg: TrainConfig,
+    store: Any,
+    num_classes: int | None,
+    text_record: list[dict[str, Any]] | None = None,
 ) -> tuple[nn.Module, LatentNormalizer, dict[str, Any]]:
     """The `--init` base's weights and its latent normalization, checked against this run: the same
-    architecture, latent shape, classes and objective, and a store of the same autoencoder. A
-    diffusers checkpoint (hub id, pipeline or model directory) goes to `init_from_pipeline`."""
+    architecture, latent shape, classes and objective, a store of the same autoencoder and, for a
+    text model, the same text encoder outputs (`text_record`: this run's run.json `text_encoders`).
+    A diffusers checkpoint (hub id, pipeline or model directory) goes to `init_from_pipeline`."""
 
     if is_pipeline_spec(str(cfg.init)):
         return init_from_pipeline(cfg, store, num_classes)
@@ -234,6 +247,14 @@ def init_from_base(
     store_ae = store.manifest.get("autoencoder") or {}
     if base_ae.get("weights_hash") and base_ae.get("weights_hash") != store_ae.get("weights_hash"):
         problems.append("another autoencoder than this store's (weights hash differs)")
+    base_text = info.get("text_encoders")
+    if text_identity(base_text) != text_identity(text_record):
+        names = ", ".join(str(r.get("name")) for r in base_text or []) or "no text encoder"
+        problems.append(
+            f"text encoder(s) {names} whose cached outputs differ from this run's --text-encoder "
+            f"{', '.join(str(r.get('name')) for r in text_record or []) or '(none)'} (model, "
+            "weights, layer or tokens)"
+        )
     if problems:
         raise ConfigError(f"--init {cfg.init}: the base was trained with " + "; ".join(problems))
     normalizer = LatentNormalizer.from_record(base.normalization)
@@ -261,11 +282,12 @@ def build_components(
     text_names, families, empty = text_setup(cfg, store, text_model)
     num_classes = None if text_model else store_num_classes(store)
     dims = tc.text_dims(empty) if empty is not None else None
+    text_record = [{"name": n, **store.text_encoders[n]} for n in text_names] or None
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every re-run
     init = None
     model: Any  # a Denoiser (models.py)
     if cfg.init:
-        model, normalizer, init = init_from_base(cfg, store, num_classes)
+        model, normalizer, init = init_from_base(cfg, store, num_classes, text_record)
         num_classes = model.num_classes
         base_dims = model.spec.get("text")
         if dims is not None and base_dims != dims:
@@ -286,7 +308,16 @@ def build_components(
     lpl: Any = make_lpl(cfg, vae, store).to(device) if cfg.lpl.enabled and vae is not None else None
     grid = None
     if vae is not None and cfg.log.sample_every > 0:
-        grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes)
+        preview_text = None
+        if text_names:  # the captions of the first sample_n ok rows (cycled), as cached
+            ok = np.asarray(store.ok_positions)
+            rows = ok[np.arange(cfg.log.sample_n) % len(ok)]
+            cached = store.read_text(rows, text_names)
+            preview_text = tc.combine(
+                [(f, cached[n]) for n, f in zip(text_names, families, strict=True)]
+            )
+        grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes,
+                                text=preview_text)  # fmt: skip
     return Components(
         model=model,
         objective=objective,
@@ -305,5 +336,5 @@ def build_components(
         text_names=text_names,
         text_families=families,
         empty_text=empty,
-        text_record=[{"name": n, **store.text_encoders[n]} for n in text_names] or None,
+        text_record=text_record,
     )

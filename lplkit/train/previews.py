@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lplkit.diffusion import text_conditioning as tc
 from lplkit.diffusion.image_files import save_grid
 from lplkit.diffusion.objectives import Objective
 from lplkit.diffusion.samplers import sample
@@ -31,16 +32,19 @@ def make_sample_grid(
     vae: Any,  # a diffusers autoencoder (its decode() returns an output with .sample)
     shape: tuple[int, int, int],
     num_classes: int | None,
+    text: dict[str, torch.Tensor] | None = None,
 ) -> Callable[[nn.Module, int, Path], Path]:
-    """A callback writing `samples/step_XXXXXXXX.png` from the EMA model (fixed seed and labels)."""
+    """A callback writing `samples/step_XXXXXXXX.png` from the EMA model (fixed seed and labels;
+    a text model: `text`, the cached condition of `log.sample_n` fixed store rows' captions)."""
 
     def grid(model: nn.Module, step: int, out_dir: Path) -> Path:
         n = cfg.log.sample_n
         gen = torch.Generator().manual_seed(cfg.seed)
         labels = torch.arange(n) % num_classes if num_classes else None
         dev = next(model.parameters()).device
-        z = sample(model, objective, (n, *shape), labels=labels, steps=cfg.log.sample_steps,
-                   generator=gen, device=dev)  # fmt: skip
+        cond = None if text is None else tc.to_device(text, dev)
+        z = sample(model, objective, (n, *shape), labels=labels, text=cond,
+                   steps=cfg.log.sample_steps, generator=gen, device=dev)  # fmt: skip
         with torch.no_grad():
             images = vae.decode(normalizer.unnormalize(z).to(dev)).sample
         return save_grid(images.clamp(-1, 1).cpu(), out_dir / f"step_{step:08d}.png")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import helpers.text_models as tm
 import numpy as np
+
+import helpers.text_models as tm
 
 COLOURS = ["red", "blue", "green", "small", "big"]
 THINGS = ["cat", "dog", "tree", "sky", "grass"]
@@ -19,11 +20,12 @@ def caption(p: int) -> str:
 
 
 def encoder_dirs(root: Path) -> dict[str, Path]:
-    """Tiny encoders saved with `save_pretrained`: "clip" (CLIPTextModel), "clip2"
-    (CLIPTextModelWithProjection, other weights), "t5" (T5EncoderModel)."""
+    """Tiny encoders saved with `save_pretrained`: "clip" (CLIPTextModel), "clip-b" (the same
+    architecture, other weights), "clip2" (CLIPTextModelWithProjection), "t5" (T5EncoderModel)."""
     out = {}
     for name, make in (
         ("clip", lambda: tm.clip_model(0)),
+        ("clip-b", lambda: tm.clip_model(2)),
         ("clip2", lambda: tm.clip_model(1, projection=True)),
         ("t5", lambda: tm.t5_model(0)),
     ):

@@ -57,7 +57,8 @@ def _done_when(store: Path, out: Path, model: str, steps: int) -> list[str]:
     """The issue's command (+ a small LPL depth and a gate some rows pass and some do not)."""
     return _args(store, out, model, "--text-encoder", "clip", "--lpl", "--objective", "flow",
                  "--lpl-depth", "1", "--lpl-snr-min", "0.5", "--steps", str(steps),
-                 "--ckpt-every", "2")  # fmt: skip
+                 "--ckpt-every", "2", "--sample-every", str(steps), "--set", "log.sample_n=3",
+                 "--set", "log.sample_steps=2")  # fmt: skip
 
 
 def _losses(run: Path) -> list[dict]:
@@ -82,9 +83,13 @@ def _trains_and_resumes(store: Path, tmp_path: Path, model: str, steps: int) -> 
         assert ref.keys() == got.keys()
         assert all(torch.equal(got[k], ref[k]) for k in ref), name
     recs = _losses(tmp_path / "ref")
-    assert _losses(tmp_path / "run") == recs and [r["step"] for r in recs] == list(range(1, steps + 1))
+    assert _losses(tmp_path / "run") == recs and [r["step"] for r in recs] == list(
+        range(1, steps + 1)
+    )
     assert all(r["loss"] == pytest.approx(r["loss_diffusion"] + r["loss_lpl"]) for r in recs)
     assert any(r["loss_lpl"] > 0 for r in recs) and any(r["gate_frac"] < 1 for r in recs)
+    # the preview grid conditions on cached captions (a text model has no labels to sample from)
+    assert (tmp_path / "ref" / "samples" / f"step_{steps:08d}.png").is_file()
     info = json.loads((tmp_path / "ref" / "run.json").read_text())
     jsonschema.validate(info, json.loads((SCHEMAS / "run.schema.json").read_text()))
     assert [e["name"] for e in info["text_encoders"]] == ["clip"]
@@ -103,7 +108,9 @@ def test_done_when_command_mmdit_s_trains_and_resumes(t2i_store, tmp_path):
 def test_two_gloo_ranks_equal_one_process_with_caption_dropout(t2i_store, tmp_path):
     """Global batch 8 = 2 ranks x 4 with caption dropout 0.3: each rank drops its slice of the
     global draw. Tolerance as in test_train_paths.py's class-model DDP test."""
-    one = _args(t2i_store, tmp_path / "one", "MMDiT-T/2", "--steps", "3", "--caption-dropout", "0.3")
+    one = _args(
+        t2i_store, tmp_path / "one", "MMDiT-T/2", "--steps", "3", "--caption-dropout", "0.3"
+    )
     assert run_cli(one)[0] == 0
     two = [a.replace(str(tmp_path / "one"), str(tmp_path / "two")) for a in one]
     assert run_forked_ranks(lambda rank: run_cli(two)[0]) == [0, 0]
@@ -113,6 +120,21 @@ def test_two_gloo_ranks_equal_one_process_with_caption_dropout(t2i_store, tmp_pa
             torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=5e-5, msg=f"{name} {k}")
     for a, b in zip(_losses(tmp_path / "one"), _losses(tmp_path / "two"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+
+
+def test_init_from_a_text_base_needs_the_same_text_encoder_outputs(text_store, tmp_path, capsys):
+    """A base trained on the tiny CLIP forks on it, and is refused on another CLIP of the same
+    dimensions (other weights) in one line: the dims alone would let it train on foreign text."""
+    base = tmp_path / "base"
+    assert run_cli(_args(text_store("clip"), base, "PixArt-T/2", "--steps", "1"))[0] == 0
+    post = _args(
+        text_store("clip"), tmp_path / "post", "PixArt-T/2", "--steps", "1", "--init", str(base)
+    )
+    assert run_cli(post)[0] == 0
+    bad = tmp_path / "bad"
+    line = _refused(_args(text_store("clip-b"), bad, "PixArt-T/2", "--steps", "1", "--init",
+                          str(base)), capsys, bad)  # fmt: skip
+    assert "text encoder(s) clip whose cached outputs differ" in line, line
 
 
 def _refused(args: list[str], capsys, out: Path) -> str:

@@ -18,7 +18,9 @@ def _inputs(seed: int = 0):
     z = torch.randn(B, C, S, S, generator=g)
     t = torch.tensor([3.0, 400.0, 975.0])
     states = torch.randn(B, L, D, generator=g)  # padding positions hold nonzero states too
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    mask = torch.tensor(
+        [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.bool
+    )
     pooled = torch.randn(B, P, generator=g)
     return z, t, {"states": states, "mask": mask, "pooled": pooled}
 

@@ -52,7 +52,10 @@ def test_caption_dropout_replaces_exactly_the_drawn_rows(text_store, tmp_path):
     draw is below caption_dropout the store's empty caption's: those rows and no others."""
     store = text_store("clip", "clip2")
     rate = 0.4
-    tr = _trainer(_cfg(store, "MMDiT-T/2", caption_dropout=rate, text_encoder=["clip", "clip2"]), tmp_path / "run")
+    tr = _trainer(
+        _cfg(store, "MMDiT-T/2", caption_dropout=rate, text_encoder=["clip", "clip2"]),
+        tmp_path / "run",
+    )
     loaded, seen = [], []
     next_batch = tr.cursor.next
 
