@@ -83,7 +83,12 @@ def text_setup(cfg: TrainConfig, store: Any, text_model: bool) -> tuple[list[str
                 "NAME (repeat it to combine them as SD3 does)"
             )
         names = list(have)
-    store.text_names(names)  # one line naming the missing ones
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ConfigError(
+            f"--text-encoder {', '.join(missing)}: {url} caches no such text encoder; cached: "
+            f"{', '.join(have)}"
+        )
     families = [str(have[n].get("family", "clip")) for n in names]
     empty = tc.combine([(f, store.empty_text(n)) for n, f in zip(names, families, strict=True)])
     return names, families, empty

@@ -157,7 +157,7 @@ def test_text_and_class_mismatches_are_refused_in_one_line(
         (t2i_store, "DiT-T/2", [], "has no class labels but caches text encoder(s) clip"),
         (several, "PixArt-T/2", [], "caches several text encoders (clip, t5)"),
         (several, "MMDiT-T/2", ["--text-encoder", "t5"], "pooled text vector"),
-        (t2i_store, "PixArt-T/2", ["--text-encoder", "nope"], "nope"),
+        (t2i_store, "PixArt-T/2", ["--text-encoder", "nope"], "--text-encoder nope: "),
     ]
     for store, model, extra, message in cases:
         line = _refused(_args(store, out, model, "--steps", "1", *extra), capsys, out)

@@ -128,7 +128,7 @@ def test_every_objective_trains_a_text_model(text_store, tmp_path, objective, mo
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     tr.run()
     recs = _losses(tmp_path / "run")
-    assert recs and all(math.isfinite(r["loss"]) and r["skipped"] == 0 for r in recs)
+    assert recs and all(math.isfinite(r["loss"]) and r["nan_skips"] == 0 for r in recs)
     moved = [k for k, v in tr.model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(moved) > len(before) // 2
     ema = tr.ema.weights()
