@@ -13,7 +13,7 @@
 # Not in the default set (it alone needs ~10 min; run it in its own session):
 #   openmoji128  issue #12 item 4, the LPL protocol one size up (pipelines/openmoji-lpl/gpu128.sh):
 #           STEPS=openmoji128 bash benchmarks/gpu_suite.sh docs/results/gpu-h200-openmoji128
-#   openmoji-t2i128  issue #23 item 6, the same protocol for a text-to-image MMDiT-S/2 with the
+#   openmoji-t2i128  issue #23 item 6, the same protocol for a text-to-image PixArt-S/2 with the
 #           bundled openmoji-clip captions (pipelines/openmoji-t2i/gpu128.sh), its own session too:
 #           STEPS=openmoji-t2i128 bash benchmarks/gpu_suite.sh docs/results/gpu-h100-openmoji-t2i128
 # TINY=1: the same plumbing on a CPU with tiny sizes (a dry run of this script, not a measurement).

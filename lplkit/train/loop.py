@@ -176,9 +176,15 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict(),
             "rng": capture_rng_state(),
-            "loader": self._pos_before_prefetch if self._prefetched else self.cursor.position,
+            "loader": self._loader_position(),
             "log_acc": self.window.state_dict(),
         }
+
+    def _loader_position(self) -> dict[str, int]:
+        """Where the step after the last one trained reads from: the cursor's position before a
+        prefetch of the next step's batches (the last step of a run prefetches nothing, so a run
+        extended later logs and checkpoints what an uninterrupted run does)."""
+        return self._pos_before_prefetch if self._prefetched else self.cursor.position
 
     def load_state_dict(self, found: Checkpoint) -> None:
         """Restore a checkpoint (`state_dict` + the weights) into this trainer."""
@@ -381,7 +387,7 @@ class Trainer:
                         record = self.last_metrics = self.window.close(
                             step=self.step,
                             images_seen=self.step * cfg.batch_size,
-                            epoch=self.cursor.epoch,
+                            epoch=self._loader_position()["epoch"],
                             lr=self.step_lr,
                         )
                         if log is not None:  # rank 0

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Issue #23 item 6: the text-to-image protocol one size up, on one GPU, in under 10 minutes.
 # OpenMoji at 128 px through the bundled tiny-openmoji AE (4x32x32 latents), captions (Unicode
-# names) cached with the bundled openmoji-clip encoder -> stats -> an MMDiT-S/2 text-to-image base
+# names) cached with the bundled openmoji-clip encoder -> stats -> a PixArt-S/2 text-to-image base
 # pre-trained for PRE_T seconds (gpu128-pretrain.toml) -> forked into baseline / LPL post-training
 # of 1/5 of the base's steps (one seed: same batches, timesteps, noise and caption drops) -> per
 # arm: the training losses, and (where `lplkit sample` has --prompts-from-store) samples from the
 # train captions evaluated by `lplkit eval` against the train store with the held-out floor.
 # Raw outputs in OUT (commit them under docs/results/). Run from the repository root:
 #   bash pipelines/openmoji-t2i/gpu128.sh docs/results/gpu-h100-openmoji-t2i128
-# TINY=1: a CPU dry run at 32 px, 64 glyphs, MMDiT-T/2, a few steps (plumbing only, seconds).
+# TINY=1: a CPU dry run at 32 px, 64 glyphs, PixArt-T/2, a few steps (plumbing only, seconds).
 set -uo pipefail
 OUT="${1:-${OUT:-gpu128-t2i-out}}"; mkdir -p "$OUT"
 WORK="${WORK:-/tmp/lplkit-gpu128-t2i}"; mkdir -p "$WORK"
@@ -18,7 +18,7 @@ L="$PY -m lplkit"
 TEXT="--text-encoder openmoji-clip --text-preset sd-clip --text-max-tokens 16"
 if [ "${TINY:-0}" = 1 ]; then
   DEV=cpu RES=32 LIMIT="--limit 64" PRE_T="${PRE_T:-60}" N_EVAL=16 SWD_DIRS=16 SAMPLE_STEPS=4
-  SIZE="--model MMDiT-T/2 --batch-size 16"; BF16=""; STATS_N=32; PRE_STEPS="--steps 4 --ckpt-every 2"
+  SIZE="--model PixArt-T/2 --batch-size 16"; BF16=""; STATS_N=32; PRE_STEPS="--steps 4 --ckpt-every 2"
 else
   DEV=cuda RES=128 LIMIT="" PRE_T="${PRE_T:-240}" N_EVAL=256 SWD_DIRS=128 SAMPLE_STEPS=32
   SIZE=""; BF16="--bf16"; STATS_N=1024; PRE_STEPS=""

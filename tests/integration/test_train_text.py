@@ -138,6 +138,7 @@ def test_init_from_a_text_base_needs_the_same_text_encoder_outputs(text_store, t
 
 
 def _refused(args: list[str], capsys, out: Path) -> str:
+    capsys.readouterr()  # what earlier commands printed
     code, _, err = run_cli(args, capsys)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, err
