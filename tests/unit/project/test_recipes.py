@@ -19,6 +19,7 @@ PAIRS = [
     ("openmoji-base/pretrain.toml", "openmoji-lpl/post-flow.toml"),
     ("openmoji-base/pretrain-eps.toml", "openmoji-lpl/post-eps.toml"),
     ("openmoji-lpl/gpu128-pretrain.toml", "openmoji-lpl/gpu128-post.toml"),
+    ("openmoji-t2i/gpu128-pretrain.toml", "openmoji-t2i/gpu128-post.toml"),
 ]
 
 
@@ -34,6 +35,7 @@ def test_post_training_recipe_matches_its_base(pre, post):
     a = resolve_config(str(ROOT / "pipelines" / pre), [], {})
     b = resolve_config(str(ROOT / "pipelines" / post), [], {})
     assert a.model.name == b.model.name
+    assert a.model.text_encoder == b.model.text_encoder  # --init checks the text outputs too
     assert a.objective == b.objective
     assert not a.lpl.enabled and not b.lpl.enabled  # the arms switch the LPL on by flag
 
