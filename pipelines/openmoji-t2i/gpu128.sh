@@ -8,7 +8,8 @@
 # train captions evaluated by `lplkit eval` against the train store with the held-out floor.
 # Raw outputs in OUT (commit them under docs/results/). Run from the repository root:
 #   bash pipelines/openmoji-t2i/gpu128.sh docs/results/gpu-h100-openmoji-t2i128
-# TINY=1: a CPU dry run at 32 px, 64 glyphs, PixArt-T/2, a few steps (plumbing only, seconds).
+# TINY=1: a CPU dry run at 32 px, 64 glyphs, PixArt-T/2, a few steps (plumbing only; a minute or two
+# on a quiet CPU, ~15 min on the loaded shared dev box, where PRE_T=60 s bought 1 step).
 set -uo pipefail
 OUT="${1:-${OUT:-gpu128-t2i-out}}"; mkdir -p "$OUT"
 WORK="${WORK:-/tmp/lplkit-gpu128-t2i}"; mkdir -p "$WORK"
