@@ -1,5 +1,8 @@
 """A trained run -> a diffusers ``DiTPipeline`` directory (``DiTPipeline.from_pretrained(DIR)``).
 
+Text runs go to ``PixArtSigmaPipeline`` / ``StableDiffusion3Pipeline`` (`lplkit.export_text`),
+with the same ``vae/`` fold and scheduler choice as below.
+
 What is written (``save_pretrained`` layout):
 
 - ``transformer/``: the run's ``DiTTransformer2DModel`` (EMA weights by default). ``DiTPipeline`` uses
@@ -41,6 +44,7 @@ Not representable by a stock pipeline (one line each, raised as ``ConfigError``)
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +224,7 @@ def _export_text(
     ema: bool,
     steps: int,
     pipeline: str,
-    record: list[dict[str, Any]],
+    record: Sequence[Mapping[str, Any]],
     **parts: Any,
 ) -> dict[str, Any]:
     """A text run's pipeline directory (`lplkit.export_text`) and its summary; ``record``: the

@@ -67,7 +67,9 @@ _SD3_NEEDS = (
 def _describe(record: Sequence[Mapping[str, Any]]) -> str:
     if not record:
         return "no text encoder"
-    return ", ".join(f"{e.get('name')} ({e.get('class')}, preset {e.get('preset')})" for e in record)
+    return ", ".join(
+        f"{e.get('name')} ({e.get('class')}, preset {e.get('preset')})" for e in record
+    )
 
 
 def _is_sd3_clip(e: Mapping[str, Any]) -> bool:

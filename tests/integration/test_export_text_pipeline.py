@@ -140,6 +140,7 @@ def test_exported_text_pipeline_matches_lplkit_sampling(case, store, tmp_path, c
     sampler = "euler" if objective == "flow" else None
     ref = _lplkit_images(run, PROMPTS, sampler)
 
+    capsys.readouterr()  # training's output
     code, out, err = run_cli(["export", "--run", str(run), "--out", str(tmp_path / "pipe"),
                               "--json"], capsys)  # fmt: skip
     assert code == 0, err
@@ -167,6 +168,7 @@ def test_text_runs_without_a_matching_pipeline_are_refused_before_writing(store,
     ]:
         run = _train(store, tmp_path / model.replace("/", "_"), model, "eps", encoders)
         out = tmp_path / f"pipe-{model.replace('/', '_')}"
+        capsys.readouterr()  # training's output
         code, _, err = run_cli(["export", "--run", str(run), "--out", str(out)], capsys)
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, (code, err)
         assert not out.exists()
