@@ -161,9 +161,9 @@ def test_exported_text_pipeline_matches_lplkit_sampling(case, store, tmp_path, c
 
 
 def test_text_runs_without_a_matching_pipeline_are_refused_before_writing(store, tmp_path, capsys):
+    # (every other set: tests/unit/test_export_text.py)
     for model, encoders, says in [
         ("PixArt-T/2", ["clip_l"], "PixArtSigmaPipeline needs one T5 encoder"),
-        ("MMDiT-T/2", ["clip_l", "clip_g"], "StableDiffusion3Pipeline needs three encoders"),
         ("UNetText-T", ["t5_pixart"], "StableDiffusionPipeline feeds its U-Net no cross-attention"),
     ]:
         run = _train(store, tmp_path / model.replace("/", "_"), model, "eps", encoders)
