@@ -264,8 +264,10 @@ def export_run(
     steps: int = 50,
     vae: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``run_dir``'s latest checkpoint as a ``DiTPipeline`` directory ``out``; returns a
-    JSON-able summary (what was written, the scheduler, ``notes`` on what the stock pipeline lacks).
+    """Write ``run_dir``'s latest checkpoint as a ``DiTPipeline`` directory ``out`` (a text run:
+    ``PixArtSigmaPipeline`` / ``StableDiffusion3Pipeline``, `lplkit.export_text`, refused before
+    anything is written when its encoders do not fit); returns a JSON-able summary (what was written,
+    the scheduler, ``notes`` on what the stock pipeline lacks; text runs add ``call``).
 
     ``steps`` only matters for flow runs (the exported Euler grid, see the module docstring).
     """
