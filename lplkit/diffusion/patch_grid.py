@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from lplkit.errors import ConfigError
 
-__all__ = ["any_grid", "base_sample_size", "check_grid"]
+__all__ = ["any_grid", "base_sample_size", "check_grid", "grid_multiple"]
 
 
 def base_sample_size(shapes: Iterable[tuple[int, int]], multiple: int = 1) -> int:
@@ -99,3 +99,14 @@ def any_grid(net: nn.Module) -> nn.Module:
     net.register_forward_hook(_crop_output, with_kwargs=True)
     net._lplkit_any_grid = True
     return net
+
+
+def grid_multiple(net: nn.Module) -> int:
+    """What a latent side must be a multiple of for ``net``: a transformer's patch size, a
+    ``UNet2DModel``'s total downsampling ``2^(levels - 1)``, else 1."""
+    config: Any = getattr(net, "config", {})
+    if "patch_size" in config and config["patch_size"]:
+        return int(config["patch_size"])
+    if "block_out_channels" in config:
+        return 2 ** (len(config["block_out_channels"]) - 1)
+    return 1

@@ -42,6 +42,7 @@ from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store import shuffle as shf
+from lplkit.store.bucket_loader import bucket_batches, num_bucket_batches
 from lplkit.store.buckets import Bucket, bucket_url, buckets_of
 from lplkit.store.dataset import LatentDataset
 from lplkit.store.markers import index_part_shards, scan_markers
@@ -576,7 +577,8 @@ class LatentStore:
         drop_last: bool = True,
     ) -> int:
         """Batches per epoch for one rank (equal on every rank)."""
-        self._one_shape("num_batches()")
+        if self.bucketed:
+            return num_bucket_batches(self, batch_size, rank, world_size, drop_last)
         _, world_size = self._split(rank, world_size)
         return shf.num_batches(self.n_ok, batch_size, world_size, drop_last)
 
@@ -648,7 +650,12 @@ class LatentStore:
         last, the batch's cached text conditioning `read_text(positions, text)`: name ->
         {states, mask, pooled}, read one batch ahead in a background thread.
         """
-        self._one_shape("batches()")
+        if self.bucketed:  # every batch from one bucket (lplkit.store.bucket_loader)
+            yield from bucket_batches(self, batch_size, seed=seed, shuffle=shuffle, epoch=epoch,
+                                      start_batch=start_batch, rank=rank, world_size=world_size,
+                                      drop_last=drop_last, with_index=with_index,
+                                      text=text)  # fmt: skip
+            return
         names = self.text_names(text)
         batches = self._batches(batch_size, seed, shuffle, epoch, start_batch, rank, world_size,
                                 drop_last)  # fmt: skip
@@ -726,7 +733,6 @@ class LatentStore:
         keys: bool = True,
     ) -> Any:
         """A map-style `torch.utils.data.Dataset` over the ok samples (`LatentDataset`)."""
-        self._one_shape("as_dataset()")
         return LatentDataset(self, seed=seed, flip=flip, text=text, keys=keys)
 
     def _stream(

@@ -24,6 +24,7 @@ from lplkit.autoencoders.loading import (
 )
 from lplkit.diffusion.denoisers import build_model
 from lplkit.diffusion.objectives import Objective, build_objective
+from lplkit.diffusion.patch_grid import base_sample_size, check_grid, grid_multiple
 from lplkit.errors import ConfigError, StoreMismatchError
 from lplkit.lpl.config import LPLConfig
 from lplkit.lpl.decoder_taps import DecoderTaps
@@ -54,13 +55,26 @@ def store_num_classes(store: Any) -> int | None:
     return int(labels.max()) + 1 if labels.size and labels.max() >= 0 else None
 
 
+#: A bucketed store's transformer is built for a square side that is a multiple of this (every
+#: DiT patch size and U-Net depth lplkit registers divides it): `patch_grid.base_sample_size`.
+BASE_MULTIPLE = 8
+
+
+def default_latent_shape(store: Any) -> tuple[int, int, int]:
+    """The latent shape a run samples at by default: a square store's; for a bucketed store the
+    bucket with the most rows (ties: the lowest id)."""
+    best = max(store.buckets, key=lambda b: (b.rows, -b.id))
+    c, h, w = (int(v) for v in best.latent_shape)
+    return c, h, w
+
+
 def make_normalizer(store: Any) -> LatentNormalizer:
     """Store statistics when present, else the autoencoder's scaling/shift factors."""
 
     stats = load_stats(store)
     if stats is not None:
         return LatentNormalizer.from_stats(stats.latent_mean.tolist(), stats.latent_std.tolist())
-    channels = int(store.latent_shape[0])
+    channels = int(store.buckets[0].latent_shape[0])  # per channel: the same in every bucket
     return LatentNormalizer.from_autoencoder(store.manifest.get("autoencoder", {}), channels)
 
 
@@ -213,9 +227,10 @@ def build_components(
     # crash the open), not train on zeros read from a missing shard file.
     require_sound_store(cfg.store, full=cfg.verify_store)
     store = LatentStore.open(cfg.store)
-    C, h, w = store.latent_shape
-    if h != w:
-        raise ConfigError(f"{cfg.store}: non-square latents {h}x{w} are not supported by DiT")
+    buckets = store.buckets
+    C, h, w = default_latent_shape(store)
+    grids = [(int(b.latent_shape[1]), int(b.latent_shape[2])) for b in buckets]
+    sample_size = h if not store.bucketed else base_sample_size(grids, BASE_MULTIPLE)
     num_classes = store_num_classes(store)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every re-run
     init = None
@@ -224,8 +239,12 @@ def build_components(
         model, normalizer, init = init_from_base(cfg, store, num_classes)
         num_classes = model.num_classes
     else:
-        model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
+        model = build_model(
+            cfg.model.name, in_channels=C, sample_size=sample_size, num_classes=num_classes
+        )
         normalizer = make_normalizer(store)
+    for gh, gw in grids:  # every bucket's grid must be one the model can run on
+        check_grid(cfg.model.name, gh, gw, grid_multiple(model.net))
     if normalization is not None:
         normalizer = LatentNormalizer.from_record(normalization)
     objective = make_objective(cfg)
@@ -251,4 +270,5 @@ def build_components(
         num_classes=num_classes,
         model_spec=model.spec,
         init=init,
+        buckets=[b.to_dict() for b in buckets] if store.bucketed else None,
     )

@@ -85,9 +85,6 @@ def test_bucket_view_reads_the_written_arrays(bucketed):
     [
         lambda s: s.latent_shape,
         lambda s: s.read([0]),
-        lambda s: next(iter(s.batches(4, seed=0))),
-        lambda s: s.as_dataset(),
-        lambda s: s.num_batches(4),
     ],
 )
 def test_single_shape_apis_refuse_a_bucketed_root(bucketed, call):
