@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
                 guidance=cfg.guidance, sampler=cfg.sampler, seed=cfg.seed,
                 labels=None if cfg.labels is None else list(cfg.labels),
                 batch_size=cfg.batch_size, device=cfg.device, vae=cfg.vae, progress=bar.update,
+                size=None if cfg.size is None else list(cfg.size),
             )  # fmt: skip
         if json_out:
             output.emit_json({**summary, "config": to_dict(cfg)})
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
             "steps",
             "cfg",
             "seed",
+            "sizes",
             "images",
             "grid",
             "npz",

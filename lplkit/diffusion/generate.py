@@ -29,7 +29,39 @@ from lplkit.train.config import TrainConfig
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.previews import make_sample_grid  # noqa: F401  (old `lplkit.train.sampling` name)
 
-__all__ = ["sample_run"]
+__all__ = ["run_sizes", "sample_run"]
+
+
+def run_sizes(
+    info: dict[str, Any], size: list[str] | None
+) -> list[tuple[tuple[int, int], tuple[int, int, int]]]:
+    """``[((W, H) pixels, (C, h, w) latents)]`` to sample: each asked ``"WxH"`` must be one of the
+    run's buckets (run.json ``buckets``; a square run: its one size, from the latent shape and the
+    autoencoder's downsampling factor), else a one-line `ConfigError` naming the sizes there are.
+    None: the run's default latent shape."""
+    from lplkit.store.buckets import parse_size
+
+    c, h, w = (int(v) for v in info["latent_shape"])
+    factor = int((info.get("store") or {}).get("autoencoder", {}).get("downsample_factor") or 0)
+    if info.get("buckets"):
+        have = {tuple(b["size"]): tuple(b["latent_shape"]) for b in info["buckets"]}
+    elif factor:
+        have = {(w * factor, h * factor): (c, h, w)}
+    else:
+        have = {}
+    if not size:
+        default = [s for s, shape in have.items() if shape == (c, h, w)]
+        return [(default[0] if default else (w * max(factor, 1), h * max(factor, 1)), (c, h, w))]
+    out = []
+    for text in size:
+        wh = parse_size(text)
+        if wh not in have:
+            names = ", ".join(f"{a}x{b}" for a, b in have) or "unknown (no autoencoder factor)"
+            raise ConfigError(
+                f"--size {text}: not a size this run trained on; its store has: {names}"
+            )
+        out.append((wh, have[wh]))
+    return out
 
 
 def sample_run(
@@ -47,8 +79,16 @@ def sample_run(
     device: str = "auto",
     vae: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    size: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Sample `n` images from the latest checkpoint of `run_dir`; returns a JSON-able summary."""
+    """Sample `n` images from the latest checkpoint of `run_dir`; returns a JSON-able summary.
+
+    `size`: image sizes ``"WxH"`` (pixels), each one of the run's store buckets (a square run: its
+    one size); `n` images per size, each size's noise drawn from its own `seed` generator (so a
+    size's images do not depend on the other sizes asked for). Several sizes: `grid.png` has one
+    row per size, every tile centred in a cell of the largest size (`make_mixed_grid`), and
+    `samples.npz` one array per size named ``WxH`` (one size: ``arr_0`` as always).
+    """
     check_fields(
         SampleConfig, "sample", n=n, steps=steps, guidance=guidance, seed=seed,
         batch_size=batch_size, labels=labels,
@@ -73,6 +113,7 @@ def sample_run(
             f"--labels: class {max(labels)} is out of range; this run has {info['num_classes']} "
             f"classes (0..{info['num_classes'] - 1})"
         )
+    shapes = run_sizes(info, size)  # refused here, before anything is loaded or written
     model = model.to(dev).eval()
     objective = make_objective(tcfg)
     normalizer = LatentNormalizer.from_record(info["normalization"])
@@ -86,20 +127,23 @@ def sample_run(
     y_all = None
     if num_classes:
         y_all = torch.tensor(labels) if labels is not None else torch.arange(n) % num_classes
-    shape = tuple(info["latent_shape"])
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n, *shape), generator=gen)
-    images = []
-    for lo in range(0, n, batch_size):
-        hi = min(n, lo + batch_size)
-        y = None if y_all is None else y_all[lo:hi].to(dev)
-        z = sample(model, objective, (hi - lo, *shape), labels=y, steps=steps, guidance=guidance,
-                   sampler=sampler, noise=noise[lo:hi].to(dev), device=dev)  # type: ignore[arg-type]  # fmt: skip
-        with torch.no_grad():
-            images.append(ae.decode(normalizer.unnormalize(z)).sample.clamp(-1, 1).float().cpu())
-        if progress is not None:
-            progress(hi, n)
-    imgs = torch.cat(images)
+    groups: list[torch.Tensor] = []
+    for k, (_, shape) in enumerate(shapes):
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, *shape), generator=gen)
+        images = []
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            y = None if y_all is None else y_all[lo:hi].to(dev)
+            z = sample(model, objective, (hi - lo, *shape), labels=y, steps=steps,
+                       guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
+                       noise=noise[lo:hi].to(dev), device=dev)  # fmt: skip
+            with torch.no_grad():
+                decoded = ae.decode(normalizer.unnormalize(z)).sample
+                images.append(decoded.clamp(-1, 1).float().cpu())
+            if progress is not None:
+                progress(k * n + hi, n * len(shapes))
+        groups.append(torch.cat(images))
     out_dir = Path(out) if out is not None else run_dir / "samples" / f"step_{step or 0:08d}"
     out_dir.mkdir(parents=True, exist_ok=True)
     from PIL import Image
@@ -107,10 +151,17 @@ def sample_run(
     # One PNG per sample in images/ (so `lplkit eval --samples OUT/images` sees only samples), the
     # grid and the npz beside it.
     (out_dir / "images").mkdir(exist_ok=True)
-    for i, arr in enumerate(to_uint8(imgs)):
+    for i, arr in enumerate(a for g in groups for a in to_uint8(g)):
         Image.fromarray(arr).save(out_dir / "images" / f"{i:06d}.png")
-    grid = save_grid(imgs, out_dir / "grid.png")
-    npz = save_npz(imgs, out_dir / "samples.npz")
+    names = [f"{w}x{h}" for (w, h), _ in shapes]
+    if len(groups) == 1:
+        grid, npz = (
+            save_grid(groups[0], out_dir / "grid.png"),
+            save_npz(groups[0], out_dir / "samples.npz"),
+        )
+    else:
+        grid = save_grid(groups, out_dir / "grid.png")  # one row per size
+        npz = save_npz(dict(zip(names, groups, strict=True)), out_dir / "samples.npz")
     return {
         "run_dir": str(run_dir),
         "checkpoint_step": step,
@@ -121,6 +172,7 @@ def sample_run(
         "cfg": guidance,  # the --json key the CLI has always written
         "seed": seed,
         "labels": None if y_all is None else y_all.tolist(),
+        "sizes": names,
         "out": str(out_dir),
         "images": str(out_dir / "images"),
         "grid": str(grid),

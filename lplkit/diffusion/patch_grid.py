@@ -63,9 +63,14 @@ def check_grid(name: str, h: int, w: int, multiple: int) -> None:
         )
 
 
+def _patch(net: nn.Module) -> int:
+    config: Any = net.config
+    return int(config.patch_size)
+
+
 def _remember_grid(net: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     x = args[0] if args else kwargs["hidden_states"]
-    p = int(net.config.patch_size)  # type: ignore[union-attr]
+    p = _patch(net)
     net.proj_out_2._lplkit_grid = (x.shape[-2] // p, x.shape[-1] // p)  # type: ignore[union-attr]
 
 
@@ -79,10 +84,11 @@ def _pad_tokens(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor | 
 
 
 def _crop_output(net: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
-    gh, gw = net.proj_out_2._lplkit_grid  # type: ignore[union-attr]
+    proj: Any = net.proj_out_2
+    gh, gw = proj._lplkit_grid
     if gh == gw:
         return None
-    p = int(net.config.patch_size)  # type: ignore[union-attr]
+    p = _patch(net)
     if isinstance(out, tuple):
         return (out[0][..., : gh * p, : gw * p], *out[1:])
     out.sample = out.sample[..., : gh * p, : gw * p]
@@ -97,7 +103,7 @@ def any_grid(net: nn.Module) -> nn.Module:
     net.register_forward_pre_hook(_remember_grid, with_kwargs=True)
     net.proj_out_2.register_forward_hook(_pad_tokens)  # type: ignore[union-attr]
     net.register_forward_hook(_crop_output, with_kwargs=True)
-    net._lplkit_any_grid = True
+    net._lplkit_any_grid = True  # type: ignore[assignment]
     return net
 
 
@@ -105,7 +111,7 @@ def grid_multiple(net: nn.Module) -> int:
     """What a latent side must be a multiple of for ``net``: a transformer's patch size, a
     ``UNet2DModel``'s total downsampling ``2^(levels - 1)``, else 1."""
     config: Any = getattr(net, "config", {})
-    if "patch_size" in config and config["patch_size"]:
+    if config.get("patch_size"):
         return int(config["patch_size"])
     if "block_out_channels" in config:
         return 2 ** (len(config["block_out_channels"]) - 1)

@@ -26,6 +26,8 @@ class SampleConfig:
     seed: int = ranged(0, ge=0)
     # class ids cycled to n (each also < the run's class count, checked against the run)
     labels: tuple[int, ...] | None = ranged(None, ge=0)
+    # image sizes WxH in pixels, each one of the run's store buckets; None: the run's default
+    size: tuple[str, ...] | None = None
     out: str | None = None  # None: RUN/samples/step_<step>/
     batch_size: int = ranged(32, ge=1, le=MAX_BATCH)
     vae: str | None = None
@@ -46,6 +48,12 @@ SAMPLE_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("sampler", "--sampler", "ddim (eps/v) or euler/heun (flow); default by objective."),
     ConfigFlag("seed", "--seed", "Seed of the initial noise."),
     ConfigFlag("labels", "--labels", "Comma-separated class ids (cycled to N); default 0,1,2,..."),
+    ConfigFlag(
+        "size",
+        "--size",
+        "Image size(s) WxH in pixels, comma-separated, each one of the run's store buckets "
+        "(N images per size); default: the run's default size.",
+    ),
     ConfigFlag("out", "--out", "Output dir (default RUN/samples/)."),
     ConfigFlag("batch_size", "--batch-size", "Images per model batch."),
     ConfigFlag("vae", "--vae", "Override the autoencoder."),

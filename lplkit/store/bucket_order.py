@@ -32,7 +32,9 @@ _SCHEDULE_TAG = 0xB0C
 _BUCKET_TAG = 0xB5
 
 
-def bucket_batch_counts(counts: list[int] | np.ndarray, global_batch: int, drop_last: bool = True) -> np.ndarray:
+def bucket_batch_counts(
+    counts: list[int] | np.ndarray, global_batch: int, drop_last: bool = True
+) -> np.ndarray:
     """Global batches per epoch of each bucket: ``n_b // G`` (``drop_last=False``: ``ceil``)."""
     if global_batch < 1:
         raise ValueError(f"global batch must be >= 1, got {global_batch}")
