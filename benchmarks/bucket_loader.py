@@ -16,7 +16,6 @@ import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 
 #: (W, H) pixels at 1024^2 from SDXL's list (the square one and four aspects), scaled to --res
 BUCKETS_1024 = [(1024, 1024), (1152, 896), (896, 1152), (1344, 768), (768, 1344)]
@@ -78,7 +77,7 @@ def main() -> None:
         "stored_mib": {
             "square": round(square_rows * per_row["square"] / 2**20, 2),
             "bucketed": round(bucket_bytes / 2**20, 2),
-        },  # fmt: skip
+        },
         "rows_per_epoch": served,
         "samples_per_s": {k: [round(x, 1) for x in v] for k, v in rates.items()},
         "best_samples_per_s": {k: round(v, 1) for k, v in best.items()},
