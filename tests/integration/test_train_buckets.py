@@ -166,3 +166,13 @@ def test_sample_size_not_in_the_store_is_refused(run, tiny_vae_dir, tmp_path, ca
     assert code == 2
     assert "--size 48x48" in err and "32x64, 64x32" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_export_records_the_buckets(run, tiny_vae_dir, tmp_path, capsys):
+    out = tmp_path / "pipe"
+    code, text, _ = run_cli(["export", "--run", str(run), "--out", str(out), "--vae",
+                             str(tiny_vae_dir), "--json"], capsys)  # fmt: skip
+    assert code == 0
+    record = json.loads((out / "lplkit.json").read_text())
+    assert record["buckets"] == json.loads((run / "run.json").read_text())["buckets"]
+    assert any("32x64, 64x32" in n for n in json.loads(text)["notes"])
