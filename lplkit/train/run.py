@@ -125,6 +125,7 @@ def _train(
                 },
                 "world_size": dist.world_size,
                 "init": parts.init,
+                "text_encoders": parts.text_record,
             }
             if parts.buckets:  # `lplkit sample --size` picks one of these
                 info["buckets"] = parts.buckets
