@@ -58,8 +58,8 @@ def check_grid(name: str, h: int, w: int, multiple: int) -> None:
     """Refuse (one line) latents whose sides are not multiples of the model's patch/downsampling."""
     if h % multiple or w % multiple:
         raise ConfigError(
-            f"{name} needs latent sides divisible by {multiple}, got {h}x{w}: encode with buckets "
-            "that are multiples of the autoencoder's downsampling times this"
+            f"{name} needs latent sides divisible by {multiple}, got {h}x{w} (h x w): encode with "
+            "buckets that are multiples of the autoencoder's downsampling times this"
         )
 
 

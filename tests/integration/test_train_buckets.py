@@ -176,3 +176,16 @@ def test_export_records_the_buckets(run, tiny_vae_dir, tmp_path, capsys):
     record = json.loads((out / "lplkit.json").read_text())
     assert record["buckets"] == json.loads((run / "run.json").read_text())["buckets"]
     assert any("32x64, 64x32" in n for n in json.loads(text)["notes"])
+
+
+def test_a_bucket_grid_the_model_cannot_patch_is_refused(tmp_path, tiny_vae_dir, capsys):
+    from lplkit.store.synthetic import write_synthetic_bucketed_store
+
+    store = tmp_path / "odd.zarr"  # latents 24x12 and 12x24: DiT-S/8's patch 8 does not divide 12
+    write_synthetic_bucketed_store(store, sizes=[(48, 96), (96, 48)], rows=[8, 8], factor=4)
+    args = ["train", "--store", str(store), "--out", str(tmp_path / "r"), "--model", "DiT-S/8",
+            "--steps", "1", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert "DiT-S/8 needs latent sides divisible by 8, got 24x12 (h x w)" in err
+    assert not (tmp_path / "r" / "run.json").exists()

@@ -96,5 +96,47 @@ def test_base_sample_size_and_grid_check():
     assert base_sample_size([(6, 12), (12, 6)], 2) == 8  # isqrt(72) = 8
     assert base_sample_size([(6, 12)], 4) == 8
     check_grid("DiT-T/2", 6, 12, 2)
-    with pytest.raises(ConfigError, match="divisible by 4, got 6x12"):
+    with pytest.raises(ConfigError, match="divisible by 4, got 6x12 \\(h x w\\)"):
         check_grid("UNet-S", 6, 12, 4)
+
+
+TEXT = {"tokens": 6, "states_dim": 16, "pooled_dim": 12}
+
+
+def _text(b=2):
+    g = torch.Generator().manual_seed(3)
+    return {
+        "states": torch.randn(b, 6, 16, generator=g),
+        "mask": torch.ones(b, 6),
+        "pooled": torch.randn(b, 12, generator=g),
+    }
+
+
+@pytest.mark.parametrize("name", ["PixArt-T/2", "MMDiT-T/2", "UNetText-T"])
+def test_text_models_run_at_both_aspects_as_the_direct_diffusers_call(name):
+    """The Denoiser passes any grid through unchanged: its output is the diffusers model's own.
+    MMDiT is built with the longest side (its crop table must cover it: lplkit.train.builders)."""
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=4, sample_size=16, text=TEXT).eval()
+    for hw in ((8, 16), (16, 8)):
+        z, t, c = torch.randn(2, 4, *hw), torch.tensor([3, 500]), _text()
+        with torch.no_grad():
+            got = model(z, t, text=c)
+            if name.startswith("PixArt"):
+                want = model.net(z, encoder_hidden_states=c["states"], timestep=t,
+                                 added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                                 encoder_attention_mask=c["mask"]).sample  # fmt: skip
+            elif name.startswith("MMDiT"):
+                want = model.net(z, encoder_hidden_states=c["states"],
+                                 pooled_projections=c["pooled"], timestep=t).sample  # fmt: skip
+            else:
+                want = model.net(z, t, encoder_hidden_states=c["states"],
+                                 encoder_attention_mask=c["mask"]).sample  # fmt: skip
+        assert got.shape == z.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_mmdit_needs_its_position_table_to_cover_the_longest_side():
+    model = build_model("MMDiT-T/2", in_channels=4, sample_size=8, text=TEXT).eval()
+    with pytest.raises(ValueError, match="pos_embed_max_size"), torch.no_grad():
+        model(torch.randn(1, 4, 8, 16), torch.tensor([1]), text=_text(1))
