@@ -243,7 +243,11 @@ def init_from_base(
     problems = []
     if info["model"]["name"] != cfg.model.name:
         problems.append(f"model {info['model']['name']} (this run: --model {cfg.model.name})")
-    if list(info["latent_shape"]) != list(store.latent_shape):
+    if store.bucketed:  # the model runs at every bucket grid: only the channels must agree
+        if int(info["latent_shape"][0]) != int(store.buckets[0].latent_shape[0]):
+            have = store.buckets[0].latent_shape[0]
+            problems.append(f"latents {info['latent_shape']} (store: {have} channels)")
+    elif list(info["latent_shape"]) != list(store.latent_shape):
         problems.append(f"latents {info['latent_shape']} (store: {list(store.latent_shape)})")
     base_classes = info.get("num_classes")
     # a store holding a subset of the base's classes is fine (labels index the same table)

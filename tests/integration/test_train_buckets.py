@@ -189,3 +189,10 @@ def test_a_bucket_grid_the_model_cannot_patch_is_refused(tmp_path, tiny_vae_dir,
     assert code == 2
     assert "DiT-S/8 needs latent sides divisible by 8, got 24x12 (h x w)" in err
     assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_init_from_a_run_onto_a_bucketed_store(run, bstore, tiny_vae_dir, tmp_path):
+    out = tmp_path / "ft"
+    args = _train(bstore, out, tiny_vae_dir, "--steps", "1", "--init", str(run))
+    assert run_cli(args)[0] == 0
+    assert json.loads((out / "run.json").read_text())["init"]["step"] == STEPS
