@@ -52,7 +52,9 @@ def test_ties_go_to_the_squarer_bucket():
 
 def test_sdxl_list_scaled_to_res():
     # at 1024 px it is the published table itself, sorted by aspect (tall first)
-    assert bucket_sizes("sdxl", 1024, multiple=64) == sorted(SDXL_BUCKETS, key=lambda s: s[0] / s[1])
+    assert bucket_sizes("sdxl", 1024, multiple=64) == sorted(
+        SDXL_BUCKETS, key=lambda s: s[0] / s[1]
+    )
     assert len(SDXL_BUCKETS) == 41 and (1024, 1024) in SDXL_BUCKETS
     # at 256 px every side is a quarter (the table's sides are multiples of 64 -> of 16)
     quarter = sorted(((w // 4, h // 4) for w, h in SDXL_BUCKETS), key=lambda s: s[0] / s[1])
@@ -72,13 +74,17 @@ def test_area_rule_by_hand():
         (320, 192), (384, 128), (448, 128), (512, 128),
     ]  # fmt: skip
     assert bucket_sizes("area", 256, step=64, max_aspect=2, multiple=16) == [
-        (192, 320), (256, 256), (320, 192)
+        (192, 320),
+        (256, 256),
+        (320, 192),
     ]
 
 
 def test_explicit_list_and_refusals():
     assert bucket_sizes("384x192,256x256,192x384", 256, multiple=16) == [
-        (192, 384), (256, 256), (384, 192)
+        (192, 384),
+        (256, 256),
+        (384, 192),
     ]
     with pytest.raises(ConfigError, match="bucket 200x256 is not a multiple of 16"):
         bucket_sizes("200x256,256x256", 256, multiple=16)
