@@ -25,6 +25,8 @@ every rank then raises `Preempted` (exit 75) and the same command resumes. Ctrl-
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import time
 from collections import Counter, deque
@@ -45,8 +47,8 @@ from lplkit.autoencoders.loading import (
     missing_vae_message,
 )
 from lplkit.data.background import background
-from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
-from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
+from lplkit.data.prepared import ImageSizes, PreparedSample, PreparedSource, collate_prepared
+from lplkit.data.sources import ImageSource, LimitedSource, SubsetSource, resolve_source
 from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip, to_unit_range
 from lplkit.distributed import DistContext, resolve_device
 from lplkit.errors import (
@@ -59,6 +61,8 @@ from lplkit.errors import (
 )
 from lplkit.preemption import StopRequest, stop_signals
 from lplkit.store import format as fmt
+from lplkit.store.bucketed import BucketedWriter, bucketed_manifest
+from lplkit.store.buckets import Bucket, assign_bucket, bucket_sizes, bucket_url, buckets_of
 from lplkit.store.encode_config import AUTOCAST_DTYPES, EncodeConfig
 from lplkit.store.text import check_compatible
 from lplkit.store.writer import StoreWriter
@@ -184,9 +188,9 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
         texts = ctx.rank0_first(lambda: _load_text(cfg, source, device))
         if texts and ctx.rank == 0:  # an existing store's encoder of that name: refused up front
-            existing = _existing_manifest(cfg.out)
-            for text_cfg, te in texts:
-                check_compatible(cfg.out, existing, text_cfg.name, te.entry(text_cfg.text_dtype))
+            for url, existing in _existing_manifests(cfg.out):
+                for text_cfg, te in texts:
+                    check_compatible(url, existing, text_cfg.name, te.entry(text_cfg.text_dtype))
         f = info["downsample_factor"]
         if cfg.res % f:
             raise ConfigError(f"--res {cfg.res} is not a multiple of the autoencoder's factor {f}")
@@ -203,13 +207,34 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             shard_mb=cfg.shard_mb,
             classes=source.class_names,
         )
-        writer = ctx.rank0_first(
-            lambda: StoreWriter.create_or_resume(
-                cfg.out, manifest, rank=ctx.rank, world_size=ctx.world_size
+        writer: StoreWriter | BucketedWriter
+        if cfg.buckets is None:
+            writer = ctx.rank0_first(
+                lambda: StoreWriter.create_or_resume(
+                    cfg.out, manifest, rank=ctx.rank, world_size=ctx.world_size
+                )
             )
-        )
+            parts: list[_Part] = [(writer, source, latent, None)]
+        else:  # sizes checked (one line, exit 2) before the pre-pass and before any write
+            sizes = bucket_sizes(cfg.buckets, cfg.res, step=cfg.bucket_step,
+                                 max_aspect=cfg.max_aspect, multiple=f * cfg.patch_multiple)  # fmt: skip
+            buckets, members = _bucket_plan(cfg, ctx, source, sizes, latent[0], f)
+            writer = ctx.rank0_first(
+                lambda: BucketedWriter.create_or_resume(
+                    cfg.out, bucketed_manifest(manifest, buckets), rank=ctx.rank,
+                    world_size=ctx.world_size, shard_size=cfg.shard_size, shard_mb=cfg.shard_mb,
+                )
+            )  # fmt: skip
+            if ctx.rank == 0 and writer.all_pending_shards():
+                writer.invalidate()
+            parts = [
+                (w, SubsetSource(source, members[b.id]), b.latent_shape, b.size)
+                for b, w in zip(buckets, writer.writers, strict=True)
+            ]
         try:
-            summary = _encode_shards(cfg, ctx, source, vae, writer, latent, device, progress, stop)
+            summary = _encode_parts(cfg, ctx, parts, vae, device, progress, stop)
+            summary.total = int(manifest["source"]["count"])
+            summary.shards_total = writer.n_shards
             # every rank reaches these collectives, a stopped one early; then all stop or finish
             # each rank counts its own pending shards from the markers it knows (no rank reads
             # another's markers; rank 0's finalize reads the ones it has not seen, once each)
@@ -234,7 +259,8 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             summary.completed = bool(ctx.broadcast(summary.completed))
             t_text = time.perf_counter()
             for text_cfg, te in texts:  # the images are in; rank 0 still holds the store lock
-                summary.text.append(_encode_text(cfg, ctx, text_cfg, te, stop))
+                for part in parts:  # a bucketed store: each bucket caches its own rows
+                    summary.text.append(_encode_text(cfg, ctx, text_cfg, te, stop, part[0].url))
             summary.text_s = time.perf_counter() - t_text
         except KeyboardInterrupt as exc:
             if isinstance(exc, Interrupted):
@@ -277,6 +303,105 @@ def _existing_manifest(url: str) -> Any:
         return None
 
 
+def _existing_manifests(url: str) -> list[tuple[str, Any]]:
+    """(url, manifest) of the store at `url`, or of each bucket of a bucketed one (whose text
+    encoders live in the buckets)."""
+    root = _existing_manifest(url)
+    buckets = buckets_of(root) if isinstance(root, dict) else None
+    if not buckets:
+        return [(url, root)]
+    return [(bucket_url(url, b.id), _existing_manifest(bucket_url(url, b.id))) for b in buckets]
+
+
+#: (writer, source, latent shape, bucket size (W, H) or None = square --res) of one store part
+_Part = tuple[StoreWriter, ImageSource, tuple[int, int, int], "tuple[int, int] | None"]
+
+#: Images per item of the bucket pre-pass (header reads only)
+SIZE_CHUNK = 64
+
+
+def _bucket_plan(
+    cfg: EncodeConfig,
+    ctx: DistContext,
+    source: ImageSource,
+    sizes: list[tuple[int, int]],
+    channels: int,
+    factor: int,
+) -> tuple[list[Bucket], list[list[int]]]:
+    """The pre-pass of `--buckets`: every image's size from its header (each rank reads every
+    world_size-th one, then all gather), its nearest bucket (`assign_bucket`; an image that
+    cannot be opened goes to the squarest bucket, where the encode records why it is skipped);
+    returns the non-empty buckets in aspect order, renumbered 0.., and each one's source
+    positions in source order."""
+    n = len(source)
+    mine = list(range(ctx.rank, n, ctx.world_size))
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    loader = DataLoader(
+        ImageSizes(SubsetSource(source, mine)),
+        batch_size=SIZE_CHUNK,
+        num_workers=min(workers, max(0, len(mine) // SIZE_CHUNK)),
+        collate_fn=list,
+    )
+    found = [size for batch in loader for size in batch]
+    image_sizes: list[tuple[int, int] | None] = [None] * n
+    for rank, got in enumerate(ctx.gather(found)):
+        image_sizes[rank :: ctx.world_size] = got
+    nearest = functools.lru_cache(maxsize=None)(lambda w, h: assign_bucket(sizes, w, h))
+    square = assign_bucket(sizes, 1, 1)
+    members: list[list[int]] = [[] for _ in sizes]
+    for p, size in enumerate(image_sizes):
+        if size is None:
+            members[square].append(p)
+        else:
+            g = math.gcd(*size)
+            members[nearest(size[0] // g, size[1] // g)].append(p)
+    buckets: list[Bucket] = []
+    out: list[list[int]] = []
+    start = 0
+    for k, rows in enumerate(members):
+        if rows:
+            w, h = sizes[k]
+            buckets.append(Bucket(len(buckets), (w, h), (channels, h // factor, w // factor),
+                                  len(rows), start))  # fmt: skip
+            out.append(rows)
+            start += len(rows)
+    return buckets, out
+
+
+def _encode_parts(
+    cfg: EncodeConfig,
+    ctx: DistContext,
+    parts: list[_Part],
+    vae: Any,
+    device: torch.device,
+    progress: ProgressFn | None,
+    stop: StopRequest,
+) -> EncodeSummary:
+    """`_encode_shards` over each part (the store, or each bucket), summaries summed."""
+    total = sum(hi - lo for w, *_ in parts for lo, hi in map(w.shard_range, w.pending_shards()))
+    summary: EncodeSummary | None = None
+    done = 0
+    for writer, src, latent, size in parts:
+        shown = None
+        if progress is not None:
+            shown = functools.partial(
+                lambda d, _t, offset: progress(offset + d, total), offset=done
+            )
+        part = _encode_shards(cfg, ctx, src, vae, writer, latent, device, shown, stop, size=size)
+        done += part.encoded + part.skipped
+        if summary is None:
+            summary = part
+        else:
+            for key in ("encoded", "skipped", "shards_written", "encode_s", "input_wait_s",
+                        "write_wait_s"):  # fmt: skip
+                setattr(summary, key, getattr(summary, key) + getattr(part, key))
+            summary.skip_reasons = dict(Counter(summary.skip_reasons) + Counter(part.skip_reasons))
+        if stop.requested:
+            break
+    assert summary is not None
+    return summary
+
+
 def _load_text(
     cfg: EncodeConfig, source: ImageSource, device: torch.device
 ) -> list[tuple[Any, Any]]:
@@ -309,15 +434,16 @@ def _load_text(
 
 
 def _encode_text(
-    cfg: EncodeConfig, ctx: DistContext, text_cfg: Any, te: Any, stop: StopRequest
+    cfg: EncodeConfig, ctx: DistContext, text_cfg: Any, te: Any, stop: StopRequest, url: str
 ) -> dict[str, Any]:
-    """One text encoder over the finished store: each rank its own shards, rank 0 finalizes."""
+    """One text encoder over the finished store at `url` (the store, or one bucket of it): each
+    rank its own shards, rank 0 finalizes."""
     from lplkit.store.text import TextWriter
     from lplkit.text.cache import encode_text_into
 
     writer = ctx.rank0_first(
         lambda: TextWriter.create_or_resume(
-            cfg.out,
+            url,
             text_cfg.name,
             te.entry(text_cfg.text_dtype),
             rank=ctx.rank,
@@ -345,8 +471,11 @@ def _encode_shards(
     device: torch.device,
     progress: ProgressFn | None,
     stop: StopRequest | None = None,
+    *,
+    size: tuple[int, int] | None = None,
 ) -> EncodeSummary:
-    """Encode and write this rank's pending shards; returns this rank's counts. When `stop` is
+    """Encode and write this rank's pending shards (images at `size` = (W, H) pixels, a bucket;
+    None: --res square); returns this rank's counts. When `stop` is
     requested it returns after the current batch: shards not yet filled are dropped (a resume
     re-encodes them), the filled ones are written before it returns."""
     shards = writer.pending_shards()
@@ -365,7 +494,7 @@ def _encode_shards(
     items, parts = split_batches(batches, WORKER_CHUNK)
     workers = default_workers() if cfg.workers is None else cfg.workers
     loader = DataLoader(
-        PreparedSource(source, cfg.res, min_side=cfg.min_side or MIN_IMAGE_SIDE),
+        PreparedSource(source, cfg.res, min_side=cfg.min_side or MIN_IMAGE_SIDE, size=size),
         batch_sampler=items,
         num_workers=workers,
         collate_fn=collate_prepared,
