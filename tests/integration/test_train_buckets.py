@@ -22,18 +22,6 @@ from lplkit.store import LatentStore
 SIZES = [(32, 64), (64, 32)]  # (W, H) pixels; the tiny VAE downsamples 4x: latents 16x8, 8x16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_verify():  # TEMP until wt-bstore's verify covers bucketed stores
-    import lplkit.train.builders as b
-    import lplkit.train.run as r
-
-    real = b.require_sound_store, r.store_content_hash
-    b.require_sound_store = lambda *a, **k: None
-    r.store_content_hash = lambda *a, **k: "0" * 64
-    yield
-    b.require_sound_store, r.store_content_hash = real
-
-
 @pytest.fixture(scope="module")
 def bstore(tmp_path_factory) -> Path:
     from lplkit.store.synthetic import write_synthetic_bucketed_store
