@@ -7,6 +7,7 @@ and the autoencoder the LPL decodes with (`lpl.vae` overrides the manifest's).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import fields
 from typing import Any
@@ -114,8 +115,13 @@ def bucketed_sample_size(model: str, grids: list[tuple[int, int]]) -> int:
 
 def default_latent_shape(store: Any) -> tuple[int, int, int]:
     """The latent shape a run samples at by default: a square store's; for a bucketed store the
-    bucket with the most rows (ties: the lowest id)."""
-    best = max(store.buckets, key=lambda b: (b.rows, -b.id))
+    bucket with the most rows (ties: the squarest, then the lowest id)."""
+
+    def rank(b: Any) -> tuple[int, float, int]:
+        _, h, w = b.latent_shape
+        return (b.rows, -abs(math.log(h / w)), -b.id)
+
+    best = max(store.buckets, key=rank)
     c, h, w = (int(v) for v in best.latent_shape)
     return c, h, w
 

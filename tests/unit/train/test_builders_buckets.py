@@ -23,4 +23,6 @@ def test_default_shape_is_the_bucket_with_most_rows():
         return SimpleNamespace(id=i, latent_shape=shape, rows=rows)
 
     store = SimpleNamespace(buckets=[b(0, (4, 16, 8), 5), b(1, (4, 8, 16), 9), b(2, (4, 8, 8), 9)])
-    assert default_latent_shape(store) == (4, 8, 16)  # ties: the lowest id
+    assert default_latent_shape(store) == (4, 8, 8)  # ties: the squarest
+    store.buckets[2] = b(2, (4, 16, 8), 9)
+    assert default_latent_shape(store) == (4, 8, 16)  # then the lowest id
