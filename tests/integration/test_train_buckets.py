@@ -64,7 +64,11 @@ def run(bstore, tiny_vae_dir, tmp_path_factory) -> Path:
 
 
 def test_trains_on_both_buckets_and_records_them(run, bstore):
+    import jsonschema
+
     info = json.loads((run / "run.json").read_text())
+    schema = Path(__file__).resolve().parents[2] / "schemas" / "run.schema.json"
+    jsonschema.validate(info, json.loads(schema.read_text()))
     assert [tuple(b["size"]) for b in info["buckets"]] == SIZES
     assert info["latent_shape"] == [4, 16, 8]  # the bucket with the most rows
     assert info["model"]["sample_size"] == 8  # isqrt(16 * 8) = 11, down to a multiple of 8
