@@ -87,7 +87,9 @@ def text_setup(cfg: TrainConfig, store: Any, text_model: bool) -> tuple[list[str
         names = list(have)
     store.text_names(names)  # one line naming the missing ones
     families = [str(have[n].get("family", "clip")) for n in names]
-    empty = tc.combine([(f, store.empty_text(n)) for n, f in zip(names, families, strict=True)])
+    # a bucketed store caches the text per bucket; the empty caption's encoding is every bucket's
+    first = store.bucket_view(0)
+    empty = tc.combine([(f, first.empty_text(n)) for n, f in zip(names, families, strict=True)])
     return names, families, empty
 
 

@@ -188,3 +188,42 @@ def test_init_from_a_run_onto_a_bucketed_store(run, bstore, tiny_vae_dir, tmp_pa
     args = _train(bstore, out, tiny_vae_dir, "--steps", "1", "--init", str(run))
     assert run_cli(args)[0] == 0
     assert json.loads((out / "run.json").read_text())["init"]["step"] == STEPS
+
+
+def test_text_model_trains_on_a_bucketed_store_with_captions(tmp_path, tiny_vae_dir):
+    """Encode 2:1 and 1:2 captioned images with a T5 text cache, check that each bucketed batch's
+    text rows are its own rows' (the bucket's cache read directly), train PixArt-T/2 on it."""
+    import helpers.text_models as tm
+
+    root = tmp_path / "img"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(12):
+            w, h = (64, 32) if i % 2 else (32, 64)
+            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / f"{i:02d}.png")
+            f.write(json.dumps({"file_name": f"{i:02d}.png", "text": f"picture {i}"}) + "\n")
+    model, tok = tm.t5_model(0)
+    t5 = tm.save(model, tok, tmp_path / "t5")
+    store = tmp_path / "s.zarr"
+    enc = ["encode", "--dataset", str(root), "--res", "32", "--vae", str(tiny_vae_dir), "--out",
+           str(store), "--buckets", "48x24,24x48", "--text-encoder", str(t5),
+           "--text-max-tokens", "8"]  # fmt: skip
+    assert run_cli(enc)[0] == 0
+    s = LatentStore.open(store)
+    starts = {b.id: b.start for b in s.buckets}
+    for latents, _, positions, text in s.batches(2, seed=3, with_index=True, text="t5"):
+        b = int(s.bucket_of(positions)[0])
+        assert (s.bucket_of(positions) == b).all() and latents.shape[2:] == s.buckets[
+            b
+        ].latent_shape[1:]
+        want = s.bucket_view(b).read_text(positions - starts[b], "t5")["t5"]
+        for a in ("states", "mask"):
+            assert torch.equal(text["t5"][a], want[a])
+    args = ["train", "--store", str(store), "--out", str(tmp_path / "run"), "--model",
+            "PixArt-T/2", "--text-encoder", "t5", "--steps", "2", "--batch-size", "2",
+            "--device", "cpu", "--seed", "1"]  # fmt: skip
+    assert run_cli(args)[0] == 0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert {tuple(b["size"]) for b in info["buckets"]} == {(48, 24), (24, 48)}
