@@ -42,12 +42,12 @@ from lplkit.train.config import TrainConfig
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.previews import make_sample_grid  # noqa: F401  (old `lplkit.train.sampling` name)
 
-__all__ = ["prompts_from_store", "sample_run"]
+__all__ = ["sample_run", "store_prompts"]
 
 PROMPTS_FILE = "prompts.json"
 
 
-def prompts_from_store(url: str, n: int, seed: int, run_info: dict[str, Any] | None = None) -> list[str]:
+def store_prompts(url: str, n: int, seed: int, run_info: dict[str, Any] | None = None) -> list[str]:
     """The captions of ``n`` rows of store ``url``: a seeded pick without replacement among its ok
     rows with a non-empty caption, in store order (all of them when it has fewer than ``n``).
 
@@ -168,7 +168,7 @@ def sample_run(
     cond = null = None
     if text_record:
         if prompts_from_store:
-            given = prompts_from_store(prompts_from_store, n, seed, info)
+            given = store_prompts(prompts_from_store, n, seed, info)
         else:
             given = list(prompts) if prompts else read_prompts_file(str(prompts_file))
         per_image = [given[i % len(given)] for i in range(n)]
