@@ -19,15 +19,13 @@ of them, cycled, when it has fewer), in store order; the run's own training stor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import json
-
 import numpy as np
+import torch
 
 from lplkit.config import check_fields, from_dict
 from lplkit.diffusion.image_files import save_captioned_grid, save_grid, save_npz, to_uint8
@@ -186,8 +184,8 @@ def sample_run(
         y = None if y_all is None else y_all[lo:hi].to(dev)
         text = None if cond is None else {k: v[lo:hi] for k, v in cond.items()}
         z = sample(model, objective, (hi - lo, *shape), labels=y, text=text, null_text=null,
-                   steps=steps, guidance=guidance, sampler=sampler, noise=noise[lo:hi].to(dev),
-                   device=dev)  # type: ignore[arg-type]  # fmt: skip
+                   steps=steps, guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
+                   noise=noise[lo:hi].to(dev), device=dev)  # fmt: skip
         with torch.no_grad():
             images.append(ae.decode(normalizer.unnormalize(z)).sample.clamp(-1, 1).float().cpu())
         if progress is not None:

@@ -134,7 +134,9 @@ def make_captioned_grid(
     cell_w, cell_h = k * w, k * h + max_lines * line_h + 2
     ncol = min(nrow, n)
     nrows = -(-n // ncol)
-    canvas = Image.new("RGB", (ncol * (cell_w + padding) + padding, nrows * (cell_h + padding) + padding))
+    canvas = Image.new(
+        "RGB", (ncol * (cell_w + padding) + padding, nrows * (cell_h + padding) + padding)
+    )
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
         r, q = divmod(i, ncol)

@@ -20,6 +20,7 @@ with `lplkit.diffusion.text_conditioning.combine` (SD3's rule) in the recorded o
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,11 @@ def _require_cached(entry: Mapping[str, Any]) -> None:
 
     from lplkit.hub import hub_cache_dir
 
-    found = None
-    try:
+    found: Path | None = None
+    with contextlib.suppress(Exception):  # not in the cache: the line below says what to do
         found = Path(snapshot_download(repo, revision=rev, local_files_only=True))
-    except Exception:  # not in the cache: the line below says what to do
-        pass
-    folder = None if found is None else found / (sub or "")
-    if folder is None or not (folder / "config.json").is_file():
+    snapshot = None if found is None else found / (sub or "")
+    if snapshot is None or not (snapshot / "config.json").is_file():
         raise TextEncoderError(
             f"this run's text encoder {_spec(entry)} at revision {rev} is not in the local hub "
             f"cache ({hub_cache_dir()}): download it once with network access "

@@ -49,7 +49,11 @@ SAMPLE_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("guidance", "--cfg", "Classifier-free guidance weight.", aliases=("--guidance",)),
     ConfigFlag("sampler", "--sampler", "ddim (eps/v) or euler/heun (flow); default by objective."),
     ConfigFlag("seed", "--seed", "Seed of the initial noise."),
-    ConfigFlag("labels", "--labels", "Class runs: comma-separated class ids (cycled to N); default 0,1,2,..."),
+    ConfigFlag(
+        "labels",
+        "--labels",
+        "Class runs: comma-separated class ids (cycled to N); default 0,1,2,...",
+    ),
     ConfigFlag(
         "prompts",
         "--prompt",

@@ -36,7 +36,7 @@ import torch
 
 from lplkit.errors import EvaluationError
 
-__all__ = ["ClipScorer", "PROMPTS_FILE", "find_prompts", "load_clip", "prompts_for"]
+__all__ = ["PROMPTS_FILE", "ClipScorer", "find_prompts", "load_clip", "prompts_for"]
 
 PROMPTS_FILE = "prompts.json"
 
@@ -73,7 +73,8 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> tuple[Any, Any, 
             f"--clip-model {spec}: cannot load a CLIPModel and its CLIPProcessor from {folder} "
             f"({' '.join(str(exc).split())[:200]})"
         ) from None
-    return model.to(device).eval().requires_grad_(False), processor, folder
+    model = model.to(device)  # type: ignore[arg-type]
+    return model.eval().requires_grad_(False), processor, folder
 
 
 class ClipScorer:
@@ -107,7 +108,9 @@ def find_prompts(samples: str | Path) -> Path:
     """The ``prompts.json`` of a samples folder (in it or its parent: `lplkit sample` writes
     OUT/images/ and OUT/prompts.json) or ``.npz`` (beside it)."""
     p = Path(samples)
-    places = [p / PROMPTS_FILE, p.parent / PROMPTS_FILE] if p.is_dir() else [p.parent / PROMPTS_FILE]
+    places = (
+        [p / PROMPTS_FILE, p.parent / PROMPTS_FILE] if p.is_dir() else [p.parent / PROMPTS_FILE]
+    )
     for place in places:
         if place.is_file():
             return place

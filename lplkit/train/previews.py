@@ -15,10 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-
-import numpy as np
 
 from lplkit.diffusion import text_conditioning as tc
 from lplkit.diffusion.image_files import save_captioned_grid, save_grid

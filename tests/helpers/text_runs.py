@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import helpers.text_models as tm
 import numpy as np
+
+import helpers.text_models as tm
 from helpers.hub_cache import write_hub_cache
 
 CLIP_REPO = "lplkit-test/tiny-clip"

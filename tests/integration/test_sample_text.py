@@ -46,7 +46,9 @@ def direct_text(home: Path, prompts: list[str]) -> dict[str, torch.Tensor]:
     hidden state, no attention mask to the model, pooler_output as pooled)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    snap = home / "hub" / f"models--{tr.CLIP_REPO.replace('/', '--')}" / "snapshots" / tr.CLIP_COMMIT
+    snap = (
+        home / "hub" / f"models--{tr.CLIP_REPO.replace('/', '--')}" / "snapshots" / tr.CLIP_COMMIT
+    )
     model, tok = CLIPTextModel.from_pretrained(snap).eval(), CLIPTokenizer.from_pretrained(snap)
     ids = tok(prompts, padding="max_length", max_length=tr.MAX_TOKENS, truncation=True,
               return_tensors="pt")  # fmt: skip
@@ -156,7 +158,9 @@ def test_a_class_run_refuses_a_prompt(tmp_path, capsys):
 def test_prompts_from_store_take_held_out_captions(hub, tmp_path):
     def prompts(*args: str) -> list[str]:
         out = tmp_path / "-".join(args)
-        assert _sample(hub, out, "--prompts-from-store", str(hub["held"]), "--cfg", "1", *args)[0] == 0
+        assert (
+            _sample(hub, out, "--prompts-from-store", str(hub["held"]), "--cfg", "1", *args)[0] == 0
+        )
         return json.loads((out / "prompts.json").read_text())["prompts"]
 
     held = tr.HELD_OUT_CAPTIONS  # the store's 7th row has no caption: never picked
@@ -192,4 +196,3 @@ def test_the_training_preview_of_a_text_run_uses_the_first_rows_text(hub):
     got = np.asarray(Image.open(hub["run"] / "samples" / "step_00000002.png").convert("RGB"))
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() >= 0.99
-
