@@ -28,7 +28,13 @@ import numpy as np
 import torch
 
 from lplkit.config import check_fields, from_dict
-from lplkit.diffusion.image_files import save_captioned_grid, save_grid, save_npz, to_uint8
+from lplkit.diffusion.image_files import (
+    PROMPTS_FILE,
+    save_captioned_grid,
+    save_grid,
+    save_npz,
+    to_uint8,
+)
 from lplkit.diffusion.prompts import load_run_text_encoders, read_prompts_file
 from lplkit.diffusion.sample_config import SampleConfig
 from lplkit.diffusion.samplers import sample
@@ -41,8 +47,6 @@ from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.previews import make_sample_grid  # noqa: F401  (old `lplkit.train.sampling` name)
 
 __all__ = ["sample_run", "store_prompts"]
-
-PROMPTS_FILE = "prompts.json"
 
 
 def store_prompts(url: str, n: int, seed: int, run_info: dict[str, Any] | None = None) -> list[str]:

@@ -15,8 +15,12 @@ from torch import Tensor
 
 from lplkit.errors import ConfigError
 
-__all__ = ["make_captioned_grid", "make_grid", "save_captioned_grid", "save_grid", "save_npz",
-           "to_uint8"]  # fmt: skip
+__all__ = ["PROMPTS_FILE", "make_captioned_grid", "make_grid", "save_captioned_grid", "save_grid",
+           "save_npz", "to_uint8"]  # fmt: skip
+
+#: The prompt of each sampled image of a text run, written beside images/ by `lplkit sample`:
+#: ``{"prompts": [...], "images": ["images/000000.png", ...], "source": ...}``
+PROMPTS_FILE = "prompts.json"
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

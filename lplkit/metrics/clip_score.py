@@ -34,11 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lplkit.diffusion.image_files import PROMPTS_FILE
 from lplkit.errors import EvaluationError
 
-__all__ = ["PROMPTS_FILE", "ClipScorer", "find_prompts", "load_clip", "prompts_for"]
-
-PROMPTS_FILE = "prompts.json"
+__all__ = ["ClipScorer", "find_prompts", "load_clip", "prompts_for"]
 
 
 def _folder(spec: str) -> Path:

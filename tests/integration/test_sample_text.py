@@ -196,3 +196,16 @@ def test_the_training_preview_of_a_text_run_uses_the_first_rows_text(hub):
     got = np.asarray(Image.open(hub["run"] / "samples" / "step_00000002.png").convert("RGB"))
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() >= 0.99
+
+
+def test_a_text_base_directory_samples_like_its_run(hub, tmp_path):
+    """A base (run.json + model.safetensors, as bundled bases ship) samples the run's images."""
+    from lplkit.train.base import export_base
+
+    base = export_base(hub["run"], tmp_path / "base", record={}, half=False)
+    args = ("--prompt", "a red cat", "--prompt", "the sky", "--n", "2", "--cfg", "2")
+    assert _sample(hub, tmp_path / "a", *args)[0] == 0
+    assert run_cli(["sample", "--run", str(base), "--out", str(tmp_path / "b"), "--steps",
+                    str(STEPS), "--device", "cpu", *args])[0] == 0  # fmt: skip
+    a, b = (np.load(tmp_path / d / "samples.npz")["arr_0"] for d in "ab")
+    assert np.array_equal(a, b)
