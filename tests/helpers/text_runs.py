@@ -37,9 +37,11 @@ def use_hub(home: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def write_captioned_store(path: Path, vae_dir: Path, captions: list[str], seed: int = 0) -> Path:
+def write_captioned_store(
+    path: Path, vae_dir: Path, captions: list[str], seed: int = 0, *, encode: bool = True
+) -> Path:
     """A finalized store of random (4, 8, 8) latents, one row per caption (labels 0), recorded as
-    encoded by `vae_dir`, with `encode-text` of CLIP_REPO (the hub must be in use)."""
+    encoded by `vae_dir`; `encode`: with `encode-text` of CLIP_REPO (the hub must be in use)."""
     from lplkit.autoencoders.loading import autoencoder_info, load_autoencoder
     from lplkit.store import StoreWriter, new_manifest
     from lplkit.store.synthetic import synthetic_moments
@@ -57,8 +59,9 @@ def write_captioned_store(path: Path, vae_dir: Path, captions: list[str], seed: 
                 for p, c in enumerate(captions)]  # fmt: skip
         w.write_shard(0, moments, None, np.zeros(n, np.int32), rows)
         w.finalize()
-    encode_text(TextConfig(store=str(path), text_encoder=CLIP_REPO, text_max_tokens=MAX_TOKENS,
-                           text_dtype="float32", device="cpu"))  # fmt: skip
+    if encode:
+        encode_text(TextConfig(store=str(path), text_encoder=CLIP_REPO, text_max_tokens=MAX_TOKENS,
+                               text_dtype="float32", device="cpu"))  # fmt: skip
     return path
 
 

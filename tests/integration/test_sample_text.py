@@ -19,7 +19,7 @@ STEPS, SAMPLE_N = 2, 3
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_vae_dir):
-    """hub home, train store, held-out store (one row without caption), a 2-step PixArt-T/2 run
+    """hub home, train store, held-out store (captions only, one row without), a 2-step PixArt-T/2 run
     with a preview grid at step 2."""
     root = tmp_path_factory.mktemp("t2i")
     home = tr.write_clip_hub(root / "hf-home")
@@ -27,7 +27,7 @@ def world(tmp_path_factory, tiny_vae_dir):
         tr.use_hub(home, mp)
         store = tr.write_captioned_store(root / "train.zarr", tiny_vae_dir, tr.TRAIN_CAPTIONS)
         held = tr.write_captioned_store(root / "test.zarr", tiny_vae_dir,
-                                        [*tr.HELD_OUT_CAPTIONS, ""], seed=1)  # fmt: skip
+                                        [*tr.HELD_OUT_CAPTIONS, ""], seed=1, encode=False)  # fmt: skip
         run = tr.train_text_run(store, root / "run", "--sample-every", "2", "--set",
                                 f"log.sample_n={SAMPLE_N}", "--set", f"log.sample_steps={STEPS}",
                                 model="PixArt-T/2")  # fmt: skip

@@ -112,12 +112,12 @@ def test_clip_score_of_an_npz_from_a_local_directory(hub, tmp_path):
     np.savez(tmp_path / "s" / "samples.npz", arr_0=images)
     folder = hub / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
     res = evaluate(tmp_path / "s" / "samples.npz", tmp_path / "s" / "samples.npz",
-                   EvalOptions(metrics=("swd",), clip_model=str(folder), batch_size=3))  # fmt: skip
+                   EvalOptions(metrics=("spectrum",), clip_model=str(folder), batch_size=3))  # fmt: skip
     # an .npz's rows follow prompts.json's order (here the reverse of the file names)
     prompts = list(reversed(PROMPTS[:4]))
     cos = direct_cosines(hub, images, prompts)
     assert res["clip"]["score"] == pytest.approx(float(np.mean(100 * np.maximum(cos, 0))), rel=1e-5)
-    assert "swd" in res
+    assert "spectrum" in res
 
 
 def test_missing_clip_weights_or_prompts_are_one_line(hub, tmp_path, capsys):
