@@ -26,6 +26,19 @@ table's own random label dropout (global RNG, train mode only) is switched off: 
 the label-drop mask of each global batch from its seeded per-step generator (`lplkit.train.loop`), so
 runs stay reproducible.
 
+Text-to-image models (``text`` given at build: ``{"tokens", "states_dim", "pooled_dim"}`` of the
+cached encoder(s), `lplkit.diffusion.text_conditioning`) take ``text={"states", "mask"[, "pooled"]}``
+instead of labels:
+
+| name | diffusers class | conditioning |
+| ``PixArt-{T,S,B,L}/2`` | ``PixArtTransformer2DModel`` | cross-attention to the states (mask applied), ``caption_channels = D`` |
+| ``MMDiT-{T,S,B,L}/2`` | ``SD3Transformer2DModel`` | joint attention over image and text tokens (no mask, as SD3), pooled vector into the timestep embedding (needs a CLIP encoder) |
+| ``UNetText-{T,S}`` | ``UNet2DConditionModel`` | cross-attention (mask applied) in the attention levels, as SD 1.x |
+
+The transformer sizes are the DiT table's (depth, hidden, heads), patch 2. PixArt uses no
+resolution/aspect micro-conditions (``use_additional_conditions=False``); MMDiT's position table
+is ``pos_embed_max_size`` = the latent grid (``sample_size / 2``), so it crops nothing.
+
 Note on size: diffusers' DiT keeps one timestep+label embedder per block (the paper shares one), so
 ``DiT-XL/2`` has 749.8M parameters here, 674.8M when those per-block copies are counted once (the
 paper's 675M). Weights converted from the official checkpoints load into this layout unchanged.
@@ -33,6 +46,7 @@ paper's 675M). Weights converted from the official checkpoints load into this la
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -43,9 +57,11 @@ from lplkit.errors import ConfigError
 
 __all__ = [
     "DIT_SIZES",
+    "TEXT_FAMILIES",
     "Denoiser",
     "build_from_spec",
     "build_model",
+    "is_text_model",
     "list_models",
     "register_model",
     "wrap_diffusers",
@@ -53,6 +69,13 @@ __all__ = [
 
 ModelFactory = Callable[..., "Denoiser"]
 _REGISTRY: dict[str, ModelFactory] = {}
+_TEXT_MODELS: set[str] = set()  # names whose factory takes `text` (dims of the conditioning)
+#: diffusers class -> conditioning family of a text model
+TEXT_FAMILIES = {
+    "PixArtTransformer2DModel": "pixart",
+    "SD3Transformer2DModel": "mmdit",
+    "UNet2DConditionModel": "unet-text",
+}
 
 # name -> (depth, hidden size, attention heads)
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -93,6 +116,7 @@ class Denoiser(nn.Module):
         super().__init__()
         self.net = net
         self.spec = dict(spec)
+        self.family = TEXT_FAMILIES.get(type(net).__name__, "class")
         self.num_classes = num_classes
         self.null_class_id = num_classes if num_classes is not None else 1
         if label_map is not None and (num_classes is None or len(label_map) != num_classes + 1):
@@ -105,7 +129,18 @@ class Denoiser(nn.Module):
         """True when the model was built with classes."""
         return self.num_classes is not None
 
-    def forward(self, z_t: Tensor, timestep: Tensor, labels: Tensor | None = None) -> Tensor:
+    @property
+    def text_conditional(self) -> bool:
+        """True for a text-to-image model (it takes ``text=``, not labels)."""
+        return self.family != "class"
+
+    def forward(
+        self,
+        z_t: Tensor,
+        timestep: Tensor,
+        labels: Tensor | None = None,
+        text: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         """Predict eps / v / velocity for ``z_t`` ``(B, C, H, W)``.
 
         Args:
@@ -113,11 +148,15 @@ class Denoiser(nn.Module):
             timestep: ``(B,)`` or scalar; the objective's ``model_timestep(t)``.
             labels: ``(B,)`` int class ids in ``[0, num_classes]`` (``num_classes`` = null), or
                 ``None`` for the null class (unconditional); ignored by unconditional models.
+            text: a text model's condition ``{"states" (B, L, D), "mask" (B, L)[, "pooled"
+                (B, P)]}`` (`lplkit.diffusion.text_conditioning`); required by text models.
         """
         batch = z_t.shape[0]
         timestep = torch.as_tensor(timestep, device=z_t.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(batch)
+        if self.family != "class":
+            return self._text_forward(z_t, timestep, text)
         if labels is None or not self.conditional:
             labels = torch.full((batch,), self.null_class_id, dtype=torch.long, device=z_t.device)
         labels = labels.long()
@@ -127,6 +166,38 @@ class Denoiser(nn.Module):
         if out.shape[1] == 2 * z_t.shape[1]:  # learned sigma: the eps half (see module doc)
             out = out[:, : z_t.shape[1]]
         return out
+
+    def _text_forward(
+        self, z_t: Tensor, timestep: Tensor, text: dict[str, Tensor] | None
+    ) -> Tensor:
+        if text is None:
+            raise ConfigError(
+                f"{self.spec.get('name')} is a text-to-image model: it needs text conditioning"
+            )
+        states = text["states"].to(z_t.dtype)
+        # diffusers turns a 0/1 (B, L) mask into an additive bias itself
+        mask = text["mask"].to(z_t.dtype) if "mask" in text else None
+        if self.family == "pixart":
+            return self.net(
+                z_t,
+                encoder_hidden_states=states,
+                timestep=timestep,
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                encoder_attention_mask=mask,
+                return_dict=False,
+            )[0]
+        if self.family == "mmdit":
+            return self.net(
+                z_t,
+                encoder_hidden_states=states,
+                pooled_projections=text["pooled"].to(z_t.dtype),
+                timestep=timestep,
+                return_dict=False,
+            )[0]
+        return self.net(
+            z_t, timestep, encoder_hidden_states=states, encoder_attention_mask=mask,
+            return_dict=False,
+        )[0]  # fmt: skip
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -146,17 +217,35 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_text_model(name: str) -> bool:
+    """Whether the registered model ``name`` is text-conditioned (takes ``text=``)."""
+    return name in _TEXT_MODELS
+
+
 def build_model(
-    name: str, *, in_channels: int, sample_size: int, num_classes: int | None = None
+    name: str,
+    *,
+    in_channels: int,
+    sample_size: int,
+    num_classes: int | None = None,
+    text: dict[str, Any] | None = None,
 ) -> Denoiser:
     """Build the registered denoiser ``name`` for ``in_channels x sample_size^2`` latents.
 
-    Build on the meta device (``with torch.device("meta"):``) to inspect sizes without memory.
+    ``text`` (``{"tokens", "states_dim", "pooled_dim"}``, `text_conditioning.text_dims`) is what a
+    text model is built for; class models refuse it. Build on the meta device
+    (``with torch.device("meta"):``) to inspect sizes without memory.
     """
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     if num_classes is not None and num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1 or None (unconditional), got {num_classes}")
+    if name in _TEXT_MODELS:
+        if text is None:
+            raise ConfigError(f"{name} is a text-to-image model: it needs text encoder dimensions")
+        return _REGISTRY[name](in_channels=in_channels, sample_size=sample_size, text=text)
+    if text is not None:
+        raise ConfigError(f"{name} is a class-conditional model: it takes no text conditioning")
     return _REGISTRY[name](
         in_channels=in_channels, sample_size=sample_size, num_classes=num_classes
     )
@@ -204,6 +293,7 @@ def build_from_spec(spec: dict[str, Any]) -> Denoiser:
             in_channels=int(spec["in_channels"]),
             sample_size=int(spec["sample_size"]),
             num_classes=spec.get("num_classes"),
+            text=spec.get("text"),
         )
     import diffusers
 
@@ -340,3 +430,126 @@ def _unet_tiny(*, in_channels: int, sample_size: int, num_classes: int | None) -
         layers_per_block=1,
         norm_num_groups=8,
     )
+
+
+def _text_spec(
+    name: str, in_channels: int, sample_size: int, text: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in_channels": in_channels,
+        "sample_size": sample_size,
+        "num_classes": None,
+        "text": {k: text.get(k) for k in ("tokens", "states_dim", "pooled_dim")},
+    }
+
+
+def _pixart(size: str, *, in_channels: int, sample_size: int, text: dict[str, Any]) -> Denoiser:
+    """``PixArtTransformer2DModel`` of DiT size ``size``, patch 2, captions of width ``states_dim``."""
+    from diffusers import PixArtTransformer2DModel
+
+    depth, hidden, heads = DIT_SIZES[size]
+    if sample_size % 2:
+        raise ConfigError(f"PixArt-{size}/2 needs an even latent size, got {sample_size}")
+    net = PixArtTransformer2DModel(
+        num_attention_heads=heads,
+        attention_head_dim=hidden // heads,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        num_layers=depth,
+        cross_attention_dim=hidden,
+        sample_size=sample_size,
+        patch_size=2,
+        norm_type="ada_norm_single",
+        use_additional_conditions=False,
+        caption_channels=int(text["states_dim"]),
+    )
+    spec = _text_spec(f"PixArt-{size}/2", in_channels, sample_size, text)
+    return Denoiser(net, spec=spec, num_classes=None)
+
+
+def _mmdit(size: str, *, in_channels: int, sample_size: int, text: dict[str, Any]) -> Denoiser:
+    """``SD3Transformer2DModel`` of DiT size ``size``, patch 2: joint attention, pooled vector."""
+    from diffusers import SD3Transformer2DModel
+
+    depth, hidden, heads = DIT_SIZES[size]
+    if not text.get("pooled_dim"):
+        raise ConfigError(
+            f"MMDiT-{size}/2 adds a pooled text vector to its timestep embedding: pass a CLIP "
+            "encoder (with a pooled vector) in --text-encoder"
+        )
+    if sample_size % 2:
+        raise ConfigError(f"MMDiT-{size}/2 needs an even latent size, got {sample_size}")
+    net = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        num_layers=depth,
+        attention_head_dim=hidden // heads,
+        num_attention_heads=heads,
+        joint_attention_dim=int(text["states_dim"]),
+        caption_projection_dim=hidden,
+        pooled_projection_dim=int(text["pooled_dim"]),
+        pos_embed_max_size=sample_size // 2,
+    )
+    spec = _text_spec(f"MMDiT-{size}/2", in_channels, sample_size, text)
+    return Denoiser(net, spec=spec, num_classes=None)
+
+
+def _unet_text(
+    name: str,
+    *,
+    in_channels: int,
+    sample_size: int,
+    text: dict[str, Any],
+    block_out_channels: tuple[int, ...],
+    attention: tuple[bool, ...],
+    layers_per_block: int,
+    norm_num_groups: int,
+    head_dim: int,
+) -> Denoiser:
+    """A ``UNet2DConditionModel`` (SD 1.x's family): cross-attention at the ``attention`` levels."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(block_out_channels)
+    if sample_size % 2 ** (levels - 1):
+        raise ConfigError(
+            f"{name} downsamples {levels - 1} times: the latent size must be divisible by "
+            f"{2 ** (levels - 1)}, got {sample_size}"
+        )
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    net = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=down,
+        up_block_types=tuple(
+            "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)
+        ),
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        cross_attention_dim=int(text["states_dim"]),
+        attention_head_dim=tuple(c // head_dim for c in block_out_channels),
+    )
+    return Denoiser(net, spec=_text_spec(name, in_channels, sample_size, text), num_classes=None)
+
+
+def _register_text(name: str, factory: ModelFactory) -> None:
+    register_model(name)(factory)
+    _TEXT_MODELS.add(name)
+
+
+for _size in ("T", "S", "B", "L"):
+    _register_text(f"PixArt-{_size}/2", functools.partial(_pixart, _size))
+    _register_text(f"MMDiT-{_size}/2", functools.partial(_mmdit, _size))
+
+_register_text("UNetText-S", functools.partial(
+    _unet_text, "UNetText-S", block_out_channels=(64, 128, 128), attention=(False, True, True),
+    layers_per_block=2, norm_num_groups=32, head_dim=32,
+))  # fmt: skip
+_register_text("UNetText-T", functools.partial(
+    _unet_text, "UNetText-T", block_out_channels=(32, 64), attention=(False, True),
+    layers_per_block=1, norm_num_groups=8, head_dim=16,
+))  # fmt: skip

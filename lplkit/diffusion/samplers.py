@@ -8,7 +8,9 @@ all affine in the score at a fixed t, so guiding any of them is the same):
     f_cfg = f(z, t, null) + w (f(z, t, y) - f(z, t, null))
 
 computed in one forward on the batch ``[z; z]`` with labels ``[y; null]``; ``w = 1`` is plain
-conditional sampling (one forward).
+conditional sampling (one forward). A text model's null is the empty caption's condition: the
+batch ``[z; z]`` gets the text ``[c; empty]`` (`lplkit.diffusion.text_conditioning`), as diffusers'
+pipelines concatenate ``[negative; positive]`` prompt embeddings.
 
 DDIM, eta = 0 (Song et al. 2021), on timesteps ``t_0 > t_1 > ... > t_{S-1}``:
 
@@ -85,12 +87,21 @@ def flow_time_grid(steps: int) -> Tensor:
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
 
 
-def guided(denoiser: DenoiserFn, labels: Tensor | None, guidance: float) -> DenoiserFn:
+def guided(
+    denoiser: DenoiserFn,
+    labels: Tensor | None,
+    guidance: float,
+    text: dict[str, Tensor] | None = None,
+    null_text: dict[str, Tensor] | None = None,
+) -> DenoiserFn:
     """Wrap ``denoiser`` so it returns the classifier-free-guided output (see module docstring).
 
     ``guidance == 1`` or ``labels is None`` returns the plain (conditional / unconditional) denoiser.
-    The null label is ``denoiser.null_class_id``.
+    The null label is ``denoiser.null_class_id``. With ``text`` (a text model's batch condition)
+    the null is ``null_text`` (the empty caption's condition, batch 1 or B).
     """
+    if text is not None:
+        return _text_guided(denoiser, text, guidance, null_text)
     if labels is None or guidance == 1.0:
         return lambda z, t, _y: denoiser(z, t, labels)
     null_id = getattr(denoiser, "null_class_id", None)
@@ -106,6 +117,28 @@ def guided(denoiser: DenoiserFn, labels: Tensor | None, guidance: float) -> Deno
     return fn
 
 
+def _text_guided(
+    denoiser: Callable[..., Tensor],
+    text: dict[str, Tensor],
+    guidance: float,
+    null_text: dict[str, Tensor] | None,
+) -> DenoiserFn:
+    if guidance == 1.0:
+        return lambda z, t, _y: denoiser(z, t, None, text)
+    if null_text is None:
+        raise ConfigError("classifier-free guidance of a text model needs the empty caption's text")
+    batch = int(text["states"].shape[0])
+    null = {k: v.to(text[k].device).expand(batch, *v.shape[1:]) for k, v in null_text.items()}
+    both = {k: torch.cat([text[k], null[k].to(text[k].dtype)]) for k in text}
+
+    def fn(z: Tensor, t: Tensor, _y: Tensor | None) -> Tensor:
+        out = denoiser(torch.cat([z, z]), torch.cat([t, t]), None, both)
+        cond, uncond = out.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    return fn
+
+
 @torch.no_grad()
 def sample(
     denoiser: DenoiserFn,
@@ -113,6 +146,8 @@ def sample(
     shape: tuple[int, ...],
     *,
     labels: Tensor | None = None,
+    text: dict[str, Tensor] | None = None,
+    null_text: dict[str, Tensor] | None = None,
     steps: int = 50,
     guidance: float = 1.0,
     sampler: Sampler | None = None,
@@ -131,6 +166,8 @@ def sample(
         objective: the objective the denoiser was trained with.
         shape: output shape; ``shape[0]`` is the batch.
         labels: ``(B,)`` class ids, or ``None`` (unconditional).
+        text: a text model's condition ``{states, mask[, pooled]}`` with B rows (then ``labels``
+            is unused); ``null_text``: the empty caption's (batch 1), needed when ``guidance != 1``.
         steps: sampler steps (DDIM: model evaluations; Euler: S; Heun: 2 S evaluations).
         guidance: classifier-free guidance weight ``w`` (the CLI's ``--cfg`` / ``--guidance``).
         sampler: ``ddim`` (DDPM objectives, default) or ``euler`` / ``heun`` (flow; default ``heun``).
@@ -155,7 +192,9 @@ def sample(
     z = noise.to(device=device, dtype=torch.float32)
     if labels is not None:
         labels = labels.to(device)
-    fn = guided(denoiser, labels, guidance)
+    if text is not None:
+        text = {k: v.to(device) for k, v in text.items()}
+    fn = guided(denoiser, labels, guidance, text, null_text)
 
     if isinstance(objective, DDPMObjective):
         sampler = sampler or "ddim"

@@ -29,7 +29,15 @@ import torch
 
 from lplkit.errors import ConfigError, LplkitError
 from lplkit.hub import hub_failure
-from lplkit.text.spec import DEFAULT_PRESET, FAMILIES, LAYERS, PRESETS, default_name, parse_spec
+from lplkit.text.spec import (
+    DEFAULT_PRESET,
+    FAMILIES,
+    LAYERS,
+    PRESETS,
+    bundled_path,
+    default_name,
+    parse_spec,
+)
 
 __all__ = [
     "FAMILIES",
@@ -169,6 +177,11 @@ def load_text_encoder(
 
     transformers.utils.logging.disable_progress_bar()  # lplkit shows its own progress
     repo, subfolder = parse_spec(spec)
+    bundled = bundled_path(repo) if subfolder is None else None
+    if bundled is not None:
+        if revision is not None:
+            raise ConfigError(f"--text-encoder-revision applies to hub ids; {repo!r} is bundled")
+        repo = str(bundled)
     cfg_path, commit = _config(repo, subfolder, revision)
     try:
         config = json.loads(cfg_path.read_text())
@@ -204,7 +217,11 @@ def load_text_encoder(
         raise ConfigError(f"--text-max-tokens {L} exceeds {spec}'s {limit} positions")
     local = Path(repo).expanduser()
     identity = {
-        "id": str(local.resolve()) if commit is None and local.exists() else repo,
+        "id": spec
+        if bundled is not None
+        else str(local.resolve())
+        if commit is None and local.exists()
+        else repo,
         "subfolder": subfolder,
         "revision": commit,
         "class": cls,

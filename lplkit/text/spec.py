@@ -4,12 +4,17 @@ no torch or transformers import, so the CLI can show and check them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from lplkit.errors import ConfigError
 
-__all__ = ["DEFAULT_PRESET", "FAMILIES", "LAYERS", "PRESETS", "TextPreset", "default_name",
-           "parse_spec"]  # fmt: skip
+__all__ = ["BUNDLED_TEXT_ENCODERS", "DEFAULT_PRESET", "FAMILIES", "LAYERS", "PRESETS",
+           "TextPreset", "bundled_path", "default_name", "parse_spec"]  # fmt: skip
+
+#: Bundled short names -> directories under ``lplkit/assets/`` (docs/t2i-demo.md): a frozen random
+#: CLIPTextModel with a tokenizer trained on the OpenMoji glyph names.
+BUNDLED_TEXT_ENCODERS: dict[str, str] = {"openmoji-clip": "openmoji-clip"}
 
 #: transformers class -> family
 FAMILIES = {
@@ -38,6 +43,13 @@ PRESETS: dict[str, TextPreset] = {
     "pixart-alpha-t5": TextPreset("t5", "last", 120, True, False),
 }
 DEFAULT_PRESET = {"clip": "sd3-clip", "t5": "pixart-sigma-t5"}
+
+
+def bundled_path(name: str) -> Path | None:
+    """The package directory of a bundled encoder name, None for any other spec."""
+    if name not in BUNDLED_TEXT_ENCODERS:
+        return None
+    return Path(str(resources.files("lplkit") / "assets" / BUNDLED_TEXT_ENCODERS[name]))
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:

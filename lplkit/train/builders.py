@@ -22,7 +22,8 @@ from lplkit.autoencoders.loading import (
     load_autoencoder,
     weights_hash,
 )
-from lplkit.diffusion.denoisers import build_model
+from lplkit.diffusion import text_conditioning as tc
+from lplkit.diffusion.denoisers import build_model, is_text_model
 from lplkit.diffusion.objectives import Objective, build_objective
 from lplkit.errors import ConfigError, StoreMismatchError
 from lplkit.lpl.config import LPLConfig
@@ -46,6 +47,46 @@ def make_objective(cfg: TrainConfig) -> Objective:
     return build_objective(
         o.kind, beta_schedule=o.schedule, num_train_timesteps=o.num_train_timesteps
     )
+
+
+def text_setup(cfg: TrainConfig, store: Any, text_model: bool) -> tuple[list[str], list[str], Any]:
+    """The cached encoders a text model reads: ``(names, families, empty caption condition)``.
+
+    Refuses, in one line naming what to pass, a text model on a store without cached text, a
+    class model given ``--text-encoder``, and a captioned store without labels given to a class
+    model (it would silently train unconditionally)."""
+    names = list(cfg.model.text_encoder)
+    have = store.text_encoders
+    url = str(getattr(store, "url", cfg.store))
+    if not text_model:
+        if names:
+            raise ConfigError(
+                f"--text-encoder applies to text-to-image models (PixArt-*, MMDiT-*, UNetText-*); "
+                f"--model {cfg.model.name} is class-conditional"
+            )
+        if have and store_num_classes(store) is None:
+            raise ConfigError(
+                f"{url} has no class labels but caches text encoder(s) {', '.join(have)}: pass a "
+                "text-to-image model (--model PixArt-S/2, MMDiT-S/2 or UNetText-S)"
+            )
+        return [], [], None
+    if not have:
+        raise ConfigError(
+            f"--model {cfg.model.name} is a text-to-image model but {url} caches no text encoder: "
+            f"add one with `lplkit encode-text {url} --text-encoder SPEC`, or pass a class model "
+            "(--model DiT-S/2)"
+        )
+    if not names:
+        if len(have) > 1:
+            raise ConfigError(
+                f"{url} caches several text encoders ({', '.join(have)}): pass --text-encoder "
+                "NAME (repeat it to combine them as SD3 does)"
+            )
+        names = list(have)
+    store.text_names(names)  # one line naming the missing ones
+    families = [str(have[n].get("family", "clip")) for n in names]
+    empty = tc.combine([(f, store.empty_text(n)) for n, f in zip(names, families, strict=True)])
+    return names, families, empty
 
 
 def store_num_classes(store: Any) -> int | None:
@@ -216,15 +257,25 @@ def build_components(
     C, h, w = store.latent_shape
     if h != w:
         raise ConfigError(f"{cfg.store}: non-square latents {h}x{w} are not supported by DiT")
-    num_classes = store_num_classes(store)
+    text_model = is_text_model(cfg.model.name)
+    text_names, families, empty = text_setup(cfg, store, text_model)
+    num_classes = None if text_model else store_num_classes(store)
+    dims = tc.text_dims(empty) if empty is not None else None
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every re-run
     init = None
     model: Any  # a Denoiser (models.py)
     if cfg.init:
         model, normalizer, init = init_from_base(cfg, store, num_classes)
         num_classes = model.num_classes
+        base_dims = model.spec.get("text")
+        if dims is not None and base_dims != dims:
+            raise ConfigError(
+                f"--init {cfg.init}: the base reads text of {base_dims}, but --text-encoder "
+                f"{','.join(text_names)} gives {dims}"
+            )
     else:
-        model = build_model(cfg.model.name, in_channels=C, sample_size=h, num_classes=num_classes)
+        model = build_model(cfg.model.name, in_channels=C, sample_size=h,
+                            num_classes=num_classes, text=dims)  # fmt: skip
         normalizer = make_normalizer(store)
     if normalization is not None:
         normalizer = LatentNormalizer.from_record(normalization)
@@ -251,4 +302,8 @@ def build_components(
         num_classes=num_classes,
         model_spec=model.spec,
         init=init,
+        text_names=text_names,
+        text_families=families,
+        empty_text=empty,
+        text_record=[{"name": n, **store.text_encoders[n]} for n in text_names] or None,
     )

@@ -36,10 +36,15 @@ class ObjectiveConfig:
 
 @dataclass
 class ModelConfig:
-    """Denoiser from the `lplkit.diffusion.denoisers` registry; `label_dropout` is the CFG null-label rate."""
+    """Denoiser from the `lplkit.diffusion.denoisers` registry; `label_dropout` is the CFG null-label
+    rate. A text-to-image model (PixArt-*, MMDiT-*, UNetText-*) reads the store's cached
+    `text_encoder`s (several combine as SD3 does, `lplkit.diffusion.text_conditioning`; empty = the
+    store's only one) and replaces a `caption_dropout` share of rows by the empty caption."""
 
     name: str = "DiT-S/2"
     label_dropout: float = ranged(0.1, ge=0.0, lt=1.0)
+    text_encoder: list[str] = field(default_factory=list)
+    caption_dropout: float = ranged(0.1, ge=0.0, lt=1.0)
 
 
 @dataclass
@@ -212,7 +217,19 @@ TRAIN_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("out", "--out", "Run directory (re-run = resume)."),
     ConfigFlag("lpl.enabled", "--lpl/--no-lpl", "Add the gated LPL term."),
     ConfigFlag("objective.kind", "--objective", "eps, v or flow."),
-    ConfigFlag("model.name", "--model", "Denoiser, e.g. DiT-S/2."),
+    ConfigFlag("model.name", "--model", "Denoiser, e.g. DiT-S/2, PixArt-S/2, MMDiT-S/2."),
+    ConfigFlag(
+        "model.text_encoder",
+        "--text-encoder",
+        "Cached text encoder(s) a text model reads (store names; repeat or comma-separate, "
+        "combined as SD3 does). Default: the store's only one.",
+        repeat=True,
+    ),
+    ConfigFlag(
+        "model.caption_dropout",
+        "--caption-dropout",
+        "Share of rows trained on the empty caption (classifier-free guidance).",
+    ),
     ConfigFlag("steps", "--steps", "Total optimizer steps."),
     ConfigFlag("batch_size", "--batch-size", "Global batch (all ranks and accumulation steps)."),
     ConfigFlag("optim.lr", "--lr", "AdamW learning rate."),

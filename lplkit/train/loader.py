@@ -18,7 +18,9 @@ from lplkit.errors import StoreError
 
 
 class LoaderCursor:
-    """`next()` returns (latents (b, C, h, w) float32 raw, labels (b,) int64); rolls over epochs."""
+    """`next()` returns (latents (b, C, h, w) float32 raw, labels (b,) int64, text); rolls over
+    epochs. `text` is the batch's cached text conditioning of the encoders `text` names (name ->
+    {states, mask[, pooled]}), None without."""
 
     def __init__(
         self,
@@ -30,23 +32,29 @@ class LoaderCursor:
         world_size: int = 1,
         epoch: int = 0,
         batch: int = 0,
+        text: list[str] | None = None,
     ) -> None:
         self.store = store
+        self.text = text
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.epoch = epoch
         self.batch = batch
-        self._it: Iterator[tuple[Tensor, Tensor]] | None = None
+        self._it: Iterator[tuple[Any, ...]] | None = None
 
     @property
     def position(self) -> dict[str, int]:
         """Where the next batch comes from: {"epoch", "batch"}."""
         return {"epoch": self.epoch, "batch": self.batch}
 
-    def _open(self) -> Iterator[tuple[Tensor, Tensor]]:
-        split = {} if self.world_size == 1 else {"rank": self.rank, "world_size": self.world_size}
+    def _open(self) -> Iterator[tuple[Any, ...]]:
+        split: dict[str, Any] = (
+            {} if self.world_size == 1 else {"rank": self.rank, "world_size": self.world_size}
+        )
+        if self.text:
+            split["text"] = self.text
         return iter(
             self.store.batches(
                 self.batch_size,
@@ -58,13 +66,15 @@ class LoaderCursor:
             )
         )
 
-    def next(self) -> tuple[Tensor, Tensor]:
+    def next(self) -> tuple[Tensor, Tensor, Any]:
         empty_epochs = 0
         while True:
             if self._it is None:
                 self._it = self._open()
+            text = None
             try:
-                latents, labels = next(self._it)
+                latents, labels, *rest = next(self._it)
+                text = rest[0] if rest else None
             except StopIteration:
                 latents = None
             # A short last batch would change the batch size mid-run; treat it as the epoch's end.
@@ -79,4 +89,4 @@ class LoaderCursor:
                     )
                 continue
             self.batch += 1
-            return latents, labels
+            return latents, labels, text

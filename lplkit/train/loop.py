@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lplkit.config import to_dict
+from lplkit.diffusion import text_conditioning as tc
 from lplkit.diffusion.objectives import Objective
 from lplkit.distributed import DistInfo, barrier
 from lplkit.errors import Interrupted, Preempted, TrainingError
@@ -74,6 +75,12 @@ class Components:
     num_classes: int | None = None
     model_spec: dict[str, Any] | None = None  # kwargs that rebuild the model (models.build_model)
     init: dict[str, Any] | None = None  # the --init base: {"spec", "source", "step"}
+    # text models: the store's cached encoders read, their families, the empty caption's
+    # combined condition (caption dropout) and what run.json records of each encoder
+    text_names: list[str] | None = None
+    text_families: list[str] | None = None
+    empty_text: dict[str, Tensor] | None = None
+    text_record: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -146,6 +153,7 @@ class Trainer:
             seed=cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            text=parts.text_names or None,
         )
         fwd: nn.Module = torch.compile(self.model) if cfg.compile else self.model  # type: ignore[assignment]
         if self.dist.enabled:
@@ -205,8 +213,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- step
     def _global_draws(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """t (B,), eps (B, C, h, w), label-drop mask (B,), LPL crop draws (B, 2) for the global
-        batch of `step` (the crop draws are used only with `lpl.loss.crop`)."""
+        """t (B,), eps (B, C, h, w), conditioning-drop mask (B,), LPL crop draws (B, 2) for the
+        global batch of `step` (the crop draws are used only with `lpl.loss.crop`). The drop mask
+        is one uniform draw per row below `label_dropout` (class models) or `caption_dropout`
+        (text models)."""
         B, seed = self.cfg.batch_size, self.cfg.seed
         t = self.parts.objective.sample_timesteps(B, step_generator(seed, step, Stream.TIMESTEP))
         eps = torch.randn(
@@ -214,7 +224,12 @@ class Trainer:
         )
         drop = torch.rand(B, generator=step_generator(seed, step, Stream.LABEL_DROP))
         crop_u = torch.rand(B, 2, generator=step_generator(seed, step, Stream.LPL_CROP))
-        return t, eps, drop < self.cfg.model.label_dropout, crop_u
+        rate = (
+            self.cfg.model.caption_dropout
+            if self.parts.text_names
+            else self.cfg.model.label_dropout
+        )
+        return t, eps, drop < rate, crop_u
 
     def _lpl_active(self) -> bool:
         return (
@@ -223,14 +238,21 @@ class Trainer:
             and self.step >= self.cfg.lpl.start_step
         )
 
-    def _prepare(self, step: int) -> list[tuple[Tensor, ...]]:
+    def _prepare(self, step: int) -> list[tuple[Any, ...]]:
         """Host work of step `step`: loader batches and this rank's slices of the global draws,
-        copied to the device. Returns [(latents, labels, t, eps, drop, crop_u)] per micro-step."""
+        copied to the device. Returns [(latents, labels, t, eps, drop, crop_u, text)] per
+        micro-step (`text`: the combined condition of a text model's batch, else None)."""
         dist, dev = self.dist, self.device
         t_all, eps_all, drop_all, crop_all = self._global_draws(step)
-        out: list[tuple[torch.Tensor, ...]] = []
+        out: list[tuple[Any, ...]] = []
         for m in range(self.cfg.grad_accum):
-            latents, labels = self.cursor.next()
+            latents, labels, text = self.cursor.next()
+            cond = None
+            if text is not None:
+                names, fams = self.parts.text_names or [], self.parts.text_families or []
+                cond = tc.to_device(
+                    tc.combine([(f, text[n]) for n, f in zip(names, fams, strict=True)]), dev
+                )
             lo = (m * dist.world_size + dist.rank) * self.micro
             sl = slice(lo, lo + self.micro)
             nb = dev.type == "cuda"
@@ -242,6 +264,7 @@ class Trainer:
                     eps_all[sl].to(dev, non_blocking=nb),
                     drop_all[sl].to(dev, non_blocking=nb),
                     crop_all[sl],  # stays on the host: the crop offsets are computed there
+                    cond,
                 )
             )
         return out
@@ -265,9 +288,11 @@ class Trainer:
         self._prefetched = None
         lpl_on = self._lpl_active()
         crops = cfg.lpl.loss is not None and cfg.lpl.loss.crop is not None
-        for m, (latents, labels, t, eps, drop, crop_u) in enumerate(batches):
+        for m, (latents, labels, t, eps, drop, crop_u, cond) in enumerate(batches):
             z0 = self.parts.normalizer.normalize(latents)
             y = self._labels(labels, drop)
+            if cond is not None and self.parts.empty_text is not None:
+                cond = tc.drop_captions(cond, self.parts.empty_text, drop)
             gate = weight = None
             if lpl_on:
                 gate = self.parts.objective.gate(
@@ -291,6 +316,7 @@ class Trainer:
                     gate=gate,
                     lpl_sample_weight=weight,
                     lpl_crop_u=crop_u if crops else None,
+                    text=cond,
                     bf16=cfg.bf16,
                     fp16=cfg.fp16,
                 )
@@ -317,7 +343,7 @@ class Trainer:
         self.step += 1
 
     def _labels(self, labels: Tensor, drop: Tensor) -> Tensor | None:
-        if not self.parts.conditional:
+        if not self.parts.conditional or self.parts.text_names:
             return None
         y = labels.to(self.device, torch.long)
         if self.parts.null_label is not None:

@@ -37,10 +37,16 @@ class LossParts:
     gated: Tensor  # (B,) bool
 
 
-def denoise(model: nn.Module, z_t: Tensor, model_t: Tensor, labels: Tensor | None) -> Tensor:
-    """Call a `lplkit.diffusion.denoisers.Denoiser` (z_t, timestep, labels); keep the first C channels of a
-    learned-sigma (2C) output."""
-    out = model(z_t, model_t, labels)
+def denoise(
+    model: nn.Module,
+    z_t: Tensor,
+    model_t: Tensor,
+    labels: Tensor | None,
+    text: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """Call a `lplkit.diffusion.denoisers.Denoiser` (z_t, timestep, labels[, text]); keep the first C
+    channels of a learned-sigma (2C) output."""
+    out = model(z_t, model_t, labels) if text is None else model(z_t, model_t, labels, text)
     out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
     if out.shape[1] == 2 * z_t.shape[1]:
         out = out[:, : z_t.shape[1]]
@@ -61,6 +67,7 @@ def micro_batch_loss(
     gate: Tensor | None = None,
     lpl_sample_weight: Tensor | None = None,
     lpl_crop_u: Tensor | None = None,
+    text: dict[str, Tensor] | None = None,
     bf16: bool = False,
     fp16: bool = False,
 ) -> LossParts:
@@ -71,6 +78,7 @@ def micro_batch_loss(
         lpl_sample_weight: (B,) per-sample LPL weight (e.g. `Objective.min_snr_weight`); None = 1.
         lpl_crop_u: (B, 2) uniform draws placing each sample's LPL crop window (`lpl.loss.crop`);
             the gated rows' are passed to `lpl` as `crop_u`. None = `lpl` gets no crop draws.
+        text: a text model's condition for these rows (`lplkit.diffusion.text_conditioning`).
         bf16, fp16: autocast the denoiser and LPL forward to that dtype (losses stay float32; fp16
             needs the caller's gradient scaler).
     """
@@ -79,7 +87,7 @@ def micro_batch_loss(
     amp = torch.bfloat16 if bf16 else torch.float16 if fp16 else None
     ctx = torch.autocast(z0.device.type, dtype=amp) if amp is not None else nullcontext()
     with ctx:
-        out = denoise(model, sample.z_t, sample.model_t, labels)
+        out = denoise(model, sample.z_t, sample.model_t, labels, text)
     out = out.float()
     diff = objective.loss(out, sample.target)
     total = diff.mean()

@@ -125,6 +125,7 @@ def _train(
                 },
                 "world_size": dist.world_size,
                 "init": parts.init,
+                "text_encoders": parts.text_record,
             }
             (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
         barrier(dist)
