@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lplkit.autoencoders.loading import (
     autoencoder_info,
@@ -232,7 +232,7 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
                 for b, w in zip(buckets, writer.writers, strict=True)
             ]
         try:
-            summary = _encode_parts(cfg, ctx, parts, vae, device, progress, stop)
+            summary = _encode_shards(cfg, ctx, parts, vae, device, progress, stop)
             summary.total = int(manifest["source"]["count"])
             summary.shards_total = writer.n_shards
             # every rank reaches these collectives, a stopped one early; then all stop or finish
@@ -368,40 +368,6 @@ def _bucket_plan(
     return buckets, out
 
 
-def _encode_parts(
-    cfg: EncodeConfig,
-    ctx: DistContext,
-    parts: list[_Part],
-    vae: Any,
-    device: torch.device,
-    progress: ProgressFn | None,
-    stop: StopRequest,
-) -> EncodeSummary:
-    """`_encode_shards` over each part (the store, or each bucket), summaries summed."""
-    total = sum(hi - lo for w, *_ in parts for lo, hi in map(w.shard_range, w.pending_shards()))
-    summary: EncodeSummary | None = None
-    done = 0
-    for writer, src, latent, size in parts:
-        shown = None
-        if progress is not None:
-            shown = functools.partial(
-                lambda d, _t, offset: progress(offset + d, total), offset=done
-            )
-        part = _encode_shards(cfg, ctx, src, vae, writer, latent, device, shown, stop, size=size)
-        done += part.encoded + part.skipped
-        if summary is None:
-            summary = part
-        else:
-            for key in ("encoded", "skipped", "shards_written", "encode_s", "input_wait_s",
-                        "write_wait_s"):  # fmt: skip
-                setattr(summary, key, getattr(summary, key) + getattr(part, key))
-            summary.skip_reasons = dict(Counter(summary.skip_reasons) + Counter(part.skip_reasons))
-        if stop.requested:
-            break
-    assert summary is not None
-    return summary
-
-
 def _load_text(
     cfg: EncodeConfig, source: ImageSource, device: torch.device
 ) -> list[tuple[Any, Any]]:
@@ -461,58 +427,92 @@ def _encode_text(
     return out
 
 
+class _PartsSource(Dataset):
+    """The prepared samples of several parts (the store, or each bucket) as one dataset for one
+    DataLoader: index `offsets[k] + i` is position `i` of part `k` (its `PreparedSample.position`
+    is `i`), so the workers start once for every bucket."""
+
+    def __init__(self, sources: list[PreparedSource]) -> None:
+        self.sources = sources
+        self.offsets = np.cumsum([0, *(len(src) for src in sources)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> PreparedSample:
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.sources[k][index - int(self.offsets[k])]
+
+
 def _encode_shards(
     cfg: EncodeConfig,
     ctx: DistContext,
-    source: ImageSource,
+    parts: list[_Part],
     vae: Any,
-    writer: StoreWriter,
-    latent: tuple[int, ...],
     device: torch.device,
     progress: ProgressFn | None,
     stop: StopRequest | None = None,
-    *,
-    size: tuple[int, int] | None = None,
 ) -> EncodeSummary:
-    """Encode and write this rank's pending shards (images at `size` = (W, H) pixels, a bucket;
-    None: --res square); returns this rank's counts. When `stop` is
-    requested it returns after the current batch: shards not yet filled are dropped (a resume
-    re-encodes them), the filled ones are written before it returns."""
-    shards = writer.pending_shards()
-    batches = shard_batches(writer, shards, cfg.batch_size)
-    total = sum(len(b) for b in batches)
+    """Encode and write this rank's pending shards of every part (the store; or each bucket, its
+    images at the bucket's size); returns this rank's counts. When `stop` is requested it returns
+    after the current batch: shards not yet filled are dropped (a resume re-encodes them), the
+    filled ones are written before it returns."""
+    pending = [w.pending_shards() for w, *_ in parts]
+    per_part = [shard_batches(w, shards, cfg.batch_size)
+                for (w, *_), shards in zip(parts, pending, strict=True)]  # fmt: skip
+    total = sum(len(b) for batches in per_part for b in batches)
     summary = EncodeSummary(
         store=str(cfg.out),
-        total=writer.count,
+        total=sum(w.count for w, *_ in parts),
         encoded=0,
         skipped=0,
-        shards_total=writer.n_shards,
+        shards_total=sum(w.n_shards for w, *_ in parts),
         world_size=ctx.world_size,
         device=str(device),
     )
     reasons: Counter[str] = Counter()
-    items, parts = split_batches(batches, WORKER_CHUNK)
+    min_side = cfg.min_side or MIN_IMAGE_SIDE
+    dataset = _PartsSource(
+        [PreparedSource(src, cfg.res, min_side=min_side, size=size) for _, src, _, size in parts]
+    )
+    # loader indices = part offset + position; an autoencoder batch never spans two parts
+    batches = [[int(dataset.offsets[k]) + p for p in b]
+               for k, part_batches in enumerate(per_part) for b in part_batches]  # fmt: skip
+    batch_part = [k for k, part_batches in enumerate(per_part) for _ in part_batches]
+    items, n_items = split_batches(batches, WORKER_CHUNK)
     workers = default_workers() if cfg.workers is None else cfg.workers
     loader = DataLoader(
-        PreparedSource(source, cfg.res, min_side=cfg.min_side or MIN_IMAGE_SIDE, size=size),
+        dataset,
         batch_sampler=items,
         num_workers=workers,
         collate_fn=collate_prepared,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
     )
-    buffers = {s: _ShardBuffer(s, *writer.shard_range(s), latent, cfg.flip) for s in shards}
+    buffers = {
+        (k, s): _ShardBuffer(s, *w.shard_range(s), latent, cfg.flip)
+        for k, ((w, _, latent, _), shards) in enumerate(zip(parts, pending, strict=True))
+        for s in shards
+    }
     done = 0
     t_loop = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-shard-writer") as pool:
         writes: deque[Future] = deque(
-            [pool.submit(writer.warm_up)]
+            [pool.submit(parts[0][0].warm_up)]
         )  # while the first batch decodes
         # Receiving decoded items and moving them to the device run in a background thread, so
         # they overlap with the autoencoder; the workers are forked here, by this thread.
-        assembled = background(_assembled(iter(loader), parts, device), name="lplkit-encode-input")
-        encoded = _encoded_batches(_waited(assembled, summary), vae, cfg, latent)
-        for samples, moments, moments_flip in encoded:
+        assembled = background(
+            _assembled(iter(loader), n_items, device), name="lplkit-encode-input"
+        )
+        encoded = _encoded_batches(_waited(assembled, summary), vae, cfg)
+        for (samples, moments, moments_flip), k in zip(encoded, batch_part, strict=False):
+            writer, _, latent, _ = parts[k]
+            if moments is not None and tuple(moments.values.shape[2:]) != latent:
+                raise AutoencoderError(
+                    f"the autoencoder produced latents of shape {tuple(moments.values.shape[2:])}, "
+                    f"expected {latent} for --res {cfg.res}"
+                )
             for j, s in enumerate(samples):
                 if not s.ok:
                     if cfg.strict:
@@ -524,15 +524,15 @@ def _encode_shards(
                     summary.skipped += 1
                 else:
                     summary.encoded += 1
-                shard = s.position // writer.manifest["shard_size"]
-                k = -1 if moments is None else int(moments.index_of[j])
-                buffers[shard].put(
+                key = (k, s.position // writer.manifest["shard_size"])
+                i = -1 if moments is None else int(moments.index_of[j])
+                buffers[key].put(
                     s,
-                    None if moments is None or k < 0 else moments.values[k],
-                    None if k < 0 or moments_flip is None else moments_flip[k],
+                    None if moments is None or i < 0 else moments.values[i],
+                    None if i < 0 or moments_flip is None else moments_flip[i],
                 )
-                if buffers[shard].missing == 0:
-                    buf = buffers.pop(shard)
+                if buffers[key].missing == 0:
+                    buf = buffers.pop(key)
                     writes.append(pool.submit(_write, writer, buf))
                     summary.shards_written += 1
                     while len(writes) > 1:  # bound memory: at most one shard queued behind
@@ -575,7 +575,6 @@ def _encoded_batches(
     batches: Iterator[tuple[list[PreparedSample], torch.Tensor | None]],
     vae: Any,
     cfg: EncodeConfig,
-    latent: tuple[int, ...],
 ) -> Generator[tuple[list[PreparedSample], _Moments | None, np.ndarray | None], None, None]:
     """Encode batches one step ahead of their consumer: batch k+1 is queued on the device before
     batch k's results are copied back, so a GPU never idles on the host-side bookkeeping."""
@@ -590,11 +589,6 @@ def _encoded_batches(
                     mean, std = encode_moments(vae, torch.cat([x, hflip(x)]))
                 else:
                     mean, std = encode_moments(vae, x)
-            if tuple(mean.shape[1:]) != latent:
-                raise AutoencoderError(
-                    f"the autoencoder produced latents of shape {tuple(mean.shape[1:])}, "
-                    f"expected {latent} for --res {cfg.res}"
-                )
             launched = torch.stack([mean, std], dim=1).to("cpu", non_blocking=True)
             if device.type == "cuda":  # marks the end of this batch's copy back, not later work
                 copied = torch.cuda.Event()

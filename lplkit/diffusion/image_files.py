@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,12 @@ from torch import Tensor
 
 from lplkit.errors import ConfigError
 
-__all__ = ["make_grid", "make_mixed_grid", "save_grid", "save_npz", "to_uint8"]
+__all__ = ["PROMPTS_FILE", "make_captioned_grid", "make_grid", "make_mixed_grid",
+           "save_captioned_grid", "save_grid", "save_npz", "to_uint8"]  # fmt: skip
+
+#: The prompt of each sampled image of a text run, written beside images/ by `lplkit sample`:
+#: ``{"prompts": [...], "images": ["images/000000.png", ...], "source": ...}``
+PROMPTS_FILE = "prompts.json"
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -114,6 +120,84 @@ def save_grid(
     else:
         grid = make_grid(images, nrow)  # type: ignore[arg-type]
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    _atomic_write(path, lambda p: img.save(p, format=fmt))
+    return path
+
+
+def _wrap(draw: Any, text: str, font: Any, width: int, max_lines: int) -> list[str]:
+    """`text` broken at spaces into at most `max_lines` lines of at most `width` pixels (the last
+    one cut with "..." when the text does not fit)."""
+    lines: list[str] = []
+    words = text.split() or [""]
+    line = ""
+    for word in words:
+        trial = f"{line} {word}".strip()
+        if draw.textlength(trial, font=font) <= width or not line:
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += "..."
+    for i, ln in enumerate(lines):  # one word wider than the cell: cut it
+        while len(ln) > 1 and draw.textlength(ln, font=font) > width:
+            ln = ln[:-4] + "..." if len(ln) > 4 else ln[:-1]
+        lines[i] = ln
+    return lines
+
+
+def make_captioned_grid(
+    images: Tensor | np.ndarray,
+    captions: list[str],
+    nrow: int = 8,
+    padding: int = 2,
+    min_width: int = 128,
+    max_lines: int = 3,
+) -> np.ndarray:
+    """:func:`make_grid`'s layout with each image's caption drawn under it -> ``(H', W', 3)`` uint8.
+
+    Images narrower than ``min_width`` are enlarged by an integer factor (nearest neighbour, so
+    pixels stay pixels) for the text to fit; captions wrap to ``max_lines`` lines of the default
+    PIL font, white on black.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    arr = _as_uint8_nhwc(images)
+    n, h, w, c = arr.shape
+    if len(captions) != n:
+        raise ConfigError(f"{n} images but {len(captions)} captions")
+    k = max(1, -(-min_width // w))
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 2
+    cell_w, cell_h = k * w, k * h + max_lines * line_h + 2
+    ncol = min(nrow, n)
+    nrows = -(-n // ncol)
+    canvas = Image.new(
+        "RGB", (ncol * (cell_w + padding) + padding, nrows * (cell_h + padding) + padding)
+    )
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        x, y = padding + q * (cell_w + padding), padding + r * (cell_h + padding)
+        tile = Image.fromarray(arr[i][..., 0] if c == 1 else arr[i][..., :3]).convert("RGB")
+        canvas.paste(tile.resize((cell_w, k * h), Image.Resampling.NEAREST), (x, y))
+        for j, line in enumerate(_wrap(draw, captions[i], font, cell_w - 2, max_lines)):
+            draw.text((x + 1, y + k * h + 1 + j * line_h), line, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def save_captioned_grid(
+    images: Tensor | np.ndarray, captions: list[str], path: str | Path, nrow: int = 8
+) -> Path:
+    """Save :func:`make_captioned_grid` of ``images`` and ``captions`` (format from the suffix)."""
+    from PIL import Image
+
+    path = Path(path)
+    img = Image.fromarray(make_captioned_grid(images, captions, nrow))
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     _atomic_write(path, lambda p: img.save(p, format=fmt))
     return path

@@ -39,7 +39,7 @@ from lplkit.train.config import TrainConfig
 from lplkit.train.loop import Components
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.pipeline_init import init_from_pipeline, is_pipeline_spec
-from lplkit.train.previews import make_sample_grid
+from lplkit.train.previews import make_sample_grid, preview_text
 
 
 def make_objective(cfg: TrainConfig) -> Objective:
@@ -326,7 +326,10 @@ def build_components(
     lpl: Any = make_lpl(cfg, vae, store).to(device) if cfg.lpl.enabled and vae is not None else None
     grid = None
     if vae is not None and cfg.log.sample_every > 0:
-        grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes)
+        preview = (
+            preview_text(store, text_names, families, cfg.log.sample_n) if text_names else None
+        )
+        grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes, preview)
     return Components(
         model=model,
         objective=objective,

@@ -23,14 +23,14 @@ from helpers.slow_source import SCRIPT as SLOW_SOURCE
 from PIL import Image
 
 SPEC = "48x24,32x32,24x48"
-ARRAYS = ("moments", "moments_flip", "labels")
+ARRAYS = ("moments", "labels")
 pytestmark = pytest.mark.filterwarnings("default:recovered stale:RuntimeWarning")
 
 
 def _args(dataset: str, out: Path, vae: Path) -> list[str]:
     return ["encode", "--dataset", dataset, "--res", "32", "--vae", str(vae), "--out", str(out),
             "--buckets", SPEC, "--shard-size", "2", "--batch-size", "2", "--workers", "0",
-            "--flip", "--device", "cpu"]  # fmt: skip
+            "--device", "cpu"]  # fmt: skip
 
 
 def _read(out: Path) -> dict:
@@ -49,7 +49,7 @@ def images(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kill-bk") / "img"
     root.mkdir()
     rng = np.random.default_rng(0)
-    shapes = [(80, 40)] * 8 + [(50, 50)] * 4 + [(40, 80)] * 4  # 4 shards in bucket 2 (wide)
+    shapes = [(40, 80)] * 6 + [(50, 50)] * 2 + [(80, 40)] * 2  # bucket 0 (tall): 3 shards
     for i, (w, h) in enumerate(shapes):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"{i:02d}.png")
     return root
@@ -65,16 +65,17 @@ def test_sigkill_mid_bucket_then_rerun_equals_uninterrupted(images, tiny_vae_dir
     cmd = [sys.executable, str(SLOW_SOURCE), *_args(f"slowfolder:{images}", out, tiny_vae_dir)]
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # a loaded 2-core box: imports alone can take minutes
     while not list(out.glob("buckets/*/progress/shard-*.json")):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "no shard was written within 180 s"
+        assert time.monotonic() < deadline, "no shard was written within 600 s"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     proc.stderr.close()
     markers = list(out.glob("buckets/*/progress/shard-*.json"))
-    assert 1 <= len(markers) < 8 and not (out / "index.parquet").exists()  # 8 shards in all
+    assert 1 <= len(markers) < 5 and not (out / "index.parquet").exists()  # 5 shards in all
+    assert 1 <= len(list(out.glob("buckets/0/progress/shard-*.json"))) < 3  # killed mid-bucket
 
     import helpers.slow_source  # noqa: F401  (registers slowfolder: in this process)
 
