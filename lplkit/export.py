@@ -28,7 +28,9 @@ What is written (``save_pretrained`` layout):
   (an autoencoder without those convs gets them, identity plus the fold).
 - ``model_index.json`` with ``id2label`` from the store's class names (numbers when unknown).
 - ``lplkit.json``: the run's normalization and the autoencoder it was folded from, so that
-  ``lplkit train --init OUT`` re-imports the export with that normalization and identical weights.
+  ``lplkit train --init OUT`` re-imports the export with that normalization and identical weights;
+  for a run on a bucketed store also its ``buckets`` (sizes, latent shapes, rows), with a note that
+  the stock pipeline samples its square ``sample_size`` only.
 
 A run post-trained from a DiT checkpoint (``--init org/DiT-pipeline``) keeps the checkpoint's label
 layout (its 1001-row table, null id 1000) and its ``id2label``; a learned-sigma transformer is
@@ -326,6 +328,14 @@ def export_run(
     # vae/ and the autoencoder it was folded from (lplkit.train.pipeline_init)
     record = {"normalization": nrm, "autoencoder": info["store"]["autoencoder"],
               "objective": info["objective"], "checkpoint_step": step}  # fmt: skip
+    if info.get("buckets"):  # trained on aspect-ratio buckets (lplkit.diffusion.patch_grid)
+        record["buckets"] = info["buckets"]
+        sizes = ", ".join(f"{b['size'][0]}x{b['size'][1]}" for b in info["buckets"])
+        notes.append(
+            f"trained on buckets {sizes}: DiTPipeline samples sample_size^2 latents only (and a "
+            "stock DiTTransformer2DModel unpatchifies square grids only); other sizes: "
+            "`lplkit sample --size WxH`"
+        )
     (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return {
         "run_dir": str(run_dir),
