@@ -11,7 +11,7 @@ from pathlib import Path
 from lplkit.config import MAX_BATCH, MAX_SAMPLER_STEPS, ConfigFlag, check_ranges, ranged
 from lplkit.errors import ConfigError
 
-__all__ = ["DEMO_FLAGS", "DemoConfig", "TASKS", "TASK_DEFAULTS", "T2I_TEXT_ENCODER"]
+__all__ = ["DEMO_FLAGS", "T2I_TEXT_ENCODER", "TASKS", "TASK_DEFAULTS", "DemoConfig"]
 
 TASKS = ("class", "t2i")
 #: What `res`, `base` and `model` are when not given, per task: the bundled base of that task.

@@ -179,7 +179,7 @@ def _compare(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
     height = title_h + len(prompts) * cell + 2 * gap
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    for a, (arm, title) in enumerate((("baseline", "baseline"), ("lpl", "LPL"))):
+    for a, title in enumerate(("baseline", "LPL")):
         draw.text((text_w + gap + a * (block + gap), gap // 2), title, fill="black")
     for r, prompt in enumerate(prompts):
         y = title_h + gap // 2 + r * cell

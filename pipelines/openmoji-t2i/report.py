@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
@@ -95,7 +93,7 @@ def demo_figures(path: Path) -> dict[str, Any]:
         - ev["baseline"]["spectrum_distance_high"],
         "adherence": _diff(
             st["adherence"]["lpl"]["adherence"], st["adherence"]["baseline"]["adherence"]
-        ),  # fmt: skip
+        ),
     }
     return out
 
