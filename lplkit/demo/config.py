@@ -143,7 +143,8 @@ DEMO_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag(
         "prompts",
         "--prompt",
-        "t2i: a prompt of the side-by-side picture (repeat; default: 8 fixed held-out glyph names).",
+        "t2i: prompts of the side-by-side picture (repeat or comma-separate; default: 8 held-out "
+        "glyph names).",
         repeat=True,
     ),
     ConfigFlag("objective", "--objective", "flow, eps or v."),

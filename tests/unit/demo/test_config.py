@@ -82,5 +82,5 @@ def test_cli_prompts_repeat() -> None:
     from lplkit.config import resolve_config
     from lplkit.demo.config import DEMO_FLAGS
 
-    cfg = resolve_config(DemoConfig, DEMO_FLAGS, {"task": "t2i", "prompts": ["a b", "c d"]})
+    cfg = resolve_config(DemoConfig, DEMO_FLAGS, {"task": "t2i", "prompt": ["a b", "c d"]})
     assert cfg.prompts == ["a b", "c d"] and cfg.res == 32
