@@ -11,7 +11,14 @@ from pathlib import Path
 from lplkit.config import MAX_BATCH, MAX_SAMPLER_STEPS, ConfigFlag, check_ranges, ranged
 from lplkit.errors import ConfigError
 
-__all__ = ["DEMO_FLAGS", "T2I_TEXT_ENCODER", "TASKS", "TASK_DEFAULTS", "DemoConfig"]
+__all__ = [
+    "DEMO_FLAGS",
+    "T2I_TEXT_ENCODER",
+    "T2I_TEXT_ENCODERS",
+    "TASKS",
+    "TASK_DEFAULTS",
+    "DemoConfig",
+]
 
 TASKS = ("class", "t2i")
 #: What `res`, `base` and `model` are when not given, per task: the bundled base of that task.
@@ -21,8 +28,9 @@ TASK_DEFAULTS: dict[str, dict[str, object]] = {
 }
 #: The t2i demo's text encoder and its settings: those of the bundled t2i base's recipe
 #: (pipelines/openmoji-t2i/pretrain.toml).
-T2I_TEXT_ENCODER = {"text_encoder": ["openmoji-clip"], "text_preset": "sd-clip",
-                    "text_max_tokens": 16}  # fmt: skip
+T2I_TEXT_ENCODERS = ["openmoji-clip"]
+T2I_TEXT_ENCODER: dict[str, object] = {"text_encoder": T2I_TEXT_ENCODERS, "text_preset": "sd-clip",
+                                       "text_max_tokens": 16}  # fmt: skip
 _AUTO = "auto"
 
 

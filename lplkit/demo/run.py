@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lplkit.config import from_dict
-from lplkit.demo.config import T2I_TEXT_ENCODER, DemoConfig
+from lplkit.demo.config import T2I_TEXT_ENCODER, T2I_TEXT_ENCODERS, DemoConfig
 from lplkit.diffusion.generate import sample_run
 from lplkit.diffusion.image_files import make_grid
 from lplkit.encode import EncodeConfig, encode_dataset
@@ -79,7 +79,7 @@ def train_config(cfg: DemoConfig, arm: str):
 
 def _text_model(cfg: DemoConfig) -> dict[str, Any]:
     """The t2i arms read the store's cached text encoder; class arms read labels."""
-    return {"text_encoder": list(T2I_TEXT_ENCODER["text_encoder"])} if cfg.task == "t2i" else {}
+    return {"text_encoder": list(T2I_TEXT_ENCODERS)} if cfg.task == "t2i" else {}
 
 
 def check_model_kind(cfg: DemoConfig) -> None:
@@ -145,7 +145,7 @@ def _encode(cfg: DemoConfig) -> dict[str, Any]:
     for split, store in (("train", cfg.store), ("test", cfg.test_store)):
         text: dict[str, Any] = dict(T2I_TEXT_ENCODER) if cfg.task == "t2i" else {}
         ecfg = EncodeConfig(
-            dataset="openmoji", out=str(store), res=cfg.res, limit=cfg.limit, split=split,
+            dataset="openmoji", out=str(store), res=int(cfg.res or 0), limit=cfg.limit, split=split,
             workers=2, device=cfg.device, **text,
         )  # fmt: skip
         s = encode_dataset(ecfg)
