@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 TASKS = ("class", "t2i")
+ARMS = ("baseline", "lpl")  # the two post-training runs: without and with the LPL
 #: What `res`, `base` and `model` are when not given, per task: the bundled base of that task.
 TASK_DEFAULTS: dict[str, dict[str, object]] = {
     "class": {"res": 64, "base": "openmoji-base", "model": "UNet-S"},

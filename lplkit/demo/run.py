@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from lplkit.config import from_dict
-from lplkit.demo.config import T2I_TEXT_ENCODER, T2I_TEXT_ENCODERS, DemoConfig
+from lplkit.demo import t2i
+from lplkit.demo.config import ARMS, T2I_TEXT_ENCODER, T2I_TEXT_ENCODERS, DemoConfig
 from lplkit.diffusion.generate import sample_run
 from lplkit.diffusion.image_files import make_grid
 from lplkit.encode import EncodeConfig, encode_dataset
@@ -47,7 +48,6 @@ __all__ = ["ARMS", "check_model_kind", "run_demo", "train_config"]
 StageFn = Callable[[str, dict[str, Any]], None]
 #: ``on_train_log(arm, metrics row)``.
 TrainLogFn = Callable[[str, dict[str, Any]], None]
-ARMS = ("baseline", "lpl")
 
 
 def train_config(cfg: DemoConfig, arm: str):
@@ -116,9 +116,7 @@ def run_demo(
     cfg.validate()
     check_model_kind(cfg)
     if cfg.task == "t2i":
-        from lplkit.demo.t2i import run_t2i_demo
-
-        return run_t2i_demo(cfg, on_stage=on_stage, on_train_log=on_train_log)
+        return _run_t2i_demo(cfg, on_stage=on_stage, on_train_log=on_train_log)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     st: dict[str, dict[str, Any]] = {}
     st["encode"] = _timed("encode", on_stage, lambda: _encode(cfg))
@@ -134,6 +132,36 @@ def run_demo(
         "runs": {arm: str(cfg.run_dir(arm)) for arm in ARMS},
         "grid": st["compare"]["picture"],
         "samples": st["sample"]["lpl"]["out"],
+        "stages": st,
+        "total_seconds": sum(s["seconds"] for s in st.values()),
+    }
+
+
+def _run_t2i_demo(
+    cfg: DemoConfig,
+    *,
+    on_stage: StageFn | None = None,
+    on_train_log: TrainLogFn | None = None,
+) -> dict[str, Any]:
+    """Run (or finish) the t2i demo in ``cfg.out``/t2i; returns a JSON-serializable summary."""
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    st: dict[str, dict[str, Any]] = {}
+    st["encode"] = _timed("encode", on_stage, lambda: _encode(cfg))
+    st["stats"] = _timed("stats", on_stage, lambda: _stats(cfg))
+    st["train"] = _timed("train", on_stage, lambda: _train(cfg, on_train_log))
+    st["sample"] = _timed("sample", on_stage, lambda: t2i.sample_stage(cfg))
+    st["eval"] = _timed("eval", on_stage, lambda: _eval(cfg, st["sample"]))
+    st["adherence"] = _timed("adherence", on_stage, lambda: t2i.adherence_stage(cfg, st["sample"]))
+    st["compare"] = _timed("compare", on_stage, lambda: t2i.compare_stage(cfg, st["sample"]))
+    return {
+        "config": asdict(cfg),
+        "task": "t2i",
+        "store": str(cfg.store),
+        "test_store": str(cfg.test_store),
+        "runs": {arm: str(cfg.run_dir(arm)) for arm in ARMS},
+        "grid": st["compare"]["picture"],
+        "samples": st["sample"]["lpl"]["npz"],
+        "prompts": st["sample"]["prompts"],
         "stages": st,
         "total_seconds": sum(s["seconds"] for s in st.values()),
     }

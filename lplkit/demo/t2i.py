@@ -1,4 +1,4 @@
-"""The text-to-image demo (``lplkit demo --task t2i``): the class demo's protocol with prompts.
+"""The text-to-image demo's own stages (``lplkit demo --task t2i``, run by `lplkit.demo.run`).
 
 Stages (files under ``OUT/t2i/``):
 
@@ -24,19 +24,26 @@ Stages (files under ``OUT/t2i/``):
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lplkit.demo.adherence import adherence, nearest, qualifying
-from lplkit.demo.config import DemoConfig
+from lplkit.demo.config import ARMS, DemoConfig
 from lplkit.demo.prompt_sampling import sample_prompts
-from lplkit.demo.run import ARMS, StageFn, TrainLogFn, _encode, _eval, _stats, _timed, _train
 from lplkit.diffusion.image_files import save_grid, save_npz
 
-__all__ = ["FIXED_PROMPTS", "PICTURE_COLUMNS", "run_t2i_demo"]
+__all__ = [
+    "FIXED_PROMPTS",
+    "PICTURE_COLUMNS",
+    "adherence_of",
+    "adherence_stage",
+    "compare_stage",
+    "sample_stage",
+    "store_captions",
+    "train_references",
+]
 
 #: The picture's default prompts: names of held-out (test split) glyphs whose name family has
 #: training glyphs (tests/unit/demo/test_t2i_prompts.py checks both).
@@ -51,36 +58,6 @@ FIXED_PROMPTS: tuple[str, ...] = (
     "earth globe europe-africa",
 )
 PICTURE_COLUMNS = 4  # noise draws per prompt and arm
-
-
-def run_t2i_demo(
-    cfg: DemoConfig,
-    *,
-    on_stage: StageFn | None = None,
-    on_train_log: TrainLogFn | None = None,
-) -> dict[str, Any]:
-    """Run (or finish) the t2i demo in ``cfg.out``/t2i; returns a JSON-serializable summary."""
-    cfg.root.mkdir(parents=True, exist_ok=True)
-    st: dict[str, dict[str, Any]] = {}
-    st["encode"] = _timed("encode", on_stage, lambda: _encode(cfg))
-    st["stats"] = _timed("stats", on_stage, lambda: _stats(cfg))
-    st["train"] = _timed("train", on_stage, lambda: _train(cfg, on_train_log))
-    st["sample"] = _timed("sample", on_stage, lambda: _sample(cfg))
-    st["eval"] = _timed("eval", on_stage, lambda: _eval(cfg, st["sample"]))
-    st["adherence"] = _timed("adherence", on_stage, lambda: _adherence(cfg, st["sample"]))
-    st["compare"] = _timed("compare", on_stage, lambda: _compare(cfg, st["sample"]))
-    return {
-        "config": asdict(cfg),
-        "task": "t2i",
-        "store": str(cfg.store),
-        "test_store": str(cfg.test_store),
-        "runs": {arm: str(cfg.run_dir(arm)) for arm in ARMS},
-        "grid": st["compare"]["picture"],
-        "samples": st["sample"]["lpl"]["npz"],
-        "prompts": st["sample"]["prompts"],
-        "stages": st,
-        "total_seconds": sum(s["seconds"] for s in st.values()),
-    }
 
 
 def store_captions(store: str | Path) -> list[str]:
@@ -98,7 +75,7 @@ def eval_prompts(cfg: DemoConfig) -> list[str]:
     return [held_out[i % len(held_out)] for i in range(cfg.n_samples)]
 
 
-def _sample(cfg: DemoConfig) -> dict[str, Any]:
+def sample_stage(cfg: DemoConfig) -> dict[str, Any]:
     evals = eval_prompts(cfg)
     prompts = list(cfg.prompts) or list(FIXED_PROMPTS)
     picture = [p for p in prompts for _ in range(PICTURE_COLUMNS)]
@@ -155,7 +132,7 @@ def adherence_of(
     return res
 
 
-def _adherence(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
+def adherence_stage(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
     refs, names = train_references(cfg.store, cfg.device)
     prompts = samples["eval_prompts"]
     out: dict[str, Any] = {}
@@ -165,7 +142,7 @@ def _adherence(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _compare(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
+def compare_stage(cfg: DemoConfig, samples: dict[str, Any]) -> dict[str, Any]:
     """A row per prompt: its text, the baseline's images, the LPL arm's (same noise per column)."""
     from PIL import Image, ImageDraw
 

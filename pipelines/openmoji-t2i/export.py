@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "lplkit" / "assets" / "openmoji-t2i-base")
     ap.add_argument("--eval", type=Path, action="append", default=[], help="report.py outputs")
     ap.add_argument("--command", required=True, help="the train command that made the run")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the run, if known")
     args = ap.parse_args()
     rows = [json.loads(x) for x in (args.run / "metrics.jsonl").read_text().splitlines() if x]
     import diffusers
