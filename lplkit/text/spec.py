@@ -4,6 +4,7 @@ no torch or transformers import, so the CLI can show and check them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from lplkit.errors import ConfigError
@@ -48,8 +49,6 @@ def bundled_path(name: str) -> Path | None:
     """The package directory of a bundled encoder name, None for any other spec."""
     if name not in BUNDLED_TEXT_ENCODERS:
         return None
-    from importlib import resources
-
     return Path(str(resources.files("lplkit") / "assets" / BUNDLED_TEXT_ENCODERS[name]))
 
 
