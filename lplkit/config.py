@@ -149,6 +149,7 @@ class ConfigFlag:
         required: the command needs it although the library field has a default (``--res``).
         repeat: a list field whose flag may be given several times (``--text-encoder A
             --text-encoder B``); each value may also hold comma-separated items.
+        whole: a `repeat` flag whose values are taken whole, commas included (``--prompt``).
     """
 
     key: str
@@ -158,6 +159,7 @@ class ConfigFlag:
     name: str | None = None
     required: bool = False
     repeat: bool = False
+    whole: bool = False
 
     @property
     def param(self) -> str:
@@ -216,6 +218,9 @@ def flag_values(flags: Iterable[ConfigFlag], args: Sequence[str]) -> dict[str, A
         value = inline if inline else next(it, None)
         if value is None:
             raise ConfigError(f"{flag} expects a value")
+        if row.whole:  # every value one item, commas included
+            out.setdefault(row.param, []).append(value)
+            continue
         if row.repeat and row.param in out:
             value = f"{out[row.param]},{value}"
         out[row.param] = value

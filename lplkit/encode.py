@@ -25,6 +25,8 @@ every rank then raises `Preempted` (exit 75) and the same command resumes. Ctrl-
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import time
 from collections import Counter, deque
@@ -35,7 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lplkit.autoencoders.loading import (
     autoencoder_info,
@@ -45,8 +47,8 @@ from lplkit.autoencoders.loading import (
     missing_vae_message,
 )
 from lplkit.data.background import background
-from lplkit.data.prepared import PreparedSample, PreparedSource, collate_prepared
-from lplkit.data.sources import ImageSource, LimitedSource, resolve_source
+from lplkit.data.prepared import ImageSizes, PreparedSample, PreparedSource, collate_prepared
+from lplkit.data.sources import ImageSource, LimitedSource, SubsetSource, resolve_source
 from lplkit.data.transforms import MIN_IMAGE_SIDE, hflip, to_unit_range
 from lplkit.distributed import DistContext, resolve_device
 from lplkit.errors import (
@@ -59,6 +61,8 @@ from lplkit.errors import (
 )
 from lplkit.preemption import StopRequest, stop_signals
 from lplkit.store import format as fmt
+from lplkit.store.bucketed import BucketedWriter, bucketed_manifest
+from lplkit.store.buckets import Bucket, assign_bucket, bucket_sizes, bucket_url, buckets_of
 from lplkit.store.encode_config import AUTOCAST_DTYPES, EncodeConfig
 from lplkit.store.text import check_compatible
 from lplkit.store.writer import StoreWriter
@@ -184,9 +188,9 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
         source, vae, info = ctx.rank0_first(lambda: _load(cfg, vae_spec, device))
         texts = ctx.rank0_first(lambda: _load_text(cfg, source, device))
         if texts and ctx.rank == 0:  # an existing store's encoder of that name: refused up front
-            existing = _existing_manifest(cfg.out)
-            for text_cfg, te in texts:
-                check_compatible(cfg.out, existing, text_cfg.name, te.entry(text_cfg.text_dtype))
+            for url, existing in _existing_manifests(cfg.out):
+                for text_cfg, te in texts:
+                    check_compatible(url, existing, text_cfg.name, te.entry(text_cfg.text_dtype))
         f = info["downsample_factor"]
         if cfg.res % f:
             raise ConfigError(f"--res {cfg.res} is not a multiple of the autoencoder's factor {f}")
@@ -203,13 +207,34 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             shard_mb=cfg.shard_mb,
             classes=source.class_names,
         )
-        writer = ctx.rank0_first(
-            lambda: StoreWriter.create_or_resume(
-                cfg.out, manifest, rank=ctx.rank, world_size=ctx.world_size
+        writer: StoreWriter | BucketedWriter
+        if cfg.buckets is None:
+            writer = ctx.rank0_first(
+                lambda: StoreWriter.create_or_resume(
+                    cfg.out, manifest, rank=ctx.rank, world_size=ctx.world_size
+                )
             )
-        )
+            parts: list[_Part] = [(writer, source, latent, None)]
+        else:  # sizes checked (one line, exit 2) before the pre-pass and before any write
+            sizes = bucket_sizes(cfg.buckets, cfg.res, step=cfg.bucket_step,
+                                 max_aspect=cfg.max_aspect, multiple=f * cfg.patch_multiple)  # fmt: skip
+            buckets, members = _bucket_plan(cfg, ctx, source, sizes, latent[0], f)
+            writer = ctx.rank0_first(
+                lambda: BucketedWriter.create_or_resume(
+                    cfg.out, bucketed_manifest(manifest, buckets), rank=ctx.rank,
+                    world_size=ctx.world_size, shard_size=cfg.shard_size, shard_mb=cfg.shard_mb,
+                )
+            )  # fmt: skip
+            if ctx.rank == 0 and writer.all_pending_shards():
+                writer.invalidate()
+            parts = [
+                (w, SubsetSource(source, members[b.id]), b.latent_shape, b.size)
+                for b, w in zip(buckets, writer.writers, strict=True)
+            ]
         try:
-            summary = _encode_shards(cfg, ctx, source, vae, writer, latent, device, progress, stop)
+            summary = _encode_shards(cfg, ctx, parts, vae, device, progress, stop)
+            summary.total = int(manifest["source"]["count"])
+            summary.shards_total = writer.n_shards
             # every rank reaches these collectives, a stopped one early; then all stop or finish
             # each rank counts its own pending shards from the markers it knows (no rank reads
             # another's markers; rank 0's finalize reads the ones it has not seen, once each)
@@ -234,7 +259,8 @@ def encode_dataset(cfg: EncodeConfig, progress: ProgressFn | None = None) -> Enc
             summary.completed = bool(ctx.broadcast(summary.completed))
             t_text = time.perf_counter()
             for text_cfg, te in texts:  # the images are in; rank 0 still holds the store lock
-                summary.text.append(_encode_text(cfg, ctx, text_cfg, te, stop))
+                for part in parts:  # a bucketed store: each bucket caches its own rows
+                    summary.text.append(_encode_text(cfg, ctx, text_cfg, te, stop, part[0].url))
             summary.text_s = time.perf_counter() - t_text
         except KeyboardInterrupt as exc:
             if isinstance(exc, Interrupted):
@@ -277,6 +303,71 @@ def _existing_manifest(url: str) -> Any:
         return None
 
 
+def _existing_manifests(url: str) -> list[tuple[str, Any]]:
+    """(url, manifest) of the store at `url`, or of each bucket of a bucketed one (whose text
+    encoders live in the buckets)."""
+    root = _existing_manifest(url)
+    buckets = buckets_of(root) if isinstance(root, dict) else None
+    if not buckets:
+        return [(url, root)]
+    return [(bucket_url(url, b.id), _existing_manifest(bucket_url(url, b.id))) for b in buckets]
+
+
+#: (writer, source, latent shape, bucket size (W, H) or None = square --res) of one store part
+_Part = tuple[StoreWriter, ImageSource, tuple[int, int, int], "tuple[int, int] | None"]
+
+#: Images per item of the bucket pre-pass (header reads only)
+SIZE_CHUNK = 64
+
+
+def _bucket_plan(
+    cfg: EncodeConfig,
+    ctx: DistContext,
+    source: ImageSource,
+    sizes: list[tuple[int, int]],
+    channels: int,
+    factor: int,
+) -> tuple[list[Bucket], list[list[int]]]:
+    """The pre-pass of `--buckets`: every image's size from its header (each rank reads every
+    world_size-th one, then all gather), its nearest bucket (`assign_bucket`; an image that
+    cannot be opened goes to the squarest bucket, where the encode records why it is skipped);
+    returns the non-empty buckets in aspect order, renumbered 0.., and each one's source
+    positions in source order."""
+    n = len(source)
+    mine = list(range(ctx.rank, n, ctx.world_size))
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    loader = DataLoader(
+        ImageSizes(SubsetSource(source, mine)),
+        batch_size=SIZE_CHUNK,
+        num_workers=min(workers, max(0, len(mine) // SIZE_CHUNK)),
+        collate_fn=list,
+    )
+    found = [size for batch in loader for size in batch]
+    image_sizes: list[tuple[int, int] | None] = [None] * n
+    for rank, got in enumerate(ctx.gather(found)):
+        image_sizes[rank :: ctx.world_size] = got
+    nearest = functools.lru_cache(maxsize=None)(lambda w, h: assign_bucket(sizes, w, h))
+    square = assign_bucket(sizes, 1, 1)
+    members: list[list[int]] = [[] for _ in sizes]
+    for p, size in enumerate(image_sizes):
+        if size is None:
+            members[square].append(p)
+        else:
+            g = math.gcd(*size)
+            members[nearest(size[0] // g, size[1] // g)].append(p)
+    buckets: list[Bucket] = []
+    out: list[list[int]] = []
+    start = 0
+    for k, rows in enumerate(members):
+        if rows:
+            w, h = sizes[k]
+            buckets.append(Bucket(len(buckets), (w, h), (channels, h // factor, w // factor),
+                                  len(rows), start))  # fmt: skip
+            out.append(rows)
+            start += len(rows)
+    return buckets, out
+
+
 def _load_text(
     cfg: EncodeConfig, source: ImageSource, device: torch.device
 ) -> list[tuple[Any, Any]]:
@@ -309,15 +400,16 @@ def _load_text(
 
 
 def _encode_text(
-    cfg: EncodeConfig, ctx: DistContext, text_cfg: Any, te: Any, stop: StopRequest
+    cfg: EncodeConfig, ctx: DistContext, text_cfg: Any, te: Any, stop: StopRequest, url: str
 ) -> dict[str, Any]:
-    """One text encoder over the finished store: each rank its own shards, rank 0 finalizes."""
+    """One text encoder over the finished store at `url` (the store, or one bucket of it): each
+    rank its own shards, rank 0 finalizes."""
     from lplkit.store.text import TextWriter
     from lplkit.text.cache import encode_text_into
 
     writer = ctx.rank0_first(
         lambda: TextWriter.create_or_resume(
-            cfg.out,
+            url,
             text_cfg.name,
             te.entry(text_cfg.text_dtype),
             rank=ctx.rank,
@@ -335,55 +427,92 @@ def _encode_text(
     return out
 
 
+class _PartsSource(Dataset):
+    """The prepared samples of several parts (the store, or each bucket) as one dataset for one
+    DataLoader: index `offsets[k] + i` is position `i` of part `k` (its `PreparedSample.position`
+    is `i`), so the workers start once for every bucket."""
+
+    def __init__(self, sources: list[PreparedSource]) -> None:
+        self.sources = sources
+        self.offsets = np.cumsum([0, *(len(src) for src in sources)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> PreparedSample:
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.sources[k][index - int(self.offsets[k])]
+
+
 def _encode_shards(
     cfg: EncodeConfig,
     ctx: DistContext,
-    source: ImageSource,
+    parts: list[_Part],
     vae: Any,
-    writer: StoreWriter,
-    latent: tuple[int, ...],
     device: torch.device,
     progress: ProgressFn | None,
     stop: StopRequest | None = None,
 ) -> EncodeSummary:
-    """Encode and write this rank's pending shards; returns this rank's counts. When `stop` is
-    requested it returns after the current batch: shards not yet filled are dropped (a resume
-    re-encodes them), the filled ones are written before it returns."""
-    shards = writer.pending_shards()
-    batches = shard_batches(writer, shards, cfg.batch_size)
-    total = sum(len(b) for b in batches)
+    """Encode and write this rank's pending shards of every part (the store; or each bucket, its
+    images at the bucket's size); returns this rank's counts. When `stop` is requested it returns
+    after the current batch: shards not yet filled are dropped (a resume re-encodes them), the
+    filled ones are written before it returns."""
+    pending = [w.pending_shards() for w, *_ in parts]
+    per_part = [shard_batches(w, shards, cfg.batch_size)
+                for (w, *_), shards in zip(parts, pending, strict=True)]  # fmt: skip
+    total = sum(len(b) for batches in per_part for b in batches)
     summary = EncodeSummary(
         store=str(cfg.out),
-        total=writer.count,
+        total=sum(w.count for w, *_ in parts),
         encoded=0,
         skipped=0,
-        shards_total=writer.n_shards,
+        shards_total=sum(w.n_shards for w, *_ in parts),
         world_size=ctx.world_size,
         device=str(device),
     )
     reasons: Counter[str] = Counter()
-    items, parts = split_batches(batches, WORKER_CHUNK)
+    min_side = cfg.min_side or MIN_IMAGE_SIDE
+    dataset = _PartsSource(
+        [PreparedSource(src, cfg.res, min_side=min_side, size=size) for _, src, _, size in parts]
+    )
+    # loader indices = part offset + position; an autoencoder batch never spans two parts
+    batches = [[int(dataset.offsets[k]) + p for p in b]
+               for k, part_batches in enumerate(per_part) for b in part_batches]  # fmt: skip
+    batch_part = [k for k, part_batches in enumerate(per_part) for _ in part_batches]
+    items, n_items = split_batches(batches, WORKER_CHUNK)
     workers = default_workers() if cfg.workers is None else cfg.workers
     loader = DataLoader(
-        PreparedSource(source, cfg.res, min_side=cfg.min_side or MIN_IMAGE_SIDE),
+        dataset,
         batch_sampler=items,
         num_workers=workers,
         collate_fn=collate_prepared,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
     )
-    buffers = {s: _ShardBuffer(s, *writer.shard_range(s), latent, cfg.flip) for s in shards}
+    buffers = {
+        (k, s): _ShardBuffer(s, *w.shard_range(s), latent, cfg.flip)
+        for k, ((w, _, latent, _), shards) in enumerate(zip(parts, pending, strict=True))
+        for s in shards
+    }
     done = 0
     t_loop = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lplkit-shard-writer") as pool:
         writes: deque[Future] = deque(
-            [pool.submit(writer.warm_up)]
+            [pool.submit(parts[0][0].warm_up)]
         )  # while the first batch decodes
         # Receiving decoded items and moving them to the device run in a background thread, so
         # they overlap with the autoencoder; the workers are forked here, by this thread.
-        assembled = background(_assembled(iter(loader), parts, device), name="lplkit-encode-input")
-        encoded = _encoded_batches(_waited(assembled, summary), vae, cfg, latent)
-        for samples, moments, moments_flip in encoded:
+        assembled = background(
+            _assembled(iter(loader), n_items, device), name="lplkit-encode-input"
+        )
+        encoded = _encoded_batches(_waited(assembled, summary), vae, cfg)
+        for (samples, moments, moments_flip), k in zip(encoded, batch_part, strict=False):
+            writer, _, latent, _ = parts[k]
+            if moments is not None and tuple(moments.values.shape[2:]) != latent:
+                raise AutoencoderError(
+                    f"the autoencoder produced latents of shape {tuple(moments.values.shape[2:])}, "
+                    f"expected {latent} for --res {cfg.res}"
+                )
             for j, s in enumerate(samples):
                 if not s.ok:
                     if cfg.strict:
@@ -395,15 +524,15 @@ def _encode_shards(
                     summary.skipped += 1
                 else:
                     summary.encoded += 1
-                shard = s.position // writer.manifest["shard_size"]
-                k = -1 if moments is None else int(moments.index_of[j])
-                buffers[shard].put(
+                key = (k, s.position // writer.manifest["shard_size"])
+                i = -1 if moments is None else int(moments.index_of[j])
+                buffers[key].put(
                     s,
-                    None if moments is None or k < 0 else moments.values[k],
-                    None if k < 0 or moments_flip is None else moments_flip[k],
+                    None if moments is None or i < 0 else moments.values[i],
+                    None if i < 0 or moments_flip is None else moments_flip[i],
                 )
-                if buffers[shard].missing == 0:
-                    buf = buffers.pop(shard)
+                if buffers[key].missing == 0:
+                    buf = buffers.pop(key)
                     writes.append(pool.submit(_write, writer, buf))
                     summary.shards_written += 1
                     while len(writes) > 1:  # bound memory: at most one shard queued behind
@@ -446,7 +575,6 @@ def _encoded_batches(
     batches: Iterator[tuple[list[PreparedSample], torch.Tensor | None]],
     vae: Any,
     cfg: EncodeConfig,
-    latent: tuple[int, ...],
 ) -> Generator[tuple[list[PreparedSample], _Moments | None, np.ndarray | None], None, None]:
     """Encode batches one step ahead of their consumer: batch k+1 is queued on the device before
     batch k's results are copied back, so a GPU never idles on the host-side bookkeeping."""
@@ -461,11 +589,6 @@ def _encoded_batches(
                     mean, std = encode_moments(vae, torch.cat([x, hflip(x)]))
                 else:
                     mean, std = encode_moments(vae, x)
-            if tuple(mean.shape[1:]) != latent:
-                raise AutoencoderError(
-                    f"the autoencoder produced latents of shape {tuple(mean.shape[1:])}, "
-                    f"expected {latent} for --res {cfg.res}"
-                )
             launched = torch.stack([mean, std], dim=1).to("cpu", non_blocking=True)
             if device.type == "cuda":  # marks the end of this batch's copy back, not later work
                 copied = torch.cuda.Event()

@@ -1,5 +1,8 @@
 """A trained run -> a diffusers ``DiTPipeline`` directory (``DiTPipeline.from_pretrained(DIR)``).
 
+Text runs go to ``PixArtSigmaPipeline`` / ``StableDiffusion3Pipeline`` (`lplkit.export_text`),
+with the same ``vae/`` fold and scheduler choice as below.
+
 What is written (``save_pretrained`` layout):
 
 - ``transformer/``: the run's ``DiTTransformer2DModel`` (EMA weights by default). ``DiTPipeline`` uses
@@ -25,7 +28,9 @@ What is written (``save_pretrained`` layout):
   (an autoencoder without those convs gets them, identity plus the fold).
 - ``model_index.json`` with ``id2label`` from the store's class names (numbers when unknown).
 - ``lplkit.json``: the run's normalization and the autoencoder it was folded from, so that
-  ``lplkit train --init OUT`` re-imports the export with that normalization and identical weights.
+  ``lplkit train --init OUT`` re-imports the export with that normalization and identical weights;
+  for a run on a bucketed store also its ``buckets`` (sizes, latent shapes, rows), with a note that
+  the stock pipeline samples its square ``sample_size`` only.
 
 A run post-trained from a DiT checkpoint (``--init org/DiT-pipeline``) keeps the checkpoint's label
 layout (its 1001-row table, null id 1000) and its ``id2label``; a learned-sigma transformer is
@@ -41,6 +46,7 @@ Not representable by a stock pipeline (one line each, raised as ``ConfigError``)
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +211,53 @@ def _class_names(info: dict[str, Any], num_classes: int | None) -> tuple[dict[st
     return {str(i): str(names[i]) for i in range(num_classes)}, []
 
 
+def _flow_note(scheduler: Any, steps: int) -> str:
+    at = "any --steps" if hasattr(scheduler, "scale_model_input") else f"--steps {steps}"
+    return (f"flow: reproduces `lplkit sample --sampler euler` at {at} "
+            "(lplkit's Heun has no stock scheduler)")  # fmt: skip
+
+
+def _export_text(
+    run_dir: Path,
+    out: Path,
+    tcfg: Any,
+    info: dict[str, Any],
+    step: int,
+    ema: bool,
+    steps: int,
+    pipeline: str,
+    record: Sequence[Mapping[str, Any]],
+    **parts: Any,
+) -> dict[str, Any]:
+    """A text run's pipeline directory (`lplkit.export_text`) and its summary; ``record``: the
+    run's text encoders in the pipeline's order."""
+    from lplkit.export_text import export_text_pipeline, text_record
+
+    notes = export_text_pipeline(pipeline, record, out=out, **parts)
+    if tcfg.objective.kind == "flow":
+        notes.append(_flow_note(parts["scheduler"], steps))
+    extra = text_record(record, pipeline)
+    (out / EXPORT_RECORD).write_text(json.dumps(
+        {"normalization": info["normalization"], "autoencoder": info["store"]["autoencoder"],
+         "objective": info["objective"], "checkpoint_step": step, **extra},
+        indent=2, default=str) + "\n")  # fmt: skip
+    return {
+        "run_dir": str(run_dir),
+        "out": str(out),
+        "checkpoint_step": step,
+        "weights": "ema" if ema else "model",
+        "pipeline": pipeline,
+        "objective": tcfg.objective.kind,
+        "scheduler": type(parts["scheduler"]).__name__,
+        "steps": steps if tcfg.objective.kind == "flow" else None,
+        "text_encoders": [e.get("name") for e in record],
+        "call": extra["call"],
+        "normalization": info["normalization"]["source"],
+        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
+        "notes": notes,
+    }
+
+
 def export_run(
     run_dir: str | Path,
     out: str | Path,
@@ -213,8 +266,10 @@ def export_run(
     steps: int = 50,
     vae: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``run_dir``'s latest checkpoint as a ``DiTPipeline`` directory ``out``; returns a
-    JSON-able summary (what was written, the scheduler, ``notes`` on what the stock pipeline lacks).
+    """Write ``run_dir``'s latest checkpoint as a ``DiTPipeline`` directory ``out`` (a text run:
+    ``PixArtSigmaPipeline`` / ``StableDiffusion3Pipeline``, `lplkit.export_text`, refused before
+    anything is written when its encoders do not fit); returns a JSON-able summary (what was written,
+    the scheduler, ``notes`` on what the stock pipeline lacks; text runs add ``call``).
 
     ``steps`` only matters for flow runs (the exported Euler grid, see the module docstring).
     """
@@ -225,7 +280,16 @@ def export_run(
     if out.exists() and any(out.iterdir()) and not (out / "model_index.json").is_file():
         raise ConfigError(f"{out} exists and is not a pipeline directory; choose an empty --out")
     tcfg, info, model, step = load_run_model(run_dir, ema=ema)
-    transformer = _export_transformer(model)
+    text_pipeline = None
+    if model.family != "class":  # a text run: PixArtSigmaPipeline / StableDiffusion3Pipeline
+        from lplkit.export_text import check_text_encoders
+
+        text_pipeline, text_encoders = check_text_encoders(
+            model.family, str(model.spec.get("name")), info.get("text_encoders") or []
+        )
+        transformer: nn.Module = model.net
+    else:
+        transformer = _export_transformer(model)
 
     if vae is not None:
         tcfg.lpl.vae = vae
@@ -233,6 +297,10 @@ def export_run(
     nrm = info["normalization"]
     folded = fold_normalization(ae, list(nrm["shift"]), list(nrm["scale"]))
     scheduler = _scheduler(tcfg, steps)
+    if text_pipeline is not None:
+        return _export_text(run_dir, out, tcfg, info, step, ema, steps, text_pipeline,
+                            text_encoders, transformer=transformer, vae=folded,
+                            scheduler=scheduler)  # fmt: skip
     id2label, notes = _class_names(info, info["num_classes"])
     checkpoint_labels = (model.spec.get("diffusers") or {}).get("id2label")
     if checkpoint_labels and _keeps_layout(model):
@@ -241,9 +309,7 @@ def export_run(
             [],
         )  # the checkpoint's ids (see _export_transformer)
     if tcfg.objective.kind == "flow":
-        at = "any --steps" if hasattr(scheduler, "scale_model_input") else f"--steps {steps}"
-        notes.append(f"flow: reproduces `lplkit sample --sampler euler` at {at} "
-                     "(lplkit's Heun has no stock scheduler)")  # fmt: skip
+        notes.append(_flow_note(scheduler, steps))
         if not hasattr(scheduler, "scale_model_input"):
             notes.append(
                 "DiTPipeline calls scheduler.scale_model_input, which "
@@ -262,6 +328,14 @@ def export_run(
     # vae/ and the autoencoder it was folded from (lplkit.train.pipeline_init)
     record = {"normalization": nrm, "autoencoder": info["store"]["autoencoder"],
               "objective": info["objective"], "checkpoint_step": step}  # fmt: skip
+    if info.get("buckets"):  # trained on aspect-ratio buckets (lplkit.diffusion.patch_grid)
+        record["buckets"] = info["buckets"]
+        sizes = ", ".join(f"{b['size'][0]}x{b['size'][1]}" for b in info["buckets"])
+        notes.append(
+            f"trained on buckets {sizes}: DiTPipeline samples sample_size^2 latents only (and a "
+            "stock DiTTransformer2DModel unpatchifies square grids only); other sizes: "
+            "`lplkit sample --size WxH`"
+        )
     (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return {
         "run_dir": str(run_dir),

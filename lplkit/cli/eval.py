@@ -1,4 +1,5 @@
-"""`lplkit eval`: SWD per pyramid level, spectrum distance and (with Inception weights) FID."""
+"""`lplkit eval`: SWD per pyramid level, spectrum distance, (with Inception weights) FID and (with
+CLIP weights) the CLIP score against the samples' prompts."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def register(app: typer.Typer) -> None:
         EvalConfig, EVAL_FLAGS, command_extras(json_help="Print the results as JSON on stdout.")
     )
     def eval_command(**params: Any) -> None:
-        """Compare generated samples with references (SWD x1e3 per level, spectra, FID)."""
+        """Compare generated samples with references (SWD x1e3 per level, spectra, FID, CLIP score)."""
         from lplkit.metrics.evaluate import EvalOptions, evaluate
 
         json_out = params.pop("json_out")
@@ -77,6 +78,9 @@ def _print_table(result: dict) -> None:
     if "fid" in result:
         ff = floor.get("fid", {}).get("value") if floor is not None else None
         row(f"FID (ref: {result['fid']['ref_stats']})", result["fid"]["value"], ff, 3)
+    if "clip" in result:
+        clip = result["clip"]
+        row(f"CLIP score ({clip['model']}; {clip['clamped']} pairs at 0)", clip["score"], None, 3)
     table.caption = f"n = {result['samples']['n']} samples, {result['ref']['n']} references"
     if floor is not None:
         table.caption += f", floor: {floor['n']} held-out images from {floor['path']}"

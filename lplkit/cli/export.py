@@ -1,4 +1,5 @@
-"""`lplkit export`: a training run -> a diffusers `DiTPipeline` directory (docs/export.md)."""
+"""`lplkit export`: a training run -> a diffusers pipeline directory (docs/export.md): `DiTPipeline`
+for class runs, `PixArtSigmaPipeline` / `StableDiffusion3Pipeline` for text runs."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def register(app: typer.Typer) -> None:
         command_extras(config=False, json_help="Print what was written as JSON."),
     )
     def export_command(**params: Any) -> None:
-        """Write a DiTPipeline directory (`DiTPipeline.from_pretrained(OUT)`) of the run."""
+        """Write a diffusers pipeline directory of the run (DiTPipeline; text runs: PixArtSigmaPipeline
+        or StableDiffusion3Pipeline), loadable with `from_pretrained(OUT)`."""
         from lplkit.export import export_run
 
         json_out = params.pop("json_out")

@@ -75,11 +75,13 @@ def _print(info: dict) -> None:
         ("source", f"{src['id']} split={src['split']} revision={src['revision']}"),
         ("classes", _classes(m.get("classes"))),
         ("resolution / crop", f"{m['resolution']} / {m['crop']}"),
-        ("latent shape", " x ".join(map(str, m["latent_shape"]))),
+        ("latent shape", " x ".join(map(str, m["latent_shape"])) if not info.get("buckets")
+         else f"per bucket ({len(info['buckets'])} buckets, below)"),
         ("dtype / codec", f"{m['dtype']} / {m['codec']}"),
         ("flips", str(m["flips"])),
         ("samples", ", ".join(f"{k} {v}" for k, v in counts.items())),
-        ("shard / chunk", f"{m['shard_size']} / {m['chunk_size']} samples"),
+        ("shard / chunk", f"{m['shard_size']} / {m['chunk_size']} samples" if not info.get("buckets")
+         else "per bucket (below)"),
         ("lplkit version", m["lplkit_version"]),
         ("layout", str(info["layout_version"]) + (
             f" (xarray/dask need layout 2: run `{info['upgrade']}`)" if info["upgrade"] else "")),
@@ -87,6 +89,17 @@ def _print(info: dict) -> None:
     for row in rows:
         summary.add_row(*row)
     output.console.print(summary)
+    if info.get("buckets"):
+        table = Table(title="aspect-ratio buckets")
+        for col in ("bucket", "size (W x H)", "latent", "rows", "ok", "start", "shard / chunk",
+                    "on disk"):  # fmt: skip
+            table.add_column(col, justify="right")
+        for b in info["buckets"]:
+            table.add_row(str(b["id"]), f"{b['size'][0]} x {b['size'][1]}",
+                          "x".join(map(str, b["latent_shape"])), str(b["rows"]),
+                          str(b["counts"]["ok"]), str(b["start"]),
+                          f"{b['shard_size']} / {b['chunk_size']}", _size(b["stored_bytes"]))  # fmt: skip
+        output.console.print(table)
     sizes = Table(title="arrays")
     for col in ("array", "shape", "dtype", "logical", "on disk", "ratio"):
         sizes.add_column(col, justify="left" if col == "array" else "right")

@@ -89,17 +89,20 @@ def _default_text(flag: ConfigFlag, value: Any) -> str | None:
     return str(value)
 
 
-def range_callback(rng: Range | None, parse: Any = None) -> Callable[..., Any] | None:
+def range_callback(
+    rng: Range | None, parse: Any = None, whole: bool = False
+) -> Callable[..., Any] | None:
     """A typer callback raising `ConfigError` (one line, exit 2) naming the flag when the parsed
     value is outside `rng`; with `parse` (a sequence field's type) the text is first read as that
-    type (``1,2,3`` -> ``(1, 2, 3)``) so each item is checked; None when there is nothing to do."""
+    type (``1,2,3`` -> ``(1, 2, 3)``) so each item is checked; `whole`: each value of a repeated
+    flag is one item (commas kept); None when there is nothing to do."""
     if rng is None and parse is None:
         return None
 
     def check(param: typer.CallbackParam, value: Any) -> Any:
         flag = str(next((o for o in param.opts if o.startswith("--")), param.name))  # as declared
         if isinstance(value, list | tuple):  # a repeated flag: its values joined like commas
-            value = ",".join(map(str, value)) if value else None
+            value = (list(value) if whole else ",".join(map(str, value))) if value else None
         if parse is not None and value is not None:
             value = coerce(value, parse, flag)
         check_value(value, rng, flag)
@@ -201,7 +204,7 @@ def with_config_flags(
         help_text = f.help if shown is None else f"{f.help} [default: {shown}]"
         if required:
             help_text += " [required]"
-        callback = range_callback(field_range(cls, f.key), _sequence_type(tp))
+        callback = range_callback(field_range(cls, f.key), _sequence_type(tp), f.whole)
         if f.is_argument:
             default = typer.Argument(
                 None, help=help_text, callback=callback, metavar=f.decl, show_default=False

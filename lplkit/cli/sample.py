@@ -1,4 +1,5 @@
-"""`lplkit sample`: images from a training run's latest checkpoint (PNGs, a grid and an .npz)."""
+"""`lplkit sample`: images from a training run's latest checkpoint (PNGs, a grid and an .npz; a
+text run's prompts too)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ def register(app: typer.Typer) -> None:
                 cfg.run, out=cfg.out, ema=cfg.ema, n=cfg.n, steps=cfg.steps,
                 guidance=cfg.guidance, sampler=cfg.sampler, seed=cfg.seed,
                 labels=None if cfg.labels is None else list(cfg.labels),
+                prompts=None if cfg.prompts is None else list(cfg.prompts),
+                prompts_file=cfg.prompts_file, prompts_from_store=cfg.prompts_from_store,
                 batch_size=cfg.batch_size, device=cfg.device, vae=cfg.vae, progress=bar.update,
+                size=None if cfg.size is None else list(cfg.size),
             )  # fmt: skip
         if json_out:
             output.emit_json({**summary, "config": to_dict(cfg)})
@@ -50,10 +54,13 @@ def register(app: typer.Typer) -> None:
             "steps",
             "cfg",
             "seed",
+            "sizes",
             "images",
             "grid",
             "npz",
+            "prompts_json",
         ):
-            table.add_row(k, str(summary[k]))
+            if k in summary:
+                table.add_row(k, str(summary[k]))
         output.console.print(table)
         output.console.print(config_line("sample", cfg), soft_wrap=True, markup=False)

@@ -12,6 +12,12 @@ What a sample is:
 - key `U+1F600`, caption = the lower-cased Unicode name (`"grinning face"`; None for OpenMoji's
   private-use extras), label = a coarse class from the Unicode block (`CLASS_RANGES`).
 
+Layouts (issue #25, non-square images for aspect-ratio buckets): `--dataset openmoji:wide`,
+`openmoji:tall` and `openmoji:mixed` place each render (drawn at the canvas's short side) at the
+center of a white canvas of about `res x res` pixels in area with aspect 2:1 (wide), 1:2 (tall), or
+2:1, 1:1, 1:2 in turn by position (mixed): `canvas_size`, `place_on_canvas`. Plain `openmoji` is
+the square render.
+
 Splits: `test` holds every 10th glyph (positions 0, 10, 20, ... of the full sorted list), `train`
 the other nine tenths, `all` everything. The bundled tiny autoencoder was trained on `train` and
 its reconstruction PSNR is measured on `test`.
@@ -156,6 +162,32 @@ def render_glyph(
     return Image.alpha_composite(Image.new("RGBA", crop.size, "white"), crop).convert("RGB")
 
 
+#: `openmoji:LAYOUT` -> the canvas aspect (W, H) of position i: LAYOUTS[layout][i % len(...)]
+LAYOUTS: dict[str, tuple[tuple[int, int], ...]] = {
+    "square": ((1, 1),),
+    "wide": ((2, 1),),
+    "tall": ((1, 2),),
+    "mixed": ((2, 1), (1, 1), (1, 2)),
+}
+
+
+def canvas_size(res: int, aspect: tuple[int, int]) -> tuple[int, int]:
+    """(W, H) of a canvas of about res^2 pixels with W / H = aspect[0] / aspect[1]:
+    W = round(res * sqrt(a_w / a_h)), H = round(res * sqrt(a_h / a_w))."""
+    r = aspect[0] / aspect[1]
+    return round(res * r**0.5), round(res / r**0.5)
+
+
+def place_on_canvas(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`img` (RGB) pasted at the center of a white RGB canvas of `size` = (W, H), at offset
+    ((W - w) // 2, (H - h) // 2); `img` must fit."""
+    if img.size[0] > size[0] or img.size[1] > size[1]:
+        raise ValueError(f"an image of {img.size} does not fit a {size} canvas")
+    canvas = Image.new("RGB", size, "white")
+    canvas.paste(img, ((size[0] - img.size[0]) // 2, (size[1] - img.size[1]) // 2))
+    return canvas
+
+
 @register_source
 class OpenMojiSource(ImageSource):
     """OpenMoji glyphs as an indexable image source (see the module docstring for the details).
@@ -167,19 +199,29 @@ class OpenMojiSource(ImageSource):
             ADM center crop downstream is a no-op).
         split: `train` (9/10 of the glyphs), `test` (every 10th glyph) or `all`.
         margin: blank border on each side, as a fraction of `res`.
+        layout: `square` (res x res renders), `wide`, `tall` or `mixed` (`LAYOUTS`: the render
+            centered on a canvas of about res^2 pixels, 2:1 / 1:2 / by turns).
     """
 
     prefix = "openmoji"
     priority = 10  # like presets: a bare name, tried before folders and hub ids
 
-    def __init__(self, res: int = 64, *, split: str = "train", margin: float = 1 / 16) -> None:
+    def __init__(
+        self, res: int = 64, *, split: str = "train", margin: float = 1 / 16, layout: str = "square"
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise ConfigError(
+                f"openmoji: unknown layout {layout!r}; use openmoji or openmoji:LAYOUT with "
+                f"LAYOUT one of {', '.join(LAYOUTS)}"
+            )
         if split not in SPLITS:
             raise ConfigError(f"openmoji: unknown split {split!r}; use one of {', '.join(SPLITS)}")
         if res < 8:
             raise ConfigError(f"openmoji: --res {res} is too small to draw a glyph; use 8 or more")
         if not 0.0 <= margin < 0.5:
             raise ConfigError(f"openmoji: margin {margin} must be in [0, 0.5)")
-        self.source_id = "openmoji"
+        self.source_id = "openmoji" if layout == "square" else f"openmoji:{layout}"
+        self.layout = layout
         self.res = res
         self.split = split
         self.margin = margin
@@ -197,22 +239,35 @@ class OpenMojiSource(ImageSource):
 
     @classmethod
     def from_spec(cls, spec: str, *, split: str | None, options: SourceOptions) -> OpenMojiSource:
-        if spec not in ("", "openmoji"):
-            raise SourceError(f"openmoji: unexpected spec {spec!r}; use --dataset openmoji")
-        return cls(options.res or 64, split=split or "train")
+        if spec in ("", "openmoji"):
+            spec = "square"
+        if spec not in LAYOUTS:
+            raise SourceError(
+                f"openmoji: unexpected spec {spec!r}; use --dataset openmoji, or openmoji:LAYOUT "
+                f"with LAYOUT one of {', '.join(LAYOUTS)}"
+            )
+        return cls(options.res or 64, split=split or "train", layout=spec)
 
     def __len__(self) -> int:
         return len(self.glyphs)
 
+    def canvas(self, i: int) -> tuple[int, int]:
+        """(W, H) of sample `i`'s image (`LAYOUTS`, `canvas_size`)."""
+        aspects = LAYOUTS[self.layout]
+        return canvas_size(self.res, aspects[i % len(aspects)])
+
     def render(self, i: int) -> Image.Image:
-        """The RGB render of sample `i` (the image of record `i`)."""
-        return render_glyph(
+        """The RGB render of sample `i` (the image of record `i`): square at `res`, or drawn at
+        the canvas's short side and centered on it (`place_on_canvas`)."""
+        size = (self.res, self.res) if self.layout == "square" else self.canvas(i)
+        img = render_glyph(
             self.glyphs[i],
-            self.res,
+            min(size),
             path=self._path,
             units_per_em=self._units_per_em,
             margin=self.margin,
         )
+        return img if img.size == size else place_on_canvas(img, size)
 
     def label(self, i: int) -> int:
         """Coarse class index of sample `i` (see `CLASS_RANGES`)."""

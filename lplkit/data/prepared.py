@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import Dataset
 
 from lplkit.data.sources import ImageSource, open_image, safe_text
-from lplkit.data.transforms import MIN_IMAGE_SIDE, prepare_image
+from lplkit.data.transforms import MIN_IMAGE_SIDE, oriented_size, prepare_image
 from lplkit.errors import BadImageError
 
-__all__ = ["PreparedSample", "PreparedSource", "collate_prepared"]
+__all__ = ["ImageSizes", "PreparedSample", "PreparedSource", "collate_prepared"]
 
 
 @dataclass
@@ -26,7 +26,7 @@ class PreparedSample:
     """One position of the source, ready for the autoencoder (or skipped)."""
 
     position: int
-    x: torch.Tensor | None  # (3, res, res) uint8 pixels; None when skipped
+    x: torch.Tensor | None  # (3, res, res) (or (3, H, W) of a bucket) uint8 pixels; None: skipped
     row: dict[str, Any]  # index row: key, label, caption, orig size, crop box, status, reason
     origin: str  # the file / dataset row, for error messages
 
@@ -50,10 +50,18 @@ def skipped_row(key: str, label: int, caption: str | None, reason: str) -> dict[
 
 
 class PreparedSource(Dataset):
-    """`dataset[position] -> PreparedSample` for `source` at resolution `res`."""
+    """`dataset[position] -> PreparedSample` for `source` at resolution `res` (ADM crop), or at
+    `size` = (W, H) pixels (an aspect-ratio bucket: `cover_center_crop`)."""
 
-    def __init__(self, source: ImageSource, res: int, *, min_side: int = MIN_IMAGE_SIDE) -> None:
-        self.source, self.res, self.min_side = source, res, min_side
+    def __init__(
+        self,
+        source: ImageSource,
+        res: int,
+        *,
+        min_side: int = MIN_IMAGE_SIDE,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        self.source, self.res, self.min_side, self.size = source, res, min_side, size
 
     def __len__(self) -> int:
         return len(self.source)
@@ -67,7 +75,9 @@ class PreparedSource(Dataset):
             row = skipped_row(f"#{pos}", -1, None, reason)
             return PreparedSample(pos, None, row, where)
         try:
-            prepared = prepare_image(open_image(record), self.res, min_side=self.min_side)
+            prepared = prepare_image(
+                open_image(record), self.res, min_side=self.min_side, size=self.size
+            )
         except BadImageError as exc:
             row = skipped_row(record.key, record.label, record.caption, str(exc))
             return PreparedSample(pos, None, row, record.describe())
@@ -83,6 +93,27 @@ class PreparedSource(Dataset):
             "reason": None,
         }
         return PreparedSample(pos, prepared.pixels_CHW, row, record.describe())
+
+
+class ImageSizes(Dataset):
+    """`dataset[position] -> (width, height)` of the image after EXIF orientation, read from the
+    header (no decode), or None when it cannot be opened: the bucket pre-pass of `lplkit encode
+    --buckets` (the encode itself records why such an image is skipped)."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, pos: int) -> tuple[int, int] | None:
+        try:
+            img = open_image(self.source[pos])
+            size = oriented_size(img)
+            img.close()
+        except Exception:
+            return None
+        return size if min(size) > 0 else None
 
 
 def collate_prepared(

@@ -33,7 +33,7 @@ import importlib
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -187,6 +187,26 @@ class LimitedSource(ImageSource):
         if not 0 <= i < self.n:
             raise IndexError(f"position {i} out of range for the first {self.n} samples")
         return self.inner[i]
+
+
+class SubsetSource(ImageSource):
+    """Positions `positions` of another source, in that order (an aspect-ratio bucket's images:
+    position i of the subset is `positions[i]` of `inner`)."""
+
+    def __init__(self, inner: ImageSource, positions: Sequence[int]) -> None:
+        self.inner, self.positions = inner, [int(p) for p in positions]
+        self.source_id, self.split = inner.source_id, inner.split
+        self.revision, self.class_names = inner.revision, inner.class_names
+
+    @classmethod
+    def from_spec(cls, spec: str, *, split: str | None, options: SourceOptions) -> ImageSource:
+        raise SourceError("SubsetSource wraps another source; it is not resolved from a spec")
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> Record:
+        return self.inner[self.positions[i]]
 
 
 def register_source(cls: type[ImageSource]) -> type[ImageSource]:

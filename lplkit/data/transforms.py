@@ -35,8 +35,11 @@ __all__ = [
     "adm_center_crop",
     "adm_resized_size",
     "check_resize_work",
+    "cover_center_crop",
+    "cover_resized_size",
     "hflip",
     "load_checked",
+    "oriented_size",
     "prepare_image",
     "to_pixels",
     "to_rgb",
@@ -127,12 +130,41 @@ def adm_resized_size(size: tuple[int, int], res: int) -> tuple[int, int]:
     return round(w * scale), round(h * scale)
 
 
-def check_resize_work(size: tuple[int, int], res: int) -> None:
-    """`BadImageError` when resizing an image of `size` for `res` would produce more pixels than
-    `PIL.Image.MAX_IMAGE_PIXELS` (None: no bound), e.g. an extremely wide strip whose short side is
-    scaled up to `res`."""
+def cover_resized_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) that `cover_center_crop` resizes an image of `size` to for a `target` =
+    (W, H) crop: ADM's rule (module docstring) with a W x H window instead of res x res:
+
+    1. while w >= 2W and h >= 2H: w, h <- w // 2, h // 2 (BOX);
+    2. s = max(W / w, H / h) (the smallest scale whose image covers the window: never a stretch);
+       resize to (max(W, round(w * s)), max(H, round(h * s))).
+
+    For W = H = res this is `adm_resized_size`."""
+    (w, h), (tw, th) = size, target
+    while w >= 2 * tw and h >= 2 * th:
+        w, h = w // 2, h // 2
+    scale = max(tw / w, th / h)
+    return max(tw, round(w * scale)), max(th, round(h * scale))
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of a lazily opened image after its EXIF orientation (what `load_checked`
+    returns), read from the header without decoding the pixels."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112)
+    except Exception:  # a damaged EXIF block: the decode reports the image, if anything
+        orientation = None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def check_resize_work(
+    size: tuple[int, int], res: int, target: tuple[int, int] | None = None
+) -> None:
+    """`BadImageError` when resizing an image of `size` for `res` (or a `target` (W, H) bucket)
+    would produce more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (None: no bound), e.g. an
+    extremely wide strip whose short side is scaled up to `res`."""
     limit = Image.MAX_IMAGE_PIXELS
-    rw, rh = adm_resized_size(size, res)
+    rw, rh = adm_resized_size(size, res) if target is None else cover_resized_size(size, target)
     if limit is not None and rw * rh > limit:
         raise BadImageError(
             f"resize too large: {size[0]}x{size[1]} px would be resized to {rw}x{rh} = {rw * rh} px "
@@ -154,6 +186,23 @@ def adm_center_crop(img: Image.Image, res: int) -> tuple[Image.Image, CropBox]:
     left = (img.size[0] - res) // 2
     top = (img.size[1] - res) // 2
     box = (left, top, left + res, top + res)
+    return img.crop(box), box
+
+
+def cover_center_crop(img: Image.Image, target: tuple[int, int]) -> tuple[Image.Image, CropBox]:
+    """Resize `img` (RGB) to cover a `target` = (W, H) window keeping its aspect ratio, then crop
+    the window at the center: the aspect-ratio bucket crop (equations: `cover_resized_size`; the
+    window's top-left is ((w' - W) // 2, (h' - H) // 2) in the resized w' x h' image). For a
+    square target it equals `adm_center_crop`."""
+    tw, th = target
+    if tw <= 0 or th <= 0:
+        raise ValueError(f"crop size must be positive, got {target}")
+    while img.size[0] >= 2 * tw and img.size[1] >= 2 * th:
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.Resampling.BOX)
+    img = img.resize(cover_resized_size(img.size, target), resample=Image.Resampling.BICUBIC)
+    left = (img.size[0] - tw) // 2
+    top = (img.size[1] - th) // 2
+    box = (left, top, left + tw, top + th)
     return img.crop(box), box
 
 
@@ -186,7 +235,7 @@ def hflip(x: torch.Tensor) -> torch.Tensor:
 class PreparedImage:
     """One decoded, cropped image ready for the autoencoder."""
 
-    pixels_CHW: torch.Tensor  # uint8, res x res
+    pixels_CHW: torch.Tensor  # uint8, res x res (or H x W of a bucket size)
     orig_size: tuple[int, int]  # (width, height) after EXIF orientation, before any resize
     crop_box: CropBox
 
@@ -196,14 +245,21 @@ class PreparedImage:
         return to_unit_range(self.pixels_CHW)
 
 
-def prepare_image(img: Image.Image, res: int, *, min_side: int = MIN_IMAGE_SIDE) -> PreparedImage:
-    """Decode check + EXIF + RGB + ADM crop + uint8 tensor (what a DataLoader worker runs)."""
+def prepare_image(
+    img: Image.Image,
+    res: int,
+    *,
+    min_side: int = MIN_IMAGE_SIDE,
+    size: tuple[int, int] | None = None,
+) -> PreparedImage:
+    """Decode check + EXIF + RGB + ADM crop (or, with `size` = (W, H), the bucket crop
+    `cover_center_crop`) + uint8 tensor (what a DataLoader worker runs)."""
     if min(img.size) >= min_side:  # a smaller one is "too small" (load_checked)
-        try:
-            check_resize_work(img.size, res)  # before decoding: the size is in the header
+        try:  # before decoding: the size is in the header
+            check_resize_work(img.size if size is None else oriented_size(img), res, size)
         except BadImageError:
             img.close()  # never decoded: release the file now
             raise
     rgb = load_checked(img, min_side=min_side)
-    cropped, box = adm_center_crop(rgb, res)
+    cropped, box = adm_center_crop(rgb, res) if size is None else cover_center_crop(rgb, size)
     return PreparedImage(to_pixels(cropped), rgb.size, box)

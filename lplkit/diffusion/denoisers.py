@@ -26,6 +26,10 @@ table's own random label dropout (global RNG, train mode only) is switched off: 
 the label-drop mask of each global batch from its seeded per-step generator (`lplkit.train.loop`), so
 runs stay reproducible.
 
+Latent shapes: a model is built for ``sample_size`` (a square side) and runs on any ``h x w`` grid
+its patch / downsampling divides (aspect-ratio buckets): which diffusers model needs what, and
+lplkit's fix of DiT's square-only unpatchify, are in `lplkit.diffusion.patch_grid`.
+
 Text-to-image models (``text`` given at build: ``{"tokens", "states_dim", "pooled_dim"}`` of the
 cached encoder(s), `lplkit.diffusion.text_conditioning`) take ``text={"states", "mask"[, "pooled"]}``
 instead of labels:
@@ -53,6 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lplkit.diffusion.patch_grid import any_grid
 from lplkit.errors import ConfigError
 
 __all__ = [
@@ -280,7 +285,7 @@ def wrap_diffusers(
     }
     if label_map is not None:
         spec["label_map"] = list(label_map)
-    return Denoiser(net, spec=spec, num_classes=num_classes, label_map=label_map)
+    return Denoiser(any_grid(net), spec=spec, num_classes=num_classes, label_map=label_map)
 
 
 def build_from_spec(spec: dict[str, Any]) -> Denoiser:
@@ -337,7 +342,7 @@ def _dit(
         "sample_size": sample_size,
         "num_classes": num_classes,
     }
-    return Denoiser(net, spec=spec, num_classes=num_classes)
+    return Denoiser(any_grid(net), spec=spec, num_classes=num_classes)
 
 
 def _register_dit(size: str, patch: int) -> None:

@@ -26,6 +26,12 @@ class SampleConfig:
     seed: int = ranged(0, ge=0)
     # class ids cycled to n (each also < the run's class count, checked against the run)
     labels: tuple[int, ...] | None = ranged(None, ge=0)
+    # text runs: the prompts, cycled to n (one source of the three)
+    prompts: tuple[str, ...] | None = None
+    prompts_file: str | None = None  # one prompt per line
+    prompts_from_store: str | None = None  # captions of a held-out store's rows (seeded pick)
+    # image sizes WxH in pixels, each one of the run's store buckets; None: the run's default
+    size: tuple[str, ...] | None = None
     out: str | None = None  # None: RUN/samples/step_<step>/
     batch_size: int = ranged(32, ge=1, le=MAX_BATCH)
     vae: str | None = None
@@ -45,7 +51,31 @@ SAMPLE_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("guidance", "--cfg", "Classifier-free guidance weight.", aliases=("--guidance",)),
     ConfigFlag("sampler", "--sampler", "ddim (eps/v) or euler/heun (flow); default by objective."),
     ConfigFlag("seed", "--seed", "Seed of the initial noise."),
-    ConfigFlag("labels", "--labels", "Comma-separated class ids (cycled to N); default 0,1,2,..."),
+    ConfigFlag(
+        "labels",
+        "--labels",
+        "Class runs: comma-separated class ids (cycled to N); default 0,1,2,...",
+    ),
+    ConfigFlag(
+        "prompts",
+        "--prompt",
+        "Text runs: a prompt (repeat for several; cycled to N).",
+        repeat=True,
+        whole=True,
+    ),
+    ConfigFlag("prompts_file", "--prompts", "Text runs: a file of prompts, one per line."),
+    ConfigFlag(
+        "prompts_from_store",
+        "--prompts-from-store",
+        "Text runs: the captions of N rows (seeded pick) of a held-out store, e.g. one encoded "
+        "from the test split.",
+    ),
+    ConfigFlag(
+        "size",
+        "--size",
+        "Image size(s) WxH in pixels, comma-separated, each one of the run's store buckets "
+        "(N images per size); default: the run's default size.",
+    ),
     ConfigFlag("out", "--out", "Output dir (default RUN/samples/)."),
     ConfigFlag("batch_size", "--batch-size", "Images per model batch."),
     ConfigFlag("vae", "--vae", "Override the autoencoder."),

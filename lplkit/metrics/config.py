@@ -19,10 +19,11 @@ class EvalConfig:
     samples: str
     ref: str
     floor: str | None = None
-    metrics: str = "swd,spectrum"  # comma list of swd, spectrum, fid
+    metrics: str = "swd,spectrum"  # comma list of swd, spectrum, fid, clip
     n: int | None = ranged(None, ge=1)  # None: every image
     seed: int = ranged(0, ge=0)
     inception: str | None = None
+    clip_model: str | None = None  # CLIPModel dir or cached hub id: adds the CLIP score
     batch_size: int = ranged(64, ge=1, le=MAX_BATCH)
     device: str = "cpu"
     swd_dirs: int = ranged(512, ge=1, le=1 << 16)  # SWDConfig.dirs_per_repeat
@@ -41,10 +42,16 @@ EVAL_FLAGS: tuple[ConfigFlag, ...] = (
         "Held-out real images (e.g. the test split's store): also report their metrics against "
         "--ref, the floor a perfect model reaches, and samples/floor per SWD level.",
     ),
-    ConfigFlag("metrics", "--metrics", "Comma list of swd, spectrum, fid."),
+    ConfigFlag("metrics", "--metrics", "Comma list of swd, spectrum, fid, clip."),
     ConfigFlag("n", "--n", "Max images per set (seeded random subset)."),
     ConfigFlag("seed", "--seed", "Seed for subsets, SWD patches and directions."),
     ConfigFlag("inception", "--inception", "inception-2015-12-05.pt TorchScript file (for fid)."),
+    ConfigFlag(
+        "clip_model",
+        "--clip-model",
+        "CLIP score against the samples' prompts.json: a CLIPModel + CLIPProcessor directory, or "
+        "a hub id in the local cache (never downloaded).",
+    ),
     ConfigFlag("batch_size", "--batch-size", "Images per batch."),
     ConfigFlag("device", "--device", "torch device (decoding, features, SWD)."),
     ConfigFlag("swd_dirs", "--swd-dirs", "SWD random directions per repeat."),

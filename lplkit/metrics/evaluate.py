@@ -1,4 +1,5 @@
-"""`evaluate()`: compare generated samples with references by SWD, spectra and (optionally) FID.
+"""`evaluate()`: compare generated samples with references by SWD, spectra and (optionally) FID,
+and score them against their prompts (CLIP score, `lplkit.metrics.clip_score`).
 
 Both sets are streamed batch by batch through every requested metric, so images are never all in
 memory; SWD keeps its 7x7 descriptors (~75 kB per image per pyramid level, float32), FID keeps
@@ -17,6 +18,7 @@ import torch
 
 from lplkit.config import check_fields
 from lplkit.errors import ConfigError, EvaluationError
+from lplkit.metrics.clip_score import ClipScorer, find_prompts, prompts_for
 from lplkit.metrics.config import EvalConfig
 from lplkit.metrics.frechet import GaussianStats, frechet_distance
 from lplkit.metrics.image_sets import ImageSet, NpzImages, open_image_set, select
@@ -24,7 +26,7 @@ from lplkit.metrics.inception import find_inception, inception_features, load_in
 from lplkit.metrics.spectrum import PowerSpectrum, spectrum_distance
 from lplkit.metrics.swd import SWDConfig, SWDDescriptors, swd_between
 
-METRICS = ("swd", "spectrum", "fid")
+METRICS = ("swd", "spectrum", "fid", "clip")
 DEFAULT_METRICS = ("swd", "spectrum")
 Progress = Callable[[str, int, int], None]  # (role, images done, images total)
 
@@ -39,6 +41,7 @@ class EvalOptions:
     batch_size: int = 64
     device: str = "cpu"
     inception: str | Path | None = None
+    clip_model: str | None = None  # CLIPModel dir or cached hub id; adds "clip" to the metrics
     swd: SWDConfig = field(default_factory=SWDConfig)
     spectrum_mode: str = "gray"
 
@@ -48,6 +51,7 @@ class EvalOptions:
         return cls(
             metrics=parse_metrics(cfg.metrics), n=cfg.n, seed=cfg.seed,
             batch_size=cfg.batch_size, device=cfg.device, inception=cfg.inception,
+            clip_model=cfg.clip_model,
             swd=SWDConfig(dirs_per_repeat=cfg.swd_dirs, dir_repeats=cfg.swd_repeats),
             spectrum_mode=cfg.spectrum_mode,
         )  # fmt: skip
@@ -66,7 +70,15 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
 class _SetAccumulator:
     """Feeds one image set's batches to the requested metrics."""
 
-    def __init__(self, opts: EvalOptions, metrics: tuple[str, ...], inception: Any) -> None:
+    def __init__(
+        self,
+        opts: EvalOptions,
+        metrics: tuple[str, ...],
+        inception: Any,
+        clip: tuple[ClipScorer, list[str]] | None = None,
+    ) -> None:
+        self.clip = clip  # (scorer, the prompt of each image of the set)
+        self.clip_scores: list[np.ndarray] = []
         self.swd = SWDDescriptors(opts.swd, seed=opts.seed) if "swd" in metrics else None
         self.spectrum = PowerSpectrum(opts.spectrum_mode) if "spectrum" in metrics else None
         self.inception = inception
@@ -74,8 +86,10 @@ class _SetAccumulator:
         self.device = opts.device
         self.size: tuple[int, int] | None = None
 
-    def update(self, images_NHWC: np.ndarray) -> None:
-
+    def update(self, images_NHWC: np.ndarray, indices: np.ndarray) -> None:
+        if self.clip is not None:
+            scorer, prompts = self.clip
+            self.clip_scores.append(scorer.scores(images_NHWC, [prompts[i] for i in indices]))
         x = torch.from_numpy(np.ascontiguousarray(images_NHWC)).permute(0, 3, 1, 2)
         self.size = (int(x.shape[-2]), int(x.shape[-1]))
         x = x.to(self.device)
@@ -96,7 +110,8 @@ def _stream(
     progress: Progress | None,
 ) -> None:
     for start in range(0, len(indices), batch_size):
-        acc.update(images.read(indices[start : start + batch_size]))
+        batch = indices[start : start + batch_size]
+        acc.update(images.read(batch), batch)
         if progress is not None:
             progress(role, min(start + batch_size, len(indices)), len(indices))
 
@@ -120,6 +135,18 @@ def evaluate(
     check_fields(EvalConfig, "eval", n=opts.n, seed=opts.seed, batch_size=opts.batch_size,
                  swd_dirs=opts.swd.dirs_per_repeat, swd_repeats=opts.swd.dir_repeats)  # fmt: skip
     metrics = parse_metrics(opts.metrics)
+    if opts.clip_model and "clip" not in metrics:
+        metrics = (*metrics, "clip")
+    scorer = None
+    if "clip" in metrics:  # weights and prompts checked before any decoding
+        if not opts.clip_model:
+            raise ConfigError(
+                "--metrics clip needs --clip-model DIR_OR_ID (a CLIPModel and its CLIPProcessor)"
+            )
+        if not isinstance(samples, str | Path):
+            raise ConfigError("the CLIP score needs the samples' path (its prompts.json)")
+        find_prompts(samples)
+        scorer = ClipScorer(opts.clip_model, opts.device)
     inception, inception_path = None, None
     if "fid" in metrics:  # fail before any decoding if the weights are missing
         inception_path = find_inception(opts.inception)
@@ -137,15 +164,31 @@ def evaluate(
     accs = {}
     for role, images in sets.items():
         use_inception = inception if not (role == "ref" and ref_stats is not None) else None
-        role_metrics = tuple(m for m in metrics if m != "fid" or use_inception is not None)
+        role_metrics = tuple(m for m in metrics if m not in ("fid", "clip"))
+        clip = None
+        if role == "samples" and scorer is not None:
+            clip = (scorer, prompts_for(images, samples))  # type: ignore[arg-type]
+        if not role_metrics and use_inception is None and clip is None:
+            result[role] = {"path": images.name, "n": 0}  # nothing to compute on this set
+            accs[role] = _SetAccumulator(opts, (), None)
+            continue
         if len(images) == 0 and (role_metrics != () or use_inception is not None):
             raise EvaluationError(f"{images.name}: no images to compute {', '.join(metrics)} from")
         role_n = opts.n if role == "ref" else n
         idx = select(len(images), role_n, opts.seed) if len(images) else np.arange(0)
-        accs[role] = _SetAccumulator(opts, role_metrics, use_inception)
+        accs[role] = _SetAccumulator(opts, role_metrics, use_inception, clip)
         _stream(images, idx, accs[role], opts.batch_size, role, progress)
         result[role] = {"path": images.name, "n": len(idx)}
     result.update(_compare(accs["samples"], accs["ref"], metrics, opts, ref_stats, inception_path))
+    if scorer is not None:
+        s = np.concatenate(accs["samples"].clip_scores)
+        result["clip"] = {
+            "score": float(s.mean()),
+            "n": int(s.size),
+            "clamped": int((s == 0).sum()),  # pairs whose cosine was <= 0
+            "model": str(opts.clip_model),
+            "prompts": str(find_prompts(samples)),  # type: ignore[arg-type]
+        }
     if "floor" in accs:
         floor_res = _compare(accs["floor"], accs["ref"], metrics, opts, ref_stats, inception_path)
         result["floor"].update(floor_res)
@@ -154,7 +197,9 @@ def evaluate(
                 level: result["swd"]["levels"][level] / value if value > 0 else None
                 for level, value in floor_res["swd"]["levels"].items()
             }
-    result["options"] = {k: v for k, v in asdict(opts).items() if k not in ("swd", "inception")}
+    result["options"] = {
+        k: v for k, v in asdict(opts).items() if k not in ("swd", "inception", "clip_model")
+    }
     return result
 
 

@@ -168,8 +168,14 @@ def select_items(
     return items[order]
 
 
-def item_latents(store: Any, items: np.ndarray, *, seed: int) -> Tensor:
-    """Sampled raw latents ``mu + sigma * eps`` `(n, C, h, w)` float32 for `(position, flip)` items."""
+def item_latents(
+    store: Any, items: np.ndarray, *, seed: int, positions: np.ndarray | None = None
+) -> Tensor:
+    """Sampled raw latents ``mu + sigma * eps`` `(n, C, h, w)` float32 for `(position, flip)` items.
+
+    eps is drawn from `default_rng([seed, position, flip])`; `positions` (the global positions of
+    items read from a bucket's store) replaces the position in that seed."""
+    seeds = items[:, 0] if positions is None else np.asarray(positions, dtype=np.int64)
     out: list[np.ndarray | None] = [None] * len(items)
     for flip in (0, 1):
         rows = np.flatnonzero(items[:, 1] == flip)
@@ -177,10 +183,26 @@ def item_latents(store: Any, items: np.ndarray, *, seed: int) -> Tensor:
             continue
         mean, std = store.read(items[rows, 0].tolist(), flip=bool(flip))
         for k, row in enumerate(rows):
-            rng = np.random.default_rng([seed, int(items[row, 0]), flip])
+            rng = np.random.default_rng([seed, int(seeds[row]), flip])
             eps = rng.standard_normal(mean.shape[1:], dtype=np.float32)
             out[row] = np.asarray(mean[k], np.float32) + np.asarray(std[k], np.float32) * eps
     return torch.from_numpy(np.stack(out))  # type: ignore[arg-type]
+
+
+def latent_groups(store: Any, items: np.ndarray, *, seed: int) -> list[Tensor]:
+    """`item_latents` of `items` (global positions), one tensor per bucket they fall in, in item
+    order (a square store: one tensor). Statistics are per channel, so buckets of different
+    latent shapes add up (`ChannelMoments` / `ChannelHistogram` reduce every other dim)."""
+    if not getattr(store, "bucketed", False):
+        return [item_latents(store, items, seed=seed)]
+    which = store.bucket_of(items[:, 0])
+    out = []
+    for b in np.unique(which):
+        sel = items[which == b]
+        local = sel.copy()
+        local[:, 0] -= store.buckets[int(b)].start
+        out.append(item_latents(store.bucket_view(int(b)), local, seed=seed, positions=sel[:, 0]))
+    return out
 
 
 def _layer_stats(
@@ -260,22 +282,25 @@ def compute_stats(
         # At most a quarter of the items: the pilot is extra decoder work for small runs.
         n_pilot = max(1, min(pilot, len(items) // 4))
         idx = np.unique(np.linspace(0, len(items) - 1, n_pilot).round().astype(np.int64))
-        pilot_feats = taps(item_latents(store, items[idx], seed=seed).to(device))
-        for f in pilot_feats:
+        pieces = [taps(z.to(device)) for z in latent_groups(store, items[idx], seed=seed)]
+        for k in range(len(pieces[0])):
+            # a bucketed store's pieces differ in h, w: the pilot range is over all their values
+            f = torch.cat([p[k].transpose(0, 1).reshape(p[k].shape[1], -1) for p in pieces], 1)
             feats.append(
                 (
-                    ChannelMoments.empty(f.shape[1], device),
-                    ChannelHistogram.from_pilot(f, bins=bins),
+                    ChannelMoments.empty(f.shape[0], device),
+                    ChannelHistogram.from_pilot(f[None], bins=bins),
                 )
             )
-            shapes.append(tuple(f.shape))
+            shapes.append(tuple(pieces[0][k].shape))
     for start in range(0, len(mine), batch_size):
-        z = item_latents(store, mine[start : start + batch_size], seed=seed).to(device)
-        latent.update(z)
-        if taps is not None:
-            for (moments, hist), f in zip(feats, taps(z), strict=True):
-                moments.update(f)
-                hist.update(f)
+        for z in latent_groups(store, mine[start : start + batch_size], seed=seed):
+            z = z.to(device)
+            latent.update(z)
+            if taps is not None:
+                for (moments, hist), f in zip(feats, taps(z), strict=True):
+                    moments.update(f)
+                    hist.update(f)
         if on_progress is not None:
             on_progress(min(start + batch_size, len(mine)), len(mine))
         if stop is not None and stop.requested:

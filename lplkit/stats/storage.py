@@ -33,6 +33,7 @@ from lplkit.errors import LplkitError, StoreCorruptError, StoreError, StoreMisma
 from lplkit.stats.accumulators import ChannelHistogram
 from lplkit.stats.compute import LayerStats, StoreStats
 from lplkit.store import format as fmt
+from lplkit.store.buckets import bucket_url, buckets_of
 from lplkit.store.format import MANIFEST_KEY
 from lplkit.store.markers import scan_markers
 from lplkit.store.sidecar import url_to_fs
@@ -56,6 +57,14 @@ def store_content_hash(url: str, manifest: dict[str, Any]) -> str:
     merely rewritten with the same content. Raises `StoreError` if a shard has no marker.
     """
 
+    buckets = buckets_of(manifest)
+    if buckets is not None:  # a bucketed store: its identity and every bucket's hash
+        parts = [store_content_hash(bucket_url(str(url), b.id),
+                                    fmt.read_manifest(bucket_url(str(url), b.id)) or {})
+                 for b in buckets]  # fmt: skip
+        identity = {k: manifest.get(k) for k in fmt.IDENTITY_FIELDS}
+        blob = json.dumps({"identity": identity, "buckets": parts}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
     fs, root = url_to_fs(str(url))
     count, size = int(manifest["source"]["count"]), int(manifest["shard_size"])
     scan = scan_markers(fs, root, count, size)  # one listing, each marker read once

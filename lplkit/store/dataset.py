@@ -6,8 +6,9 @@ Lightning, a plain ``DataLoader``).
   drawn ``z = mean + std * eps`` (with flips: the
   flipped image's moments with probability 1/2) from a generator seeded by ``(seed, epoch,
   position)``, so an item is the same in any worker, any order, any process; ``set_epoch`` gives new
-  draws. Raw latents, like ``LatentStore.batches``: normalize downstream. ``text=True`` (or names)
-  adds ``item["text"]``: cached text-encoder outputs of the row, name -> {states, mask[, pooled]}.
+  draws. Raw latents, like ``LatentStore.batches``: normalize downstream. On a bucketed store
+  items have their bucket's shape: batch them with ``ds.batch_sampler(B)`` (one bucket per
+  batch). ``text=True`` (or names) adds ``item["text"]``: cached text-encoder outputs of the row, name -> {states, mask[, pooled]}.
 - :class:`LatentBatches` (iterable): ``LatentStore.batches`` as a dataset of whole batches, bitwise the
   same batches at the same speed (``DataLoader(ds, batch_size=None)``). ``with_index=True`` adds each
   batch's store positions, joined to ``index.parquet`` rows by ``LatentStore.rows(positions)``;
@@ -99,6 +100,12 @@ class LatentDataset(Dataset):
         self._epoch = SharedEpoch()
         self.flip = bool(flip) and store.has_flips
         self.positions = np.asarray(store.ok_positions, dtype=np.int64)
+        # bucketed store: items have their bucket's shape (batch them with `batch_sampler`)
+        self._starts = (
+            np.asarray([b.start for b in store.buckets], dtype=np.int64)
+            if getattr(store, "bucketed", False)
+            else None
+        )
         self.keys = bool(keys)
         if self.keys:  # read once here, shared by forked workers (Arrow buffers are never written)
             self._keys = store.index_column("key")
@@ -116,15 +123,27 @@ class LatentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
+    def batch_sampler(self, batch_size: int, **kwargs: Any) -> Any:
+        """A :class:`~lplkit.store.bucket_loader.BucketBatchSampler` over this dataset (every
+        batch from one aspect-ratio bucket; ``DataLoader(ds, batch_sampler=...)``); ``kwargs``:
+        seed, shuffle, rank, world_size, start_batch."""
+        from lplkit.store.bucket_loader import BucketBatchSampler
+
+        return BucketBatchSampler(self, batch_size, **kwargs)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         position = int(self.positions[i])
         gen = _item_generator(self.seed, self.epoch, position)
         flipped = self.flip and bool(torch.rand((), generator=gen) < 0.5)
-        if not self.store.reads_rows:  # zarr: chunks; hold the store in RAM if it fits the budget
-            self.store._ram_block()
-        m = self.store.read_row(position, flip=flipped)  # float32 (2, C, h, w): mean, std
+        src, row = self.store, position
+        if self._starts is not None:  # a bucketed store: the row of the position's bucket
+            b = int(np.searchsorted(self._starts, position, side="right")) - 1
+            src, row = self.store.bucket_view(b), position - int(self._starts[b])
+        if not src.reads_rows:  # zarr: chunks; hold the store in RAM if it fits the budget
+            src._ram_block()
+        m = src.read_row(row, flip=flipped)  # float32 (2, C, h, w): mean, std
         eps = torch.randn(m.shape[1:], generator=gen)
         latent = m[0] + m[1] * eps
         item = {"latent": latent, "label": int(self.store.labels[position]), "position": position}
@@ -132,7 +151,7 @@ class LatentDataset(Dataset):
             item["key"] = self._keys[position].as_py()
             item["caption"] = self._captions[position].as_py()  # "" when the source had none
         if self.text:  # name -> {states (L, D), mask (L,), pooled (P,)}: the default collate stacks
-            rows = self.store.read_text([position], self.text)
+            rows = src.read_text([row], self.text)
             item["text"] = {n: {a: v[0] for a, v in r.items()} for n, r in rows.items()}
         return item
 

@@ -14,6 +14,7 @@ from lplkit.autoencoders.choice import autoencoder_choices
 from lplkit.config import MAX_BATCH, ConfigFlag, check_ranges, ranged
 from lplkit.errors import ConfigError
 from lplkit.store import format as fmt
+from lplkit.store.buckets import BUCKET_SPECS, DEFAULT_PATCH_MULTIPLE, parse_size
 from lplkit.text.config import BATCH as TEXT_BATCH
 from lplkit.text.config import MAX_TOKENS, TEXT_OPTION_FLAGS, TextConfig
 from lplkit.text.spec import default_name
@@ -43,6 +44,12 @@ class EncodeConfig:
     # shard and per inner chunk derive from it (fmt.store_geometry: why 128 MiB, and the chunks)
     shard_mb: float | None = ranged(None, gt=0.0, le=fmt.MAX_SHARD_MB)
     dtype: str = fmt.DEFAULT_DTYPE  # store dtype of the moments
+    # Aspect-ratio buckets (lplkit.store.buckets): sdxl | area | W1xH1,W2xH2,... ; None = square
+    buckets: str | None = None
+    bucket_step: int = ranged(64, ge=1, le=8192)  # --buckets area: sides are multiples of this
+    max_aspect: float = ranged(4.0, ge=1.0, le=64.0)  # --buckets area: max(W/H, H/W)
+    # bucket sides must be multiples of (autoencoder factor) x this: the denoiser's patch size
+    patch_multiple: int = ranged(DEFAULT_PATCH_MULTIPLE, ge=1, le=64)
     autocast: str = "none"  # compute dtype of the autoencoder: none (fp32) | bfloat16 | float16
     limit: int | None = ranged(None, ge=1)
     strict: bool = False
@@ -94,6 +101,9 @@ class EncodeConfig:
             )
         for text in self.text_configs():
             text.validate()
+        if self.buckets is not None and self.buckets not in BUCKET_SPECS:
+            for part in self.buckets.split(","):
+                parse_size(part)  # the sizes' multiple is checked once the autoencoder is known
 
     def summary(self) -> dict[str, Any]:
         """The settings worth a line at start (unset options left out)."""
@@ -146,6 +156,24 @@ ENCODE_FLAGS: tuple[ConfigFlag, ...] = (
         "--shard-size. See docs/store-format.md.",
     ),
     ConfigFlag("dtype", "--dtype", "Stored moments dtype: float16, bfloat16 or float32."),
+    ConfigFlag(
+        "buckets",
+        "--buckets",
+        "Aspect-ratio buckets: each image is resized (never stretched) and center-cropped to the "
+        "bucket whose aspect ratio is nearest its own. sdxl (SDXL's list scaled to --res), area "
+        "(every WxH multiple of --bucket-step with W*H <= res^2 within --max-aspect), or "
+        "W1xH1,W2xH2,... See docs/store-format.md.",
+    ),
+    ConfigFlag(
+        "bucket_step", "--bucket-step", "--buckets area: bucket sides are multiples of this."
+    ),
+    ConfigFlag("max_aspect", "--max-aspect", "--buckets area: largest max(W/H, H/W) of a bucket."),
+    ConfigFlag(
+        "patch_multiple",
+        "--patch-multiple",
+        "Bucket sides must be multiples of the autoencoder's downsampling factor times this (the "
+        "denoiser's patch size: 2 for DiT, PixArt, SD3); other buckets are refused.",
+    ),
     ConfigFlag("autocast", "--autocast", "Autoencoder compute: none (fp32), bfloat16 or float16."),
     ConfigFlag("limit", "--limit", "Encode only the first N images."),
     ConfigFlag("strict", "--strict", "Stop at the first bad image instead of skipping it."),

@@ -92,6 +92,8 @@ IDENTITY_FIELDS = (
     "flips",
     "shard_size",
     "source",
+    "buckets",  # a bucketed store's root (lplkit.store.buckets): sizes, rows, starts
+    "bucket",  # one bucket's store: {id, size, start}
 )
 
 INDEX_COLUMNS = (
@@ -438,6 +440,7 @@ def manifest_problems(m: Any) -> list[str]:
         not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
     ):
         problems.append("classes must be a list of names or null")
+    problems += _bucket_problems(m)
     if m["completed"] and not isinstance(m.get("counts"), dict):
         problems.append("a completed manifest must have counts {total, ok, skipped}")
     if problems:
@@ -445,6 +448,32 @@ def manifest_problems(m: Any) -> list[str]:
 
     # The full schema (nested fields, enums, ranges) after the readable checks above.
     return [f"manifest {p}" for p in schema_problems(m, "store")]
+
+
+def _bucket_problems(m: dict[str, Any]) -> list[str]:
+    """A bucketed root's `buckets`: ids 0..n-1, rows that tile [0, source.count) in order."""
+    buckets = m.get("buckets")
+    if buckets is None:
+        return []
+    if (
+        not isinstance(buckets, list)
+        or not buckets
+        or not all(isinstance(b, dict) for b in buckets)
+    ):
+        return ["buckets must be a non-empty list of {id, size, latent_shape, rows, start}"]
+    start = 0
+    for i, b in enumerate(buckets):
+        if not all(isinstance(b.get(k), int) and not isinstance(b.get(k), bool)
+                   for k in ("id", "rows", "start")):  # fmt: skip
+            return [f"bucket {i}: id, rows and start must be integers"]
+        if b["id"] != i or b["start"] != start or b["rows"] < 0:
+            return [f"bucket {i}: id {b['id']}, start {b['start']}, rows {b['rows']} do not tile "
+                    "the positions in order"]  # fmt: skip
+        start += b["rows"]
+    count = m["source"].get("count")
+    if start != count:
+        return [f"the buckets hold {start} rows, source.count is {count}"]
+    return []
 
 
 def _autoencoder_factor_problems(ae: dict[str, Any]) -> list[str]:

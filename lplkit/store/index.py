@@ -33,6 +33,10 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 STATUSES = ("ok", "skipped")
+#: The index.parquet of a bucketed store (lplkit.store.buckets): the same columns plus the bucket
+#: of each row (rows grouped by bucket; each bucket's own index is `INDEX_SCHEMA`).
+BUCKET_COLUMN = "bucket"
+BUCKETED_INDEX_SCHEMA = INDEX_SCHEMA.append(pa.field(BUCKET_COLUMN, pa.int16(), nullable=False))
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]], start: int, labels: np.ndarray) -> pa.Table:
@@ -99,14 +103,15 @@ class IndexWriter:
     it instead of concatenating them all in memory). The file equals `table_to_bytes` of the
     concatenated tables in content, row groups and encodings."""
 
-    def __init__(self, sink: Any) -> None:
-        self._writer = pq.ParquetWriter(sink, INDEX_SCHEMA, **_parquet_options(INDEX_SCHEMA.names))
+    def __init__(self, sink: Any, schema: pa.Schema = INDEX_SCHEMA) -> None:
+        self._writer = pq.ParquetWriter(sink, schema, **_parquet_options(schema.names))
+        self.schema = schema
         self._pending: list[pa.Table] = []
         self._rows = 0
         self.rows = 0  # written so far
 
     def write(self, table: pa.Table) -> None:
-        self._pending.append(conform(table))
+        self._pending.append(conform(table, self.schema))
         self._rows += len(table)
         while self._rows >= ROW_GROUP:
             self._flush(ROW_GROUP)
@@ -134,17 +139,29 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """Cast a table read from disk to `INDEX_SCHEMA` (old stores: fixed-size crop_box lists).
+def schema_of(names: Sequence[str]) -> pa.Schema:
+    """The index schema with these column names: `INDEX_SCHEMA`, or `BUCKETED_INDEX_SCHEMA` (a
+    bucketed store's global index); `ValueError` for other columns (a foreign or damaged file)."""
+    for schema in (INDEX_SCHEMA, BUCKETED_INDEX_SCHEMA):
+        if list(names) == schema.names:
+            return schema
+    raise ValueError(f"index columns {list(names)} are not {INDEX_SCHEMA.names}")
+
+
+def conform(table: pa.Table, schema: pa.Schema | None = None) -> pa.Table:
+    """Cast a table read from disk to the index schema of its columns (`schema_of`; old stores:
+    fixed-size crop_box lists), or to `schema` when given.
 
     Raises `ValueError` when the columns are not the index's (a foreign or damaged file).
     """
-    if table.schema.equals(INDEX_SCHEMA):
+    if schema is None:
+        schema = schema_of(table.schema.names)
+    if table.schema.equals(schema):
         return table
-    if table.schema.names != INDEX_SCHEMA.names:
-        raise ValueError(f"index columns {table.schema.names} are not {INDEX_SCHEMA.names}")
+    if table.schema.names != schema.names:
+        raise ValueError(f"index columns {table.schema.names} are not {schema.names}")
     try:
-        return table.cast(INDEX_SCHEMA)
+        return table.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise ValueError(f"index column types do not match the index schema: {exc}") from None
 
@@ -182,6 +199,7 @@ class IndexFile:
     def __init__(self, count: int, *, fs: Any = None, path: str | None = None,
                  table: pa.Table | None = None) -> None:  # fmt: skip
         self.count = int(count)
+        self.schema = INDEX_SCHEMA if table is None else schema_of(table.schema.names)
         self.fs, self.path = fs, str(path)
         self._table = table
         self._starts = np.zeros(1, dtype=np.int64)  # row-group row offsets (+ total), file only
@@ -191,9 +209,7 @@ class IndexFile:
             with fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f)
                 meta = pf.metadata
-                if pf.schema_arrow.names != INDEX_SCHEMA.names:
-                    raise ValueError(f"index columns {pf.schema_arrow.names} are not "
-                                     f"{INDEX_SCHEMA.names}")  # fmt: skip
+                self.schema = schema_of(pf.schema_arrow.names)
                 sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
                 self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
                 self.aligned = int(self._starts[-1]) == self.count and _positions_are_rows(pf)
@@ -244,10 +260,10 @@ class IndexFile:
         pieces = []
         for g in range(int(first), int(last) + 1):
             if self._group is None or self._group[0] != g:
-                self._group = (g, conform(self._read(INDEX_SCHEMA.names, [g])))
+                self._group = (g, conform(self._read(self.schema.names, [g])))
             lo, hi = max(start, self._starts[g]), min(stop, self._starts[g + 1])
             pieces.append(self._group[1].slice(lo - self._starts[g], hi - lo))
-        return pa.concat_tables(pieces) if pieces else INDEX_SCHEMA.empty_table()
+        return pa.concat_tables(pieces) if pieces else self.schema.empty_table()
 
     def take(self, positions: np.ndarray) -> pa.Table:
         """The rows of `positions` (in that order); IndexError for a position without a row."""
@@ -264,8 +280,8 @@ class IndexFile:
             raise IndexError("positions without an index row")
         groups = np.unique(np.searchsorted(self._starts, pos, side="right") - 1)
         if not len(groups):
-            return INDEX_SCHEMA.empty_table()
-        t = conform(self._read(INDEX_SCHEMA.names, [int(g) for g in groups]))
+            return self.schema.empty_table()
+        t = conform(self._read(self.schema.names, [int(g) for g in groups]))
         # rows of the groups read, renumbered: group g's rows follow each other in `t`
         offset = np.zeros(len(self._starts) - 1, dtype=np.int64)
         sizes = np.diff(self._starts)[groups]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lplkit.errors import StoreCorruptError
+from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
+from lplkit.store.buckets import BUCKETS_DIR, Bucket, bucket_url, buckets_of
 from lplkit.store.markers import scan_markers
 from lplkit.store.sidecar import url_to_fs
 from lplkit.store.text import bytes_per_row, text_entries
@@ -28,6 +29,9 @@ def store_info(url: str) -> dict[str, Any]:
     url = str(url)
     group, manifest = fmt.open_manifest(url)  # validated: counts and sizes are bounded
     fs, root = url_to_fs(url)
+    buckets = buckets_of(manifest)
+    if buckets is not None:
+        return _bucketed_info(url, manifest, buckets, fs, root)
     count, size = int(manifest["source"]["count"]), int(manifest["shard_size"])
     n_shards = fmt.n_shards(count, size)
     # Markers are found by one listing, so the work is bounded by the files, not by the count.
@@ -103,6 +107,69 @@ def store_info(url: str) -> dict[str, Any]:
         "upgrade": f"lplkit upgrade {url}" if layout < LAYOUT_VERSION else None,
         "counts": counts,
         "shards": {"total": n_shards, "complete": len(done)},
+        "arrays": arrays,
+        "text_encoders": text,
+        "bytes": {
+            "logical": logical,
+            "stored": stored,
+            "index": _du(fs, f"{root}/{fmt.INDEX_FILE}"),
+            "compression_ratio": round(logical / stored, 4) if stored else None,
+            "per_ok_sample": round(stored / counts["ok"], 1) if counts["ok"] else None,
+        },
+    }
+
+
+def _bucketed_info(
+    url: str, manifest: dict[str, Any], buckets: list[Bucket], fs: Any, root: str
+) -> dict[str, Any]:
+    """`store_info` of a bucketed store: each bucket's store, summed; `buckets` lists each one
+    (size, latent shape, rows, start, counts, shards, stored bytes), `arrays` are named
+    `buckets/<b>/<array>`."""
+    per = []
+    for b in buckets:
+        try:
+            per.append(store_info(bucket_url(url, b.id)))
+        except StoreError as exc:
+            raise StoreCorruptError(
+                f"{url}: bucket {b.id} ({b.size[0]}x{b.size[1]}) is unreadable ({exc}); run "
+                f"`lplkit verify {url}`"
+            ) from None
+    if manifest.get("completed") and isinstance(manifest.get("counts"), dict):
+        counts = dict(manifest["counts"])
+    else:
+        counts = {k: sum(int(i["counts"].get(k, 0)) for i in per)
+                  for k in ("total", "ok", "skipped", "pending")}  # fmt: skip
+    arrays = {f"{BUCKETS_DIR}/{b.id}/{n}": a
+              for b, i in zip(buckets, per, strict=True) for n, a in i["arrays"].items()}  # fmt: skip
+    logical = sum(i["bytes"]["logical"] for i in per)
+    stored = sum(i["bytes"]["stored"] for i in per)
+    text = {}
+    for name, entry in per[0]["text_encoders"].items():
+        if all(name in i["text_encoders"] for i in per):
+            text[name] = dict(
+                entry,
+                completed=all(i["text_encoders"][name]["completed"] for i in per),
+                stored_bytes=sum(i["text_encoders"][name]["stored_bytes"] for i in per),
+            )
+    layout = layout_version(manifest)
+    return {
+        "url": url,
+        "manifest": manifest,
+        "layout_version": layout,
+        "upgrade": None,
+        "counts": counts,
+        "shards": {k: sum(i["shards"][k] for i in per) for k in ("total", "complete")},
+        "buckets": [
+            dict(
+                b.to_dict(),
+                counts=i["counts"],
+                shards=i["shards"],
+                shard_size=i["manifest"]["shard_size"],
+                chunk_size=i["manifest"]["chunk_size"],
+                stored_bytes=i["bytes"]["stored"],
+            )
+            for b, i in zip(buckets, per, strict=True)
+        ],
         "arrays": arrays,
         "text_encoders": text,
         "bytes": {

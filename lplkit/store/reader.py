@@ -42,6 +42,8 @@ from lplkit.errors import StoreCorruptError, StoreError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store import shuffle as shf
+from lplkit.store.bucket_loader import bucket_batches, num_bucket_batches
+from lplkit.store.buckets import Bucket, bucket_url, buckets_of
 from lplkit.store.dataset import LatentDataset
 from lplkit.store.markers import index_part_shards, scan_markers
 from lplkit.store.shard_rows import ShardRows
@@ -151,7 +153,14 @@ class LatentStore:
         self.dtype = manifest["dtype"]
         self.has_flips = bool(manifest["flips"])
         self._count = int(manifest["source"]["count"])
-        self._arrays = {n: array_of(group, n) for n in fmt.array_names(manifest) if n != fmt.LABELS}
+        # A bucketed store's root holds no arrays: its data is read through `bucket_view(b)`
+        self._buckets = buckets_of(manifest)
+        self._views: dict[int, LatentStore] = {}
+        self._arrays = (
+            {}
+            if self._buckets is not None
+            else {n: array_of(group, n) for n in fmt.array_names(manifest) if n != fmt.LABELS}
+        )
         # Single rows straight from the shard files when stored raw on a local disk (else None)
         fs, root = url_to_fs(url)
         direct = {
@@ -160,7 +169,7 @@ class LatentStore:
         }
         self._direct: dict[str, ShardRows] | None = (
             {n: r for n, r in direct.items() if r is not None}
-            if all(r is not None for r in direct.values())
+            if direct and all(r is not None for r in direct.values())
             else None
         )
         # Labels come from the index's label column (equal to the labels array: the writer checks
@@ -175,6 +184,62 @@ class LatentStore:
         self._columns: dict[str, pa.Array] = {}
         self._chunk_table: shf.ChunkTable | None = None
         self._text: dict[str, TextRows] = {}
+
+    # -- aspect-ratio buckets (lplkit.store.buckets) ---------------------------------------------
+
+    @property
+    def bucketed(self) -> bool:
+        """Whether the store was encoded with `--buckets` (its data is per bucket)."""
+        return self._buckets is not None
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        """The store's buckets (id, size (W, H) pixels, latent_shape (C, h, w), rows, start): bucket
+        b holds the positions `[start, start + rows)`. A square store is one bucket of everything."""
+        if self._buckets is not None:
+            return list(self._buckets)
+        res = int(self.manifest["resolution"])
+        return [Bucket(0, (res, res), self.latent_shape, self._count, 0)]
+
+    def bucket_of(self, positions: Any) -> np.ndarray:
+        """The bucket id of each (global) position, int64."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if len(pos) and (pos.min() < 0 or pos.max() >= self._count):
+            raise IndexError(f"positions must be in [0, {self._count})")
+        starts = np.asarray([b.start for b in self.buckets], dtype=np.int64)
+        return np.searchsorted(starts, pos, side="right") - 1
+
+    def bucket_view(self, bucket: int) -> LatentStore:
+        """Bucket `bucket` as a store of its own: positions 0..rows-1 (global position = its
+        `start` + position), one latent shape; `read`, `batches`, `as_dataset`, `read_text`,
+        `labels`, `ok_positions`, `latent_shape` work as on a square store. Views share this
+        store's memory budget in proportion to their stored bytes. A square store's bucket 0 is
+        the store itself."""
+        buckets = self.buckets
+        if not 0 <= int(bucket) < len(buckets):
+            raise IndexError(f"bucket {bucket} out of range: {self.url} has {len(buckets)}")
+        if self._buckets is None:
+            return self
+        b = int(bucket)
+        if b not in self._views:
+            nbytes = [x.rows * fmt.row_bytes(x.latent_shape, self.dtype, self.has_flips)
+                      for x in buckets]  # fmt: skip
+            share = nbytes[b] / max(1, sum(nbytes))
+            self._views[b] = LatentStore.open(
+                bucket_url(self.url, b),
+                memory_budget=max(1, int(self.memory_budget * share)),
+                threads=self.threads,
+            )
+        return self._views[b]
+
+    def _one_shape(self, what: str) -> None:
+        """`StoreError` (one line) for an API that needs one latent shape, on a bucketed store."""
+        if self._buckets is not None:
+            sizes = ", ".join(f"{b.size[0]}x{b.size[1]}" for b in self._buckets)
+            raise StoreError(
+                f"{self.url} is bucketed ({len(self._buckets)} bucket(s): {sizes}): {what} is per "
+                "bucket; use store.buckets and store.bucket_view(b)"
+            )
 
     @property
     def reads_rows(self) -> bool:
@@ -230,6 +295,11 @@ class LatentStore:
                 f"{url} is not finished (encode still running or interrupted); re-run the encode "
                 "command to complete it"
             )
+        if manifest.get("buckets") is not None and not manifest["completed"]:
+            raise StoreError(
+                f"{url} is a bucketed store that is not finished; re-run the encode command to "
+                "complete it"
+            )
         try:
             if manifest["completed"]:
                 index = idx.IndexFile(count, fs=fs, path=f"{root}/{fmt.INDEX_FILE}")
@@ -278,8 +348,16 @@ class LatentStore:
     @property
     def text_encoders(self) -> dict[str, dict[str, Any]]:
         """The cached text encoders: name -> manifest entry (model id, revision, class, layer,
-        max_tokens L, hidden_size D, pooled_size P, dtype, counts); completed ones only."""
-        return text_entries(self.manifest, completed_only=True)
+        max_tokens L, hidden_size D, pooled_size P, dtype, counts); completed ones only. A
+        bucketed store: those completed in every bucket (bucket 0's entries; each bucket caches
+        its own rows, read with `bucket_view(b).read_text`)."""
+        if self._buckets is None:
+            return text_entries(self.manifest, completed_only=True)
+        per_bucket = [
+            text_entries(fmt.read_manifest(bucket_url(self.url, b.id)) or {}, completed_only=True)
+            for b in self._buckets
+        ]
+        return {n: e for n, e in per_bucket[0].items() if all(n in p for p in per_bucket)}
 
     def text_names(self, text: bool | str | list[str] | tuple[str, ...] | None) -> list[str]:
         """`text` of `batches`/`as_dataset` as encoder names: True = every cached encoder."""
@@ -312,6 +390,7 @@ class LatentStore:
     ) -> dict[str, dict[str, torch.Tensor]]:
         """name -> {"states" (n, L, D), "mask" (n, L) bool[, "pooled" (n, P)]} of `positions`:
         the stored values (float16 / bfloat16 / float32 tensors), rows in the order asked."""
+        self._one_shape("read_text()")
         pos = np.asarray(positions, dtype=np.int64).reshape(-1)
         if len(pos) and (pos.min() < 0 or pos.max() >= self._count):
             raise IndexError(f"positions must be in [0, {self._count})")
@@ -321,6 +400,7 @@ class LatentStore:
 
     def empty_text(self, name: str) -> dict[str, torch.Tensor]:
         """The empty caption's outputs of encoder `name` (rows of 1), for classifier-free guidance."""
+        self._one_shape("empty_text()")
         self.text_names(name)
         return self._text_tensors(name, self._text_rows(name).empty())
 
@@ -333,6 +413,8 @@ class LatentStore:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of every latent; a bucketed store raises (`bucket_view(b).latent_shape`)."""
+        self._one_shape("latent_shape")
         c, h, w = self.manifest["latent_shape"]
         return int(c), int(h), int(w)
 
@@ -435,6 +517,7 @@ class LatentStore:
 
         Reads are grouped by chunk: each needed chunk is read once, whatever the request order.
         """
+        self._one_shape("read()")
         name = fmt.MOMENTS_FLIP if flip else fmt.MOMENTS
         if name not in self._arrays:
             raise StoreError(f"{self.url} has no flipped moments (encoded without --flip)")
@@ -456,6 +539,7 @@ class LatentStore:
         """The stored moments of one position as float32 `(2, C, h, w)` (mean, std): one pread on
         a raw local store (nothing held per process: the page cache is shared), else from the
         store held in RAM or the position's chunk."""
+        self._one_shape("read_row()")
         name = fmt.MOMENTS_FLIP if flip else fmt.MOMENTS
         if name not in self._arrays:
             raise StoreError(f"{self.url} has no flipped moments (encoded without --flip)")
@@ -493,11 +577,14 @@ class LatentStore:
         drop_last: bool = True,
     ) -> int:
         """Batches per epoch for one rank (equal on every rank)."""
+        if self.bucketed:
+            return num_bucket_batches(self, batch_size, rank, world_size, drop_last)
         _, world_size = self._split(rank, world_size)
         return shf.num_batches(self.n_ok, batch_size, world_size, drop_last)
 
     def window_chunks(self) -> int | None:
         """Chunks per shuffle window: None (one window: the whole store) when it fits the budget."""
+        self._one_shape("the shuffle window")
         if self.n_chunks * self.bytes_per_chunk <= self.memory_budget:
             return None
         # Up to three windows live at once: a batch straddling two, and the next one being read.
@@ -525,6 +612,7 @@ class LatentStore:
     ) -> shf.RankOrder:
         """The order `batches` serves rank `rank` in when the store exceeds the budget (ranks
         partition the windows; see `lplkit.store.shuffle.RankOrder`)."""
+        self._one_shape("rank_order()")
         if self._chunk_table is None:  # the same every epoch: built once
             self._chunk_table = shf.ChunkTable(self._ok_positions, self._count, self.chunk_size)
         return shf.RankOrder(
@@ -562,6 +650,12 @@ class LatentStore:
         last, the batch's cached text conditioning `read_text(positions, text)`: name ->
         {states, mask, pooled}, read one batch ahead in a background thread.
         """
+        if self.bucketed:  # every batch from one bucket (lplkit.store.bucket_loader)
+            yield from bucket_batches(self, batch_size, seed=seed, shuffle=shuffle, epoch=epoch,
+                                      start_batch=start_batch, rank=rank, world_size=world_size,
+                                      drop_last=drop_last, with_index=with_index,
+                                      text=text)  # fmt: skip
+            return
         names = self.text_names(text)
         batches = self._batches(batch_size, seed, shuffle, epoch, start_batch, rank, world_size,
                                 drop_last)  # fmt: skip

@@ -10,7 +10,7 @@ rows at a time: each shard's moments are drawn from their own generator (seed, s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -185,4 +185,93 @@ def write_synthetic_store(
     out = {"moments": moments, "labels": labels}
     if flip is not None:
         out["moments_flip"] = flip
+    return out
+
+
+def write_synthetic_bucketed_store(
+    url: Any,
+    *,
+    sizes: Sequence[tuple[int, int]],
+    rows: Sequence[int],
+    channels: int = 4,
+    factor: int = 8,
+    flips: bool = False,
+    dtype: str = "float16",
+    shard_size: int | None = 32,
+    codec: str = "none",
+    skipped: Iterable[int] = (),
+    num_classes: int = 10,
+    seed: int = 0,
+    captions: bool = False,
+    finalize: bool = True,
+) -> list[dict[str, np.ndarray]]:
+    """Write a complete bucketed store (lplkit.store.buckets): bucket b of image size `sizes[b]`
+    = (W, H) pixels (latents (channels, H // factor, W // factor)) holds `rows[b]` rows; returns
+    per bucket the float32 arrays written ("moments", ["moments_flip"], "labels").
+
+    Global position p (bucket b's row p - start_b) has label p % num_classes, key `img_{p:06d}`
+    (caption `caption {p}` with `captions`); global positions in `skipped` are recorded skipped
+    (zeros). Bucket b's moments come from `synthetic_moments(rows[b], ..., seed=seed + 2 * b)`
+    (the flip copy from seed + 2 * b + 1).
+    """
+    from lplkit.store.bucketed import BucketedWriter, bucketed_manifest
+    from lplkit.store.buckets import Bucket
+
+    if len(sizes) != len(rows):
+        raise ValueError("one row count per bucket size")
+    buckets, start = [], 0
+    for b, ((w, h), n) in enumerate(zip(sizes, rows, strict=True)):
+        buckets.append(
+            Bucket(b, (int(w), int(h)), (channels, h // factor, w // factor), int(n), start)
+        )
+        start += int(n)
+    res = round(np.sqrt(np.mean([w * h for w, h in sizes])) / factor) * factor
+    root = new_manifest(
+        autoencoder={"id": "synthetic", "class": "AutoencoderKL", "config_hash": "0",
+                     "downsample_factor": factor, "latent_channels": channels},
+        resolution=res,
+        latent_shape=(channels, res // factor, res // factor),
+        source={"id": "synthetic", "split": "train", "revision": None, "count": start},
+        dtype=dtype,
+        flips=flips,
+        codec=codec,
+    )  # fmt: skip
+    skip = set(int(s) for s in skipped)
+    out: list[dict[str, np.ndarray]] = []
+    with BucketedWriter.create_or_resume(
+        str(url), bucketed_manifest(root, buckets), shard_size=shard_size
+    ) as writer:
+        for bucket, sub in zip(buckets, writer.writers, strict=True):
+            moments = synthetic_moments(bucket.rows, bucket.latent_shape, seed=seed + 2 * bucket.id)
+            flip = (
+                synthetic_moments(bucket.rows, bucket.latent_shape, seed=seed + 2 * bucket.id + 1)
+                if flips
+                else None
+            )
+            glob = bucket.start + np.arange(bucket.rows)
+            labels = (glob % num_classes).astype(np.int32)
+            for s in sub.pending_shards():
+                lo, hi = sub.shard_range(s)
+                shard_rows = [
+                    {
+                        "key": f"img_{p:06d}",
+                        "status": "skipped" if p in skip else "ok",
+                        "reason": "synthetic skip" if p in skip else None,
+                        "caption": f"caption {p}" if captions else None,
+                    }
+                    for p in glob[lo:hi].tolist()
+                ]
+                sub.write_shard(s, moments[lo:hi], None if flip is None else flip[lo:hi],
+                                labels[lo:hi], shard_rows)  # fmt: skip
+            gone = [
+                p - bucket.start for p in skip if bucket.start <= p < bucket.start + bucket.rows
+            ]
+            moments[gone] = 0.0
+            arrays = {"moments": moments, "labels": labels}
+            if flip is not None:
+                flip[gone] = 0.0
+                arrays["moments_flip"] = flip
+            out.append(arrays)
+        if finalize:
+            writer.finalize()
     return out

@@ -51,6 +51,11 @@ def upgrade_store(url: str, shard_mb: float | None = None) -> dict[str, Any]:
         raise StoreError(
             f"{url} is not finished; re-run its encode command (it writes layout {LAYOUT_VERSION})"
         )
+    if manifest.get("buckets") is not None and shard_mb is not None:
+        raise ConfigError(
+            f"{url} is bucketed (--buckets): `lplkit upgrade --shard-mb` does not reshard bucketed "
+            "stores; re-encode with the --shard-mb you want"
+        )
     before = layout_version(manifest)
     geo = reshard.new_geometry(manifest, shard_mb)
     same = all(manifest[k] == geo[k] for k in ("shard_size", "chunk_size"))

@@ -45,6 +45,7 @@ from lplkit.errors import StoreCorruptError
 from lplkit.store import format as fmt
 from lplkit.store import index as idx
 from lplkit.store import text as txt
+from lplkit.store.buckets import bucket_url, buckets_of
 from lplkit.store.lock import StoreLock
 from lplkit.store.markers import index_part_shards, scan_markers
 from lplkit.store.sidecar import remove_if_exists, url_to_fs
@@ -83,6 +84,9 @@ class VerifyReport:
     unindexed_shards: list[int] = field(default_factory=list)
     #: `sample_shards`: {"fraction", "seed", "checked"}; None when every shard's data was read
     sample: dict[str, Any] | None = None
+    #: a bucketed store (lplkit.store.buckets): each bucket's own report (its problems are also
+    #: in `problems`, prefixed with the bucket)
+    buckets: dict[int, VerifyReport] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -108,6 +112,16 @@ class VerifyReport:
             "bad_shards": self.bad_shards,
             "problems": [asdict(p) for p in self.problems],
             "sample": self.sample,
+            **(
+                {
+                    "buckets": {
+                        str(b): {"bad_shards": r.bad_shards, "n_shards": r.n_shards}
+                        for b, r in self.buckets.items()
+                    }
+                }
+                if self.buckets
+                else {}
+            ),
         }
 
 
@@ -171,6 +185,10 @@ def verify_store(
                 "manifest", p, fix="the store's manifest is damaged: re-encode into a new --out"
             )
         return report
+    if manifest.get("buckets") is not None:
+        options = {"checksums": checksums, "read_data": read_data, "workers": workers,
+                   "sample": sample, "seed": seed}  # fmt: skip
+        return _verify_bucketed(report, manifest, progress, options)
     count, size = manifest["source"]["count"], manifest["shard_size"]
     report.n_shards = fmt.n_shards(count, size)
     names = fmt.array_names(manifest)
@@ -268,6 +286,91 @@ def verify_store(
             report, group, manifest, fs, root, name, entry, read_data, checksums,
             index_table, index_error,
         )  # fmt: skip
+    return report
+
+
+def _verify_bucketed(
+    report: VerifyReport,
+    manifest: dict[str, Any],
+    progress: Callable[[int, int], None] | None,
+    options: dict[str, Any],
+) -> VerifyReport:
+    """A bucketed store: each bucket's store verified as a store (its problems prefixed with the
+    bucket), each bucket's manifest against the root's `buckets`, and the root index.parquet
+    (one row per global position, the `bucket` column, each bucket's labels and status)."""
+    url = report.url
+    buckets = buckets_of(manifest) or []
+    fs, root = url_to_fs(url)
+    for done, b in enumerate(buckets, 1):
+        sub_url = bucket_url(url, b.id)
+        where = f"bucket {b.id} ({b.size[0]}x{b.size[1]})"
+        sub = verify_store(sub_url, **options)
+        report.buckets[b.id] = sub
+        report.n_shards += sub.n_shards
+        report.complete_shards += sub.complete_shards
+        for p in sub.problems:
+            # the shard is named in the message: `bad_shards` are per bucket (report.buckets)
+            fix = p.fix.replace(
+                f"{fmt.PROGRESS_DIR}/", f"{sub_url[len(url) + 1 :]}/{fmt.PROGRESS_DIR}/"
+            )
+            fix = fix.replace(f"`lplkit verify {sub_url}", f"`lplkit verify {url}")
+            report.problems.append(Problem(p.kind, f"{where}: {p.message}", None, fix))
+        sub_manifest = None
+        with contextlib.suppress(Exception):
+            sub_manifest = fmt.read_manifest(sub_url)
+        if isinstance(sub_manifest, dict):
+            expect = {"latent_shape": list(b.latent_shape), "count": b.rows,
+                      "bucket": {"id": b.id, "size": list(b.size), "start": b.start}}  # fmt: skip
+            got = {"latent_shape": sub_manifest.get("latent_shape"),
+                   "count": (sub_manifest.get("source") or {}).get("count"),
+                   "bucket": sub_manifest.get("bucket")}  # fmt: skip
+            if got != expect:
+                report.add(
+                    "manifest",
+                    f"{where}: its manifest ({got}) disagrees with the root's buckets ({expect})",
+                    fix="the store's manifest is damaged: re-encode into a new --out",
+                )
+        if progress is not None:
+            progress(done, len(buckets))
+    if not manifest["completed"]:
+        report.add("not_finalized", f"{url}: the encode did not finish", fix=RERUN)
+        return report
+    fix = f"run `lplkit verify {url} --repair`, then {RERUN} (finalize rebuilds it)"
+    try:
+        table = idx.read_table(fs, f"{root}/{fmt.INDEX_FILE}", check_pages=True)
+    except Exception as exc:
+        report.add("index", f"{fmt.INDEX_FILE} is unreadable ({_one_line(exc)})", fix=fix)
+        return report
+    count = int(manifest["source"]["count"])
+    expect_bucket = np.repeat(np.arange(len(buckets)), [b.rows for b in buckets])
+    if idx.BUCKET_COLUMN not in table.column_names or not _aligned(table, count):
+        report.add("index", f"{fmt.INDEX_FILE} does not hold one row per position with a "
+                   f"{idx.BUCKET_COLUMN!r} column", fix=fix)  # fmt: skip
+        return report
+    if not np.array_equal(table.column(idx.BUCKET_COLUMN).to_numpy(), expect_bucket):
+        report.add("index", f"{fmt.INDEX_FILE}: the bucket column disagrees with the manifest",
+                   fix=fix)  # fmt: skip
+    n_ok = int(idx.ok_mask(table).sum())
+    counts = manifest.get("counts") or {}
+    if counts.get("ok") != n_ok or counts.get("total") != count:
+        report.add("count", f"manifest counts {counts} but {fmt.INDEX_FILE} holds {count} rows, "
+                   f"{n_ok} ok", fix=fix)  # fmt: skip
+    for b in buckets:
+        sub_fs, sub_root = url_to_fs(bucket_url(url, b.id))
+        try:
+            part = idx.read_table(sub_fs, f"{sub_root}/{fmt.INDEX_FILE}")
+        except Exception:
+            continue  # reported by the bucket's own verify
+        rows = table.slice(b.start, b.rows)
+        for column in ("label", "status", "key"):
+            if not rows.column(column).equals(part.column(column)):
+                report.add(
+                    "index",
+                    f"{fmt.INDEX_FILE}: the {column} of bucket {b.id}'s rows ({b.start}.."
+                    f"{b.start + b.rows - 1}) differ from the bucket's own index",
+                    fix=fix,
+                )
+                break
     return report
 
 
@@ -661,14 +764,26 @@ def repair_store(url: str, report: VerifyReport) -> list[int]:
     lock = StoreLock(fs, root)
     lock.acquire()
     try:
+        for b, sub in report.buckets.items():  # a bucketed store: each bucket's bad shards
+            sub_fs, sub_root = url_to_fs(bucket_url(str(url), b))
+            for s in sub.bad_shards:
+                remove_if_exists(sub_fs, fmt.marker_path(sub_root, s))
+            if sub.problems:
+                _clear_completed(bucket_url(str(url), b))
         for s in report.bad_shards:  # incl. shards whose index rows are lost: re-encoded
             remove_if_exists(fs, fmt.marker_path(root, s))
         # a text encoder's problem leaves the latents usable (its fix is an encode-text re-run)
         if any(not p.message.startswith(TEXT_PROBLEM) for p in report.problems):
-            group = zarr.open_group(str(url), mode="r+", use_consolidated=False)
-            manifest = group.attrs.get(fmt.MANIFEST_KEY)
-            if isinstance(manifest, dict) and manifest.get("completed"):
-                group.attrs[fmt.MANIFEST_KEY] = dict(manifest, completed=False)
+            _clear_completed(str(url))
     finally:
         lock.release()
+    if report.buckets:
+        return [s for sub in report.buckets.values() for s in sub.bad_shards]
     return report.bad_shards
+
+
+def _clear_completed(url: str) -> None:
+    group = zarr.open_group(url, mode="r+", use_consolidated=False)
+    manifest = group.attrs.get(fmt.MANIFEST_KEY)
+    if isinstance(manifest, dict) and manifest.get("completed"):
+        group.attrs[fmt.MANIFEST_KEY] = dict(manifest, completed=False)

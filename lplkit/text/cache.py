@@ -21,6 +21,7 @@ import numpy as np
 
 from lplkit.errors import Interrupted, Preempted
 from lplkit.store import format as fmt
+from lplkit.store.buckets import buckets_of
 from lplkit.store.sidecar import url_to_fs
 from lplkit.store.text import TextWriter, ok_rows
 from lplkit.text.config import TextConfig
@@ -62,11 +63,14 @@ def encode_text(
 
     cfg.validate()
     require_store_path(cfg.store)
-    fmt.open_manifest(cfg.store)  # a missing or damaged store: one line before loading a model
+    _, manifest = fmt.open_manifest(cfg.store)  # missing or damaged: one line before the model
     te = load_text_encoder(cfg.text_encoder, revision=cfg.text_encoder_revision, preset=cfg.text_preset,
                            layer=cfg.text_layer, max_tokens=cfg.text_max_tokens,
                            device=resolve_device(cfg.device))  # fmt: skip
     name = cfg.name or default_name(cfg.text_encoder)
+    buckets = buckets_of(manifest)
+    if buckets is not None:
+        return _encode_text_buckets(cfg, te, name, [b.id for b in buckets], progress, stop)
     writer = TextWriter.create_or_resume(cfg.store, name, te.entry(cfg.text_dtype))
     try:
         return encode_text_into(writer, te, cfg.text_batch_size, progress, stop)
@@ -78,6 +82,44 @@ def encode_text(
                           "re-run the same command to resume") from exc  # fmt: skip
     finally:
         writer.close()
+
+
+def _encode_text_buckets(
+    cfg: TextConfig,
+    te: TextEncoder,
+    name: str,
+    buckets: list[int],
+    progress: ProgressFn | None,
+    stop: Any,
+) -> TextSummary:
+    """`encode_text` on a bucketed store: each bucket's store caches its own rows (under the
+    root's writer lock), the summaries summed."""
+    from lplkit.store.buckets import bucket_url
+    from lplkit.store.lock import StoreLock
+
+    fs, root = url_to_fs(cfg.store)
+    lock = StoreLock(fs, root)
+    lock.acquire()
+    try:
+        writers = [TextWriter.create_or_resume(bucket_url(cfg.store, b), name,
+                                               te.entry(cfg.text_dtype), take_lock=False)
+                   for b in buckets]  # fmt: skip
+        counts: dict[str, int] = {}
+        total = TextSummary(store=cfg.store, name=name, completed=True, counts=counts)
+        for writer in writers:
+            part = encode_text_into(writer, te, cfg.text_batch_size, progress, stop)
+            total.shards_total += part.shards_total
+            total.shards_written += part.shards_written
+            total.rows_encoded += part.rows_encoded
+            total.encode_s += part.encode_s
+            total.completed = total.completed and part.completed
+            for k, v in (part.counts or {}).items():
+                counts[k] = counts.get(k, 0) + int(v)
+            total.entry = part.entry
+        total.rows_per_s = total.rows_encoded / total.encode_s if total.encode_s > 0 else 0.0
+        return total
+    finally:
+        lock.release()
 
 
 def encode_text_into(

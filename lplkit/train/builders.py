@@ -7,6 +7,7 @@ and the autoencoder the LPL decodes with (`lpl.vae` overrides the manifest's).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import fields
 from typing import Any
@@ -25,6 +26,7 @@ from lplkit.autoencoders.loading import (
 from lplkit.diffusion import text_conditioning as tc
 from lplkit.diffusion.denoisers import build_model, is_text_model
 from lplkit.diffusion.objectives import Objective, build_objective
+from lplkit.diffusion.patch_grid import base_sample_size, check_grid, grid_multiple
 from lplkit.errors import ConfigError, StoreMismatchError
 from lplkit.lpl.config import LPLConfig
 from lplkit.lpl.decoder_taps import DecoderTaps
@@ -37,7 +39,7 @@ from lplkit.train.config import TrainConfig
 from lplkit.train.loop import Components
 from lplkit.train.normalization import LatentNormalizer
 from lplkit.train.pipeline_init import init_from_pipeline, is_pipeline_spec
-from lplkit.train.previews import make_sample_grid
+from lplkit.train.previews import make_sample_grid, preview_text
 
 
 def make_objective(cfg: TrainConfig) -> Objective:
@@ -85,7 +87,9 @@ def text_setup(cfg: TrainConfig, store: Any, text_model: bool) -> tuple[list[str
         names = list(have)
     store.text_names(names)  # one line naming the missing ones
     families = [str(have[n].get("family", "clip")) for n in names]
-    empty = tc.combine([(f, store.empty_text(n)) for n, f in zip(names, families, strict=True)])
+    # a bucketed store caches the text per bucket; the empty caption's encoding is every bucket's
+    first = store.bucket_view(0)
+    empty = tc.combine([(f, first.empty_text(n)) for n, f in zip(names, families, strict=True)])
     return names, families, empty
 
 
@@ -95,13 +99,42 @@ def store_num_classes(store: Any) -> int | None:
     return int(labels.max()) + 1 if labels.size and labels.max() >= 0 else None
 
 
+#: A bucketed store's transformer is built for a square side that is a multiple of this (every
+#: DiT patch size and U-Net depth lplkit registers divides it): `patch_grid.base_sample_size`.
+BASE_MULTIPLE = 8
+
+
+def bucketed_sample_size(model: str, grids: list[tuple[int, int]]) -> int:
+    """The square side a model is built with to run at every bucket grid ``(h, w)``: MMDiT (SD3's
+    transformer) crops its position table of ``sample_size / 2`` patches, so it needs the longest
+    side of any bucket; the others run at any grid and get the side of the largest bucket area
+    (`lplkit.diffusion.patch_grid`), both rounded to a multiple of `BASE_MULTIPLE`."""
+    if model.startswith("MMDiT"):
+        side = max(max(g) for g in grids)
+        return -(-side // BASE_MULTIPLE) * BASE_MULTIPLE
+    return base_sample_size(grids, BASE_MULTIPLE)
+
+
+def default_latent_shape(store: Any) -> tuple[int, int, int]:
+    """The latent shape a run samples at by default: a square store's; for a bucketed store the
+    bucket with the most rows (ties: the squarest, then the lowest id)."""
+
+    def rank(b: Any) -> tuple[int, float, int]:
+        _, h, w = b.latent_shape
+        return (b.rows, -abs(math.log(h / w)), -b.id)
+
+    best = max(store.buckets, key=rank)
+    c, h, w = (int(v) for v in best.latent_shape)
+    return c, h, w
+
+
 def make_normalizer(store: Any) -> LatentNormalizer:
     """Store statistics when present, else the autoencoder's scaling/shift factors."""
 
     stats = load_stats(store)
     if stats is not None:
         return LatentNormalizer.from_stats(stats.latent_mean.tolist(), stats.latent_std.tolist())
-    channels = int(store.latent_shape[0])
+    channels = int(store.buckets[0].latent_shape[0])  # per channel: the same in every bucket
     return LatentNormalizer.from_autoencoder(store.manifest.get("autoencoder", {}), channels)
 
 
@@ -218,7 +251,11 @@ def init_from_base(
     problems = []
     if info["model"]["name"] != cfg.model.name:
         problems.append(f"model {info['model']['name']} (this run: --model {cfg.model.name})")
-    if list(info["latent_shape"]) != list(store.latent_shape):
+    if store.bucketed:  # the model runs at every bucket grid: only the channels must agree
+        if int(info["latent_shape"][0]) != int(store.buckets[0].latent_shape[0]):
+            have = store.buckets[0].latent_shape[0]
+            problems.append(f"latents {info['latent_shape']} (store: {have} channels)")
+    elif list(info["latent_shape"]) != list(store.latent_shape):
         problems.append(f"latents {info['latent_shape']} (store: {list(store.latent_shape)})")
     base_classes = info.get("num_classes")
     # a store holding a subset of the base's classes is fine (labels index the same table)
@@ -254,9 +291,10 @@ def build_components(
     # crash the open), not train on zeros read from a missing shard file.
     require_sound_store(cfg.store, full=cfg.verify_store)
     store = LatentStore.open(cfg.store)
-    C, h, w = store.latent_shape
-    if h != w:
-        raise ConfigError(f"{cfg.store}: non-square latents {h}x{w} are not supported by DiT")
+    buckets = store.buckets
+    C, h, w = default_latent_shape(store)
+    grids = [(int(b.latent_shape[1]), int(b.latent_shape[2])) for b in buckets]
+    sample_size = h if not store.bucketed else bucketed_sample_size(cfg.model.name, grids)
     text_model = is_text_model(cfg.model.name)
     text_names, families, empty = text_setup(cfg, store, text_model)
     num_classes = None if text_model else store_num_classes(store)
@@ -274,9 +312,11 @@ def build_components(
                 f"{','.join(text_names)} gives {dims}"
             )
     else:
-        model = build_model(cfg.model.name, in_channels=C, sample_size=h,
+        model = build_model(cfg.model.name, in_channels=C, sample_size=sample_size,
                             num_classes=num_classes, text=dims)  # fmt: skip
         normalizer = make_normalizer(store)
+    for gh, gw in grids:  # every bucket's grid must be one the model can run on
+        check_grid(cfg.model.name, gh, gw, grid_multiple(model.net))
     if normalization is not None:
         normalizer = LatentNormalizer.from_record(normalization)
     objective = make_objective(cfg)
@@ -286,7 +326,10 @@ def build_components(
     lpl: Any = make_lpl(cfg, vae, store).to(device) if cfg.lpl.enabled and vae is not None else None
     grid = None
     if vae is not None and cfg.log.sample_every > 0:
-        grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes)
+        preview = (
+            preview_text(store, text_names, families, cfg.log.sample_n) if text_names else None
+        )
+        grid = make_sample_grid(cfg, objective, normalizer, vae, (C, h, w), num_classes, preview)
     return Components(
         model=model,
         objective=objective,
@@ -306,4 +349,5 @@ def build_components(
         text_families=families,
         empty_text=empty,
         text_record=[{"name": n, **store.text_encoders[n]} for n in text_names] or None,
+        buckets=[b.to_dict() for b in buckets] if store.bucketed else None,
     )

@@ -2,7 +2,8 @@
 
 Step k (k = optimizer steps done so far, skipped ones included):
   1. timesteps t, noise eps and label-drop mask for the *global* batch from generators seeded by
-     (seed, k); torch's global RNG is reseeded from (seed, k, rank) for anything else.
+     (seed, k); torch's global RNG is reseeded from (seed, k, rank) for anything else. eps is
+     drawn for the shape of the step's latents (a bucketed store's shape changes per batch).
   2. each rank runs `grad_accum` micro-batches of b = B / (world_size * grad_accum) samples from its
      loader share, taking slice (m * world_size + rank) of the global random draws;
      DDP averages gradients, so the update equals the 1-process update with the same global batch.
@@ -81,6 +82,8 @@ class Components:
     text_families: list[str] | None = None
     empty_text: dict[str, Tensor] | None = None
     text_record: list[dict[str, Any]] | None = None
+    # a bucketed store's buckets (Bucket.to_dict); latent_shape is then the default sampling one
+    buckets: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -212,16 +215,12 @@ class Trainer:
         return self.step
 
     # ----------------------------------------------------------------------------- step
-    def _global_draws(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """t (B,), eps (B, C, h, w), conditioning-drop mask (B,), LPL crop draws (B, 2) for the
-        global batch of `step` (the crop draws are used only with `lpl.loss.crop`). The drop mask
-        is one uniform draw per row below `label_dropout` (class models) or `caption_dropout`
-        (text models)."""
+    def _global_draws(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """t (B,), conditioning-drop mask (B,), LPL crop draws (B, 2) for the global batch of
+        `step` (the crop draws are used only with `lpl.loss.crop`). The drop mask is one uniform
+        draw per row below `label_dropout` (class models) or `caption_dropout` (text models)."""
         B, seed = self.cfg.batch_size, self.cfg.seed
         t = self.parts.objective.sample_timesteps(B, step_generator(seed, step, Stream.TIMESTEP))
-        eps = torch.randn(
-            (B, *self.parts.latent_shape), generator=step_generator(seed, step, Stream.NOISE)
-        )
         drop = torch.rand(B, generator=step_generator(seed, step, Stream.LABEL_DROP))
         crop_u = torch.rand(B, 2, generator=step_generator(seed, step, Stream.LPL_CROP))
         rate = (
@@ -229,7 +228,15 @@ class Trainer:
             if self.parts.text_names
             else self.cfg.model.label_dropout
         )
-        return t, eps, drop < rate, crop_u
+        return t, drop < rate, crop_u
+
+    def _global_noise(self, step: int, shape: tuple[int, ...]) -> Tensor:
+        """eps (B, C, h, w) of the global batch of `step` for latents of `shape` (C, h, w): a
+        bucketed store's batches differ in shape from step to step (and, with `grad_accum`, from
+        micro-batch to micro-batch), so eps is drawn for the shape at hand, always from the same
+        (seed, step) generator; a micro-batch takes its slice of it."""
+        gen = step_generator(self.cfg.seed, step, Stream.NOISE)
+        return torch.randn((self.cfg.batch_size, *shape), generator=gen)
 
     def _lpl_active(self) -> bool:
         return (
@@ -243,10 +250,15 @@ class Trainer:
         copied to the device. Returns [(latents, labels, t, eps, drop, crop_u, text)] per
         micro-step (`text`: the combined condition of a text model's batch, else None)."""
         dist, dev = self.dist, self.device
-        t_all, eps_all, drop_all, crop_all = self._global_draws(step)
+        t_all, drop_all, crop_all = self._global_draws(step)
+        eps_of: dict[tuple[int, ...], Tensor] = {}  # one draw per latent shape in this step
         out: list[tuple[Any, ...]] = []
         for m in range(self.cfg.grad_accum):
             latents, labels, text = self.cursor.next()
+            shape = tuple(latents.shape[1:])
+            if shape not in eps_of:
+                eps_of[shape] = self._global_noise(step, shape)
+            eps_all = eps_of[shape]
             cond = None
             if text is not None:
                 names, fams = self.parts.text_names or [], self.parts.text_families or []

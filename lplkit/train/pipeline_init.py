@@ -334,9 +334,12 @@ def init_from_pipeline(
             f"--init {src.spec}: model class {cls_name!r} is not supported; lplkit post-trains "
             "DiTTransformer2DModel checkpoints (DiTPipeline)"
         )
-    C, h, _w = (int(v) for v in store.latent_shape)
+    bucketed = getattr(store, "bucketed", False)
+    # a bucketed store: the DiT runs at every bucket's grid (lplkit.diffusion.patch_grid; the
+    # grids are checked against its patch in build_components): only the channels must agree
+    C, h, _w = (int(v) for v in (store.buckets[0].latent_shape if bucketed else store.latent_shape))
     shape = (model_cfg.get("in_channels"), model_cfg.get("sample_size"))
-    if shape != (C, h):
+    if shape != (C, h) and not (bucketed and shape[0] == C):
         raise ConfigError(
             f"--init {src.spec} denoises {shape[0]}x{shape[1]}x{shape[1]} latents, the store holds "
             f"{C}x{h}x{h}; encode at the checkpoint's resolution with its VAE"

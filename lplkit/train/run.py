@@ -127,6 +127,8 @@ def _train(
                 "init": parts.init,
                 "text_encoders": parts.text_record,
             }
+            if parts.buckets:  # `lplkit sample --size` picks one of these
+                info["buckets"] = parts.buckets
             (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
         barrier(dist)
         if on_start is not None and dist.is_main:

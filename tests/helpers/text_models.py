@@ -60,13 +60,14 @@ def t5_tokenizer():
                        unk_token="<unk>", extra_ids=0)  # fmt: skip
 
 
-def clip_model(seed: int = 0, *, projection: bool = False, positions: int = 16):
+def clip_model(seed: int = 0, *, projection: bool = False, positions: int = 16, hidden: int = 16,
+               projection_dim: int = 8):  # fmt: skip
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tok = clip_tokenizer()
-    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=3, num_attention_heads=2, projection_dim=8,
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=3, num_attention_heads=2, projection_dim=projection_dim,
                          max_position_embeddings=positions, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
     torch.manual_seed(seed)
@@ -74,12 +75,13 @@ def clip_model(seed: int = 0, *, projection: bool = False, positions: int = 16):
     return cls(cfg).eval(), tok
 
 
-def t5_model(seed: int = 0):
+def t5_model(seed: int = 0, *, d_model: int = 16):
     import torch
     from transformers import T5Config, T5EncoderModel
 
     tok = t5_tokenizer()
-    cfg = T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+    cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
+                   num_heads=2,
                    relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id,
                    eos_token_id=tok.eos_token_id, feed_forward_proj="gated-gelu")  # fmt: skip
     torch.manual_seed(seed)
@@ -116,4 +118,18 @@ def t5_repo(tmp: Path, seed: int = 0) -> dict[str, bytes]:
     root = tmp / f"t5-{seed}"
     m, tok = t5_model(seed)
     save(m, tok, root)
+    return files_of(root)
+
+
+def sd3_repo(tmp: Path, seed: int = 0) -> dict[str, bytes]:
+    """A StableDiffusion3Pipeline-like repo: text_encoder / text_encoder_2 (CLIP-L / CLIP-G stand-ins,
+    CLIPTextModelWithProjection of widths 16 / 24) + tokenizers, text_encoder_3 (T5, width 48 >=
+    16 + 24, as SD3's 4096 >= 768 + 1280) + tokenizer_3."""
+    root = tmp / f"sd3-{seed}"
+    m, tok = clip_model(seed, projection=True)
+    save(m, tok, root / "text_encoder", root / "tokenizer")
+    m2, tok2 = clip_model(seed + 1, projection=True, hidden=24, projection_dim=12)
+    save(m2, tok2, root / "text_encoder_2", root / "tokenizer_2")
+    m3, tok3 = t5_model(seed + 2, d_model=48)
+    save(m3, tok3, root / "text_encoder_3", root / "tokenizer_3")
     return files_of(root)

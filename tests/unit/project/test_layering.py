@@ -19,7 +19,7 @@ LAYERS = {
     "autoencoders": 1, "data": 1, "store": 1, "diffusion": 1,
     "text": 1, "encode": 2, "lpl": 2, "stats": 2, "diffusion.samplers": 2,
     "train": 3,
-    "diffusion.generate": 4, "metrics": 4, "export": 4,
+    "diffusion.generate": 4, "metrics": 4, "export": 4, "export_text": 4,
     "demo": 5,
     "cli": 6, "__main__": 6,
 }  # fmt: skip
