@@ -20,6 +20,14 @@ _STAGE_TEXT = {
     "eval": "evaluating both arms and the held-out floor against the store (SWD per level, spectrum)",
     "compare": "side-by-side picture: real | baseline | LPL",
 }
+_T2I_STAGE_TEXT = {
+    **_STAGE_TEXT,
+    "encode": "encoding OpenMoji at 32 px with the tiny-openmoji AE, names with openmoji-clip",
+    "train": "post-training the t2i base twice: baseline, then with the LPL (same batches and noise)",
+    "sample": "sampling both arms from the same noise: held-out names, then the picture's prompts",
+    "adherence": "prompt adherence: nearest training glyph's name family vs the prompt's",
+    "compare": "side-by-side picture: prompt | baseline | LPL",
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -32,15 +40,18 @@ def register(app: typer.Typer) -> None:
         without and with the LPL, sample both from the same noise, evaluate both against the
         held-out floor, and print where the picture is."""
         from lplkit.demo import run_demo
+        from lplkit.demo.run import check_model_kind
 
         json_out = params.pop("json_out")
         cfg = resolve_config(
             DemoConfig, DEMO_FLAGS, params, config=params.pop("config"),
             overrides=params.pop("set_"),
         )  # fmt: skip
+        check_model_kind(cfg)  # one line before the config line, as the config's own checks
         if not json_out:
             output.console.print(config_line("demo", cfg), soft_wrap=True, markup=False)
-        with _Progress(cfg.steps, enabled=not json_out) as prog:
+        texts = _T2I_STAGE_TEXT if cfg.task == "t2i" else _STAGE_TEXT
+        with _Progress(cfg.steps, enabled=not json_out, texts=texts) as prog:
             summary = run_demo(cfg, on_stage=prog.on_stage, on_train_log=prog.on_log)
         if json_out:
             output.emit_json(summary)
@@ -51,8 +62,9 @@ def register(app: typer.Typer) -> None:
 class _Progress:
     """One status line per stage, and a `LiveProgress` line per arm while it trains."""
 
-    def __init__(self, total_steps: int, enabled: bool) -> None:
+    def __init__(self, total_steps: int, enabled: bool, texts: dict[str, str]) -> None:
         self.total = total_steps
+        self.texts = texts
         self.enabled = enabled
         self.arm: str | None = None
         self.bar: LiveProgress | None = None
@@ -70,7 +82,7 @@ class _Progress:
             return
         self._close_bar()
         if not info:
-            output.console.print(f"[bold]{name}[/]: {_STAGE_TEXT[name]} ...")
+            output.console.print(f"[bold]{name}[/]: {self.texts[name]} ...")
         else:
             output.console.print(f"  {name} done in {info['seconds']:.1f} s")
 
@@ -113,6 +125,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("eval", f"vs {st['eval']['n_ref']} train-store images; floor: held-out glyphs"),
         ("compare", s["grid"]),
     ]  # fmt: skip
+    if "adherence" in st:
+        ad = st["adherence"]["lpl"]
+        rows.insert(-1, ("adherence", f"{ad['n']} samples of {ad['qualifying_prompts']} held-out "
+                                      "names whose family exists in train"))  # fmt: skip
     for name, text in rows:
         table.add_row(name, f"{st[name]['seconds']:.1f}", text)
     table.caption = f"total {s['total_seconds']:.0f} s"
@@ -130,7 +146,18 @@ def _print_summary(s: dict[str, Any]) -> None:
         metrics.add_row(f"spectrum |dlog10 P| {name}", f"{f:.4f}", f"{b:.4f}", f"{lp:.4f}",
                         f"{lp - b:+.4f}")  # fmt: skip
     output.console.print(metrics)
+    if "adherence" in st:
+        ad = Table(title="prompt adherence: nearest training glyph of the prompt's name family")
+        for col in ("arm", "adherence (hits / samples)", "shuffled prompts (hits / pairs)"):
+            ad.add_column(col, justify="right")
+        for arm, name in (("baseline", "baseline"), ("lpl", "LPL")):
+            a = st["adherence"][arm]
+            if a["n"]:
+                ad.add_row(name, f"{a['adherence']:.3f} ({a['hits']}/{a['n']})",
+                           f"{a['chance']:.3f} ({a['chance_hits']}/{a['chance_pairs']})")  # fmt: skip
+        output.console.print(ad)
+    layout = "prompt | baseline | LPL" if "adherence" in st else "real | baseline | LPL"
     output.console.print(
-        f"picture: [bold]{s['grid']}[/] (real | baseline | LPL); "
+        f"picture: [bold]{s['grid']}[/] ({layout}); "
         f"samples: {s['stages']['sample']['baseline']['out']}, {s['samples']}"
     )

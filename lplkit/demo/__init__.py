@@ -4,6 +4,8 @@ Submodules:
 
 - `config`: `DemoConfig` and the command's flags (torch-free: `lplkit demo --help` reads it).
 - `run`: `run_demo`, the stages (encode -> stats -> train both arms -> sample -> eval -> compare).
+- `t2i`: the text-to-image task's own stages (prompt sampling, adherence, the prompt picture);
+  `prompt_sampling`: sample a text run for prompts; `adherence`: name families and adherence.
 
 Names are re-exported here lazily, so importing the package does not import torch.
 """

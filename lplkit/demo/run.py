@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from lplkit.config import from_dict
-from lplkit.demo.config import DemoConfig
+from lplkit.demo import t2i
+from lplkit.demo.config import ARMS, T2I_TEXT_ENCODER, T2I_TEXT_ENCODERS, DemoConfig
 from lplkit.diffusion.generate import sample_run
 from lplkit.diffusion.image_files import make_grid
 from lplkit.encode import EncodeConfig, encode_dataset
@@ -41,13 +42,12 @@ from lplkit.stats.job import run_stats
 from lplkit.train import train
 from lplkit.train.config import TrainConfig
 
-__all__ = ["ARMS", "run_demo", "train_config"]
+__all__ = ["ARMS", "check_model_kind", "run_demo", "train_config"]
 
 #: ``on_stage(name, info)``: called when a stage starts (info = {}) and ends (info = its summary).
 StageFn = Callable[[str, dict[str, Any]], None]
 #: ``on_train_log(arm, metrics row)``.
 TrainLogFn = Callable[[str, dict[str, Any]], None]
-ARMS = ("baseline", "lpl")
 
 
 def train_config(cfg: DemoConfig, arm: str):
@@ -63,7 +63,7 @@ def train_config(cfg: DemoConfig, arm: str):
         "device": cfg.device,
         "init": cfg.base or None,
         "objective": {"kind": cfg.objective},
-        "model": {"name": cfg.model},
+        "model": {"name": cfg.model, **_text_model(cfg)},
         "optim": {"lr": cfg.lr, "warmup_steps": min(10, cfg.steps // 10)},
         "lpl": {
             "enabled": arm == "lpl" and cfg.lpl_fraction > 0,
@@ -75,6 +75,24 @@ def train_config(cfg: DemoConfig, arm: str):
         "log": {"every": max(1, min(10, cfg.steps // 4)), "tensorboard": False},
     }
     return from_dict(TrainConfig, data)
+
+
+def _text_model(cfg: DemoConfig) -> dict[str, Any]:
+    """The t2i arms read the store's cached text encoder; class arms read labels."""
+    return {"text_encoder": list(T2I_TEXT_ENCODERS)} if cfg.task == "t2i" else {}
+
+
+def check_model_kind(cfg: DemoConfig) -> None:
+    """--model must be of the task's kind (one line, before anything is written)."""
+    from lplkit.diffusion.denoisers import is_text_model
+    from lplkit.errors import ConfigError
+
+    if (cfg.task == "t2i") != is_text_model(cfg.model):
+        need = "a text-to-image" if cfg.task == "t2i" else "a class-conditional"
+        raise ConfigError(
+            f"demo: --task {cfg.task} needs {need} --model (e.g. "
+            f"{'UNetText-S' if cfg.task == 't2i' else 'UNet-S'}), got {cfg.model}"
+        )
 
 
 def _timed(name: str, on_stage: StageFn | None, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -96,6 +114,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run (or finish) the demo in ``cfg.out``; returns a JSON-serializable summary."""
     cfg.validate()
+    check_model_kind(cfg)
+    if cfg.task == "t2i":
+        return _run_t2i_demo(cfg, on_stage=on_stage, on_train_log=on_train_log)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     st: dict[str, dict[str, Any]] = {}
     st["encode"] = _timed("encode", on_stage, lambda: _encode(cfg))
@@ -116,13 +137,44 @@ def run_demo(
     }
 
 
+def _run_t2i_demo(
+    cfg: DemoConfig,
+    *,
+    on_stage: StageFn | None = None,
+    on_train_log: TrainLogFn | None = None,
+) -> dict[str, Any]:
+    """Run (or finish) the t2i demo in ``cfg.out``/t2i; returns a JSON-serializable summary."""
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    st: dict[str, dict[str, Any]] = {}
+    st["encode"] = _timed("encode", on_stage, lambda: _encode(cfg))
+    st["stats"] = _timed("stats", on_stage, lambda: _stats(cfg))
+    st["train"] = _timed("train", on_stage, lambda: _train(cfg, on_train_log))
+    st["sample"] = _timed("sample", on_stage, lambda: t2i.sample_stage(cfg))
+    st["eval"] = _timed("eval", on_stage, lambda: _eval(cfg, st["sample"]))
+    st["adherence"] = _timed("adherence", on_stage, lambda: t2i.adherence_stage(cfg, st["sample"]))
+    st["compare"] = _timed("compare", on_stage, lambda: t2i.compare_stage(cfg, st["sample"]))
+    return {
+        "config": asdict(cfg),
+        "task": "t2i",
+        "store": str(cfg.store),
+        "test_store": str(cfg.test_store),
+        "runs": {arm: str(cfg.run_dir(arm)) for arm in ARMS},
+        "grid": st["compare"]["picture"],
+        "samples": st["sample"]["lpl"]["npz"],
+        "prompts": st["sample"]["prompts"],
+        "stages": st,
+        "total_seconds": sum(s["seconds"] for s in st.values()),
+    }
+
+
 def _encode(cfg: DemoConfig) -> dict[str, Any]:
 
     out = {}
     for split, store in (("train", cfg.store), ("test", cfg.test_store)):
+        text: dict[str, Any] = dict(T2I_TEXT_ENCODER) if cfg.task == "t2i" else {}
         ecfg = EncodeConfig(
-            dataset="openmoji", out=str(store), res=cfg.res, limit=cfg.limit, split=split,
-            workers=2, device=cfg.device,
+            dataset="openmoji", out=str(store), res=int(cfg.res or 0), limit=cfg.limit, split=split,
+            workers=2, device=cfg.device, **text,
         )  # fmt: skip
         s = encode_dataset(ecfg)
         out[split] = {"samples": s.total, "encoded": s.encoded, "skipped": s.skipped}

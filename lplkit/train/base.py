@@ -31,7 +31,10 @@ from lplkit.validation import require_valid
 __all__ = ["BUNDLED_BASES", "Base", "base_dir", "load_base"]
 
 #: Bundled short names -> package-relative directories under ``lplkit/assets/`` (docs/base-model.md).
-BUNDLED_BASES: dict[str, str] = {"openmoji-base": "openmoji-base"}
+BUNDLED_BASES: dict[str, str] = {
+    "openmoji-base": "openmoji-base",
+    "openmoji-t2i-base": "openmoji-t2i-base",
+}
 
 
 @dataclass
