@@ -4,10 +4,10 @@
     z0        = sampler(denoiser, objective, noise[rows], text=cond, null_text=cond(""), w)
     images    = AE.decode(z0 / scale + shift)
 
-The prompts are encoded with the encoders recorded in the run's ``run.json`` (``text_encoders``:
-id, preset, layer, max_tokens), and their states rounded to the dtype the store cached them in
-(float16 by default), so a prompt that is a training caption conditions the model exactly as the
-cached caption did. ``noise_rows[i]`` picks image ``i``'s initial noise from one seeded draw, so
+The prompts are encoded with the encoders recorded in the run's ``run.json``
+(`lplkit.diffusion.prompts`), their states rounded to the dtype the store cached them in (float16
+by default), so a prompt that is a training caption conditions the model exactly as the cached
+caption did. ``noise_rows[i]`` picks image ``i``'s initial noise from one seeded draw, so
 the same row index means the same noise across prompts and across runs.
 """
 
@@ -23,16 +23,14 @@ import torch
 from lplkit.config import from_dict
 from lplkit.diffusion import text_conditioning as tc
 from lplkit.diffusion.image_files import to_uint8
+from lplkit.diffusion.prompts import load_run_text_encoders
 from lplkit.diffusion.samplers import sample
-from lplkit.errors import ConfigError
 from lplkit.train.base import BUNDLED_BASES, load_base, load_run_model
 from lplkit.train.builders import load_decoder_vae, make_objective
 from lplkit.train.config import TrainConfig
 from lplkit.train.normalization import LatentNormalizer
 
-__all__ = ["PromptEncoder", "load_denoiser", "sample_prompts"]
-
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+__all__ = ["load_denoiser", "sample_prompts"]
 
 
 def load_denoiser(spec: str | Path) -> tuple[Any, dict[str, Any], int | None]:
@@ -44,38 +42,6 @@ def load_denoiser(spec: str | Path) -> tuple[Any, dict[str, Any], int | None]:
         return base.model, base.info, base.step
     _, info, model, step = load_run_model(Path(spec))
     return model, info, step
-
-
-class PromptEncoder:
-    """The text encoder(s) a run was trained with, loaded from its ``run.json`` record."""
-
-    def __init__(self, info: dict[str, Any], device: str = "cpu") -> None:
-        from lplkit.text.encoders import load_text_encoder
-
-        entries = info.get("text_encoders") or []
-        if not entries:
-            raise ConfigError(f"{info['model']['name']} is not a text-to-image model: no prompts")
-        self.entries = entries
-        self.encoders = [
-            load_text_encoder(e["id"], revision=e.get("revision"), preset=e.get("preset"),
-                              layer=e.get("layer"), max_tokens=e.get("max_tokens"), device=device)
-            for e in entries
-        ]  # fmt: skip
-
-    def __call__(self, prompts: Sequence[str]) -> tc.TextCond:
-        """The combined condition of ``prompts`` (B rows), float32 from the cached dtype."""
-        from lplkit.text.encoders import encode_captions
-
-        parts = []
-        for entry, te in zip(self.entries, self.encoders, strict=True):
-            got, _ = encode_captions(te, list(prompts))
-            dtype = _DTYPES[entry.get("dtype", "float32")]
-            cond = {
-                k: torch.from_numpy(v).bool() if k == "mask" else torch.from_numpy(v).to(dtype)
-                for k, v in got.items()
-            }
-            parts.append((entry["family"], cond))
-        return tc.to_device(tc.combine(parts), "cpu")
 
 
 def sample_prompts(
@@ -100,9 +66,9 @@ def sample_prompts(
         {"autoencoder": info["store"]["autoencoder"]},
         torch.device(device),
     )
-    encode = PromptEncoder(info, device=device)
-    cond = encode(prompts)
-    null = encode([""])
+    encoders = load_run_text_encoders(info, device=device)
+    cond = encoders.encode(prompts, as_cached=True)
+    null = encoders.encode([""], as_cached=True)
     rows = np.arange(len(prompts)) if noise_rows is None else np.asarray(noise_rows)
     shape = tuple(info["latent_shape"])
     noise = torch.randn(

@@ -34,6 +34,8 @@ from lplkit.text.spec import BUNDLED_TEXT_ENCODERS
 
 __all__ = ["RunTextEncoders", "load_run_text_encoders", "read_prompts_file"]
 
+_CACHED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
 
 def _spec(entry: Mapping[str, Any]) -> str:
     """The `load_text_encoder` spec of a recorded entry: ``id`` or ``id:subfolder``."""
@@ -77,6 +79,7 @@ class RunTextEncoders:
         self.names = [str(e["name"]) for e in record]
         self.families: list[str] = []
         self.encoders: list[TextEncoder] = []
+        self.dtypes = [_CACHED_DTYPES[str(e.get("dtype") or "float32")] for e in record]
         for entry in record:
             _require_cached(entry)
             te = load_text_encoder(_spec(entry), revision=entry.get("revision"),
@@ -92,13 +95,20 @@ class RunTextEncoders:
             self.families.append(str(entry.get("family") or te.family))
             self.encoders.append(te)
 
-    def encode(self, prompts: Sequence[str]) -> tc.TextCond:
-        """The combined condition of ``prompts`` (B rows; states/pooled float32, mask bool)."""
+    def encode(self, prompts: Sequence[str], *, as_cached: bool = False) -> tc.TextCond:
+        """The combined condition of ``prompts`` (B rows; states/pooled float32, mask bool).
+
+        ``as_cached`` rounds the states to the dtype the store cached them in (float16 by
+        default), so a prompt that is a training caption conditions the model exactly as the
+        cached caption did (the t2i demo); the default keeps float32, as diffusers' pipelines
+        encode prompts (`lplkit export` round trips)."""
         parts = []
-        for family, te in zip(self.families, self.encoders, strict=True):
+        for family, te, dtype in zip(self.families, self.encoders, self.dtypes, strict=True):
             got, _ = encode_captions(te, list(prompts))
             cond = {k: torch.from_numpy(v) for k, v in got.items()}
             cond["mask"] = cond["mask"].bool()  # as the store's text reads back
+            if as_cached:
+                cond = {k: v if k == "mask" else v.to(dtype).float() for k, v in cond.items()}
             parts.append((family, cond))
         return tc.combine(parts)
 
