@@ -61,6 +61,13 @@ def _last_line(stderr: str) -> str:
     return " ".join(stderr.strip().splitlines()[-1].split())
 
 
+def _default_sigint() -> None:
+    """Child setup: Ctrl-C handled as a terminal would deliver it. A test run started in the
+    background (`cmd &`, nohup, some CI runners) inherits SIGINT ignored, and Python then never
+    raises KeyboardInterrupt, so the tests below would see a run that ignores Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signal_when(proc: subprocess.Popen, ready, sig: int, timeout: float = 240) -> str:
     """Send `sig` to `proc` once `ready()` holds; returns its stderr after it exits."""
     deadline = time.monotonic() + timeout
@@ -83,7 +90,7 @@ def test_sigint_to_train_exits_130_naming_the_last_checkpoint(stores, tmp_path):
     cmd = [sys.executable, "-m", "lplkit",
            *_train_args(stores[0], run, "--steps", "400", "--ckpt-every", "4")]  # fmt: skip
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=_default_sigint)  # fmt: skip
     err = _signal_when(proc, lambda: _lines(run / "metrics.jsonl") >= 5, signal.SIGINT)
     assert proc.returncode == 130, err[-2000:]
     line = _last_line(err)
@@ -101,7 +108,8 @@ def test_sigint_to_encode_exits_130_counting_complete_shards(tiny_vae_dir, tmp_p
             str(tiny_vae_dir), "--out", str(out), "--shard-size", "4", "--batch-size", "2",
             "--workers", "0", "--device", "cpu"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, str(SLOW_SOURCE), *args], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)  # fmt: skip
     markers = out / "progress"
     err = _signal_when(proc, lambda: len(list(markers.glob("shard-*.json"))) >= 1, signal.SIGINT)
     assert proc.returncode == 130, err[-2000:]
@@ -129,7 +137,12 @@ def test_sigint_in_stats_exits_130_and_writes_nothing(tiny_vae_dir, tmp_path, mo
         return real(*a, **k)
 
     monkeypatch.setattr(compute, "item_latents", interrupted_on_the_second_batch)
-    code, _, err = run_cli(["stats", str(url), "--batch-size", "2", "--device", "cpu"], capsys)
+    # this process may have inherited SIGINT ignored (see _default_sigint)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, _, err = run_cli(["stats", str(url), "--batch-size", "2", "--device", "cpu"], capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130, err
     assert _last_line(err) == (
         "stats interrupted: nothing written, the store's current statistics (if any) are "
