@@ -1,4 +1,5 @@
-"""Ship a pre-training run as the bundled base: ``lplkit/assets/openmoji-base/``.
+"""Ship a pre-training run as a bundled base: ``lplkit/assets/openmoji-base/`` (or ``--out``, e.g.
+``lplkit/assets/openmoji-t2i-base`` for the text-to-image base; docs/t2i-demo.md).
 
     python pipelines/openmoji-base/export.py --run runs/openmoji-base \
         --eval runs/openmoji-base/eval.json --command "lplkit train ..."
@@ -26,6 +27,15 @@ from lplkit import __version__  # noqa: E402
 from lplkit.train.base import export_base  # noqa: E402
 
 
+def _transformers_version() -> dict[str, str]:
+    """{"transformers": version} when it is installed (text-to-image bases record it)."""
+    try:
+        import transformers
+    except ImportError:
+        return {}
+    return {"transformers": transformers.__version__}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--run", required=True, type=Path)
@@ -46,6 +56,7 @@ def main() -> None:
         "lplkit": __version__,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
+        **_transformers_version(),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "threads": args.threads,
